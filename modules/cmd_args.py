@@ -1,0 +1,257 @@
+"""Easel's command-line flags, under A1111's names.
+
+Standard library only: launch.py parses the command line before the venv exists.
+
+An unknown flag is an error (usage on stderr, exit status 2). Extensions add their own flags with a
+`preload(parser)` function, as in A1111; pass those functions as `extra_preloads` so that their
+flags are known before parsing.
+"""
+
+import argparse
+import os
+from typing import Callable, Iterable, Sequence
+
+from modules.paths_internal import data_path, models_path
+
+Preload = Callable[[argparse.ArgumentParser], None]
+
+MEMORY_MODES_NOTE = "memory mode"
+COMPAT_NOTE = "accepted for compatibility with A1111"
+
+
+def port_number(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be between 1 and 65535, not {port}")
+    return port
+
+
+def parse_credentials(text: str) -> list[tuple[str, str]]:
+    """'user:pass[,user2:pass2]' -> [(user, pass), ...].
+
+    The password is everything after the first ':' (so it may contain ':', but not ','). Blank
+    entries and surrounding quotes are ignored. Errors name the entry by position and never
+    repeat the text, so a password cannot end up in a log.
+    """
+    credentials = []
+    entries = [entry.strip() for entry in text.strip().strip('"').replace("\n", ",").split(",")]
+    for number, entry in enumerate((e for e in entries if e), start=1):
+        user, sep, password = entry.partition(":")
+        if not sep or not user.strip() or not password:
+            raise ValueError(f"credential #{number} is not in the form user:password")
+        credentials.append((user.strip(), password))
+    if not credentials:
+        raise ValueError("no credentials given; expected user:password[,user2:password2]")
+    return credentials
+
+
+def read_credentials_file(path: str) -> list[tuple[str, str]]:
+    """Credentials from a file: user:password entries separated by commas or new lines."""
+    with open(path, encoding="utf8") as file:
+        return parse_credentials(file.read())
+
+
+def credentials_argument(text: str) -> str:
+    """argparse type for --gradio-auth / --api-auth: validates, keeps the raw text (as A1111)."""
+    try:
+        parse_credentials(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _add_paths(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("paths")
+    group.add_argument("--data-dir", type=str, default=data_path, metavar="DIR",
+                       help="base folder of user data: settings, outputs, extensions, embeddings (default: the repository)")
+    group.add_argument("--models-dir", type=str, default=None, metavar="DIR",
+                       help="base folder of model files (default: DATA_DIR/models)")
+    group.add_argument("--ckpt", type=str, default=None, metavar="FILE",
+                       help="checkpoint to add to the list and load at start")
+    group.add_argument("--ckpt-dir", type=str, default=None, metavar="DIR",
+                       help="folder of Stable Diffusion checkpoints (default: MODELS_DIR/Stable-diffusion)")
+    group.add_argument("--vae-dir", type=str, default=None, metavar="DIR",
+                       help="folder of VAE files (default: MODELS_DIR/VAE)")
+    group.add_argument("--vae-path", type=str, default=None, metavar="FILE",
+                       help="VAE to use; overrides the setting")
+    group.add_argument("--lora-dir", type=str, default=os.path.join(models_path, "Lora"), metavar="DIR",
+                       help="folder of LoRA files")
+    group.add_argument("--embeddings-dir", type=str, default=os.path.join(data_path, "embeddings"), metavar="DIR",
+                       help="folder of textual inversion embeddings")
+    group.add_argument("--hypernetwork-dir", type=str, default=os.path.join(models_path, "hypernetworks"), metavar="DIR",
+                       help="folder of hypernetworks")
+    group.add_argument("--styles-file", type=str, action="append", default=[], metavar="FILE",
+                       help="styles file (may be given more than once; default: DATA_DIR/styles.csv)")
+    group.add_argument("--ui-settings-file", type=str, default=os.path.join(data_path, "config.json"), metavar="FILE",
+                       help="settings file")
+    group.add_argument("--ui-config-file", type=str, default=os.path.join(data_path, "ui-config.json"), metavar="FILE",
+                       help="file of UI defaults and limits")
+    for kind in ("samples", "txt2img-samples", "img2img-samples", "extras-samples",
+                 "grids", "txt2img-grids", "img2img-grids", "save", "init-images"):
+        group.add_argument(f"--outdir-{kind}", type=str, default=None, metavar="DIR",
+                           help=f"output folder for {kind.replace('-', ' ')}; overrides the setting")
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("device and precision")
+    group.add_argument("--use-cpu", type=str.lower, nargs="+", default=[], metavar="MODULE",
+                       help="run these modules on the CPU; 'all' for everything")
+    group.add_argument("--device-id", type=str, default=None, metavar="ID",
+                       help="index of the CUDA device to use (cuda:ID)")
+    group.add_argument("--precision", type=str, choices=["full", "half", "autocast"], default="autocast",
+                       help="compute precision: full (fp32), half (fp16) or autocast (fp16 on CUDA; default)")
+    group.add_argument("--no-half", action="store_true", help="keep model weights in fp32")
+    group.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
+    group.add_argument("--upcast-sampling", action="store_true", help="upcast sampling to fp32 where it matters")
+    group.add_argument("--xformers", action="store_true", help="use xformers attention if it is installed")
+    group.add_argument("--force-enable-xformers", action="store_true", help="use xformers even if the check fails")
+    group.add_argument("--opt-sdp-attention", action="store_true",
+                       help="use PyTorch's scaled dot product attention")
+    group.add_argument("--opt-sdp-no-mem-attention", action="store_true",
+                       help="scaled dot product attention without the memory-efficient kernel (deterministic)")
+    group.add_argument("--opt-split-attention", action="store_true", help="sliced attention to save memory")
+    group.add_argument("--opt-sub-quad-attention", action="store_true", help="sub-quadratic attention to save memory")
+    group.add_argument("--disable-opt-split-attention", action="store_true", help="use plain attention")
+    group.add_argument("--opt-channelslast", action="store_true", help="channels-last memory format for the UNet")
+    group.add_argument("--disable-nan-check", action="store_true", help="do not check images and latents for NaNs")
+    group.add_argument("--lowvram", action="store_true",
+                       help=f"{MEMORY_MODES_NOTE}: keep only the running part of the model in VRAM (slowest)")
+    group.add_argument("--medvram", action="store_true",
+                       help=f"{MEMORY_MODES_NOTE}: keep one of text encoder, UNet and VAE in VRAM at a time")
+    group.add_argument("--medvram-sdxl", action="store_true", help="--medvram for SDXL models only")
+    group.add_argument("--lowram", action="store_true", help="load checkpoints straight to VRAM")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("server")
+    group.add_argument("--listen", action="store_true", help="serve on 0.0.0.0, reachable from the LAN")
+    group.add_argument("--server-name", type=str, default=None, metavar="HOST", help="address to serve on")
+    group.add_argument("--port", type=port_number, default=7860, help="port to serve on (default: 7860)")
+    group.add_argument("--share", action="store_true",
+                       help="not available: Easel runs offline and opens no public tunnel (use --listen)")
+    group.add_argument("--autolaunch", action="store_true", help="open the UI in the system's browser at start")
+    group.add_argument("--theme", type=str, choices=["light", "dark"], default=None, help="UI theme")
+    group.add_argument("--subpath", type=str, default=None, metavar="PATH", help="serve the UI under this path")
+    group.add_argument("--gradio-auth", type=credentials_argument, default=None, metavar="USER:PASS[,USER2:PASS2]",
+                       help="require a login for the UI")
+    group.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
+                       help="file of UI logins: user:password entries, separated by commas or new lines")
+    group.add_argument("--gradio-allowed-path", type=str, action="append", default=[], metavar="DIR",
+                       help="extra folder the UI may serve files from")
+    group.add_argument("--gradio-debug", action="store_true", help="Gradio debug mode")
+    group.add_argument("--api", action="store_true", help="serve the HTTP API (/sdapi/v1/...) as well")
+    group.add_argument("--nowebui", action="store_true", help="serve only the HTTP API, without the UI")
+    group.add_argument("--api-auth", type=credentials_argument, default=None, metavar="USER:PASS[,USER2:PASS2]",
+                       help="require HTTP basic authentication for the API")
+    group.add_argument("--api-log", action="store_true", help="log every API request")
+    group.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGINS",
+                       help="comma-separated origins allowed by CORS")
+    group.add_argument("--cors-allow-origins-regex", type=str, default=None, metavar="REGEX",
+                       help="regular expression of origins allowed by CORS")
+    group.add_argument("--timeout-keep-alive", type=int, default=30, metavar="SECONDS",
+                       help="HTTP keep-alive timeout (default: 30)")
+    group.add_argument("--log-level", "--loglevel", dest="log_level", type=str.upper, default=None,
+                       choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"], help="log level")
+
+
+def _add_ui_and_extensions(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("UI, models and extensions")
+    group.add_argument("--enable-insecure-extension-access", action="store_true",
+                       help="allow installing extensions from the UI even with --listen or logins")
+    group.add_argument("--disable-all-extensions", action="store_true", help="load no extensions at all")
+    group.add_argument("--disable-extra-extensions", action="store_true",
+                       help="load only the built-in extensions")
+    group.add_argument("--allow-code", action="store_true", help="allow running custom code from the UI")
+    group.add_argument("--freeze-settings", action="store_true", help="make settings read-only in the UI")
+    group.add_argument("--hide-ui-dir-config", action="store_true", help="hide folder settings in the UI")
+    group.add_argument("--max-batch-count", type=int, default=16, metavar="N", help="largest batch count in the UI")
+    group.add_argument("--skip-load-model-at-start", action="store_true", help="load no checkpoint until one is needed")
+    group.add_argument("--no-hashing", action="store_true", help="do not compute sha256 hashes of checkpoints")
+    group.add_argument("--disable-safe-unpickle", action="store_true",
+                       help=f"{COMPAT_NOTE}; Easel always loads pickles with torch.load(weights_only=True)")
+    group.add_argument("--no-download-sd-model", action="store_true",
+                       help=f"{COMPAT_NOTE}; Easel never downloads models")
+    group.add_argument("--do-not-download-clip", action="store_true",
+                       help=f"{COMPAT_NOTE}; Easel never downloads models")
+
+
+def _add_launch(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("set-up (launch.py)")
+    group.add_argument("--skip-prepare-environment", action="store_true",
+                       help="skip every set-up step (venv, installs); start straight away")
+    group.add_argument("--skip-install", action="store_true", help="do not install or check requirements")
+    group.add_argument("--reinstall-torch", action="store_true",
+                       help="reinstall torch (with $TORCH_COMMAND if set)")
+    group.add_argument("--skip-python-version-check", action="store_true", help="run on any Python version")
+    group.add_argument("--skip-torch-cuda-test", action="store_true",
+                       help=f"{COMPAT_NOTE}; Easel runs on the CPU when there is no GPU")
+    group.add_argument("--exit", action="store_true", help="set up, then stop without starting the UI")
+    group.add_argument("--run-tests", nargs=argparse.REMAINDER, default=None, metavar="PYTEST_ARG",
+                       help="set up (with requirements-test.txt) and run pytest on tests/; "
+                            "every argument after this one goes to pytest")
+
+
+def build_parser(extra_preloads: Iterable[Preload] = ()) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        usage="%(prog)s [options] [--run-tests [PYTEST_ARG ...]]   (%(prog)s --help lists the options)",
+        description="Easel, a Stable Diffusion web UI. Sets up its venv, then serves the UI at http://127.0.0.1:7860.",
+        allow_abbrev=False,  # a mistyped flag is an error, not a guess
+    )
+    _add_paths(parser)
+    _add_device(parser)
+    _add_server(parser)
+    _add_ui_and_extensions(parser)
+    _add_launch(parser)
+    for preload in extra_preloads:
+        preload(parser)
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None = None,
+               extra_preloads: Iterable[Preload] = ()) -> argparse.Namespace:
+    """Parse argv (default: sys.argv[1:]); exits with status 2 and the usage on a bad flag."""
+    parser = build_parser(extra_preloads)
+    opts = parser.parse_args(argv)
+    opts.loglevel = opts.log_level  # A1111's attribute name
+    if opts.listen and opts.server_name is None:
+        opts.server_name = "0.0.0.0"
+    return opts
+
+
+def compatibility_notes(opts: argparse.Namespace) -> list[str]:
+    """Messages for flags that Easel accepts but honours differently from A1111."""
+    notes = []
+    if getattr(opts, "share", False):
+        notes.append("--share: sharing through a public tunnel is unavailable (Easel runs offline); "
+                     "use --listen to serve on your LAN instead.")
+    if getattr(opts, "disable_safe_unpickle", False):
+        notes.append("--disable-safe-unpickle: ignored; Easel always loads pickled files with weights_only=True.")
+    if getattr(opts, "no_download_sd_model", False) or getattr(opts, "do_not_download_clip", False):
+        notes.append("Easel never downloads models; the download flags change nothing.")
+    if getattr(opts, "skip_torch_cuda_test", False):
+        notes.append("--skip-torch-cuda-test: not needed; Easel runs on the CPU when there is no GPU.")
+    return notes
+
+
+SECRET_FLAGS = ("--gradio-auth", "--api-auth")
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """argv with the values of the credential flags replaced, for printing."""
+    redacted, hide_next = [], False
+    for arg in argv:
+        if hide_next:
+            redacted.append("<hidden>")
+            hide_next = False
+        elif arg in SECRET_FLAGS:
+            redacted.append(arg)
+            hide_next = True
+        elif arg.startswith(tuple(flag + "=" for flag in SECRET_FLAGS)):
+            redacted.append(arg.split("=", 1)[0] + "=<hidden>")
+        else:
+            redacted.append(arg)
+    return redacted

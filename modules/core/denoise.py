@@ -1,0 +1,222 @@
+"""The sampling loop: one function, numbered steps, hook points as plain method calls.
+
+It runs any scheduler with diffusers' API (see ``modules.core.samplers``) on a model callable with
+classifier-free guidance. Conditioning is an opaque dict of batched tensors; cond and uncond are
+run as one batch of 2B when their shapes allow it, otherwise as two calls.
+
+Step numbering: the loop runs once per entry of ``scheduler.timesteps``, i.e. once per model
+evaluation (cond + uncond together). For second-order samplers (Heun, DPM2, DPM2 a, DPM++ SDE,
+DPM++ 2S a) that is ``2 * steps - 1`` iterations, for PLMS ``steps + 1``. Hooks and
+``cond_for_step`` get that iteration index (0-based, counted from where sampling starts, so img2img
+starts at 0 too) and ``total`` is the number of iterations — the same counting A1111 uses for its
+``sampling_step``/``sampling_steps`` (its CFG denoiser counts model calls).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+ModelFn = Callable[[Tensor, Tensor, dict], Tensor]
+
+
+class DenoiseHooks:
+    """No-op hook points; subclass and override what you need (A1111's CFG callbacks)."""
+
+    def cfg_denoiser(self, step: int, x: Tensor, t: Tensor, cond: dict, uncond: dict | None) -> None:
+        """Before the model call. ``x`` is a copy of the current latents (B, C, H, W) and ``t`` the
+        timestep per image (B,); edit ``x`` or the cond dicts in place to change what the model sees
+        (A1111 ``on_cfg_denoiser``). The sampler's own latents are not affected."""
+
+    def cfg_denoised(self, step: int, x_pred: Tensor) -> None:
+        """After the model, before the CFG combine. ``x_pred`` is the raw model output, cond rows
+        first then uncond rows (A1111's order); only the cond rows when CFG is off."""
+
+    def cfg_after_cfg(self, step: int, x_pred: Tensor) -> Tensor:
+        """After the CFG combine; return the prediction the scheduler should use."""
+        return x_pred
+
+    def step_end(self, step: int, total: int, latents: Tensor, denoised: Tensor | None) -> None:
+        """After the scheduler step: progress and previews. ``denoised`` is the x0 prediction when
+        the scheduler reports one (``pred_original_sample``/``denoised``), else None."""
+
+    def should_stop(self) -> bool:
+        """Interrupt/skip: True ends the loop before the next iteration, keeping the current latents."""
+        return False
+
+
+_NO_HOOKS = DenoiseHooks()
+
+
+def _tensor_items(d: dict) -> dict:
+    return {k: v for k, v in d.items() if isinstance(v, Tensor)}
+
+
+def _check_cond(name: str, cond, batch: int) -> None:
+    if not isinstance(cond, dict) or "context" not in cond:
+        raise ValueError(f"{name} must be a dict with at least a 'context' tensor, got {type(cond).__name__}")
+    for key, value in _tensor_items(cond).items():
+        if value.shape[0] != batch:
+            raise ValueError(f"{name}[{key!r}] has batch {value.shape[0]}, the latents have {batch}")
+
+
+def _can_batch(cond: dict, uncond: dict) -> bool:
+    """One 2B call is possible when both dicts have the same keys, tensors agree on every dim but
+    the batch (cond/uncond contexts of different token lengths do not), and the rest is equal."""
+    if cond.keys() != uncond.keys():
+        return False
+    for key, a in cond.items():
+        b = uncond[key]
+        if isinstance(a, Tensor) != isinstance(b, Tensor):
+            return False
+        if isinstance(a, Tensor):
+            if a.shape[1:] != b.shape[1:] or a.dtype != b.dtype:
+                return False
+        elif a is not b and a != b:
+            return False
+    return True
+
+
+def _concat(cond: dict, uncond: dict) -> dict:
+    return {k: torch.cat([v, uncond[k]]) if isinstance(v, Tensor) else v for k, v in cond.items()}
+
+
+def _predict(model: ModelFn, x: Tensor, t: Tensor, cond: dict, uncond: dict | None) -> Tensor:
+    """Raw model output: cond rows, then uncond rows when ``uncond`` is given."""
+    if uncond is None:
+        return model(x, t, cond)
+    if _can_batch(cond, uncond):
+        return model(torch.cat([x, x]), torch.cat([t, t]), _concat(cond, uncond))
+    return torch.cat([model(x, t, cond), model(x, t, uncond)])
+
+
+def _step_kwargs(scheduler, generators, extra: dict | None) -> dict:
+    accepted = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if generators is not None and "generator" in accepted:
+        kwargs["generator"] = generators
+    for key, value in (extra or {}).items():
+        if key not in accepted:
+            raise ValueError(f"{type(scheduler).__name__}.step() takes no {key!r}; it takes {sorted(accepted)}")
+        kwargs[key] = value
+    return kwargs
+
+
+def _seed_brownian_noise(scheduler, batch: int, brownian_seeds, generators) -> None:
+    """Brownian-tree SDE samplers (DPM++ SDE) take seeds, not generators: one tree per image."""
+    if not hasattr(scheduler, "noise_sampler_seed"):
+        return
+    if brownian_seeds is None and generators is not None:
+        brownian_seeds = [
+            int(torch.randint(0, 2**62, (), generator=g, device=g.device)) for g in generators
+        ]
+    if brownian_seeds is not None:
+        if len(brownian_seeds) != batch:
+            raise ValueError(f"brownian_seeds has {len(brownian_seeds)} seeds for a batch of {batch}")
+        scheduler.noise_sampler_seed = [int(s) for s in brownian_seeds]
+        scheduler.noise_sampler = None
+
+
+@torch.no_grad()
+def sample(
+    model: ModelFn,
+    scheduler,
+    noise: Tensor,
+    cond_for_step: Callable[[int], tuple[dict, dict | None]],
+    *,
+    steps: int,
+    cfg_scale: float,
+    generators: list[torch.Generator] | None = None,
+    hooks: DenoiseHooks | None = None,
+    init_latents: Tensor | None = None,
+    denoising_strength: float = 1.0,
+    extra_step_kwargs: dict | None = None,
+    brownian_seeds: list[int] | None = None,
+) -> Tensor:
+    """Run the sampler and return the final latents (B, C, H, W).
+
+    ``model(x, t, cond)`` returns the UNet's raw output (eps or v) for a batch, ``t`` being the
+    timestep per row. ``cond_for_step(i)`` returns ``(cond, uncond)`` for iteration ``i``; with
+    ``cfg_scale == 1`` the uncond pass is skipped (uncond may then be None). ``generators`` (one per
+    image) feed the step noise of ancestral/SDE schedulers. ``brownian_seeds`` seed DPM++ SDE's
+    per-image Brownian trees (A1111 uses the image seeds); without them they are drawn from
+    ``generators``. ``extra_step_kwargs`` go to ``scheduler.step`` (e.g. ``{"eta": 0.5}`` for DDIM).
+    img2img: pass ``init_latents`` and ``denoising_strength`` < 1.
+    """
+    hooks = hooks or _NO_HOOKS
+
+    # 1. Check inputs.
+    if noise.ndim != 4:
+        raise ValueError(f"noise must be (B, C, H, W), got shape {tuple(noise.shape)}")
+    batch = noise.shape[0]
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if generators is not None and len(generators) != batch:
+        raise ValueError(f"{len(generators)} generators for a batch of {batch}")
+    if not 0.0 <= denoising_strength <= 1.0:
+        raise ValueError(f"denoising_strength must be within [0, 1], got {denoising_strength}")
+    if init_latents is None and denoising_strength != 1.0:
+        raise ValueError("denoising_strength < 1 needs init_latents (img2img)")
+    if init_latents is not None and init_latents.shape != noise.shape:
+        raise ValueError(f"init_latents {tuple(init_latents.shape)} and noise {tuple(noise.shape)} differ in shape")
+    use_cfg = cfg_scale != 1.0
+
+    # 2. Timesteps.
+    scheduler.set_timesteps(steps, device=noise.device)
+    timesteps = scheduler.timesteps
+
+    # 3. Starting latents: pure noise, or the init image noised to where sampling starts.
+    if init_latents is None:
+        latents = noise * scheduler.init_noise_sigma
+    else:
+        denoise_steps = min(int(steps * denoising_strength), steps)
+        if denoise_steps == 0:
+            return init_latents.clone()
+        begin = (steps - denoise_steps) * scheduler.order
+        timesteps = timesteps[begin:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(begin)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch))
+
+    # 4. Sources of the per-step noise.
+    step_kwargs = _step_kwargs(scheduler, generators, extra_step_kwargs)
+    _seed_brownian_noise(scheduler, batch, brownian_seeds, generators)
+
+    # 5. The loop.
+    total = len(timesteps)
+    for i, t in enumerate(timesteps):
+        if hooks.should_stop():
+            break
+        cond, uncond = cond_for_step(i)
+        _check_cond("cond", cond, batch)
+        if use_cfg:
+            _check_cond("uncond", uncond, batch)
+
+        # 5a. Model input; hooks may edit the copy and the conds.
+        x = latents.clone()
+        t_batch = t.expand(batch)
+        hooks.cfg_denoiser(i, x, t_batch, cond, uncond if use_cfg else None)
+        x_in = scheduler.scale_model_input(x, t)
+
+        # 5b. Model, then classifier-free guidance.
+        x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None)
+        hooks.cfg_denoised(i, x_pred)
+        if use_cfg:
+            pred_cond, pred_uncond = x_pred[:batch], x_pred[batch:]
+            pred = pred_uncond + cfg_scale * (pred_cond - pred_uncond)
+        else:
+            pred = x_pred
+        pred = hooks.cfg_after_cfg(i, pred)
+
+        # 5c. Scheduler step.
+        out = scheduler.step(pred, t, latents, **step_kwargs)
+        latents = out.prev_sample
+        denoised = getattr(out, "pred_original_sample", None)
+        if denoised is None:
+            denoised = getattr(out, "denoised", None)
+        hooks.step_end(i, total, latents, denoised)
+
+    return latents

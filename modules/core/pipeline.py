@@ -1,0 +1,271 @@
+"""The one generation function: a typed request and a loaded model in, images out.
+
+Read top to bottom: validate, resolve defaults, then per batch: encode prompts, make
+noise from the seeds, denoise, decode, write infotext, save. No globals: settings
+and the job observer (progress, interrupt, skip) come in as arguments.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import denoise, image_io, rng, samplers
+from .conditioning import TextConditioner
+from .infotext import build_infotext
+from .model_loader import LoadedModel
+from .types import GenerationRequest, GenerationResult, RequestError
+
+
+@dataclass
+class GenerationSettings:
+    """What the options say for this job (A1111 option names in comments)."""
+
+    outdir_samples: Path | None = None  # outdir_txt2img_samples (dated subfolders below it)
+    outdir_grids: Path | None = None  # outdir_txt2img_grids
+    samples_format: str = "png"  # samples_format
+    grid_format: str = "png"  # grid_format
+    save_grid: bool = True  # grid_save
+    return_grid: bool = True  # return_grid
+    jpeg_quality: int = 80  # jpeg_quality
+    clip_skip: int = 1  # CLIP_stop_at_last_layers
+    eta_noise_seed_delta: int = 0  # eta_noise_seed_delta
+    randn_source: str = "CPU"  # randn_source
+    model_name: str = ""
+    model_hash: str | None = None
+    add_model_hash_to_info: bool = True
+    add_model_name_to_info: bool = True
+    version: str | None = None  # add_version_to_infotext
+    today: Callable[[], datetime.date] = datetime.date.today
+
+
+class JobObserver:
+    """Progress and control for one job; the job service subclasses it."""
+
+    def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None: ...
+
+    def on_step(self, step: int, total: int, latents: torch.Tensor, denoised: torch.Tensor | None) -> None: ...
+
+    def interrupted(self) -> bool:
+        return False
+
+    def skipped(self) -> bool:
+        """True once per skip request: ends the current batch, the job goes on."""
+        return False
+
+
+@dataclass
+class _Plan:
+    sampler: str
+    schedule: str
+    width: int
+    height: int
+    seeds: list[int]
+    subseeds: list[int]
+    clip_skip: int
+    extra: dict = field(default_factory=dict)
+
+
+class _LoopHooks(denoise.DenoiseHooks):
+    def __init__(self, observer: JobObserver):
+        self.observer = observer
+        self.stopped = False
+
+    def step_end(self, step, total, latents, denoised):
+        self.observer.on_step(step, total, latents, denoised)
+
+    def should_stop(self) -> bool:
+        if self.observer.interrupted() or self.observer.skipped():
+            self.stopped = True
+        return self.stopped
+
+
+def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSettings) -> _Plan:
+    """Validate against the model and resolve every default (step 1)."""
+    try:
+        sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
+    except ValueError as exc:
+        raise RequestError("sampler_name", str(exc)) from exc
+    width = request.width or model.spec.native_size[0]
+    height = request.height or model.spec.native_size[1]
+    count = request.batch_size * request.n_iter
+    seed = rng.fix_seed(request.seed)
+    subseed = rng.fix_seed(request.subseed)
+    return _Plan(
+        sampler=sampler,
+        schedule=schedule,
+        width=width,
+        height=height,
+        seeds=rng.all_seeds(seed, count, request.subseed_strength),
+        subseeds=rng.all_subseeds(subseed, count),
+        clip_skip=request.clip_skip or settings.clip_skip,
+    )
+
+
+def _unet_call(model: LoadedModel) -> Callable:
+    unet = model.unet
+    dtype = model.policy.unet_dtype
+
+    def call(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        if "c_concat" in cond:
+            x = torch.cat([x, cond["c_concat"]], dim=1)
+        added = None
+        if "text_embeds" in cond:
+            added = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
+        out = unet(x.to(dtype), t, encoder_hidden_states=cond["context"].to(dtype), added_cond_kwargs=added)
+        return out.sample.float()
+
+    return call
+
+
+@torch.no_grad()
+def encode_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> scaled latents; the distribution's mean, so it is deterministic."""
+    vae = model.vae
+    dist = vae.encode(pixels.to(model.device, model.policy.vae_dtype)).latent_dist
+    return dist.mean.float() * vae.config.scaling_factor
+
+
+def txt2img_image_conditioning(model: LoadedModel, batch: int, width: int, height: int) -> torch.Tensor:
+    """What an inpainting UNet sees in txt2img (A1111): everything masked, over a grey image."""
+    grey = torch.zeros(1, 3, height, width)  # 0.5 grey in [-1, 1]
+    latent = encode_pixels(model, grey)
+    mask = torch.ones_like(latent[:, :1])
+    return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1)
+
+
+@torch.no_grad()
+def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+    vae = model.vae
+    scaled = latents.to(model.device, model.policy.vae_dtype) / vae.config.scaling_factor
+    pixels = vae.decode(scaled).sample.float()
+    array = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
+
+
+def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int) -> dict:
+    """The settings line in A1111's order."""
+    params = {
+        "Steps": request.steps,
+        "Sampler": p.sampler,
+        "Schedule type": p.schedule,
+        "CFG scale": request.cfg_scale,
+        "Seed": p.seeds[index],
+        "Size": f"{p.width}x{p.height}",
+        "Model hash": settings.model_hash if settings.add_model_hash_to_info else None,
+        "Model": (settings.model_name or None) if settings.add_model_name_to_info else None,
+        "Variation seed": p.subseeds[index] if request.subseed_strength > 0 else None,
+        "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
+        "Seed resize from": (
+            f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
+            if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
+            else None
+        ),
+        "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
+        "ENSD": settings.eta_noise_seed_delta if settings.eta_noise_seed_delta and samplers.is_ancestral(p.sampler) else None,
+    }
+    params.update(request.extra)
+    params["Version"] = settings.version
+    return params
+
+
+@torch.no_grad()
+def generate(
+    request: GenerationRequest,
+    model: LoadedModel,
+    settings: GenerationSettings | None = None,
+    observer: JobObserver | None = None,
+) -> GenerationResult:
+    settings = settings or GenerationSettings()
+    observer = observer or JobObserver()
+
+    # 1. validate against the model and resolve defaults
+    p = plan(request, model, settings)
+    if p.width % model.latent_scale or p.height % model.latent_scale:
+        raise RequestError("width", f"width and height must be multiples of {model.latent_scale} for this model")
+    conditioner = TextConditioner(model, clip_skip=p.clip_skip)
+    unet_call = _unet_call(model)
+    latent_shape = (model.spec.unet_config["out_channels"], p.height // model.latent_scale, p.width // model.latent_scale)
+    seed_resize = (
+        (request.seed_resize_from_w, request.seed_resize_from_h)
+        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
+        else None
+    )
+    result = GenerationResult(
+        images=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[], infotexts=[],
+        width=p.width, height=p.height, sampler_name=p.sampler, scheduler=p.schedule,
+        model_name=settings.model_name, model_hash=settings.model_hash, clip_skip=p.clip_skip,
+    )
+    day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
+
+    for batch in range(request.n_iter):
+        if observer.interrupted():
+            result.interrupted = True
+            break
+        observer.begin_batch(batch, request.n_iter, request.steps)
+        lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
+        seeds, subseeds = p.seeds[lo:hi], p.subseeds[lo:hi]
+        prompts = [request.prompt] * request.batch_size
+        negatives = [request.negative_prompt] * request.batch_size
+
+        # 2. conditioning (per step, so prompt editing can change it later)
+        cond = conditioner.encode(prompts, p.width, p.height)
+        uncond = conditioner.encode(negatives, p.width, p.height)
+        if model.spec.inpainting:
+            concat = txt2img_image_conditioning(model, len(prompts), p.width, p.height)
+            cond, uncond = {**cond, "c_concat": concat}, {**uncond, "c_concat": concat}
+
+        # 3. noise from the seeds, on the CPU by default for reproducibility
+        noise = rng.create_noise(
+            latent_shape, seeds, subseeds, request.subseed_strength, seed_resize,
+            device=model.device, source=settings.randn_source,
+        )
+        scheduler = samplers.build_scheduler(p.sampler, p.schedule, prediction_type=model.spec.prediction_type,
+                                             rescale_betas_zero_snr=model.spec.zero_terminal_snr)
+        generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=model.device,
+                                         shape=latent_shape, source=settings.randn_source)
+
+        # 4. the sampling loop
+        hooks = _LoopHooks(observer)
+        latents = denoise.sample(
+            unet_call, scheduler, noise.to(model.device), lambda step: (cond, uncond),
+            steps=request.steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
+        )
+        if observer.interrupted():
+            result.interrupted = True
+
+        # 5. decode, infotext, save (an interrupted, half-denoised batch is shown, not saved)
+        images = decode_latents(model, latents)
+        for i, image in enumerate(images):
+            index = lo + i
+            text = build_infotext(request.prompt, request.negative_prompt, infotext_params(request, p, settings, index))
+            image.info["parameters"] = text
+            result.images.append(image)
+            result.seeds.append(seeds[i])
+            result.subseeds.append(subseeds[i])
+            result.prompts.append(prompts[i])
+            result.negative_prompts.append(negatives[i])
+            result.infotexts.append(text)
+            if request.save_images and day_dir is not None and not result.interrupted:
+                path = image_io.save_image(image, day_dir, seed=seeds[i], infotext=text,
+                                           extension=settings.samples_format, jpeg_quality=settings.jpeg_quality)
+                result.paths.append(str(path))
+        if result.interrupted:
+            break
+
+    # 6. grid of the whole job
+    if len(result.images) > 1 and (settings.return_grid or settings.save_grid):
+        grid = image_io.image_grid(result.images, batch_size=request.batch_size)
+        grid_text = result.infotexts[0]
+        grid.info["parameters"] = grid_text
+        result.grid = grid if settings.return_grid else None
+        if settings.save_grid and request.save_images and settings.outdir_grids and not result.interrupted:
+            grid_dir = image_io.dated_subdir(settings.outdir_grids, settings.today())
+            result.grid_path = str(image_io.save_grid(grid, grid_dir, infotext=grid_text, extension=settings.grid_format))
+    return result

@@ -1,0 +1,465 @@
+"""Sampler registry: A1111 sampler name + schedule type -> a fresh diffusers-API scheduler.
+
+Every sampler is one row of data (:data:`_ROWS`): its A1111 name and aliases, the scheduler that
+implements it, the constructor options that make it behave like A1111, the schedule A1111's
+"Automatic" picks for it, and the schedule types it can honour. Names and aliases are unique
+case-insensitively; a duplicate is an error at import.
+
+Schedule types map onto scheduler configuration:
+
+=============  ============  ==========================================================
+label          id            configuration
+=============  ============  ==========================================================
+Automatic      automatic     the sampler's default schedule (A1111 >= 1.9 semantics)
+Uniform        uniform       ``timestep_spacing="linspace"`` (t = 999 -> 0, like k-diffusion);
+                             DDIM/PLMS: ``"leading"`` + ``steps_offset=1`` like A1111's
+                             timestep samplers
+Karras         karras        ``use_karras_sigmas=True`` (rho 7, training sigma range)
+Exponential    exponential   ``use_exponential_sigmas=True``
+SGM Uniform    sgm_uniform   ``timestep_spacing="trailing"``
+=============  ============  ==========================================================
+
+"Automatic" follows A1111 1.9+, where it means the sampler's own default: Karras for DPM++ 2M,
+DPM++ SDE, DPM++ 2S a, DPM2 and DPM2 a, Exponential for DPM++ 2M SDE, Uniform for the rest. So
+"DPM++ 2M" with "Automatic" makes the same image as A1111's "DPM++ 2M" (which is Karras there).
+
+Unsupported combinations raise ``ValueError`` (DDIM/PLMS/LCM have no sigma-based schedules in
+diffusers; LCM keeps its own skipping schedule). "DPM++ 2S a" has no diffusers scheduler: it is
+implemented below (:class:`DPMPP2SAncestralScheduler`) on the sigmas of ``EulerDiscreteScheduler``,
+and "Euler a" gets Karras/Exponential by taking its sigmas from ``EulerDiscreteScheduler`` as well.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+# Stable Diffusion's training noise schedule (SD 1.x, 2.x, XL).
+SD_TRAINING_SCHEDULE = MappingProxyType(
+    {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+)
+
+SCHEDULE_TYPES: list[tuple[str, str]] = [
+    ("Automatic", "automatic"),
+    ("Uniform", "uniform"),
+    ("Karras", "karras"),
+    ("Exponential", "exponential"),
+    ("SGM Uniform", "sgm_uniform"),
+]
+_SCHEDULE_LABEL_BY_KEY = {k.lower(): label for label, sid in SCHEDULE_TYPES for k in (label, sid)}
+_SCHEDULE_ID_BY_LABEL = dict(SCHEDULE_TYPES)
+_ALL_SCHEDULES = frozenset({"uniform", "karras", "exponential", "sgm_uniform"})
+
+
+# --------------------------------------------------------------------------------------------
+# Schedulers that diffusers lacks
+# --------------------------------------------------------------------------------------------
+
+def _plain_config(config: Mapping) -> dict:
+    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+
+
+class EulerAncestralAnyScheduleScheduler(EulerAncestralDiscreteScheduler):
+    """diffusers' Euler ancestral step on sigmas from ``EulerDiscreteScheduler``.
+
+    ``EulerAncestralDiscreteScheduler`` only knows timestep spacings; A1111 offers "Euler a" with
+    Karras and Exponential too. The ancestral step only reads ``self.sigmas``/``self.timesteps``,
+    so we let ``EulerDiscreteScheduler`` (same training schedule) compute them.
+    ``sigma_options`` holds ``use_karras_sigmas``/``use_exponential_sigmas``.
+    """
+
+    sigma_options: Mapping = MappingProxyType({})
+
+    def set_timesteps(self, num_inference_steps: int, device=None):
+        super().set_timesteps(num_inference_steps, device=device)
+        if not self.sigma_options:
+            return
+        source = EulerDiscreteScheduler(**_plain_config(self.config), **self.sigma_options)
+        source.set_timesteps(num_inference_steps, device=device)
+        self.sigmas = source.sigmas
+        self.timesteps = source.timesteps
+
+
+@dataclass
+class DPMPP2SAncestralOutput(BaseOutput):
+    prev_sample: torch.Tensor
+    pred_original_sample: torch.Tensor | None = None
+
+
+class DPMPP2SAncestralScheduler:
+    """k-diffusion's ``sample_dpmpp_2s_ancestral`` (eta 1, s_noise 1) behind diffusers' scheduler API.
+
+    Each step from sigma_i to sigma_{i+1} splits into an ancestral pair (sigma_down, sigma_up). A
+    DPM-Solver++(2S) step goes to sigma_down through a midpoint at sigma_s = sqrt(sigma_i*sigma_down)
+    (half way in log sigma), then noise of size sigma_up is added. The last step (to sigma 0) has
+    sigma_down 0 and is a plain Euler step. So every step but the last costs two model calls, and
+    ``timesteps`` interleaves them: [t_0, t_s0, t_1, t_s1, ..., t_{n-1}] (2n - 1 entries, ``order`` 2,
+    so ``timesteps[k * order]`` is the start of step k, as diffusers' img2img expects).
+
+    Sigmas (and the timesteps of the step starts) come from ``EulerDiscreteScheduler`` with the same
+    configuration, so every schedule type Euler supports works here. Midpoint timesteps are found by
+    interpolating log sigma over the training schedule, as k-diffusion's ``sigma_to_t``.
+    """
+
+    order = 2
+
+    def __init__(self, **config):
+        self._sigma_source = EulerDiscreteScheduler(**config)
+        self.config = self._sigma_source.config
+        if self.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"DPM++ 2S a supports epsilon and v_prediction, not {self.config.prediction_type!r}")
+        alphas_cumprod = self._sigma_source.alphas_cumprod.double().numpy()
+        self._log_train_sigmas = np.log(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
+        self.num_inference_steps = None
+        self.timesteps = None
+        self.sigmas = None
+        self._step_index = None
+        self._begin_index = None
+
+    # ---- schedule ---------------------------------------------------------------------------
+    @staticmethod
+    def _ancestral(sigma_from: float, sigma_to: float) -> tuple[float, float]:
+        sigma_up = min(sigma_to, (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+        sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+        return sigma_down, sigma_up
+
+    def _sigma_to_t(self, sigma: float) -> float:
+        log_train = self._log_train_sigmas
+        log_sigma = math.log(sigma)
+        low = int(np.clip(np.searchsorted(log_train, log_sigma, side="right") - 1, 0, len(log_train) - 2))
+        w = (log_train[low] - log_sigma) / (log_train[low] - log_train[low + 1])
+        return low + min(max(w, 0.0), 1.0)
+
+    def set_timesteps(self, num_inference_steps: int, device=None):
+        source = self._sigma_source
+        source.set_timesteps(num_inference_steps, device="cpu")
+        sigmas = [float(s) for s in source.sigmas]
+        step_timesteps = [float(t) for t in source.timesteps]
+
+        # One entry per model call: (step index, is first stage, sigma of the call).
+        self._stages: list[tuple[int, bool, float]] = []
+        timesteps = []
+        self._plan = []  # per step: (sigma, sigma_next, sigma_down, sigma_up, sigma_mid)
+        for i in range(num_inference_steps):
+            sigma, sigma_next = sigmas[i], sigmas[i + 1]
+            sigma_down, sigma_up = self._ancestral(sigma, sigma_next)
+            sigma_mid = math.sqrt(sigma * sigma_down) if sigma_down > 0 else None
+            self._plan.append((sigma, sigma_next, sigma_down, sigma_up, sigma_mid))
+            self._stages.append((i, True, sigma))
+            timesteps.append(step_timesteps[i])
+            if sigma_mid is not None:
+                self._stages.append((i, False, sigma_mid))
+                timesteps.append(self._sigma_to_t(sigma_mid))
+
+        self.num_inference_steps = num_inference_steps
+        self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        self.timesteps = torch.tensor(timesteps, dtype=torch.float32, device=device)
+        self._step_index = None
+        self._begin_index = None
+        self._x_start = None
+
+    @property
+    def init_noise_sigma(self) -> float:
+        return float(self.sigmas.max())
+
+    @property
+    def step_index(self):
+        return self._step_index
+
+    @property
+    def begin_index(self):
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int = 0):
+        self._begin_index = begin_index
+
+    @property
+    def state_in_first_order(self) -> bool:
+        return self._stages[self._current_index()][1]
+
+    def __len__(self):
+        return self.config.num_train_timesteps
+
+    def _current_index(self) -> int:
+        if self._step_index is None:
+            self._step_index = self._begin_index or 0
+        return self._step_index
+
+    # ---- model input / output ----------------------------------------------------------------
+    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        sigma = self._stages[self._current_index()][2]
+        return sample / ((sigma ** 2 + 1) ** 0.5)
+
+    def _to_denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
+        if self.config.prediction_type == "epsilon":
+            return sample - sigma * model_output
+        # v-prediction in sigma terms (k-diffusion CompVisVDenoiser)
+        return sample / (sigma ** 2 + 1) - model_output * (sigma / (sigma ** 2 + 1) ** 0.5)
+
+    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
+        index = self._current_index()
+        step_i, first_stage, sigma = self._stages[index]
+        sigma_i, sigma_next, sigma_down, sigma_up, sigma_mid = self._plan[step_i]
+        denoised = self._to_denoised(model_output, sample, sigma)
+
+        if first_stage and sigma_mid is None:
+            # sigma_down == 0: Euler step straight to the end
+            derivative = (sample - denoised) / sigma_i
+            prev = sample + derivative * (sigma_down - sigma_i)
+            prev = self._add_noise_up(prev, sigma_next, sigma_up, generator)
+        elif first_stage:
+            # to the midpoint: t = -log sigma, h = t_down - t, s = t + h / 2
+            h = math.log(sigma_i) - math.log(sigma_down)
+            self._x_start, self._h = sample, h
+            prev = (sigma_mid / sigma_i) * sample - math.expm1(-h / 2) * denoised
+        else:
+            x_start, h = self._x_start, self._h
+            prev = (sigma_down / sigma_i) * x_start - math.expm1(-h) * denoised
+            prev = self._add_noise_up(prev, sigma_next, sigma_up, generator)
+            self._x_start = None
+
+        self._step_index = index + 1
+        if not return_dict:
+            return (prev, denoised)
+        return DPMPP2SAncestralOutput(prev_sample=prev, pred_original_sample=denoised)
+
+    @staticmethod
+    def _add_noise_up(x, sigma_next, sigma_up, generator):
+        if sigma_next <= 0:
+            return x
+        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return x + noise * sigma_up
+
+    def add_noise(self, original_samples, noise, timesteps):
+        """img2img start: sigma of the step where sampling begins (``set_begin_index``)."""
+        index = self._begin_index if self._begin_index is not None else 0
+        if self._step_index is not None:
+            index = self._step_index
+        sigma = self._stages[index][2]
+        return original_samples + noise * sigma
+
+
+# --------------------------------------------------------------------------------------------
+# The registry
+# --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    name: str
+    aliases: tuple[str, ...]
+    scheduler: str | type  # a diffusers class name, or a class defined here
+    options: Mapping = field(default_factory=dict)  # constructor options that make it A1111's
+    default_schedule: str = "uniform"  # what "Automatic" means for it (schedule id)
+    schedules: frozenset = _ALL_SCHEDULES  # schedule ids it honours
+    stochastic: bool = False  # adds noise at each step (ancestral / SDE / LCM)
+    uniform_spacing: str = "linspace"  # k-diffusion style; "leading" for A1111's timestep samplers
+    sigma_schedules_via: str = "config"  # "config": use_*_sigmas kwargs; "attribute": sigma_options
+
+    def scheduler_class(self) -> type:
+        if isinstance(self.scheduler, type):
+            return self.scheduler
+        import diffusers
+
+        return getattr(diffusers, self.scheduler)
+
+
+_DPMPP = {"solver_order": 2, "solver_type": "midpoint", "lower_order_final": True}
+_ROWS: tuple[SamplerSpec, ...] = (
+    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralAnyScheduleScheduler,
+                stochastic=True, sigma_schedules_via="attribute"),
+    SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
+    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),
+    SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler"),
+    SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras"),
+    SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
+                stochastic=True),
+    SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), DPMPP2SAncestralScheduler, default_schedule="karras",
+                stochastic=True),
+    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
+                {"algorithm_type": "dpmsolver++", **_DPMPP}, default_schedule="karras"),
+    SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", default_schedule="karras",
+                stochastic=True),
+    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
+                {"algorithm_type": "sde-dpmsolver++", **_DPMPP}, default_schedule="exponential", stochastic=True),
+    SamplerSpec("DDIM", (), "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
+                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
+    SamplerSpec("PLMS", (), "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False},
+                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
+    # A1111's UniPC defaults: order 3, variant bh1, lower order final
+    SamplerSpec("UniPC", ("uni_pc",), "UniPCMultistepScheduler",
+                {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True}),
+    SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=frozenset({"uniform"}), stochastic=True),
+)
+
+
+def _index(rows) -> dict[str, SamplerSpec]:
+    by_key: dict[str, SamplerSpec] = {}
+    for row in rows:
+        for key in (row.name, *row.aliases):
+            k = key.lower()
+            if k in by_key:
+                raise ValueError(f"duplicate sampler name or alias {key!r} ({row.name} and {by_key[k].name})")
+            by_key[k] = row
+        unknown = (row.schedules | {row.default_schedule}) - _ALL_SCHEDULES
+        if unknown:
+            raise ValueError(f"sampler {row.name!r} names unknown schedule ids {sorted(unknown)}")
+    return by_key
+
+
+_BY_KEY = _index(_ROWS)
+_BY_NAME = {row.name: row for row in _ROWS}
+SAMPLER_NAMES: list[str] = [row.name for row in _ROWS]
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+def _schedule_label(schedule_type: str | None) -> str:
+    if schedule_type is None or (isinstance(schedule_type, str) and not schedule_type.strip()):
+        return "Automatic"
+    label = _SCHEDULE_LABEL_BY_KEY.get(str(schedule_type).strip().lower())
+    if label is None:
+        known = ", ".join(f"{label} ({sid})" for label, sid in SCHEDULE_TYPES)
+        raise ValueError(f"unknown schedule type {schedule_type!r}; known: {known}")
+    return label
+
+
+def _find_sampler(sampler_name: str) -> tuple[SamplerSpec, str | None]:
+    """The sampler row, plus the schedule label an old combined name carried ("DPM++ 2M Karras")."""
+    key = sampler_name.strip().lower()
+    if key in _BY_KEY:
+        return _BY_KEY[key], None
+    for label, sid in SCHEDULE_TYPES[1:]:
+        suffix = " " + label.lower()
+        if key.endswith(suffix) and key[: -len(suffix)].strip() in _BY_KEY:
+            return _BY_KEY[key[: -len(suffix)].strip()], label
+    if key.endswith("_ka") and key[:-3] in _BY_KEY:  # old aliases: k_dpmpp_2m_ka
+        return _BY_KEY[key[:-3]], "Karras"
+    known = ", ".join(SAMPLER_NAMES)
+    raise ValueError(f"unknown sampler {sampler_name!r}; known samplers: {known}")
+
+
+def get_spec(sampler_name: str) -> SamplerSpec:
+    if not isinstance(sampler_name, str) or not sampler_name.strip():
+        raise ValueError(f"sampler name must be a non-empty string; known samplers: {', '.join(SAMPLER_NAMES)}")
+    return _find_sampler(sampler_name)[0]
+
+
+def supported_schedules(sampler_name: str) -> list[str]:
+    """Schedule labels this sampler honours, "Automatic" first."""
+    spec = get_spec(sampler_name)
+    return ["Automatic"] + [label for label, sid in SCHEDULE_TYPES[1:] if sid in spec.schedules]
+
+
+def resolve(sampler_name: str, schedule_type: str | None = None) -> tuple[str, str]:
+    """Canonical ``(sampler name, schedule label)``.
+
+    Accepts names and aliases (``k_dpmpp_2m``), old combined names (``"DPM++ 2M Karras"``,
+    ``"DPM++ 2M SDE Karras"``, ``k_dpmpp_2m_ka``) and schedule labels or ids, all case-insensitive.
+    A combined name's schedule applies when ``schedule_type`` is empty/Automatic; naming a different
+    one is a conflict. Unknown names and unsupported combinations raise ``ValueError``.
+    """
+    spec = get_spec(sampler_name)
+    _, carried = _find_sampler(sampler_name)
+    schedule = _schedule_label(schedule_type)
+    if carried is not None:
+        if schedule not in ("Automatic", carried):
+            raise ValueError(
+                f"sampler {sampler_name!r} already names schedule {carried!r} but schedule type {schedule!r} was given"
+            )
+        schedule = carried
+    sid = _SCHEDULE_ID_BY_LABEL[schedule]
+    if sid != "automatic" and sid not in spec.schedules:
+        raise ValueError(
+            f"sampler {spec.name!r} does not support schedule type {schedule!r}; "
+            f"supported: {', '.join(supported_schedules(spec.name))}"
+        )
+    return spec.name, schedule
+
+
+def effective_schedule(sampler_name: str, schedule_type: str | None = None) -> str:
+    """The concrete schedule label that will run ("Automatic" replaced by the sampler's default)."""
+    name, schedule = resolve(sampler_name, schedule_type)
+    if schedule != "Automatic":
+        return schedule
+    default = _BY_NAME[name].default_schedule
+    return next(label for label, sid in SCHEDULE_TYPES if sid == default)
+
+
+def is_ancestral(sampler_name: str) -> bool:
+    """True when the sampler draws fresh noise at each step (ancestral, SDE, LCM)."""
+    return get_spec(sampler_name).stochastic
+
+
+def _schedule_config(spec: SamplerSpec, schedule_id: str) -> dict:
+    if schedule_id == "uniform":
+        if spec.uniform_spacing == "leading":
+            return {"timestep_spacing": "leading", "steps_offset": 1}
+        return {"timestep_spacing": spec.uniform_spacing}
+    if schedule_id == "sgm_uniform":
+        return {"timestep_spacing": "trailing"}
+    if schedule_id == "karras":
+        return {"timestep_spacing": "linspace", "use_karras_sigmas": True}
+    if schedule_id == "exponential":
+        return {"timestep_spacing": "linspace", "use_exponential_sigmas": True}
+    raise AssertionError(schedule_id)
+
+
+def build_scheduler(
+    sampler_name: str,
+    schedule_type: str = "Automatic",
+    *,
+    prediction_type: str = "epsilon",
+    rescale_betas_zero_snr: bool = False,
+    options: Mapping | None = None,
+):
+    """A fresh scheduler (diffusers API: set_timesteps / timesteps / init_noise_sigma /
+    scale_model_input / step / order) for an A1111 sampler and schedule type.
+
+    ``options`` override constructor options of the row (e.g. ``{"solver_order": 2}`` for UniPC).
+    """
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
+    name, schedule = resolve(sampler_name, schedule_type)
+    spec = _BY_NAME[name]
+    schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
+    if schedule_id == "automatic":
+        schedule_id = spec.default_schedule
+
+    cls = spec.scheduler_class()
+    config = {**SD_TRAINING_SCHEDULE, "prediction_type": prediction_type, **spec.options}
+    schedule_config = _schedule_config(spec, schedule_id)
+    sigma_options = {}
+    if spec.sigma_schedules_via == "attribute":
+        sigma_options = {k: schedule_config.pop(k) for k in ("use_karras_sigmas", "use_exponential_sigmas")
+                         if k in schedule_config}
+    config.update(schedule_config)
+    if rescale_betas_zero_snr:
+        config["rescale_betas_zero_snr"] = True
+    if options:
+        config.update(options)
+
+    accepted = _constructor_params(cls)
+    refused = sorted(k for k in config if k not in accepted)
+    if refused:
+        raise ValueError(f"{name!r} ({cls.__name__}) does not support {', '.join(refused)}")
+    scheduler = cls(**config)
+    if sigma_options:
+        scheduler.sigma_options = MappingProxyType(sigma_options)
+    return scheduler
+
+
+def _constructor_params(cls: type) -> set[str]:
+    if cls is DPMPP2SAncestralScheduler:
+        cls = EulerDiscreteScheduler  # it forwards its configuration there
+    return set(inspect.signature(cls.__init__).parameters) - {"self"}

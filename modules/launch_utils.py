@@ -1,0 +1,393 @@
+"""Set-up for launch.py: the venv, the pinned requirements, then the UI or the tests.
+
+Standard library only: this runs on a bare Python before anything is installed.
+
+    1. fold $COMMANDLINE_ARGS into the command line (A1111), switch the Hugging Face libraries and
+       Gradio to offline mode, parse the flags (a bad flag stops here with status 2)
+    2. outside the venv: create it if missing ($VENV_DIR, default ./venv; '-' = this Python) and
+       run launch.py again with the venv's Python
+    3. inside: install requirements.txt (and requirements-test.txt for --run-tests) unless the
+       venv already records the same file hash, or the pinned versions are already installed
+    4. --run-tests: make sure Chromium is there, run pytest; --exit: stop; else webui.main(opts)
+
+The names extensions' install.py files use from A1111's `launch` module are here too
+(`is_installed`, `run_pip`, `run`, `python`, `args`, `commit_hash`).
+"""
+
+import argparse
+import hashlib
+import importlib.metadata
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+# Only the standard library at import time; modules.cmd_args (and through it modules.paths_internal,
+# which reads sys.argv when imported) is imported in main(), after $COMMANDLINE_ARGS is folded in.
+script_path = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+python = sys.executable
+args: argparse.Namespace | None = None  # the parsed flags, once main() has parsed them
+
+REQUIREMENTS_FILE = os.path.join(script_path, "requirements.txt")
+TEST_REQUIREMENTS_FILE = os.path.join(script_path, "requirements-test.txt")
+STAMP_NAME = "easel-requirements.json"
+CHROMIUM_PATH = "/usr/bin/chromium"
+REEXEC_MARKER = "EASEL_LAUNCHED_IN_VENV"
+
+OFFLINE_ENVIRONMENT = {
+    "HF_HUB_OFFLINE": "1",  # huggingface_hub, and so transformers and diffusers: never ask the Hub
+    "TRANSFORMERS_OFFLINE": "1",  # transformers' own spelling; huggingface_hub reads it too
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "GRADIO_ANALYTICS_ENABLED": "False",  # Gradio's telemetry and its version check online
+}
+
+
+def configure_offline_environment() -> None:
+    """Must run before anything imports huggingface_hub or gradio: they read these at import."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+
+
+# ---- running commands (A1111's names, for extensions' install.py) -------------------------------
+
+def run(command, desc=None, errdesc=None, custom_env=None, live: bool = True) -> str:
+    """Run a shell command; raise RuntimeError with its output if it fails."""
+    if desc:
+        print(desc, flush=True)
+    result = subprocess.run(command, shell=isinstance(command, str), env=custom_env or os.environ,
+                            stdout=None if live else subprocess.PIPE, stderr=None if live else subprocess.STDOUT,
+                            text=True, encoding="utf8", errors="replace")
+    if result.returncode != 0:
+        output = "" if live else f"\n{result.stdout}"
+        raise RuntimeError(f"{errdesc or 'Error running command'} (exit code {result.returncode}): {command}{output}")
+    return "" if live else result.stdout
+
+
+def run_pip(command: str, desc=None, live: bool = True) -> str:
+    return run(f'"{python}" -m pip {command} --prefer-binary', desc=f"Installing {desc}" if desc else None,
+               errdesc=f"Couldn't install {desc or command}", live=live)
+
+
+def is_installed(package: str) -> bool:
+    try:
+        importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _git(*git_args: str) -> str | None:
+    try:
+        result = subprocess.run(["git", "-C", script_path, *git_args], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def commit_hash() -> str:
+    return _git("rev-parse", "HEAD") or "<none>"
+
+
+def git_tag() -> str:
+    return _git("describe", "--tags", "--always", "--dirty") or "<none>"
+
+
+# ---- the venv -----------------------------------------------------------------------------------
+
+def venv_dir() -> str | None:
+    """The venv to use: $VENV_DIR, default ./venv; None for VENV_DIR=- (use this Python as it is)."""
+    value = os.environ.get("VENV_DIR", "")
+    if value == "-":
+        return None
+    return os.path.abspath(os.path.expanduser(value)) if value else os.path.join(script_path, "venv")
+
+
+def venv_python(path: str) -> str:
+    return os.path.join(path, "Scripts", "python.exe") if os.name == "nt" else os.path.join(path, "bin", "python")
+
+
+def running_in(path: str) -> bool:
+    return os.path.realpath(sys.prefix) == os.path.realpath(path)
+
+
+def create_venv(path: str) -> None:
+    print(f"Creating venv in {path}", flush=True)
+    result = subprocess.run([sys.executable, "-m", "venv", path])
+    if result.returncode != 0 or not os.path.exists(venv_python(path)):
+        raise SystemExit(f"Could not create a venv in {path} with {sys.executable}. On Debian or Ubuntu install "
+                         "the python3-venv package, or set VENV_DIR=- to use this Python as it is.")
+
+
+def replace_process(command: list[str], env: dict[str, str]) -> None:
+    """Hand over to `command` and exit with its status (exec on POSIX, so signals go straight to it)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if os.name == "posix":
+        os.execve(command[0], command, env)
+    raise SystemExit(subprocess.run(command, env=env).returncode)
+
+
+def enter_venv() -> None:
+    """Return when running in the right Python; otherwise create the venv and re-run inside it."""
+    path = venv_dir()
+    if path is None:
+        print(f"VENV_DIR is '-': using {sys.executable} as it is", flush=True)
+        return
+    if running_in(path):
+        return
+    if os.environ.get(REEXEC_MARKER):
+        raise SystemExit(f"Re-ran launch.py with {venv_python(path)}, but that Python runs from {sys.prefix}, "
+                         f"not the venv. Delete {path} and try again, or set VENV_DIR=- to use this Python.")
+    if not os.path.exists(venv_python(path)):
+        create_venv(path)
+    env = dict(os.environ, VIRTUAL_ENV=path, COMMANDLINE_ARGS="", **{REEXEC_MARKER: "1"})
+    env["PATH"] = os.path.dirname(venv_python(path)) + os.pathsep + env.get("PATH", "")
+    env.pop("PYTHONHOME", None)
+    print(f"Running launch.py in the venv: {path}", flush=True)
+    replace_process([venv_python(path), os.path.join(script_path, "launch.py"), *sys.argv[1:]], env)
+
+
+# ---- requirements -------------------------------------------------------------------------------
+
+def file_hash(path: str) -> str:
+    with open(path, "rb") as file:
+        return hashlib.sha256(file.read()).hexdigest()
+
+
+def stamp_path() -> str | None:
+    """Where the installed requirements' hashes are kept: inside the venv; None outside a venv."""
+    return os.path.join(sys.prefix, STAMP_NAME) if sys.prefix != sys.base_prefix else None
+
+
+def read_stamp(stamp: str) -> dict[str, str]:
+    try:
+        with open(stamp, encoding="utf8") as file:
+            data = json.load(file)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def is_recorded(stamp: str | None, requirements: str) -> bool:
+    return stamp is not None and read_stamp(stamp).get(os.path.basename(requirements)) == file_hash(requirements)
+
+
+def record_installed(stamp: str | None, requirements: str) -> None:
+    if stamp is None:
+        return
+    data = read_stamp(stamp)
+    data[os.path.basename(requirements)] = file_hash(requirements)
+    try:
+        with open(stamp, "w", encoding="utf8") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+    except OSError as error:
+        print(f"Could not record the installed requirements in {stamp}: {error}")
+
+
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*==\s*([^\s;#]+)\s*$")
+
+
+def read_requirements(path: str) -> list[str]:
+    """The requirement lines of a requirements file, without comments, blanks and pip options."""
+    lines = []
+    with open(path, encoding="utf8") as file:
+        for line in file:
+            line = line.split(" #", 1)[0].strip()
+            if line and not line.startswith(("#", "-")):
+                lines.append(line)
+    return lines
+
+
+def _version_matches(installed: str, pinned: str) -> bool:
+    # A pin without a local label accepts any local label (PEP 440): torch==2.13.0 is met by 2.13.0+cpu.
+    return installed == pinned or ("+" not in pinned and installed.split("+", 1)[0] == pinned)
+
+
+def unmet_requirements(path: str) -> list[str]:
+    """Requirement lines that the installed packages do not meet exactly; lines that are not
+    name==version pins cannot be checked here and are reported too (pip will check them)."""
+    unmet = []
+    for line in read_requirements(path):
+        match = _PIN.match(line)
+        if not match:
+            unmet.append(f"{line} (not an exact pin)")
+            continue
+        name, _extras, version = match.groups()
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            unmet.append(f"{line} (not installed)")
+            continue
+        if not _version_matches(installed, version):
+            unmet.append(f"{line} (installed: {installed})")
+    return unmet
+
+
+def install_requirements(requirements: str, stamp: str | None = None) -> bool:
+    """Install a requirements file unless it already is; True when pip ran."""
+    stamp = stamp_path() if stamp is None else stamp
+    name = os.path.basename(requirements)
+    if is_recorded(stamp, requirements):
+        print(f"Requirements already installed: {name}")
+        return False
+    unmet = unmet_requirements(requirements)
+    if not unmet:
+        print(f"Requirements already installed: {name} (checked the installed versions)")
+        record_installed(stamp, requirements)
+        return False
+    print(f"Installing requirements from {name}: {len(unmet)} to install or change", flush=True)
+    returncode = pip_install_requirements(requirements)
+    if returncode != 0:
+        raise SystemExit(f"pip could not install {requirements} (exit code {returncode}); "
+                         "see pip's messages above.")
+    record_installed(stamp, requirements)
+    return True
+
+
+def pip_install_requirements(requirements: str) -> int:
+    return subprocess.run([python, "-m", "pip", "install", "--prefer-binary", "-r", requirements]).returncode
+
+
+def pinned_version(requirements: str, package: str) -> str | None:
+    for line in read_requirements(requirements):
+        match = _PIN.match(line)
+        if match and match.group(1).lower() == package:
+            return match.group(3)
+    return None
+
+
+def install_torch(reinstall: bool) -> None:
+    """$TORCH_COMMAND (A1111: e.g. 'pip install torch==2.13.0 --index-url ...' for another build)
+    runs when torch is missing or on --reinstall-torch; else --reinstall-torch reinstalls the pin."""
+    torch_command = os.environ.get("TORCH_COMMAND")
+    if torch_command and (reinstall or not is_installed("torch")):
+        run([python, "-m", *shlex.split(torch_command)], desc=f"Installing torch: {torch_command}",
+            errdesc="Couldn't install torch")
+    elif reinstall:
+        version = pinned_version(REQUIREMENTS_FILE, "torch")
+        spec = f"torch=={version}" if version else "torch"
+        run([python, "-m", "pip", "install", "--force-reinstall", "--no-deps", spec],
+            desc=f"Reinstalling {spec}", errdesc="Couldn't reinstall torch")
+
+
+# ---- Chromium for the browser tests --------------------------------------------------------------
+
+_chromium_problem: str | None = None  # remembered so that a failed install is tried once per process
+
+
+def ensure_chromium(install: bool = True) -> str | None:
+    """Make sure Debian's Chromium is at /usr/bin/chromium, installing it with apt-get when we are
+    root on Debian. Returns None when it is there, else why it is not."""
+    global _chromium_problem
+    if os.access(CHROMIUM_PATH, os.X_OK):
+        return None
+    if _chromium_problem is not None or not install:
+        return _chromium_problem or f"{CHROMIUM_PATH} is missing"
+    if os.name != "posix" or os.geteuid() != 0 or not os.path.exists("/etc/debian_version") \
+            or not shutil.which("apt-get"):
+        _chromium_problem = (f"{CHROMIUM_PATH} is missing and can only be installed automatically as root on "
+                             "Debian; install it with: sudo apt-get install chromium")
+        return _chromium_problem
+    import fcntl  # POSIX only; one installer at a time when several test runs start together
+    with open(os.path.join("/tmp", "easel-chromium-install.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.access(CHROMIUM_PATH, os.X_OK):
+            return None
+        print("Installing chromium with apt-get (for the browser tests)", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        wait = ["-o", "DPkg::Lock::Timeout=300"]
+        for command in (["apt-get", *wait, "update"],
+                        ["apt-get", *wait, "install", "-y", "--no-install-recommends", "chromium"]):
+            result = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            if result.returncode != 0:
+                tail = "\n".join(result.stdout.splitlines()[-5:])
+                _chromium_problem = f"'{' '.join(command)}' failed (exit code {result.returncode}):\n{tail}"
+                return _chromium_problem
+    if not os.access(CHROMIUM_PATH, os.X_OK):
+        _chromium_problem = f"apt-get installed chromium, but {CHROMIUM_PATH} is still missing"
+    return _chromium_problem
+
+
+# ---- the steps ----------------------------------------------------------------------------------
+
+def fold_commandline_args() -> None:
+    """A1111's $COMMANDLINE_ARGS: flags from the environment, placed before the explicit ones so
+    that those win and so that they never land after --run-tests."""
+    extra = os.environ.get("COMMANDLINE_ARGS", "")
+    if extra.strip():
+        sys.argv[1:1] = shlex.split(extra)
+
+
+def check_python_version(opts: argparse.Namespace) -> None:
+    version = sys.version_info
+    if opts.skip_python_version_check:
+        return
+    if version < (3, 10):
+        raise SystemExit(f"Easel needs Python 3.10 or newer; this is {sys.version.split()[0]}. "
+                         "(--skip-python-version-check tries anyway.)")
+    if version[:2] != (3, 11):
+        print(f"Note: Easel is tested on Python 3.11; this is {sys.version.split()[0]}.")
+
+
+def prepare_environment(opts: argparse.Namespace) -> None:
+    print(f"Python {sys.version}")
+    print(f"Version: {git_tag()}")
+    print(f"Commit hash: {commit_hash()}", flush=True)
+    if opts.skip_install:
+        print("Skipping the installation of requirements (--skip-install)")
+    else:
+        install_torch(opts.reinstall_torch)
+        install_requirements(REQUIREMENTS_FILE)
+        if opts.run_tests is not None:
+            install_requirements(TEST_REQUIREMENTS_FILE)
+            problem = ensure_chromium()
+            print(f"Chromium: {problem}" if problem else f"Chromium: {CHROMIUM_PATH}", flush=True)
+
+
+def pytest_command(pytest_args: list[str]) -> list[str]:
+    # The tests folder unless the caller names test files or folders of their own.
+    names_tests = any(not arg.startswith("-") and os.path.exists(os.path.join(script_path, arg.split("::")[0]))
+                      for arg in pytest_args)
+    return [python, "-m", "pytest", *([] if names_tests else ["tests"]), *pytest_args]
+
+
+def run_tests(pytest_args: list[str]) -> None:
+    command = pytest_command(pytest_args)
+    print(f"Running tests: {shlex.join(['python', *command[1:]])}", flush=True)
+    os.chdir(script_path)
+    replace_process(command, dict(os.environ))
+
+
+def start(opts: argparse.Namespace) -> None:
+    from modules.cmd_args import redact_argv
+    print(f"Launching {'API server' if opts.nowebui else 'Web UI'} with arguments: "
+          f"{' '.join(redact_argv(sys.argv[1:]))}", flush=True)
+    if not os.path.exists(os.path.join(script_path, "webui.py")):
+        raise SystemExit(f"{os.path.join(script_path, 'webui.py')} is missing; nothing to start.")
+    import webui
+    webui.main(opts)
+
+
+def main() -> None:
+    global args
+    fold_commandline_args()
+    configure_offline_environment()
+    from modules import cmd_args
+    opts = args = cmd_args.parse_args(sys.argv[1:])
+
+    if not opts.skip_prepare_environment:
+        check_python_version(opts)
+        enter_venv()  # outside the venv this runs launch.py again inside it and does not return
+    for note in cmd_args.compatibility_notes(opts):
+        print(note)
+    if not opts.skip_prepare_environment:
+        prepare_environment(opts)
+
+    if opts.run_tests is not None:
+        run_tests(opts.run_tests)
+    if opts.exit:
+        print("Exiting because of --exit argument")
+        return
+    start(opts)

@@ -1,0 +1,148 @@
+"""The checkpoints on disk: discovery, A1111 titles and lazily cached hashes.
+
+A1111's naming: `name` is the path relative to its models folder
+(`sub/model.safetensors`), `model_name` the stem with sub-folders
+(`sub/model`), `title` is `name [shorthash]` once the hash is known, where the short
+hash is the first 10 hex digits of the file's sha256. Hashes are computed on demand
+and cached in cache.json keyed by path, size and mtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+EXTENSIONS = (".safetensors", ".ckpt")
+
+
+@dataclass
+class CheckpointInfo:
+    filename: Path
+    name: str
+    model_name: str
+    sha256: str | None = None
+
+    @property
+    def shorthash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+
+class HashCache:
+    """sha256 of files, cached on disk (A1111 keeps these in cache.json too)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+        self._data: dict[str, dict] = {}
+        if path and path.is_file():
+            try:
+                self._data = json.loads(path.read_text(encoding="utf-8")).get("hashes", {})
+            except (OSError, json.JSONDecodeError, AttributeError):
+                self._data = {}
+
+    def _key(self, file: Path) -> tuple[str, float, int]:
+        st = file.stat()
+        return str(file.resolve()), st.st_mtime, st.st_size
+
+    def cached(self, file: Path) -> str | None:
+        try:
+            key, mtime, size = self._key(file)
+        except OSError:
+            return None
+        entry = self._data.get(key)
+        if entry and entry.get("mtime") == mtime and entry.get("size") == size:
+            return entry["sha256"]
+        return None
+
+    def sha256(self, file: Path) -> str:
+        found = self.cached(file)
+        if found:
+            return found
+        digest = hashlib.sha256()
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        key, mtime, size = self._key(file)
+        with self._lock:
+            self._data[key] = {"sha256": digest.hexdigest(), "mtime": mtime, "size": size}
+            self._save()
+        return digest.hexdigest()
+
+    def _save(self) -> None:
+        if not self.path:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hashes": self._data}, indent=1), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+
+class CheckpointRegistry:
+    def __init__(self, dirs: list[Path], hashes: HashCache, default_name: str | None = None,
+                 builtin: Path | None = None):
+        self.dirs = [d for d in dirs if d]
+        self.hashes = hashes
+        self.default_name = default_name
+        self.builtin = builtin.resolve() if builtin else None
+        self._items: dict[str, CheckpointInfo] = {}
+        self.refresh()
+
+    def refresh(self) -> list[CheckpointInfo]:
+        found: dict[str, CheckpointInfo] = {}
+        for root in self.dirs:
+            if not root.is_dir():
+                continue
+            for file in sorted(root.rglob("*")):
+                if file.suffix.lower() not in EXTENSIONS or not file.is_file():
+                    continue
+                name = file.relative_to(root).as_posix()
+                info = CheckpointInfo(file, name, name.rsplit(".", 1)[0], self.hashes.cached(file))
+                found.setdefault(name, info)
+        self._items = found
+        return self.list()
+
+    def list(self) -> list[CheckpointInfo]:
+        return sorted(self._items.values(), key=lambda i: i.name.lower())
+
+    def titles(self) -> list[str]:
+        return [i.title for i in self.list()]
+
+    def ensure_hash(self, info: CheckpointInfo) -> CheckpointInfo:
+        if info.sha256 is None:
+            info.sha256 = self.hashes.sha256(info.filename)
+        return info
+
+    def find(self, text: str | None) -> CheckpointInfo | None:
+        """Accepts A1111's ways of naming a checkpoint: title, name, model_name, the
+        bare file name or stem, a short hash, or a full path."""
+        if not text:
+            return None
+        text = text.strip()
+        bare = text.split(" [")[0] if text.endswith("]") else text
+        for info in self.list():
+            if text in (info.title, info.name, info.model_name) or bare in (info.name, info.model_name):
+                return info
+        for info in self.list():
+            if bare in (info.filename.name, info.filename.stem) or (info.shorthash and text in (info.shorthash, info.sha256)):
+                return info
+        path = Path(text)
+        if path.is_file() and path.suffix.lower() in EXTENSIONS:
+            return CheckpointInfo(path.resolve(), path.name, path.stem, self.hashes.cached(path))
+        return None
+
+    def default(self) -> CheckpointInfo | None:
+        """The one to load at start: the preferred name if present, else the user's first
+        checkpoint, else the built-in model."""
+        preferred = self.find(self.default_name)
+        if preferred:
+            return preferred
+        items = self.list()
+        users = [i for i in items if i.filename.resolve() != self.builtin]
+        return (users or items or [None])[0]

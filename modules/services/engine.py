@@ -1,0 +1,114 @@
+"""The services wired together: what the UI and the API both call.
+
+`Engine.txt2img(request)` puts the job on the single worker queue, makes sure the
+requested checkpoint is loaded there, turns the options into the job's settings and
+runs the core's one generation function.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+from modules.core.pipeline import GenerationSettings, generate
+from modules.core.types import GenerationRequest, GenerationResult, RequestError
+
+from .checkpoints import CheckpointInfo, CheckpointRegistry
+from .jobs import JobState, StateObserver, WorkQueue
+from .model_cache import ModelCache
+from .options import Options
+
+VERSION = "easel-0.1.0"
+
+
+@dataclass
+class Engine:
+    options: Options
+    checkpoints: CheckpointRegistry
+    models: ModelCache
+    state: JobState
+    queue: WorkQueue
+    data_path: Path
+
+    # -- checkpoints -----------------------------------------------------------------
+    def resolve_checkpoint(self, name: str | None) -> CheckpointInfo:
+        """The named checkpoint, else the selected one, else the default one."""
+        if name:
+            info = self.checkpoints.find(name)
+            if info is None:
+                self.checkpoints.refresh()
+                info = self.checkpoints.find(name)
+            if info is None:
+                known = ", ".join(self.checkpoints.titles()) or "none"
+                raise RequestError("checkpoint", f"unknown checkpoint '{name}'; known: {known}")
+            return info
+        info = self.checkpoints.find(self.options.get("sd_model_checkpoint")) or self.checkpoints.default()
+        if info is None:
+            raise RequestError("checkpoint", "no checkpoints found in models/Stable-diffusion")
+        return info
+
+    def _load(self, info: CheckpointInfo):
+        self.checkpoints.ensure_hash(info)
+        model = self.models.load(info)
+        self.options.data["sd_model_checkpoint"] = info.title
+        return model
+
+    def select_checkpoint(self, name: str) -> CheckpointInfo:
+        """Load a checkpoint (on the worker, after queued jobs) and remember it."""
+        info = self.resolve_checkpoint(name)
+        self.queue.submit("load checkpoint", self._load, info).result()
+        self.options.save()
+        return info
+
+    def load_default_in_background(self):
+        """At start-up: queue the default checkpoint's load; a failure is reported, not fatal."""
+
+        def load() -> CheckpointInfo | None:
+            try:
+                info = self.resolve_checkpoint(None)
+                self._load(info)
+                return info
+            except ValueError as exc:
+                print(f"[easel] no checkpoint loaded at start: {exc}")
+                return None
+
+        return self.queue.submit("load checkpoint", load)
+
+    # -- generation ------------------------------------------------------------------
+    def settings_for(self, info: CheckpointInfo, kind: str = "txt2img") -> GenerationSettings:
+        o = self.options
+        samples = o.get("outdir_samples") or o.get(f"outdir_{kind}_samples")
+        grids = o.get("outdir_grids", "") or o.get(f"outdir_{kind}_grids")
+        return GenerationSettings(
+            outdir_samples=self.data_path / samples if o.get("samples_save") else None,
+            outdir_grids=self.data_path / grids,
+            samples_format=o.get("samples_format"),
+            grid_format=o.get("grid_format"),
+            save_grid=o.get("grid_save"),
+            return_grid=o.get("return_grid"),
+            jpeg_quality=o.get("jpeg_quality"),
+            clip_skip=o.get("CLIP_stop_at_last_layers"),
+            eta_noise_seed_delta=o.get("eta_noise_seed_delta"),
+            randn_source=o.get("randn_source"),
+            model_name=info.model_name.rsplit("/", 1)[-1],
+            model_hash=info.shorthash,
+            add_model_hash_to_info=o.get("add_model_hash_to_info"),
+            add_model_name_to_info=o.get("add_model_name_to_info"),
+            version=VERSION if o.get("add_version_to_infotext") else None,
+        )
+
+    def _run_txt2img(self, request: GenerationRequest) -> GenerationResult:
+        info = self.resolve_checkpoint(request.checkpoint)
+        model = self._load(info)
+        return generate(request, model, self.settings_for(info), StateObserver(self.state))
+
+    def submit_txt2img(self, request: GenerationRequest, task_id: str | None = None) -> Future:
+        return self.queue.submit("txt2img", self._run_txt2img, request, task_id=task_id)
+
+    def txt2img(self, request: GenerationRequest) -> GenerationResult:
+        return self.submit_txt2img(request).result()
+
+    def native_size(self) -> tuple[int, int]:
+        model = self.models.model
+        return model.spec.native_size if model else (512, 512)

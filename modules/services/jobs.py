@@ -1,0 +1,159 @@
+"""The single GPU worker and the state of the job it is running.
+
+Every generation, from the UI or the API, is a task on one worker thread, so two
+requests never run on the model at the same time. `JobState` holds A1111's `state`
+fields (job, job_count, job_no, sampling_step, interrupted, skipped, ...), which the
+progress endpoint and the UI's progress bar read.
+"""
+
+from __future__ import annotations
+
+import datetime
+import itertools
+import queue
+import threading
+import time
+import traceback
+from concurrent.futures import Future
+from typing import Any, Callable
+
+import torch
+
+from modules.core.pipeline import JobObserver
+
+
+class JobState:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.job = ""
+        self.job_count = 0
+        self.job_no = 0
+        self.job_timestamp = "0"
+        self.sampling_step = 0
+        self.sampling_steps = 0
+        self.interrupted = False
+        self.skipped = False
+        self.stopping_generation = False
+        self.textinfo: str | None = None
+        self.time_start: float | None = None
+        self.current_latent: torch.Tensor | None = None
+        self.current_image = None
+        self.id_live_preview = 0
+        self.task_id: str | None = None
+
+    def begin(self, job: str, task_id: str | None = None) -> None:
+        with self._lock:
+            self.reset()
+            self.job = job
+            self.task_id = task_id
+            self.job_count = 1
+            self.time_start = time.time()
+            self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+
+    def end(self) -> None:
+        with self._lock:
+            self.job = ""
+            self.job_count = 0
+            self.sampling_step = 0
+            self.current_latent = None
+            self.time_start = None
+            self.task_id = None
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+
+    def skip(self) -> None:
+        self.skipped = True
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.job)
+
+    def progress(self) -> tuple[float, float | None]:
+        """(fraction done, seconds left) the way A1111 estimates them."""
+        if not self.busy or self.job_count == 0:
+            return 0.0, None
+        frac = self.job_no / self.job_count
+        if self.sampling_steps:
+            frac += self.sampling_step / self.sampling_steps / self.job_count
+        frac = min(frac, 1.0)
+        elapsed = time.time() - (self.time_start or time.time())
+        eta = (elapsed / frac - elapsed) if frac > 0 else None
+        return frac, eta
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "skipped": self.skipped,
+            "interrupted": self.interrupted,
+            "stopping_generation": self.stopping_generation,
+            "job": self.job,
+            "job_count": self.job_count,
+            "job_timestamp": self.job_timestamp,
+            "job_no": self.job_no,
+            "sampling_step": self.sampling_step,
+            "sampling_steps": self.sampling_steps,
+        }
+
+
+class StateObserver(JobObserver):
+    """Feeds the sampling loop's progress into the shared JobState."""
+
+    def __init__(self, state: JobState):
+        self.state = state
+
+    def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None:
+        s = self.state
+        s.job_count = batch_count
+        s.job_no = batch_index
+        s.sampling_step = 0
+        s.sampling_steps = steps
+        s.skipped = False  # a skip ends one batch only
+        s.textinfo = f"Batch {batch_index + 1} out of {batch_count}"
+
+    def on_step(self, step: int, total: int, latents, denoised) -> None:
+        self.state.sampling_step = step + 1
+        self.state.sampling_steps = total
+        self.state.current_latent = denoised if denoised is not None else latents
+
+    def interrupted(self) -> bool:
+        return self.state.interrupted
+
+    def skipped(self) -> bool:
+        return self.state.skipped
+
+
+class WorkQueue:
+    """One worker thread; tasks run strictly one after another, in order."""
+
+    def __init__(self, state: JobState):
+        self.state = state
+        self._queue: queue.Queue = queue.Queue()
+        self._ids = itertools.count(1)
+        self.pending = 0
+        self._thread = threading.Thread(target=self._run, name="easel-gpu-worker", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str, fn: Callable[..., Any], *args: Any, task_id: str | None = None) -> Future:
+        future: Future = Future()
+        self.pending += 1
+        self._queue.put((name, task_id or f"task({next(self._ids)})", fn, args, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            name, task_id, fn, args, future = self._queue.get()
+            self.pending -= 1
+            if not future.set_running_or_notify_cancel():
+                continue
+            self.state.begin(name, task_id)
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # the worker must survive anything a task does
+                if not isinstance(exc, ValueError):
+                    traceback.print_exc()
+                future.set_exception(exc)
+            finally:
+                self.state.end()

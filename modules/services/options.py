@@ -1,0 +1,130 @@
+"""Settings under A1111's option names, stored in config.json.
+
+One definition per option (default, label, section, choices); unknown keys in a
+loaded config are kept (extensions' options appear later) but never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+
+@dataclass
+class OptionDef:
+    default: Any
+    label: str
+    section: str = "Saving images"
+    choices: tuple | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+
+def _defs() -> dict[str, OptionDef]:
+    S, G, P, U = "Saving images", "Stable Diffusion", "Live previews", "Sampler parameters"
+    return {
+        "samples_save": OptionDef(True, "Always save all generated images", S),
+        "samples_format": OptionDef("png", "File format for images", S, choices=("png", "jpg", "jpeg", "webp")),
+        "grid_save": OptionDef(True, "Always save all generated image grids", S),
+        "grid_format": OptionDef("png", "File format for grids", S, choices=("png", "jpg", "jpeg", "webp")),
+        "return_grid": OptionDef(True, "Show grid in gallery", S),
+        "jpeg_quality": OptionDef(80, "Quality for saved jpeg and webp images", S, minimum=1, maximum=100),
+        "enable_pnginfo": OptionDef(True, "Save text information about generation parameters as chunks to png files", S),
+        "outdir_samples": OptionDef("", "Output directory for images; if empty, defaults to three directories below", "Paths for saving"),
+        "outdir_txt2img_samples": OptionDef("outputs/txt2img-images", "Output directory for txt2img images", "Paths for saving"),
+        "outdir_img2img_samples": OptionDef("outputs/img2img-images", "Output directory for img2img images", "Paths for saving"),
+        "outdir_txt2img_grids": OptionDef("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving"),
+        "outdir_img2img_grids": OptionDef("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving"),
+        "sd_model_checkpoint": OptionDef(None, "Stable Diffusion checkpoint", G),
+        "sd_vae": OptionDef("Automatic", "SD VAE", G),
+        "CLIP_stop_at_last_layers": OptionDef(1, "Clip skip", G, minimum=1, maximum=12),
+        "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0),
+        "add_model_hash_to_info": OptionDef(True, "Add model hash to infotext", "Infotext"),
+        "add_model_name_to_info": OptionDef(True, "Add model name to infotext", "Infotext"),
+        "add_version_to_infotext": OptionDef(True, "Add program version to infotext", "Infotext"),
+        "eta_noise_seed_delta": OptionDef(0, "Eta noise seed delta", U, minimum=0),
+        "randn_source": OptionDef("CPU", "Random number generator source", U, choices=("GPU", "CPU", "NV")),
+        "live_previews_enable": OptionDef(True, "Show live previews of the created image", P),
+        "show_progress_every_n_steps": OptionDef(10, "Live preview display period (steps)", P, minimum=-1, maximum=32),
+        "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
+        "img_max_size_mp": OptionDef(200, "Maximum image size, in megapixels", S, minimum=1),
+    }
+
+
+class Options:
+    def __init__(self, path: Path | None, defs: dict[str, OptionDef] | None = None):
+        self.path = path
+        self.defs = defs or _defs()
+        self.data: dict[str, Any] = {k: d.default for k, d in self.defs.items()}
+        self._listeners: dict[str, list[Callable[[], None]]] = {}
+        self._lock = threading.RLock()
+        if path is not None and path.is_file():
+            self.load()
+
+    def load(self) -> None:
+        try:
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            # keep defaults; a broken config must not stop the server
+            print(f"[options] could not read {self.path}: {exc}; using defaults")
+            return
+        if isinstance(stored, dict):
+            self.data.update(stored)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.data, indent=4, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def validate(self, key: str, value: Any) -> Any:
+        """Returns the value coerced to the option's type, or raises ValueError."""
+        d = self.defs.get(key)
+        if d is None:
+            return value
+        if d.default is not None and value is not None:
+            kind = type(d.default)
+            if kind is float and isinstance(value, int):
+                value = float(value)
+            if kind is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise ValueError(f"option {key} must be {kind.__name__}, got {type(value).__name__}")
+        if d.choices and value not in d.choices:
+            raise ValueError(f"option {key} must be one of {', '.join(map(str, d.choices))}")
+        if d.minimum is not None and value is not None and value < d.minimum:
+            raise ValueError(f"option {key} must be at least {d.minimum}")
+        if d.maximum is not None and value is not None and value > d.maximum:
+            raise ValueError(f"option {key} must be at most {d.maximum}")
+        return value
+
+    def set(self, key: str, value: Any) -> bool:
+        """Set and notify; returns True if the value changed."""
+        value = self.validate(key, value)
+        with self._lock:
+            if self.data.get(key) == value:
+                return False
+            self.data[key] = value
+        for fn in self._listeners.get(key, []):
+            fn()
+        return True
+
+    def onchange(self, key: str, fn: Callable[[], None]) -> None:
+        self._listeners.setdefault(key, []).append(fn)
+
+    def add(self, key: str, definition: OptionDef) -> None:
+        if key in self.defs:
+            raise ValueError(f"option {key} is already defined")
+        self.defs[key] = definition
+        self.data.setdefault(key, definition.default)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.data)

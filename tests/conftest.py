@@ -1,0 +1,26 @@
+"""Shared test set-up: offline hub, repo root importable, session-wide tiny checkpoints."""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # nothing may ever be fetched from a model hub
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Tiny random-weight single files in the real LDM layouts, under a temp `models/` folder.
+
+    Returns tests.fixtures.tiny_models.TinyCheckpoints: `.models_dir`, `.checkpoints_dir`
+    (models/Stable-diffusion) and the paths `.sd1`, `.sd1_ckpt`, `.sd2_v` (+ tiny-sd2-v.yaml),
+    `.sdxl`, `.sd1_inpainting`; `.components(name)` rebuilds the identical diffusers modules.
+    """
+    from tests.fixtures.tiny_models import write_fixture_set
+
+    return write_fixture_set(tmp_path_factory.mktemp("tiny") / "models")
