@@ -24,3 +24,15 @@ def tiny_checkpoints(tmp_path_factory):
     from tests.fixtures.tiny_models import write_fixture_set
 
     return write_fixture_set(tmp_path_factory.mktemp("tiny") / "models")
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoints, tmp_path_factory):
+    """One real Easel server (UI + API) over the tiny checkpoints, shared by the HTTP and browser
+    tests. Its data dir (settings, outputs) is a fresh temp folder. The default checkpoint is the
+    tiny SD1 one."""
+    from tests.server import run_server
+
+    data = tmp_path_factory.mktemp("server-data")
+    with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1)) as srv:
+        yield srv

@@ -294,9 +294,11 @@ _ROWS: tuple[SamplerSpec, ...] = (
                 schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
     SamplerSpec("PLMS", (), "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False},
                 schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
-    # A1111's UniPC defaults: order 3, variant bh1, lower order final
+    # A1111's UniPC defaults: order 3, variant bh1, lower order final; like A1111 it stops at the
+    # smallest training sigma (diffusers' bh1 step to sigma 0 also divides by zero: NaN latents)
     SamplerSpec("UniPC", ("uni_pc",), "UniPCMultistepScheduler",
-                {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True}),
+                {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
+                 "final_sigmas_type": "sigma_min"}),
     SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=frozenset({"uniform"}), stochastic=True),
 )
 
@@ -403,8 +405,6 @@ def is_ancestral(sampler_name: str) -> bool:
 
 def _schedule_config(spec: SamplerSpec, schedule_id: str) -> dict:
     if schedule_id == "uniform":
-        if spec.uniform_spacing == "leading":
-            return {"timestep_spacing": "leading", "steps_offset": 1}
         return {"timestep_spacing": spec.uniform_spacing}
     if schedule_id == "sgm_uniform":
         return {"timestep_spacing": "trailing"}
@@ -437,7 +437,9 @@ def build_scheduler(
         schedule_id = spec.default_schedule
 
     cls = spec.scheduler_class()
-    config = {**SD_TRAINING_SCHEDULE, "prediction_type": prediction_type, **spec.options}
+    # steps_offset 1 as in SD's shipped scheduler config (only "leading" spacing reads it; diffusers'
+    # SD pipelines would otherwise rewrite it)
+    config = {**SD_TRAINING_SCHEDULE, "steps_offset": 1, "prediction_type": prediction_type, **spec.options}
     schedule_config = _schedule_config(spec, schedule_id)
     sigma_options = {}
     if spec.sigma_schedules_via == "attribute":
