@@ -15,6 +15,8 @@ import torch
 
 from modules.core import denoise, rng, samplers
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 vs diffusers internals
+
 TOL = 1e-4  # max abs difference allowed on the final latents
 # Where two computations batch the UNet differently its float rounding differs (~1e-7 relative);
 # the sampler amplifies that by sigma_max * CFG, so these comparisons are relative to the latents
@@ -124,12 +126,16 @@ def run_diffusers(unet, vae, scheduler, embeds, *, steps=STEPS, cfg=CFG):
 
 
 def compare_cases():
+    """Every sampler x (Automatic, Karras), plus Uniform where Automatic means something else."""
     for name in samplers.SAMPLER_NAMES:
         if name == "DPM++ 2S a":
             continue  # no diffusers scheduler: see test_dpmpp_2s_a_matches_k_diffusion_transcription
-        for schedule in ("Automatic", "Karras"):
-            if schedule in samplers.supported_schedules(name):
-                yield name, schedule
+        for schedule in ("Automatic", "Karras", "Uniform"):
+            if schedule not in samplers.supported_schedules(name):
+                continue
+            if schedule == "Uniform" and samplers.effective_schedule(name) == "Uniform":
+                continue
+            yield name, schedule
 
 
 def build_pair(name, schedule, **kw):

@@ -85,7 +85,12 @@ def _concat(cond: dict, uncond: dict) -> dict:
 
 
 def _predict(model: ModelFn, x: Tensor, t: Tensor, cond: dict, uncond: dict | None) -> Tensor:
-    """Raw model output: cond rows, then uncond rows when ``uncond`` is given."""
+    """Raw model output: cond rows, then uncond rows when ``uncond`` is given.
+
+    The cond/uncond concatenation is redone every step on purpose: it costs microseconds next to the
+    UNet, and a cache keyed on the dicts would go stale when a ``cfg_denoiser`` hook edits a tensor
+    in place. Callers cache the conditioning itself (``cond_for_step`` may return the same objects).
+    """
     if uncond is None:
         return model(x, t, cond)
     if _can_batch(cond, uncond):

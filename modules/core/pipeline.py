@@ -236,6 +236,7 @@ def generate(
         latents = denoise.sample(
             unet_call, scheduler, noise.to(model.device), lambda step: (cond, uncond),
             steps=request.steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
+            brownian_seeds=seeds,  # A1111 seeds DPM++ SDE's Brownian trees from the image seeds
         )
         if observer.interrupted():
             result.interrupted = True
