@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.routing import BaseRoute, Match, Mount
 
 from modules.core import image_io, samplers
 from modules.core.preview import latent_preview
@@ -18,13 +19,20 @@ from . import models
 
 CORE_FIELDS = [f for f in GenerationRequest.field_specs() if f not in ("checkpoint", "extra", "clip_skip", "save_images")]
 
+# core request fields that the API reaches through A1111's override_settings
+API_FIELD = {
+    "checkpoint": "override_settings.sd_model_checkpoint",
+    "clip_skip": "override_settings.CLIP_stop_at_last_layers",
+}
+
 
 def unprocessable(field: str, message: str, status: int = 422) -> JSONResponse:
+    """FastAPI's error shape; `field` may be a dotted path (`override_settings.sd_model_checkpoint`)."""
     return JSONResponse(
         status_code=status,
         content={
             "error": "RequestError",
-            "detail": [{"loc": ["body", field], "msg": message, "type": "value_error"}],
+            "detail": [{"loc": ["body", *field.split(".")], "msg": message, "type": "value_error"}],
             "errors": f"{field}: {message}",
         },
     )
@@ -93,20 +101,27 @@ def build_router(engine: Engine) -> APIRouter:
 
     @r.post("/txt2img", response_model=models.TextToImageResponse)
     async def txt2img(body: models.StableDiffusionTxt2ImgProcessingAPI):
+        request = None
         try:
             request = to_generation_request(body)
-            future = engine.submit_txt2img(request, task_id=body.force_task_id)
+            overrides = {k: v for k, v in (body.override_settings or {}).items()
+                         if k not in ("sd_model_checkpoint", "CLIP_stop_at_last_layers")}
+            future = engine.submit_txt2img(request, task_id=body.force_task_id, overrides=overrides)
             result = await asyncio.wrap_future(future)
         except RequestError as exc:
-            return unprocessable(exc.field, exc.message)
-        except ValueError as exc:  # checkpoint problems and the like: the input named something bad
-            return unprocessable("override_settings", str(exc))
+            return unprocessable(API_FIELD.get(exc.field, exc.field), exc.message)
+        except ValueError as exc:  # an unreadable or unsupported checkpoint file
+            if request is not None and request.checkpoint:
+                return unprocessable(API_FIELD["checkpoint"], str(exc))
+            return JSONResponse(status_code=500, content={"error": type(exc).__name__, "detail": str(exc),
+                                                          "errors": f"the selected checkpoint cannot be used: {exc}"})
         images = result.images
         first = 0
         if result.grid is not None and engine.options.get("return_grid"):
             images, first = [result.grid, *images], 1
-        encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if body.send_images else []
-        info = processed_info(request, result, first, engine.state.job_timestamp)
+        send = body.send_images is not False  # null means the default, True
+        encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if send else []
+        info = processed_info(request, result, first, result.job_timestamp)
         return {"images": encoded, "parameters": body.model_dump(), "info": json.dumps(info)}
 
     @r.get("/samplers", response_model=list[models.SamplerItem])
@@ -141,7 +156,11 @@ def build_router(engine: Engine) -> APIRouter:
         if not isinstance(body, dict):
             return unprocessable("body", "must be a JSON object")
         checkpoint = body.pop("sd_model_checkpoint", None)
+        if checkpoint is not None and not isinstance(checkpoint, str):
+            return unprocessable("sd_model_checkpoint", f"must be a checkpoint title (text), got {type(checkpoint).__name__}")
         for key, value in body.items():
+            if key not in engine.options.defs and key not in engine.options.data:
+                return unprocessable(key, f"unknown option '{key}'")
             try:
                 engine.options.validate(key, value)
             except ValueError as exc:
@@ -183,5 +202,38 @@ def build_router(engine: Engine) -> APIRouter:
     return r
 
 
+class MethodNotAllowed(BaseRoute):
+    """405 for a known /sdapi path called with the wrong method.
+
+    Starlette answers 405 itself only when no route matches fully, but the UI is mounted at
+    "/" and matches everything, so without this a GET on a POST route would get the UI's 404.
+    Checked at request time, so routes added later (extensions) are seen too.
+    """
+
+    def __init__(self, app: FastAPI, prefix: str):
+        self.app = app
+        self.prefix = prefix
+
+    def matches(self, scope):
+        if scope.get("type") != "http" or not scope.get("path", "").startswith(self.prefix):
+            return Match.NONE, {}
+        routes = [r for r in self.app.router.routes if r is not self and not isinstance(r, Mount)]
+
+        def served(method: str) -> bool:  # asks the routes themselves: included routers hide `methods`
+            return any(r.matches({**scope, "method": method})[0] == Match.FULL for r in routes)
+
+        if served(scope["method"]):
+            return Match.NONE, {}
+        allowed = [m for m in ("GET", "POST", "PUT", "PATCH", "DELETE") if served(m)]
+        return (Match.FULL, {"easel.allowed": allowed}) if allowed else (Match.NONE, {})
+
+    async def handle(self, scope, receive, send):
+        allowed = ", ".join(scope["easel.allowed"])
+        response = JSONResponse({"detail": "Method Not Allowed", "allowed": scope["easel.allowed"]},
+                                status_code=405, headers={"Allow": allowed})
+        await response(scope, receive, send)
+
+
 def mount(app: FastAPI, engine: Engine) -> None:
     app.include_router(build_router(engine))
+    app.router.routes.append(MethodNotAllowed(app, "/sdapi/"))

@@ -124,3 +124,4 @@ class GenerationResult:
     model_hash: str | None = None
     clip_skip: int = 1
     extra_generation_params: dict = field(default_factory=dict)
+    job_timestamp: str = ""  # set by the job service

@@ -48,10 +48,13 @@ class Engine:
             raise RequestError("checkpoint", "no checkpoints found in models/Stable-diffusion")
         return info
 
-    def _load(self, info: CheckpointInfo):
+    def _load(self, info: CheckpointInfo, remember: bool = True):
+        """Load on the worker. `remember` makes it the selected checkpoint; a per-request
+        override (A1111's override_settings) does not."""
         self.checkpoints.ensure_hash(info)
         model = self.models.load(info)
-        self.options.data["sd_model_checkpoint"] = info.title
+        if remember:
+            self.options.data["sd_model_checkpoint"] = info.title
         return model
 
     def select_checkpoint(self, name: str) -> CheckpointInfo:
@@ -76,8 +79,20 @@ class Engine:
         return self.queue.submit("load checkpoint", load)
 
     # -- generation ------------------------------------------------------------------
-    def settings_for(self, info: CheckpointInfo, kind: str = "txt2img") -> GenerationSettings:
-        o = self.options
+    def check_overrides(self, overrides: dict | None) -> dict:
+        """Validated per-job option values (raises ValueError naming the option)."""
+        checked = {}
+        for key, value in (overrides or {}).items():
+            if key not in self.options.defs:
+                raise RequestError(f"override_settings.{key}", "unknown option")
+            try:
+                checked[key] = self.options.validate(key, value)
+            except ValueError as exc:
+                raise RequestError(f"override_settings.{key}", str(exc)) from exc
+        return checked
+
+    def settings_for(self, info: CheckpointInfo, kind: str = "txt2img", overrides: dict | None = None) -> GenerationSettings:
+        o = {**self.options.data, **(overrides or {})}
         samples = o.get("outdir_samples") or o.get(f"outdir_{kind}_samples")
         grids = o.get("outdir_grids", "") or o.get(f"outdir_{kind}_grids")
         return GenerationSettings(
@@ -98,13 +113,18 @@ class Engine:
             version=VERSION if o.get("add_version_to_infotext") else None,
         )
 
-    def _run_txt2img(self, request: GenerationRequest) -> GenerationResult:
+    def _run_txt2img(self, request: GenerationRequest, overrides: dict) -> GenerationResult:
         info = self.resolve_checkpoint(request.checkpoint)
-        model = self._load(info)
-        return generate(request, model, self.settings_for(info), StateObserver(self.state))
+        model = self._load(info, remember=request.checkpoint is None)
+        result = generate(request, model, self.settings_for(info, "txt2img", overrides), StateObserver(self.state))
+        result.job_timestamp = self.state.job_timestamp
+        return result
 
-    def submit_txt2img(self, request: GenerationRequest, task_id: str | None = None) -> Future:
-        return self.queue.submit("txt2img", self._run_txt2img, request, task_id=task_id)
+    def submit_txt2img(self, request: GenerationRequest, task_id: str | None = None,
+                       overrides: dict | None = None) -> Future:
+        """Queue a txt2img job; `overrides` are option values for this job only."""
+        checked = self.check_overrides(overrides)
+        return self.queue.submit("txt2img", self._run_txt2img, request, checked, task_id=task_id)
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
