@@ -240,3 +240,19 @@ def test_queue_runs_one_job_at_a_time():
             outcomes.append(str(exc))
     assert outcomes == [0, 1, "bad input in job 2", 3, 4]  # a failing job does not stop the queue
     assert max(overlap) == 1
+
+
+@pytest.mark.parametrize("fmt", ["jpg", "webp"])
+def test_jpeg_and_webp_output_carry_the_infotext_in_exif(tmp_path, sd1, fmt):
+    from sd_parsers import ParserManager
+
+    from modules.core.image_io import read_infotext
+
+    result = generate(GenerationRequest(prompt="a green triangle", negative_prompt="red", seed=21, **SMALL), sd1,
+                      settings(tmp_path, samples_format=fmt))
+    path = tmp_path / "txt2img-images" / "2026-11-23" / f"00000-21.{fmt}"
+    assert result.paths == [str(path)]
+    raw = Image.open(path).getexif().get_ifd(0x8769)[0x9286]
+    assert raw[:8] == b"UNICODE\0" and raw[8:].decode("utf-16-be") == result.infotexts[0]
+    assert read_infotext(path) == result.infotexts[0]
+    assert ParserManager().parse(path).full_prompt == "a green triangle"
