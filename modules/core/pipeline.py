@@ -149,13 +149,18 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
+def _number(x: float) -> float | int:
+    """A1111 writes whole numbers without a decimal point (`CFG scale: 7`)."""
+    return int(x) if float(x).is_integer() else x
+
+
 def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int) -> dict:
     """The settings line in A1111's order."""
     params = {
         "Steps": request.steps,
         "Sampler": p.sampler,
         "Schedule type": p.schedule,
-        "CFG scale": request.cfg_scale,
+        "CFG scale": _number(request.cfg_scale),
         "Seed": p.seeds[index],
         "Size": f"{p.width}x{p.height}",
         "Model hash": settings.model_hash if settings.add_model_hash_to_info else None,

@@ -1,0 +1,252 @@
+"""The Gradio UI in a real browser (Chromium through Playwright) against the shared test server.
+
+What a user does on the txt2img tab: type prompts, set sizes and steps through the controls,
+Generate, watch the progress, get the gallery, the info and the saved file; Interrupt a long job;
+pick checkpoints; use the seed buttons; see errors as messages while the page keeps working.
+Every wait is on a condition of the page, never a fixed sleep. Jobs are 64x64 with 1-2 steps,
+except the one that is interrupted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.browser import launch_browser
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Page, expect  # noqa: E402
+
+TIMEOUT_MS = 60_000  # generous for a loaded CI machine; conditions usually hold in well under a second
+JOB_TIMEOUT_MS = 120_000
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+@pytest.fixture(scope="module")
+def browser():
+    expect.set_options(timeout=TIMEOUT_MS)  # Playwright's assertions wait 5 s by default
+    try:
+        with launch_browser() as b:
+            yield b
+    finally:
+        expect.set_options(timeout=5_000)
+
+
+@pytest.fixture
+def page(browser, server) -> Page:
+    # every test starts from the tiny SD1 (other test modules switch the shared server's model)
+    r = requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"},
+                      timeout=120)
+    assert r.status_code == 200, r.text
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    page = context.new_page()
+    page.goto(server.url)
+    # ready once the page's load event has shown the loaded checkpoint in the picker
+    expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+    yield page
+    context.close()
+
+
+def set_number(page: Page, elem_id: str, value, *, on_step: bool = True) -> None:
+    """Type into a slider's or number box's field, as a user would, and check it took
+    (the range input follows the typed value when the value lies on the slider's step)."""
+    field = page.locator(f"#{elem_id} input[type=number]")
+    field.fill(str(value))
+    field.press("Enter")
+    expect(field).to_have_value(str(value))
+    slider = page.locator(f"#{elem_id} input[type=range]")
+    if on_step and slider.count():
+        expect(slider).to_have_value(str(value))
+
+
+def fill_job(page: Page, prompt: str, *, steps: int, size: int = 64, negative: str = "", batch_count: int = 1):
+    page.locator("#txt2img_prompt textarea").fill(prompt)
+    page.locator("#txt2img_neg_prompt textarea").fill(negative)
+    set_number(page, "txt2img_steps", steps)
+    set_number(page, "txt2img_width", size)
+    set_number(page, "txt2img_height", size)
+    set_number(page, "txt2img_batch_count", batch_count)
+
+
+def expect_idle(page: Page, timeout: int = JOB_TIMEOUT_MS) -> None:
+    expect(page.locator("#txt2img_generate")).to_be_visible(timeout=timeout)
+    expect(page.locator("#txt2img_interrupt")).to_be_hidden()
+    expect(page.locator("#txt2img_skip")).to_be_hidden()
+
+
+def info_text(page: Page) -> str:
+    return page.locator("#html_info_txt2img").inner_text()
+
+
+def seed_in(info: str) -> int:
+    match = re.search(r"\bSeed: (\d+)", info)
+    assert match, f"no seed in the info: {info!r}"
+    return int(match.group(1))
+
+
+def saved_images(server) -> list[Path]:
+    return sorted((Path(server.data_dir) / "outputs" / "txt2img-images").glob("*/*.png"))
+
+
+def open_checkpoint_list(page: Page):
+    """Click the picker open (it opens on focus, so a focused one is blurred first)."""
+    field = page.locator("#setting_sd_model_checkpoint input")
+    field.blur()
+    field.click()
+    options = page.locator("#setting_sd_model_checkpoint [role=option]")
+    expect(options.first).to_be_visible()
+    return options
+
+
+def choose_checkpoint(page: Page, name: str) -> None:
+    open_checkpoint_list(page).filter(has_text=name).first.click()
+
+
+# -------------------------------------------------------------------------------------- tests
+
+def test_generate_shows_gallery_info_and_saves_the_png(page, server):
+    before = set(saved_images(server))
+    fill_job(page, "a red cube on a table", negative="blurry", steps=2)
+    page.locator("#txt2img_generate").click()
+
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect_idle(page)
+    info = info_text(page)
+    assert "a red cube on a table" in info
+    assert "Negative prompt: blurry" in info
+    assert "Steps: 2," in info and "Size: 64x64" in info
+    seed = seed_in(info)
+
+    new = sorted(set(saved_images(server)) - before)
+    assert len(new) == 1, new
+    path = new[0]
+    assert path.parent.name == datetime.date.today().strftime("%Y-%m-%d")
+    assert re.fullmatch(rf"\d{{5}}-{seed}\.png", path.name), path.name
+    from PIL import Image
+
+    with Image.open(path) as png:
+        assert png.size == (64, 64)
+        assert f"Seed: {seed}," in png.info["parameters"]
+
+    # recycle puts the last job's seed back, the dice makes it random again
+    page.locator("#txt2img_reuse_seed").click()
+    expect(page.locator("#txt2img_seed input")).to_have_value(str(seed))
+    page.locator("#txt2img_random_seed").click()
+    expect(page.locator("#txt2img_seed input")).to_have_value("-1")
+
+
+def test_interrupt_ends_a_long_job_early(page, server):
+    before = set(saved_images(server))
+    fill_job(page, "a very long job", steps=150, batch_count=4)
+    page.locator("#txt2img_generate").click()
+
+    expect(page.locator("#txt2img_interrupt")).to_be_visible()
+    expect(page.locator("#txt2img_skip")).to_be_visible()
+    expect(page.locator("#txt2img_generate")).to_be_hidden()
+    # the progress bar with its ETA, once sampling has begun
+    progress = page.locator("#txt2img_gallery").get_by_text(re.compile(r"Step \d+/150, ETA \d+"))
+    expect(progress.first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+
+    page.locator("#txt2img_interrupt").click()
+    expect_idle(page, timeout=30_000)  # 600 steps would take minutes; one more step is enough
+    info = info_text(page)
+    assert "Interrupted" in info and "Steps: 150" in info
+    assert set(saved_images(server)) == before, "an interrupted job saves nothing"
+    # the server is free again: the progress endpoint shows no job
+    assert requests.get(server.url + "/sdapi/v1/progress", timeout=30).json()["state"]["job"] == ""
+
+
+A1111_IDS = ["tab_txt2img", "setting_sd_model_checkpoint", "txt2img_prompt", "txt2img_neg_prompt", "txt2img_generate",
+             "txt2img_gallery", "html_info_txt2img", "txt2img_steps", "txt2img_cfg_scale", "txt2img_width",
+             "txt2img_height", "txt2img_seed", "txt2img_sampling", "txt2img_scheduler", "txt2img_batch_count",
+             "txt2img_batch_size", "txt2img_random_seed", "txt2img_reuse_seed"]  # + interrupt/skip, shown while busy
+
+
+def test_checkpoint_picker_lists_checkpoints_and_sets_native_size(page, server, tiny_checkpoints):
+    for elem_id in A1111_IDS:
+        expect(page.locator(f"#{elem_id}")).to_have_count(1)
+
+    names = open_checkpoint_list(page).all_inner_texts()
+    for path in tiny_checkpoints.paths.values():
+        assert any(path.name in n for n in names), (path.name, names)
+    page.keyboard.press("Escape")
+
+    picker = page.locator("#setting_sd_model_checkpoint input")
+    width = page.locator("#txt2img_width input[type=number]")
+    height = page.locator("#txt2img_height input[type=number]")
+    expect(width).to_have_value("512")
+    try:
+        choose_checkpoint(page, "tiny-sdxl.safetensors")
+        expect(picker).to_have_value(re.compile(r"^tiny-sdxl\.safetensors \["))
+        expect(width).to_have_value("1024")
+        expect(height).to_have_value("1024")
+
+        choose_checkpoint(page, "tiny-sd1.safetensors")
+        expect(picker).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+    finally:  # leave the shared server on SD1 even when the page failed
+        requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"},
+                      timeout=120)
+    expect(width).to_have_value("512")
+
+
+def test_invalid_size_is_a_message_and_the_page_keeps_working(page, server):
+    fill_job(page, "after an error", steps=1)
+    set_number(page, "txt2img_width", 100, on_step=False)  # in the slider's range, not a multiple of 8
+    page.locator("#txt2img_generate").click()
+
+    error = page.locator("#html_info_txt2img .error")
+    expect(error).to_contain_text("width")
+    expect(error).to_contain_text("multiple of 8")
+    expect(page.locator(".toast-body").filter(has_text="multiple of 8").first).to_be_visible()
+    expect_idle(page)
+
+    set_number(page, "txt2img_width", 64)
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#html_info_txt2img")).to_contain_text("Steps: 1,")
+    expect(error).to_have_count(0)
+    expect_idle(page)
+
+
+@pytest.fixture(scope="module")
+def server_with_broken_checkpoint(tiny_checkpoints, tmp_path_factory):
+    """A server of its own (the shared one's folder stays clean): the tiny SD1 and a corrupt file."""
+    import os
+
+    from tests.server import run_server
+
+    ckpts = tmp_path_factory.mktemp("ui-ckpts")
+    os.link(tiny_checkpoints.sd1, ckpts / "tiny-sd1.safetensors")
+    (ckpts / "broken.safetensors").write_bytes(b"\xff" * 64 + b"not a checkpoint")
+    data = tmp_path_factory.mktemp("ui-data")
+    with run_server(data, ckpts, "--ckpt", str(ckpts / "tiny-sd1.safetensors"), ready_path="/") as srv:
+        yield srv
+
+
+def test_checkpoint_that_fails_to_load_is_a_message_and_the_page_keeps_working(browser, server_with_broken_checkpoint):
+    srv = server_with_broken_checkpoint
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        page = context.new_page()
+        page.goto(srv.url)
+        picker = page.locator("#setting_sd_model_checkpoint input")
+        expect(picker).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+
+        choose_checkpoint(page, "broken.safetensors")
+        expect(page.locator(".toast-body").filter(has_text="Could not load broken.safetensors").first).to_be_visible()
+        expect(picker).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))  # the old model stays
+
+        fill_job(page, "still working", steps=1)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect(page.locator("#html_info_txt2img")).to_contain_text("Model: tiny-sd1")
+        expect_idle(page)
+    finally:
+        context.close()
