@@ -15,7 +15,7 @@ from modules.paths_internal import data_path, models_path
 
 Preload = Callable[[argparse.ArgumentParser], None]
 
-MEMORY_MODES_NOTE = "memory mode"
+MEMORY_MODES_NOTE = "not implemented yet, accepted for A1111 compatibility"
 COMPAT_NOTE = "accepted for compatibility with A1111"
 
 
@@ -232,6 +232,11 @@ def compatibility_notes(opts: argparse.Namespace) -> list[str]:
         notes.append("--disable-safe-unpickle: ignored; Easel always loads pickled files with weights_only=True.")
     if getattr(opts, "no_download_sd_model", False) or getattr(opts, "do_not_download_clip", False):
         notes.append("Easel never downloads models; the download flags change nothing.")
+    if getattr(opts, "lowvram", False) or getattr(opts, "medvram", False) or getattr(opts, "medvram_sdxl", False):
+        notes.append("--medvram/--lowvram: not implemented yet; the whole model is kept on the device.")
+    if any(getattr(opts, f, False) for f in ("opt_split_attention", "opt_sub_quad_attention", "opt_channelslast")):
+        notes.append("--opt-split-attention/--opt-sub-quad-attention/--opt-channelslast: ignored; "
+                     "Easel uses PyTorch's SDPA attention (or --xformers).")
     if getattr(opts, "skip_torch_cuda_test", False):
         notes.append("--skip-torch-cuda-test: not needed; Easel runs on the CPU when there is no GPU.")
     return notes

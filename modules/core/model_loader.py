@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -80,22 +80,24 @@ def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) 
             owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
 
 
+def _build(cls, config: dict, state: dict[str, torch.Tensor], what: str):
+    """Construct without allocating (meta device), then adopt the loaded tensors."""
+    with torch.device("meta"):
+        module = cls(**config)
+    _assign(module, state, what)
+    return module
+
+
 def _build_unet(ckpt: CheckpointFile, spec: ModelSpec, dtype: torch.dtype) -> UNet2DConditionModel:
     config = dict(spec.unet_config)
     state = convert_ldm_unet_checkpoint(ckpt.read_prefix(UNET_PREFIX, dtype), config)
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**config)
-    _assign(unet, state, "UNet")
-    return unet
+    return _build(UNet2DConditionModel, config, state, "UNet")
 
 
 def _build_vae(ckpt: CheckpointFile, spec: ModelSpec, dtype: torch.dtype) -> AutoencoderKL:
     config = dict(spec.vae_config)
     state = convert_ldm_vae_checkpoint(ckpt.read_prefix(VAE_PREFIX, dtype), config)
-    with torch.device("meta"):
-        vae = AutoencoderKL(**config)
-    _assign(vae, state, "VAE")
-    return vae
+    return _build(AutoencoderKL, config, state, "VAE")
 
 
 def _build_text_encoder(ckpt: CheckpointFile, te: TextEncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
@@ -145,7 +147,7 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy) -> LoadedModel:
     if "prediction type undetermined" in spec.notes and spec.unet_config["cross_attention_dim"] == 1024:
         # only meaningful for real-size SD2 weights; small models keep epsilon
         if probe_v_prediction(unet):
-            spec = _with(spec, prediction_type="v_prediction", native_size=(768, 768))
+            spec = replace(spec, prediction_type="v_prediction", native_size=(768, 768))
 
     for module in (unet, vae, *encoders):
         module.eval().requires_grad_(False)
@@ -155,9 +157,3 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy) -> LoadedModel:
         vae.enable_xformers_memory_efficient_attention()
     tokenizers = [load_tokenizer(te.pad_token) for te in spec.text_encoders]
     return LoadedModel(Path(path), spec, unet, vae, encoders, tokenizers, policy, time.perf_counter() - started)
-
-
-def _with(spec: ModelSpec, **changes) -> ModelSpec:
-    from dataclasses import replace
-
-    return replace(spec, **changes)
