@@ -161,3 +161,15 @@ def test_bad_checkpoint_keeps_current_model(tmp_path, tiny_checkpoints):
     with pytest.raises(CheckpointError):
         cache.load(CheckpointInfo(bad, bad.name, bad.stem))
     assert cache.model is good and cache.info.name == "sd1"
+
+
+def test_safetensors_are_read_without_mapping_the_file(tiny_checkpoints):
+    """A memory-mapped checkpoint's touched pages count in the process's RSS and doubled the
+    peak of a load (benchmark: 3.2x the file in fp32); the reader uses positioned reads."""
+    ckpt = CheckpointFile(tiny_checkpoints.sd1)
+    tensors = ckpt.read_prefix("model.diffusion_model.", torch.float32)
+    with open("/proc/self/maps") as maps:
+        mapped = maps.read()
+    assert str(tiny_checkpoints.sd1) not in mapped
+    assert tensors and all(t.dtype == torch.float32 for t in tensors.values())
+    ckpt.close()

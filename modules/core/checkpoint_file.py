@@ -1,21 +1,32 @@
 """Reading single-file checkpoints (.safetensors, .ckpt) without surprises.
 
 - `.safetensors`: the header is read first (shapes for detection), then each
-  component's tensors are read on demand, converted to the target dtype one at a
-  time, so the whole file never sits in memory twice.
+  component's tensors are read on demand with plain positioned reads straight into
+  their own buffers, converted to the target dtype one at a time. No memory map:
+  a mapped file's touched pages count in the process's resident memory, which would
+  double a load's peak for nothing.
 - `.ckpt`: opened with `torch.load(weights_only=True)` (memory-mapped where the file
   format allows). Anything that would need full unpickling is refused.
 """
 
 from __future__ import annotations
 
+import json
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 from typing import Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
 
 
 class CheckpointError(ValueError):
@@ -40,15 +51,48 @@ class CheckpointFile:
     # -- opening -------------------------------------------------------------------------
     def _open_safetensors(self) -> None:
         try:
-            self._st = safe_open(str(self.path), framework="pt", device="cpu")
-            self.metadata: dict[str, str] = dict(self._st.metadata() or {})
-            self.shapes = {k: tuple(self._st.get_slice(k).get_shape()) for k in self._st.keys()}
-        except (SafetensorError, OSError, ValueError) as exc:
+            # the library validates the header (offsets, overlaps, sizes) ...
+            with safe_open(str(self.path), framework="pt", device="cpu") as st:
+                self.metadata: dict[str, str] = dict(st.metadata() or {})
+            # ... and we keep the offsets for positioned reads
+            self._fh = open(self.path, "rb")
+            (length,) = struct.unpack("<Q", self._fh.read(8))
+            header = json.loads(self._fh.read(length))
+        except (SafetensorError, OSError, ValueError, struct.error) as exc:
             raise CheckpointError(f"{self.path.name} is not a readable safetensors file: {exc}") from exc
+        header.pop("__metadata__", None)
+        self._data_start = 8 + length
+        self._entries = header
+        unknown = {e["dtype"] for e in header.values()} - _ST_DTYPES.keys()
+        if unknown:
+            raise CheckpointError(f"{self.path.name} uses unsupported tensor types {sorted(unknown)}")
+        self.shapes = {k: tuple(e["shape"]) for k, e in header.items()}
         self._tensors: dict[str, torch.Tensor] | None = None
+        self._staging: torch.Tensor | None = None
+
+    def _read_safetensor(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
+        """Read one tensor. In the file's dtype it goes straight into its final buffer; to
+        convert, the bytes pass through one staging buffer reused for every tensor, so a
+        load allocates nothing but the converted weights."""
+        entry = self._entries[key]
+        begin, end = entry["data_offsets"]
+        file_dtype = _ST_DTYPES[entry["dtype"]]
+        size = end - begin
+        convert = dtype is not None and dtype != file_dtype and file_dtype.is_floating_point
+        if convert:
+            if self._staging is None or self._staging.numel() < size:
+                self._staging = torch.empty(size, dtype=torch.uint8)
+            raw = self._staging[:size]
+        else:
+            raw = torch.empty(size, dtype=torch.uint8)
+        self._fh.seek(self._data_start + begin)
+        if size and self._fh.readinto(memoryview(raw.numpy())) != size:
+            raise CheckpointError(f"{self.path.name}: tensor '{key}' is cut short (truncated file)")
+        tensor = raw.view(file_dtype).reshape(entry["shape"])
+        return tensor.to(dtype) if convert else tensor
 
     def _open_pickle(self) -> None:
-        self._st = None
+        self._fh = None
         self.metadata = {}
         try:
             try:
@@ -74,10 +118,9 @@ class CheckpointFile:
 
     # -- reading -------------------------------------------------------------------------
     def get(self, key: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        try:
-            tensor = self._st.get_tensor(key) if self._st is not None else self._tensors[key]
-        except SafetensorError as exc:
-            raise CheckpointError(f"{self.path.name}: cannot read tensor '{key}': {exc}") from exc
+        if self._fh is not None:
+            return self._read_safetensor(key, dtype)
+        tensor = self._tensors[key]
         if dtype is not None and tensor.is_floating_point() and tensor.dtype != dtype:
             tensor = tensor.to(dtype)
         return tensor
@@ -101,5 +144,8 @@ class CheckpointFile:
         return None
 
     def close(self) -> None:
-        self._st = None
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
         self._tensors = None
+        self._staging = None

@@ -63,6 +63,8 @@ def choose_policy(
             # CPUs have no fast fp16 kernels; bf16 halves memory and, with AVX512-BF16/AMX,
             # roughly doubles UNet speed. Opt-in: A1111 users expect exact fp32 on the CPU.
             dtype = torch.bfloat16
+            # bf16 has fp32's exponent range: no fp16-style VAE overflow to NaN
+            vae_dtype = torch.float32 if no_half_vae else torch.bfloat16
         if not torch.cuda.is_available():
             notes.append("no CUDA device found: running on the CPU" + (" in bf16 (--precision half)" if dtype == torch.bfloat16 else " in fp32"))
     attention = "sdpa"
