@@ -187,12 +187,21 @@ def test_checkpoint_picker_lists_checkpoints_and_sets_native_size(page, server, 
         expect(width).to_have_value("1024")
         expect(height).to_have_value("1024")
 
-        choose_checkpoint(page, "tiny-sd1.safetensors")
-        expect(picker).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+        # A pick made while the previous load's progress overlay is still on the picker can be
+        # dropped by Gradio (the picker shows it, the server never hears it): pick again then.
+        for attempt in range(3):
+            choose_checkpoint(page, "tiny-sd1.safetensors")
+            expect(picker).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+            try:
+                expect(width).to_have_value("512", timeout=20_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
     finally:  # leave the shared server on SD1 even when the page failed
         requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"},
                       timeout=120)
-    expect(width).to_have_value("512")
+    expect(height).to_have_value("512")
 
 
 def test_invalid_size_is_a_message_and_the_page_keeps_working(page, server):
