@@ -60,8 +60,10 @@ def _checkpoint_row(engine: Engine, tab: Txt2ImgTab) -> gr.Dropdown:
         refresh_button = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
     # `select`, not `input`: Gradio 6's dropdown sends `input` twice per pick (on the pick and
     # again on blur), which would load a checkpoint twice and report a failure twice
+    # `always_last`: a pick made while a load is still pending runs after it (the default,
+    # "once", drops it silently while the picker already shows it)
     dropdown.select(choose, outputs=[dropdown, tab.width, tab.height], show_progress_on=[dropdown],
-                    concurrency_limit=None)
+                    concurrency_limit=None, trigger_mode="always_last")
     refresh_button.click(refresh, outputs=dropdown, queue=False)
     return dropdown
 
