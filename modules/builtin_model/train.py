@@ -1,0 +1,377 @@
+"""Train Easel's built-in model from a seed, on the CPU.
+
+    python -m modules.builtin_model.train --seed 0                 # everything (~90 min, 2 cores)
+    python -m modules.builtin_model.train --stage vae              # one stage at a time:
+    python -m modules.builtin_model.train --stage latents          #   vae -> latents -> unet -> export
+    python -m modules.builtin_model.train --stage unet [--resume]
+    python -m modules.builtin_model.train --stage export [--out PATH]
+
+Stages write into --run-dir (default train_runs/seed<seed>/); the export stage writes the
+single-file checkpoint (A1111/LDM layout) and its .json metadata entry.
+
+Recipe: (1) a VAE on procedural images (L1 + MSE + a tiny KL), then its latent space is
+shifted and rescaled (folded into quant_conv / post_quant_conv) so that SD's 0.18215 gives
+unit-variance latents; (2) a pool of training scenes is encoded once; (3) UNet and CLIP
+text encoder are trained jointly from scratch with epsilon MSE (min-SNR-5 weighting) on SD's
+scaled_linear schedule, captions re-drawn each step, 10 % replaced by "" for CFG; EMA weights
+are exported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from . import architecture as arch
+from . import dataset as data
+
+DEFAULTS = dict(
+    vae_steps=2000, vae_batch=16, vae_lr=1e-3, vae_shape_weight=10.0,
+    vae_refine_steps=2500, vae_refine_lr=6e-4, vae_refine_shape_weight=20.0,
+    pool_size=40000,
+    unet_steps=8000, unet_batch=32, unet_lr=5e-4, warmup=300, ema_decay=0.999,
+    caption_dropout=0.1, min_snr_gamma=5.0,
+)
+ROOT = arch.ROOT
+
+
+def log(run_dir: Path, msg: str) -> None:
+    line = f"[{time.strftime('%H:%M:%S')}] {msg}"
+    print(line, flush=True)
+    with open(run_dir / "train.log", "a") as f:
+        f.write(line + "\n")
+
+
+def lr_at(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def batch_images(rng: np.random.Generator, n: int, with_weights: bool = False, shape_weight: float = 10.0,
+                 boost_small: bool = False):
+    scenes = [data.sample_scene(rng, "train") for _ in range(n)]
+    images = [data.render(s, arch.NATIVE_SIZE) for s in scenes]
+    x = torch.from_numpy(data.to_tensor_array(images))
+    if not with_weights:
+        return x
+    # shapes cover a small share of the pixels: weight every pixel that is not pure background
+    bg = np.stack([np.asarray(im) == np.array(data.PALETTE[s.background], np.uint8) for s, im in zip(scenes, images)])
+    shape = (~bg.all(-1)).astype(np.float32)
+    # small shapes are the hard part: each image's shape pixels weigh at least ~400 pixels' worth
+    boost = np.clip(400.0 / np.maximum(shape.sum(axis=(1, 2), keepdims=True), 1.0), 1.0, 4.0) if boost_small else 1.0
+    w = 1.0 + (shape_weight * boost - 1.0) * shape
+    return x, torch.from_numpy(w)[:, None]
+
+
+@torch.no_grad()
+def reconstruction_accuracy(vae, n: int = 48, seed: int = 777) -> dict:
+    """Score VAE reconstructions of fixed one-shape scenes with the pixel scorer."""
+    from . import scoring
+    rng = np.random.default_rng(seed)
+    tally, scenes = scoring.Tally(), []
+    for _ in range(n):
+        c = data.COLOURS[rng.integers(8)]
+        b = [x for x in data.COLOURS if x != c][rng.integers(7)]
+        scenes.append(data.scene_for(c, data.SHAPES[rng.integers(3)], b, data.POSITION_NAMES[rng.integers(9)],
+                                     data.SIZES[rng.integers(2)], rng))
+    x = torch.from_numpy(data.to_tensor_array([data.render(s) for s in scenes]))
+    rec = vae.decode(vae.encode(x).latent_dist.mean).sample
+    pixels = ((rec / 2 + 0.5).clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    for s, im in zip(scenes, pixels):
+        sh = s.shapes[0]
+        tally.add(scoring.read(im), s.background, sh.colour, sh.kind, sh.position)
+    return {k: round(v, 3) for k, v in tally.rates().items()}
+
+
+# ---------------------------------------------------------------- stage 1: VAE
+def _vae_phase(vae, rng, run_dir: Path, name: str, steps: int, lr: float, shape_weight: float, batch: int,
+               boost_small: bool) -> None:
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
+    started, running = time.time(), 0.0
+    vae.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, steps, lr, 100)
+        x, w = batch_images(rng, batch, True, shape_weight, boost_small)
+        posterior = vae.encode(x).latent_dist
+        rec = vae.decode(posterior.sample()).sample
+        err = rec - x
+        loss = ((err.abs() + err.pow(2)) * w).sum() / (w.sum() * 3) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        running += loss.item()
+        if (step + 1) % 50 == 0:
+            log(run_dir, f"vae {name} step {step + 1}/{steps} loss {running / 50:.4f} "
+                         f"elapsed {time.time() - started:.0f}s")
+            running = 0.0
+        if (step + 1) % 250 == 0 or step + 1 == steps:
+            vae.eval()
+            log(run_dir, f"vae {name} step {step + 1} reconstructions read back: {reconstruction_accuracy(vae)}")
+            vae.train()
+    vae.eval()
+
+
+def train_vae(args, run_dir: Path) -> None:
+    """Phase A: from scratch; phase B: a second cosine cycle that weights shape pixels (small
+    shapes most) harder. The latent space is normalised after each phase; phase A's result is
+    kept so phase B can be rerun alone."""
+    torch.manual_seed(args.seed)
+    started = time.time()
+    phase_a = run_dir / "vae_phase_a.safetensors"
+    vae = arch.build_vae()
+    if phase_a.exists():
+        vae.load_state_dict(load_file(str(phase_a)))
+        log(run_dir, "vae phase A loaded from " + phase_a.name)
+    else:
+        rng = np.random.default_rng([args.seed, 1])
+        with torch.no_grad():  # start with a nearly deterministic posterior (std ~0.05)
+            vae.quant_conv.bias[arch.LATENT_CHANNELS:] = -6.0
+        _vae_phase(vae, rng, run_dir, "A", args.vae_steps, args.vae_lr, args.vae_shape_weight, args.vae_batch, False)
+        normalise_latents(vae, rng, run_dir)
+        save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(phase_a))
+    if args.vae_refine_steps:
+        torch.manual_seed(args.seed + 4)
+        rng = np.random.default_rng([args.seed, 4])
+        _vae_phase(vae, rng, run_dir, "B", args.vae_refine_steps, args.vae_refine_lr,
+                   args.vae_refine_shape_weight, args.vae_batch, True)
+        normalise_latents(vae, rng, run_dir)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(run_dir / "vae.safetensors"))
+    log(run_dir, f"vae done in {time.time() - started:.0f}s")
+
+
+@torch.no_grad()
+def normalise_latents(vae, rng: np.random.Generator, run_dir: Path, n: int = 2048) -> None:
+    """Shift and scale the latent space so that 0.18215 * latent has zero mean, unit variance
+    per channel. Folded into quant_conv (mean rows; logvar shifted by 2 ln k) and
+    post_quant_conv (inverse), so the decoder's output is unchanged."""
+    means = torch.cat([vae.encode(batch_images(rng, 128)).latent_dist.mean for _ in range(n // 128)])
+    mu = means.mean(dim=(0, 2, 3))
+    std = means.std(dim=(0, 2, 3))
+    k = (1.0 / arch.VAE_SCALING_FACTOR) / std
+    c = arch.LATENT_CHANNELS
+    q, pq = vae.quant_conv, vae.post_quant_conv
+    w_post = pq.weight.clone()
+    q.weight[:c] *= k.view(-1, 1, 1, 1)
+    q.bias[:c] = k * (q.bias[:c] - mu)
+    q.bias[c:] += 2 * torch.log(k)
+    pq.bias += (w_post[:, :, 0, 0] @ mu)
+    pq.weight /= k.view(1, -1, 1, 1)
+    check = torch.cat([vae.encode(batch_images(rng, 128)).latent_dist.mean for _ in range(4)]) * arch.VAE_SCALING_FACTOR
+    log(run_dir, f"latents raw mean {mu.tolist()} std {std.tolist()} -> scaled mean "
+                 f"{check.mean(dim=(0, 2, 3)).tolist()} std {check.std(dim=(0, 2, 3)).tolist()}")
+
+
+def load_vae(run_dir: Path):
+    vae = arch.build_vae()
+    vae.load_state_dict(load_file(str(run_dir / "vae.safetensors")))
+    return vae.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- stage 2: latent pool
+@torch.no_grad()
+def encode_pool(args, run_dir: Path) -> None:
+    vae = load_vae(run_dir)
+    rng = np.random.default_rng([args.seed, 2])
+    scenes, chunks, started = [], [], time.time()
+    for i in range(0, args.pool_size, 250):
+        batch = [data.sample_scene(rng, "train") for _ in range(min(250, args.pool_size - i))]
+        x = torch.from_numpy(data.to_tensor_array([data.render(s, arch.NATIVE_SIZE) for s in batch]))
+        chunks.append(vae.encode(x).latent_dist.mean * arch.VAE_SCALING_FACTOR)
+        scenes.extend(batch)
+    save_file({"latents": torch.cat(chunks).contiguous()}, str(run_dir / "pool.safetensors"))
+    with open(run_dir / "pool_scenes.pkl", "wb") as f:
+        pickle.dump(scenes, f)
+    log(run_dir, f"encoded {len(scenes)} scenes in {time.time() - started:.0f}s")
+
+
+# ---------------------------------------------------------------- stage 3: UNet + text encoder
+class Ema:
+    def __init__(self, modules, decay: float):
+        self.decay = decay
+        self.params = [p for m in modules for p in m.parameters()]
+        self.shadow = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1 - d)
+
+    def state_dicts(self, modules) -> list[dict]:
+        # shadow tensors follow the order of parameters(); map them back to state-dict keys
+        out, i = [], 0
+        for m in modules:
+            sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
+            for name, _ in m.named_parameters():
+                sd[name] = self.shadow[i].clone()
+                i += 1
+            out.append(sd)
+        return out
+
+
+class Tokens:
+    """Caption -> 77 token ids exactly as SD1 pads them (BOS, words, EOS, <|endoftext|> ...)."""
+
+    def __init__(self):
+        self.tokenizer = arch.load_tokenizer()
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        rows = []
+        for c in captions:
+            if c not in self.cache:
+                self.cache[c] = self.tokenizer(c, padding="max_length", max_length=77, truncation=True).input_ids
+            rows.append(self.cache[c])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def train_unet(args, run_dir: Path) -> None:
+    torch.manual_seed(args.seed + 3)
+    rng = np.random.default_rng([args.seed, 3])
+    latents = load_file(str(run_dir / "pool.safetensors"))["latents"]
+    with open(run_dir / "pool_scenes.pkl", "rb") as f:
+        scenes = pickle.load(f)
+    unet, te = arch.build_unet().train(), arch.build_text_encoder().train()
+    modules = [unet, te]
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    ema = Ema(modules, args.ema_decay)
+    tokens = Tokens()
+    alphas = arch.alphas_cumprod()
+    start_step = 0
+    ckpt = run_dir / "unet_train_state.pt"
+    if args.resume and ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"]); te.load_state_dict(state["te"])
+        opt.load_state_dict(state["opt"])
+        ema.shadow = state["ema"]
+        start_step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log(run_dir, f"resumed at step {start_step}")
+
+    started, running = time.time(), 0.0
+    end = min(args.unet_steps, args.stop_after or args.unet_steps)
+    for step in range(start_step, end):
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.unet_steps, args.unet_lr, args.warmup)
+        idx = rng.integers(len(scenes), size=args.unet_batch)
+        captions = ["" if rng.random() < args.caption_dropout else data.caption(scenes[i], rng) for i in idx]
+        x0 = latents[torch.from_numpy(idx)]
+        t = torch.randint(0, 1000, (args.unet_batch,))
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        cond = te(tokens(captions)).last_hidden_state
+        pred = unet(xt, t, cond).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+        loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        ema.update(step)
+        running += loss.item()
+        done = step + 1
+        if done % 50 == 0:
+            el = time.time() - started
+            log(run_dir, f"unet step {done}/{args.unet_steps} loss {running / 50:.4f} "
+                         f"elapsed {el:.0f}s ({(done - start_step) / el:.2f} it/s)")
+            running = 0.0
+        if done % args.save_every == 0 or done == end:
+            save_unet(run_dir, modules, ema, opt, done, rng)
+    log(run_dir, f"unet done in {time.time() - started:.0f}s")
+
+
+def save_unet(run_dir: Path, modules, ema: Ema, opt, step: int, rng) -> None:
+    unet_sd, te_sd = ema.state_dicts(modules)
+    tmp = run_dir / "ema.safetensors.tmp"
+    save_file({**{"unet." + k: v.contiguous() for k, v in unet_sd.items()},
+               **{"te." + k: v.contiguous() for k, v in te_sd.items()}}, str(tmp),
+              metadata={"step": str(step)})
+    os.replace(tmp, run_dir / "ema.safetensors")
+    state = {"unet": modules[0].state_dict(), "te": modules[1].state_dict(), "opt": opt.state_dict(),
+             "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+    torch.save(state, run_dir / "unet_train_state.pt.tmp")
+    os.replace(run_dir / "unet_train_state.pt.tmp", run_dir / "unet_train_state.pt")
+
+
+def load_trained(run_dir: Path):
+    """(unet, text_encoder, vae) from a run directory, EMA weights, eval mode."""
+    sd = load_file(str(run_dir / "ema.safetensors"))
+    unet, te = arch.build_unet(), arch.build_text_encoder()
+    unet.load_state_dict({k[5:]: v for k, v in sd.items() if k.startswith("unet.")})
+    te.load_state_dict({k[3:]: v for k, v in sd.items() if k.startswith("te.")})
+    return unet.eval().requires_grad_(False), te.eval().requires_grad_(False), load_vae(run_dir)
+
+
+# ---------------------------------------------------------------- stage 4: export
+def export(args, run_dir: Path) -> Path:
+    from . import export as exporter
+
+    unet, te, vae = load_trained(run_dir)
+    steps = load_file_metadata(run_dir / "ema.safetensors").get("step", "?")
+    recipe = {k: getattr(args, k) for k in DEFAULTS} | {"seed": args.seed, "unet_steps_done": steps}
+    times = _stage_times(run_dir)
+    return exporter.export_checkpoint(unet, te, vae, Path(args.out), recipe, times)
+
+
+def load_file_metadata(path: Path) -> dict:
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        return f.metadata() or {}
+
+
+def _stage_times(run_dir: Path) -> dict:
+    p = run_dir / "stage_times.json"
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def _record_time(run_dir: Path, stage: str, seconds: float, add: bool = False) -> None:
+    times = _stage_times(run_dir)
+    times[stage] = round(seconds + (times.get(stage, 0.0) if add else 0.0), 1)
+    (run_dir / "stage_times.json").write_text(json.dumps(times, indent=1))
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--stage", choices=["all", "vae", "latents", "unet", "export"], default="all")
+    ap.add_argument("--run-dir", default=None, help="scratch directory (default train_runs/seed<seed>)")
+    ap.add_argument("--out", default=str(ROOT / "models" / "Stable-diffusion" / "easel-shapes-v1.safetensors"))
+    ap.add_argument("--resume", action="store_true", help="continue the unet stage from its last save")
+    ap.add_argument("--save-every", type=int, default=500)
+    ap.add_argument("--stop-after", type=int, default=0,
+                    help="stop the unet stage after this many steps (the LR schedule still spans --unet-steps)")
+    ap.add_argument("--threads", type=int, default=2)
+    for k, v in DEFAULTS.items():
+        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run_dir = Path(args.run_dir or ROOT / "train_runs" / f"seed{args.seed}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log(run_dir, f"args {vars(args)}")
+    stages = ["vae", "latents", "unet", "export"] if args.stage == "all" else [args.stage]
+    fns = {"vae": train_vae, "latents": encode_pool, "unet": train_unet, "export": export}
+    for stage in stages:
+        t0 = time.time()
+        fns[stage](args, run_dir)
+        if stage != "export":
+            _record_time(run_dir, stage, time.time() - t0, add=stage == "unet" and args.resume)
+
+
+if __name__ == "__main__":
+    main()
