@@ -326,7 +326,11 @@ def export(args, run_dir: Path) -> Path:
     steps = load_file_metadata(run_dir / "ema.safetensors").get("step", "?")
     recipe = {k: getattr(args, k) for k in DEFAULTS} | {"seed": args.seed, "unet_steps_done": steps}
     times = _stage_times(run_dir)
-    return exporter.export_checkpoint(unet, te, vae, Path(args.out), recipe, times)
+    out = exporter.export_checkpoint(unet, te, vae, Path(args.out), recipe, times)
+    diffs = exporter.verify_roundtrip(out, unet, te, vae)
+    log(run_dir, f"exported {out} ({out.stat().st_size / 2**20:.1f} MiB); reloaded outputs differ by at most "
+                 + ", ".join(f"{k} {v:.1e}" for k, v in diffs.items()))
+    return out
 
 
 def load_file_metadata(path: Path) -> dict:
