@@ -80,7 +80,8 @@ _A1111_ONLY: dict[str, Any] = {
 }
 
 StableDiffusionTxt2ImgProcessingAPI = create_model(
-    "StableDiffusionTxt2ImgProcessingAPI", __base__=_Lenient, **_core_fields(), **_A1111_ONLY
+    # a core field (typed, with bounds) wins over the same A1111 name listed above
+    "StableDiffusionTxt2ImgProcessingAPI", __base__=_Lenient, **{**_A1111_ONLY, **_core_fields()}
 )
 
 

@@ -39,6 +39,12 @@ class DenoiseHooks:
         """After the CFG combine; return the prediction the scheduler should use."""
         return x_pred
 
+    def after_step(self, step: int, next_timestep: Tensor | None, latents: Tensor) -> Tensor:
+        """After the scheduler step, before ``step_end``: return the latents the loop goes on with.
+        ``next_timestep`` is the timestep of the next iteration, None after the last one. Inpainting
+        uses it to put the unmasked area back, noised to that timestep (``scheduler.add_noise``)."""
+        return latents
+
     def step_end(self, step: int, total: int, latents: Tensor, denoised: Tensor | None) -> None:
         """After the scheduler step: progress and previews. ``denoised`` is the x0 prediction when
         the scheduler reports one (``pred_original_sample``/``denoised``), else None."""
@@ -218,7 +224,7 @@ def sample(
 
         # 5c. Scheduler step.
         out = scheduler.step(pred, t, latents, **step_kwargs)
-        latents = out.prev_sample
+        latents = hooks.after_step(i, timesteps[i + 1] if i + 1 < total else None, out.prev_sample)
         denoised = getattr(out, "pred_original_sample", None)
         if denoised is None:
             denoised = getattr(out, "denoised", None)

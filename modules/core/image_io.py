@@ -48,6 +48,7 @@ __all__ = [
     "to_rgb_or_rgba",
     "encode_pil_to_base64",
     "decode_base64_to_image",
+    "decode_image",
 ]
 
 log = logging.getLogger(__name__)
@@ -545,3 +546,40 @@ def decode_base64_to_image(encoded: str | bytes, *, max_pixels: int | None = DEF
     if infotext:
         result.info[INFOTEXT_KEY] = infotext
     return result
+
+
+def decode_image(data: object, field_name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """A request's image (base64 string, ``data:`` URL, raw bytes or a PIL image) -> a loaded RGB or
+    RGBA image, or ``RequestError(field_name, …)`` saying what is wrong (not base64, not an image,
+    truncated, over ``max_pixels``). 16-bit, CMYK, palette and greyscale images come back as RGB,
+    images with transparency as RGBA (img2img flattens init images on its background colour and
+    reads masks from their alpha). Nothing is written anywhere."""
+    from .types import RequestError
+
+    if isinstance(data, Image.Image):
+        width, height = data.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise RequestError(field_name, f"image is too large: {width}x{height} exceeds the limit of {max_pixels} pixels")
+        try:
+            data.load()
+        except Exception as error:
+            raise RequestError(field_name, f"image data is truncated or corrupt: {error}") from None
+        converted = to_rgb_or_rgba(data)
+        return converted.copy() if converted is data else converted
+    if isinstance(data, (bytes, bytearray)):
+        data = bytes(data)
+        if _looks_like_image_file(data):  # raw file bytes (uploads): through the one decoder below
+            data = base64.b64encode(data)
+    elif not isinstance(data, str):
+        raise RequestError(field_name, f"must be a base64-encoded image, got {type(data).__name__}")
+    try:
+        return decode_base64_to_image(data, max_pixels=max_pixels)
+    except ValueError as error:
+        raise RequestError(field_name, str(error)) from None
+
+
+_IMAGE_SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\0", b"MM\0*")
+
+
+def _looks_like_image_file(data: bytes) -> bool:
+    return data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")

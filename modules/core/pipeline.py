@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import denoise, image_io, rng, samplers
+from . import denoise, hires, image_io, img2img, rng, samplers, tiling
 from .conditioning import TextConditioner
 from .infotext import build_infotext
 from .model_loader import LoadedModel
-from .types import GenerationRequest, GenerationResult, RequestError
+from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
 
 @dataclass
@@ -43,6 +43,12 @@ class GenerationSettings:
     add_model_name_to_info: bool = True
     version: str | None = None  # add_version_to_infotext
     today: Callable[[], datetime.date] = datetime.date.today
+    img2img: img2img.Img2ImgSettings = field(default_factory=img2img.Img2ImgSettings)  # img2img_*, inpainting_*
+    # Hires checkpoint (A1111 hr_checkpoint_name), provided by the engine: load_model(name) loads it through
+    # the model cache without selecting it, load_model(None) puts the job's own checkpoint back;
+    # checkpoint_title(name) is A1111's short title ("name [hash]"), ValueError for an unknown name.
+    load_model: Callable[[str | None], LoadedModel] | None = None
+    checkpoint_title: Callable[[str], str] | None = None
 
 
 class JobObserver:
@@ -76,6 +82,10 @@ class _LoopHooks(denoise.DenoiseHooks):
     def __init__(self, observer: JobObserver):
         self.observer = observer
         self.stopped = False
+        self.blend = None  # img2img inpainting: keeps the unmasked area on the init image's path
+
+    def after_step(self, step, next_timestep, latents):
+        return latents if self.blend is None else self.blend(step, next_timestep, latents)
 
     def step_end(self, step, total, latents, denoised):
         self.observer.on_step(step, total, latents, denoised)
@@ -92,8 +102,10 @@ def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSet
         sampler, schedule = samplers.resolve(request.sampler_name, request.scheduler)
     except ValueError as exc:
         raise RequestError("sampler_name", str(exc)) from exc
-    width = request.width or model.spec.native_size[0]
-    height = request.height or model.spec.native_size[1]
+    is_img2img = isinstance(request, Img2ImgRequest)
+    native = img2img.default_size(request, model.latent_scale) if is_img2img else model.spec.native_size
+    width = request.width or native[0]
+    height = request.height or native[1]
     count = request.batch_size * request.n_iter
     seed = rng.fix_seed(request.seed)
     subseed = rng.fix_seed(request.subseed)
@@ -172,16 +184,31 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
             if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
             else None
         ),
+        "Denoising strength": p.extra.get("Denoising strength"),
+        "Conditional mask weight": p.extra.get("Conditional mask weight"),
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "ENSD": settings.eta_noise_seed_delta if settings.eta_noise_seed_delta and samplers.is_ancestral(p.sampler) else None,
+        "Tiling": "True" if request.tiling else None,
     }
     params.update(request.extra)
+    params.update(p.extra)  # A1111's extra_generation_params; keys above keep their place
     params["Version"] = settings.version
     return params
 
 
-@torch.no_grad()
 def generate(
+    request: GenerationRequest,
+    model: LoadedModel,
+    settings: GenerationSettings | None = None,
+    observer: JobObserver | None = None,
+) -> GenerationResult:
+    # seamless tiling switches the model's padding for this job only (A1111: for the whole job)
+    with tiling.seamless(model, request.tiling):
+        return _generate(request, model, settings, observer)
+
+
+@torch.no_grad()
+def _generate(
     request: GenerationRequest,
     model: LoadedModel,
     settings: GenerationSettings | None = None,
@@ -207,13 +234,26 @@ def generate(
         width=p.width, height=p.height, sampler_name=p.sampler, scheduler=p.schedule,
         model_name=settings.model_name, model_hash=settings.model_hash, clip_skip=p.clip_skip,
     )
+    job = None
+    if isinstance(request, Img2ImgRequest):  # init images, mask, overlays: once for the whole job
+        job = img2img.prepare(request, p.width, p.height, latent_scale=model.latent_scale,
+                              encode=lambda pixels: encode_pixels(model, pixels),
+                              inpainting_model=model.spec.inpainting, settings=settings.img2img)
+        p.extra.update({"Denoising strength": _number(job.denoising_strength), **job.infotext})
+    if model.spec.inpainting:
+        p.extra["Conditional mask weight"] = settings.img2img.mask_weight
+    hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale, settings.checkpoint_title)
+    if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
+        p.extra.update({"Denoising strength": _number(hr.denoising_strength), **hr.infotext})
+        result.width, result.height = hr.width, hr.height
     day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
 
     for batch in range(request.n_iter):
         if observer.interrupted():
             result.interrupted = True
             break
-        observer.begin_batch(batch, request.n_iter, request.steps)
+        passes = 1 if hr is None else 2  # A1111 counts the hires pass as a job of its own
+        observer.begin_batch(batch * passes, request.n_iter * passes, request.steps)
         lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
         seeds, subseeds = p.seeds[lo:hi], p.subseeds[lo:hi]
         prompts = [request.prompt] * request.batch_size
@@ -223,7 +263,8 @@ def generate(
         cond = conditioner.encode(prompts, p.width, p.height)
         uncond = conditioner.encode(negatives, p.width, p.height)
         if model.spec.inpainting:
-            concat = txt2img_image_conditioning(model, len(prompts), p.width, p.height)
+            concat = (job.conditioning(len(prompts), model.device) if job
+                      else txt2img_image_conditioning(model, len(prompts), p.width, p.height))
             cond, uncond = {**cond, "c_concat": concat}, {**uncond, "c_concat": concat}
 
         # 3. noise from the seeds, on the CPU by default for reproducibility
@@ -238,16 +279,34 @@ def generate(
 
         # 4. the sampling loop
         hooks = _LoopHooks(observer)
+        init_latents, strength, schedule_steps = None, 1.0, request.steps
+        if job is not None:  # img2img: start from the init latents noised to the first step
+            init_latents = job.start_latents(len(seeds), noise)
+            noise = noise * job.noise_multiplier
+            hooks.blend = job.step_blender(scheduler, init_latents, noise)
+            strength, schedule_steps = job.sampler_strength, job.schedule_steps
         latents = denoise.sample(
             unet_call, scheduler, noise.to(model.device), lambda step: (cond, uncond),
-            steps=request.steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
+            steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
             brownian_seeds=seeds,  # A1111 seeds DPM++ SDE's Brownian trees from the image seeds
+            init_latents=init_latents, denoising_strength=strength,
         )
+        if job is not None:
+            latents = job.blend(latents, init_latents)
         if observer.interrupted():
             result.interrupted = True
 
         # 5. decode, infotext, save (an interrupted, half-denoised batch is shown, not saved)
-        images = decode_latents(model, latents)
+        if hr is not None and not result.interrupted:  # hires fix: upscale, a second pass at the new size, decode
+            observer.begin_batch(2 * batch + 1, 2 * request.n_iter, hr.steps)
+            images = hires.second_pass(hr, request, model, settings, latents, seeds=seeds, subseeds=subseeds,
+                                       seed_resize=seed_resize, clip_skip=p.clip_skip, hooks=_LoopHooks(observer),
+                                       refine=not hooks.stopped)  # skipped: only upscaled, as in A1111
+            result.interrupted = observer.interrupted()
+        else:
+            images = decode_latents(model, latents)
+        if job is not None:  # colour correction, paste back under the original
+            images = job.finish(images)
         for i, image in enumerate(images):
             index = lo + i
             text = build_infotext(request.prompt, request.negative_prompt, infotext_params(request, p, settings, index))

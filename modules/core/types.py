@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from . import upscaling
+
 
 class RequestError(ValueError):
     """Invalid request value. `field` names the request field at fault."""
@@ -63,6 +65,23 @@ class GenerationRequest:
     checkpoint: str | None = spec(None, "Checkpoint title or name; default: the loaded one.")
     clip_skip: int | None = spec(None, "CLIP skip; default: the setting.", minimum=1, maximum=12)
     save_images: bool = spec(True, "Save images to the outputs folder.")
+    # Hires. fix (A1111 txt2img): a second pass at a larger size; see modules.core.hires.
+    enable_hr: bool = spec(False, "Hires. fix: upscale, then refine with a second sampling pass.")
+    hr_scale: float = spec(2.0, "Hires upscale factor (unused when hr_resize_x/y is given).",
+                           minimum=1.0, maximum=4.0, ui_step=0.05)
+    hr_upscaler: str = spec("Latent", "Hires upscaler: a latent mode or an image upscaler (see /sdapi/v1/upscalers).")
+    hr_second_pass_steps: int = spec(0, "Hires steps (0 = same as steps).", minimum=0, maximum=150, ui_step=1)
+    hr_resize_x: int = spec(0, "Resize width to (0 = from height, or use hr_scale).", minimum=0, maximum=MAX_SIDE, ui_step=8)
+    hr_resize_y: int = spec(0, "Resize height to (0 = from width, or use hr_scale).", minimum=0, maximum=MAX_SIDE, ui_step=8)
+    # A1111's API default is 0.75; its UI's hires slider starts at 0.7.
+    denoising_strength: float = spec(0.75, "Denoising strength of the hires pass (img2img: of the image).",
+                                     minimum=0.0, maximum=1.0, ui_step=0.01)
+    hr_prompt: str = spec("", "Hires prompt (empty = the prompt).")
+    hr_negative_prompt: str = spec("", "Hires negative prompt (empty = the negative prompt).")
+    hr_sampler_name: str | None = spec(None, "Hires sampler (None or 'Use same sampler' = the sampler).")
+    hr_scheduler: str | None = spec(None, "Hires schedule type (None or 'Use same scheduler' = the schedule type).")
+    hr_checkpoint_name: str | None = spec(None, "Hires checkpoint (None or 'Use same checkpoint' = the checkpoint).")
+    tiling: bool = spec(False, "Seamless tiling: the image wraps around left/right and top/bottom.")
     extra: dict = field(default_factory=dict, metadata={"spec": FieldSpec("Extra infotext fields (scripts).")})
 
     def __post_init__(self) -> None:
@@ -81,14 +100,19 @@ class GenerationRequest:
                 value = int(value)
                 setattr(self, f.name, value)
             if not isinstance(value, expected) or (expected in (int, float) and isinstance(value, bool)):
-                kind = {str: "text", int: "an integer", float: "a number", bool: "true or false", dict: "an object"}[expected]
+                kind = {str: "text", int: "an integer", float: "a number", bool: "true or false", dict: "an object",
+                        list: "a list", Image.Image: "an image"}[expected]
                 raise RequestError(f.name, f"must be {kind}, got {type(value).__name__}")
+            if expected is list or expected is Image.Image:
+                continue  # element checks and bounds of image fields: Img2ImgRequest.__post_init__
             if fs.minimum is not None and value < fs.minimum:
                 raise RequestError(f.name, f"must be at least {_fmt(fs.minimum)}, got {value}")
             if fs.maximum is not None and value > fs.maximum:
                 raise RequestError(f.name, f"must be at most {_fmt(fs.maximum)}, got {value}")
             if fs.multiple_of and value % fs.multiple_of:
                 raise RequestError(f.name, f"must be a multiple of {fs.multiple_of}, got {value}")
+        if self.enable_hr and self.hr_upscaler not in upscaling.names():  # A1111 checks it only with hires on
+            raise RequestError("hr_upscaler", f"unknown upscaler '{self.hr_upscaler}'; known: {', '.join(upscaling.names())}")
 
     @classmethod
     def field_specs(cls) -> dict[str, FieldSpec]:
@@ -97,11 +121,57 @@ class GenerationRequest:
 
 def _expected_type(annotation: str) -> type:
     base = str(annotation).split("|")[0].strip()
-    return {"str": str, "int": int, "float": float, "bool": bool, "dict": dict}[base]
+    return {"str": str, "int": int, "float": float, "bool": bool, "dict": dict, "list": list,
+            "Image.Image": Image.Image}[base]
 
 
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
+
+
+@dataclass
+class Img2ImgRequest(GenerationRequest):
+    """One img2img / inpainting job (A1111's img2img fields; ``denoising_strength`` is inherited).
+
+    Images are decoded PIL images (``image_io.decode_image`` turns API base64 into them). Width and
+    height default to the first init image's size (rounded down to a multiple of 8)."""
+
+    init_images: list = spec(None, "Init images: one (used for the whole batch) or one per image of the batch.")
+    mask: Image.Image | None = spec(None, "Inpainting mask: white is repainted (an RGBA mask: its opaque part).")
+    resize_mode: int = spec(0, "0 Just resize, 1 Crop and resize, 2 Resize and fill, 3 Just resize (latent upscale).",
+                            minimum=0, maximum=3)
+    mask_blur: int = spec(4, "Mask blur in pixels (both directions unless mask_blur_x/y are given).",
+                          minimum=0, maximum=64, ui_step=1)
+    mask_blur_x: int | None = spec(None, "Horizontal mask blur; default: mask_blur.", minimum=0, maximum=256)
+    mask_blur_y: int | None = spec(None, "Vertical mask blur; default: mask_blur.", minimum=0, maximum=256)
+    inpainting_fill: int = spec(0, "Masked content: 0 fill, 1 original, 2 latent noise, 3 latent nothing.",
+                                minimum=0, maximum=3)
+    inpaint_full_res: bool = spec(False, "Inpaint area: false = Whole picture, true = Only masked.")
+    inpaint_full_res_padding: int = spec(32, "Only masked padding, pixels.", minimum=0, maximum=256, ui_step=4)
+    inpainting_mask_invert: int = spec(0, "Mask mode: 0 Inpaint masked, 1 Inpaint not masked.", minimum=0, maximum=1)
+    image_cfg_scale: float | None = spec(None, "Image CFG scale (instruct-pix2pix models only).",
+                                         minimum=0.0, maximum=3.0)
+    initial_noise_multiplier: float | None = spec(None, "Noise multiplier; default: the setting.",
+                                                  minimum=0.0, maximum=1.5)
+    include_init_images: bool = spec(False, "Return the init images with the results (API).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.init_images:
+            raise RequestError("init_images", "needs at least one image")
+        for i, image in enumerate(self.init_images):
+            if not isinstance(image, Image.Image):
+                raise RequestError("init_images", f"item {i} is not an image (got {type(image).__name__})")
+        if self.enable_hr:
+            raise RequestError("enable_hr", "hires fix is a txt2img feature; img2img has denoising_strength instead")
+
+    @property
+    def blur_x(self) -> int:
+        return self.mask_blur if self.mask_blur_x is None else self.mask_blur_x
+
+    @property
+    def blur_y(self) -> int:
+        return self.mask_blur if self.mask_blur_y is None else self.mask_blur_y
 
 
 @dataclass

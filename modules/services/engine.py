@@ -11,8 +11,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.core.img2img import Img2ImgSettings
 from modules.core.pipeline import GenerationSettings, generate
-from modules.core.types import GenerationRequest, GenerationResult, RequestError
+from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
 from .checkpoints import CheckpointInfo, CheckpointRegistry
 from .jobs import JobState, StateObserver, WorkQueue
@@ -56,6 +57,12 @@ class Engine:
         if remember:
             self.options.data["sd_model_checkpoint"] = info.title
         return model
+
+    def short_title(self, info: CheckpointInfo) -> str:
+        """A1111's short title: the file's stem and its short hash (`Hires checkpoint` infotext)."""
+        self.checkpoints.ensure_hash(info)
+        stem = info.model_name.rsplit("/", 1)[-1]
+        return f"{stem} [{info.shorthash}]" if info.shorthash else stem
 
     def select_checkpoint(self, name: str) -> CheckpointInfo:
         """Load a checkpoint (on the worker, after queued jobs) and remember it."""
@@ -111,6 +118,17 @@ class Engine:
             add_model_hash_to_info=o.get("add_model_hash_to_info"),
             add_model_name_to_info=o.get("add_model_name_to_info"),
             version=VERSION if o.get("add_version_to_infotext") else None,
+            # the hires checkpoint: through the model cache, never selected; None puts this job's back
+            load_model=lambda name: self._load(info if name is None else self.resolve_checkpoint(name), remember=False),
+            checkpoint_title=lambda name: self.short_title(self.resolve_checkpoint(name)),
+            img2img=Img2ImgSettings(
+                color_correction=o.get("img2img_color_correction"),
+                mask_weight=o.get("inpainting_mask_weight"),
+                noise_multiplier=o.get("initial_noise_multiplier"),
+                fix_steps=o.get("img2img_fix_steps"),
+                background_color=o.get("img2img_background_color"),
+                max_input_pixels=o.get("img2img_max_input_pixels"),
+            ),
         )
 
     def _run_txt2img(self, request: GenerationRequest, overrides: dict) -> GenerationResult:
@@ -128,6 +146,24 @@ class Engine:
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
+
+    def _run_img2img(self, request: Img2ImgRequest, overrides: dict) -> GenerationResult:
+        info = self.resolve_checkpoint(request.checkpoint)
+        model = self._load(info, remember=request.checkpoint is None)
+        result = generate(request, model, self.settings_for(info, "img2img", overrides), StateObserver(self.state))
+        result.job_timestamp = self.state.job_timestamp
+        return result
+
+    def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None,
+                       overrides: dict | None = None) -> Future:
+        """Queue an img2img/inpainting job; results go to the img2img output folders."""
+        if not isinstance(request, Img2ImgRequest):
+            raise TypeError(f"submit_img2img needs an Img2ImgRequest, got {type(request).__name__}")
+        checked = self.check_overrides(overrides)
+        return self.queue.submit("img2img", self._run_img2img, request, checked, task_id=task_id)
+
+    def img2img(self, request: Img2ImgRequest) -> GenerationResult:
+        return self.submit_img2img(request).result()
 
     def native_size(self) -> tuple[int, int]:
         model = self.models.model

@@ -1,0 +1,264 @@
+"""Hires. fix: A1111's txt2img second pass.
+
+After the first pass at the request's width x height, the latents are enlarged (by ``hr_scale``,
+or to ``hr_resize_x`` x ``hr_resize_y``) and refined by an img2img pass at the new size:
+
+1. plan (before any sampling, loud checks): target size, sampler/schedule, prompts, checkpoint,
+   the infotext keys;
+2. upscale: a latent mode interpolates the latents; an image upscaler decodes, enlarges the
+   pictures and encodes them again (with the hires checkpoint's VAE when there is one);
+3. crop: when both resize sides are given and the aspect differs, the enlarged latents cover the
+   target and the overhang is cut off evenly;
+4. refine: noise from the same image seeds at the new size, the hires prompts, then
+   ``hr_second_pass_steps`` (0 = ``steps``) steps of img2img at ``denoising_strength``;
+5. decode with the hires model.
+
+A1111's counting: the second pass runs exactly its steps, taken from the end of a schedule of
+``int(steps / min(denoising_strength, 0.999))`` steps (its "img2img fix steps" rule, always on
+for the hires pass); the job counts two jobs per batch, and the sampler reports its own steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import denoise, rng, samplers, tiling, upscaling
+from . import pipeline  # circular on purpose: used at call time only (decode/encode/UNet helpers)
+from .conditioning import TextConditioner
+from .types import MAX_SIDE, GenerationRequest, RequestError
+
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
+MAX_HIRES_SIDE = 4 * MAX_SIDE
+
+
+@dataclass(frozen=True)
+class HiresSize:
+    """Where the second pass goes, in pixels (A1111's ``hr_upscale_to_x/y``, ``truncate_x/y``)."""
+
+    upscale_to: tuple[int, int]  # (width, height) the first pass is enlarged to
+    truncate: tuple[int, int]  # latent columns, rows cut off afterwards (both resize sides given)
+    width: int  # the result's size: whole latent pixels after the crop
+    height: int
+
+
+def target_size(width: int, height: int, hr_scale: float, resize_x: int = 0, resize_y: int = 0,
+                latent_scale: int = 8) -> HiresSize:
+    """A1111's ``calculate_target_resolution``.
+
+    No resize side: ``hr_scale`` times the first-pass size. One side: that side, the other keeps the
+    aspect. Both: the picture is enlarged to cover ``resize_x`` x ``resize_y`` and the overhang is
+    cropped in latent space. Sizes are whole latent pixels (rounded down), as A1111's latents are.
+    """
+    tx = ty = 0
+    if resize_x == 0 and resize_y == 0:
+        up_w, up_h = int(width * hr_scale), int(height * hr_scale)
+    elif resize_y == 0:
+        up_w, up_h = resize_x, resize_x * height // width
+    elif resize_x == 0:
+        up_w, up_h = resize_y * width // height, resize_y
+    else:
+        if width / height < resize_x / resize_y:
+            up_w, up_h = resize_x, resize_x * height // width
+        else:
+            up_w, up_h = resize_y * width // height, resize_y
+        tx, ty = (up_w - resize_x) // latent_scale, (up_h - resize_y) // latent_scale
+    lat_w, lat_h = up_w // latent_scale - tx, up_h // latent_scale - ty
+    return HiresSize((up_w, up_h), (tx, ty), lat_w * latent_scale, lat_h * latent_scale)
+
+
+@dataclass(frozen=True)
+class HiresPlan:
+    upscaler: str
+    size: HiresSize
+    steps: int  # second-pass steps
+    denoising_strength: float
+    sampler: str
+    schedule: str
+    prompt: str
+    negative_prompt: str
+    checkpoint: str | None  # another checkpoint to load for the pass; None: the job's model
+    infotext: dict = field(default_factory=dict)  # A1111's "Hires …" keys in its order
+
+    @property
+    def width(self) -> int:
+        return self.size.width
+
+    @property
+    def height(self) -> int:
+        return self.size.height
+
+
+def _number(x: float) -> float | int:
+    return int(x) if float(x).is_integer() else x
+
+
+def _is_same(value: str | None, same: str) -> bool:
+    return value is None or value == "" or value == same
+
+
+def _sampler_and_schedule(request: GenerationRequest, sampler: str, schedule: str) -> tuple[str, str]:
+    raw = sampler if _is_same(request.hr_sampler_name, SAME_SAMPLER) else request.hr_sampler_name
+    try:
+        samplers.get_spec(raw)
+    except ValueError as exc:
+        raise RequestError("hr_sampler_name", str(exc)) from exc
+    if not _is_same(request.hr_scheduler, SAME_SCHEDULER):
+        try:
+            return samplers.resolve(raw, request.hr_scheduler)
+        except ValueError as exc:
+            raise RequestError("hr_scheduler", str(exc)) from exc
+    try:  # "same": the first pass's schedule type, else the hires sampler's own default
+        return samplers.resolve(raw, schedule)
+    except ValueError:
+        try:
+            return samplers.resolve(raw, "Automatic")
+        except ValueError as exc:
+            raise RequestError("hr_sampler_name", str(exc)) from exc
+
+
+def plan(request: GenerationRequest, sampler: str, schedule: str, width: int, height: int, latent_scale: int,
+         checkpoint_title: Callable[[str], str] | None = None) -> HiresPlan | None:
+    """Check and resolve the hires fields (None when hires is off). ``sampler``/``schedule`` and
+    ``width``/``height`` are the first pass's; ``checkpoint_title(name)`` gives A1111's short title
+    of ``hr_checkpoint_name`` and raises ValueError for an unknown one."""
+    if not request.enable_hr:
+        return None
+    try:
+        upscaling.get(request.hr_upscaler)
+    except ValueError as exc:
+        raise RequestError("hr_upscaler", str(exc)) from exc
+    size = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y, latent_scale)
+    resized = request.hr_resize_x > 0 or request.hr_resize_y > 0
+    blame = ("hr_resize_x" if request.hr_resize_x else "hr_resize_y") if resized else "hr_scale"
+    if size.width < latent_scale or size.height < latent_scale:
+        raise RequestError(blame, f"the hires size {size.width}x{size.height} is empty")
+    if max(size.upscale_to) > MAX_HIRES_SIDE:
+        raise RequestError(blame, f"the hires size {size.upscale_to[0]}x{size.upscale_to[1]} exceeds {MAX_HIRES_SIDE}")
+
+    hr_sampler, hr_schedule = _sampler_and_schedule(request, sampler, schedule)
+    checkpoint = None if _is_same(request.hr_checkpoint_name, SAME_CHECKPOINT) else request.hr_checkpoint_name
+    title = None
+    if checkpoint is not None:
+        if checkpoint_title is None:
+            raise RequestError("hr_checkpoint_name", "another checkpoint for the hires pass is not available here")
+        try:
+            title = checkpoint_title(checkpoint)
+        except ValueError as exc:
+            raise RequestError("hr_checkpoint_name", getattr(exc, "message", str(exc))) from exc
+    prompt = request.hr_prompt or request.prompt
+    negative = request.hr_negative_prompt or request.negative_prompt
+
+    # A1111's order: checkpoint, sampler, prompts, schedule type, upscale/resize, steps, upscaler
+    # ("Denoising strength" has its own place earlier in the line).
+    info: dict = {
+        "Hires checkpoint": title,
+        "Hires sampler": hr_sampler if hr_sampler != sampler else None,
+        "Hires prompt": prompt if prompt != request.prompt else None,
+        "Hires negative prompt": negative if negative != request.negative_prompt else None,
+        "Hires schedule type": hr_schedule if hr_schedule != schedule else None,
+    }
+    if resized:
+        info["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+    else:
+        info["Hires upscale"] = _number(request.hr_scale)
+    info["Hires steps"] = request.hr_second_pass_steps or None
+    info["Hires upscaler"] = request.hr_upscaler
+    return HiresPlan(
+        upscaler=request.hr_upscaler,
+        size=size,
+        steps=request.hr_second_pass_steps or request.steps,
+        denoising_strength=request.denoising_strength,
+        sampler=hr_sampler,
+        schedule=hr_schedule,
+        prompt=prompt,
+        negative_prompt=negative,
+        checkpoint=checkpoint,
+        infotext={k: v for k, v in info.items() if v is not None},
+    )
+
+
+def _pixels_to_tensor(images: list[Image.Image]) -> torch.Tensor:
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2) * 2.0 - 1.0
+
+
+def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tensor:
+    """Steps 2-3: the first pass's latents -> latents at the hires size (for ``hr_model``)."""
+    scale = hr_model.latent_scale
+    lat_w, lat_h = hr.size.upscale_to[0] // scale, hr.size.upscale_to[1] // scale
+    if upscaling.is_latent(hr.upscaler):
+        x = upscaling.resize_latents(latents, lat_h, lat_w, hr.upscaler)
+    else:
+        images = pipeline.decode_latents(model, latents)
+        images = [upscaling.upscale_image(im, lat_w * scale, lat_h * scale, hr.upscaler) for im in images]
+        x = pipeline.encode_pixels(hr_model, _pixels_to_tensor(images))
+    tx, ty = hr.size.truncate
+    return x[:, :, ty // 2:x.shape[2] - (ty + 1) // 2, tx // 2:x.shape[3] - (tx + 1) // 2].to(hr_model.device)
+
+
+def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *, seeds: list[int],
+           subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
+           hooks: denoise.DenoiseHooks) -> torch.Tensor:
+    """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise."""
+    if hr.denoising_strength == 0:
+        return x
+    batch, shape = x.shape[0], tuple(x.shape[1:])
+    conditioner = TextConditioner(hr_model, clip_skip=clip_skip)
+    up_w, up_h = hr.size.upscale_to  # A1111 encodes the hires prompts for this size (SDXL)
+    cond = conditioner.encode([hr.prompt] * batch, up_w, up_h)
+    uncond = conditioner.encode([hr.negative_prompt] * batch, up_w, up_h)
+    if hr_model.spec.inpainting:
+        # A1111 (mask weight 1): a fully masked grey picture, as in txt2img
+        concat = pipeline.txt2img_image_conditioning(hr_model, batch, hr.width, hr.height)
+        cond, uncond = {**cond, "c_concat": concat}, {**uncond, "c_concat": concat}
+    noise = rng.create_noise(shape, seeds, subseeds, request.subseed_strength, seed_resize,
+                             device=hr_model.device, source=settings.randn_source)
+    generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=hr_model.device, shape=shape,
+                                     source=settings.randn_source)
+    scheduler = samplers.build_scheduler(hr.sampler, hr.schedule, prediction_type=hr_model.spec.prediction_type,
+                                         rescale_betas_zero_snr=hr_model.spec.zero_terminal_snr)
+    # Run exactly hr.steps steps from the end of a longer schedule (A1111's hires rule).
+    schedule_steps = int(hr.steps / min(hr.denoising_strength, 0.999))
+    strength = min(1.0, (hr.steps + 0.5) / schedule_steps)  # int(schedule_steps * strength) == hr.steps
+    return denoise.sample(
+        pipeline._unet_call(hr_model), scheduler, noise.to(hr_model.device), lambda step: (cond, uncond),
+        steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
+        init_latents=x, denoising_strength=strength, brownian_seeds=seeds,
+    )
+
+
+def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, latents: torch.Tensor, *,
+                seeds: list[int], subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
+                hooks: denoise.DenoiseHooks, refine: bool = True) -> list[Image.Image]:
+    """Upscale one batch's first-pass latents, refine them and decode: the final pictures.
+
+    ``refine=False`` (the batch was skipped) only upscales, like A1111's sampler stopping at once.
+    With ``hr.checkpoint`` the pass runs on that checkpoint, got through ``settings.load_model``;
+    ``settings.load_model(None)`` afterwards puts the job's own checkpoint back (also on errors), so
+    the next batch starts from it again. Seamless tiling (``request.tiling``) is applied to the
+    hires model too; the job's own model is already tiled by the caller.
+    """
+    hr_model = model
+    if hr.checkpoint is not None:
+        if settings.load_model is None:
+            raise RequestError("hr_checkpoint_name", "another checkpoint for the hires pass is not available here")
+        hr_model = settings.load_model(hr.checkpoint)
+    try:
+        if hr_model.spec.unet_config["out_channels"] != model.spec.unet_config["out_channels"]:
+            raise RequestError("hr_checkpoint_name", "its latents do not match the first checkpoint's")
+        with tiling.seamless(hr_model, request.tiling and hr_model is not model):
+            x = upscale(hr, model, hr_model, latents)
+            if refine:
+                x = _refine(hr, request, hr_model, settings, x, seeds=seeds, subseeds=subseeds,
+                            seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks)
+            return pipeline.decode_latents(hr_model, x)
+    finally:
+        if hr_model is not model:
+            settings.load_model(None)
