@@ -11,6 +11,7 @@ so no evaluation caption was ever seen in training.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -226,6 +227,26 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     if len(scene.shapes) == 1:
         return _single_caption(rng, scene.shapes[0], scene.background, keep)
     return _two_caption(rng, scene.shapes[0], scene.shapes[1], scene.background, keep)
+
+
+_CORNER = re.compile(r"\b(top|bottom) (left|right)\b")
+_EDGE_MIDDLE = re.compile(r"\b(top|bottom) middle\b")
+_SINGLE = [(re.compile(r"\bleft\b"), "left"), (re.compile(r"\bright\b"), "right"),
+           (re.compile(r"\btop\b"), "top"), (re.compile(r"\bbottom\b"), "bottom"),
+           (re.compile(r"\b(center|middle|centered)\b"), "center")]
+
+
+def stated_positions(text: str) -> set[str]:
+    """The position names a caption states ("in the top middle" -> top, "centered" -> center)."""
+    found = set()
+    for pattern, name in ((_CORNER, None), (_EDGE_MIDDLE, None)):
+        for m in pattern.finditer(text):
+            found.add(m.group(0) if name is None and pattern is _CORNER else m.group(1))
+        text = pattern.sub(" ", text)
+    for pattern, name in _SINGLE:
+        if pattern.search(text):
+            found.add(name)
+    return found
 
 
 def full_caption(scene: Scene, rng: np.random.Generator) -> str:

@@ -38,8 +38,9 @@ DEFAULTS = dict(
     vae_steps=2000, vae_batch=16, vae_lr=1e-3, vae_shape_weight=10.0,
     vae_refine_steps=2500, vae_refine_lr=6e-4, vae_refine_shape_weight=20.0,
     pool_size=40000,
-    unet_steps=8000, unet_batch=32, unet_lr=5e-4, warmup=300, ema_decay=0.999,
-    caption_dropout=0.1, min_snr_gamma=5.0,
+    unet_steps=9000, unet_batch=32, unet_lr=5e-4, warmup=300, ema_decay=0.999,
+    caption_dropout=0.1, min_snr_gamma=5.0, low_snr_floor=0.25, text_aux_weight=0.3,
+    coarse_noise=(0.5, 0.5, 0.2),
 )
 ROOT = arch.ROOT
 
@@ -237,6 +238,24 @@ class Tokens:
         return torch.tensor(rows, dtype=torch.long)
 
 
+def training_noise(x0: torch.Tensor, coarse: tuple[float, ...]) -> torch.Tensor:
+    """White noise plus upsampled coarse noise (4x4, 2x2, 1x1 grids for coarse[0], [1], [2]).
+
+    At SD's last timestep a shape's latent still shows through the noise (sqrt(alphas_cumprod[999])
+    = 0.07 of its amplitude, over a few latent pixels), so a model trained on white noise learns to
+    read where a shape is from the noise and, when sampling from pure noise, puts shapes at random
+    places whatever the prompt says. Extra coarse noise hides that leak, so where a shape goes has to
+    come from the text. Sampling still starts from plain white noise.
+    """
+    noise = torch.randn_like(x0)
+    b, c, h, w = x0.shape
+    for strength, grid in zip(coarse, (4, 2, 1)):
+        if strength:
+            low = torch.randn(b, c, min(grid, h), min(grid, w))
+            noise = noise + strength * F.interpolate(low, size=(h, w), mode="nearest")
+    return noise
+
+
 def train_unet(args, run_dir: Path) -> None:
     torch.manual_seed(args.seed + 3)
     rng = np.random.default_rng([args.seed, 3])
@@ -245,8 +264,12 @@ def train_unet(args, run_dir: Path) -> None:
         scenes = pickle.load(f)
     unet, te = arch.build_unet().train(), arch.build_text_encoder().train()
     modules = [unet, te]
-    params = [p for m in modules for p in m.parameters()]
-    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01)
+    # training-only head: which positions the caption states, read from the text encoder's
+    # pooled (EOS) state. It makes position words distinct in the text states early, which
+    # the UNet's cross-attention needs before it can learn where to draw; not exported.
+    aux = torch.nn.Linear(arch.TEXT_CONFIG["hidden_size"], len(data.POSITION_NAMES))
+    params = [p for m in modules for p in m.parameters()] + list(aux.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=0.01, fused=True)
     ema = Ema(modules, args.ema_decay)
     tokens = Tokens()
     alphas = arch.alphas_cumprod()
@@ -254,7 +277,7 @@ def train_unet(args, run_dir: Path) -> None:
     ckpt = run_dir / "unet_train_state.pt"
     if args.resume and ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
-        unet.load_state_dict(state["unet"]); te.load_state_dict(state["te"])
+        unet.load_state_dict(state["unet"]); te.load_state_dict(state["te"]); aux.load_state_dict(state["aux"])
         opt.load_state_dict(state["opt"])
         ema.shadow = state["ema"]
         start_step = state["step"]
@@ -271,14 +294,20 @@ def train_unet(args, run_dir: Path) -> None:
         captions = ["" if rng.random() < args.caption_dropout else data.caption(scenes[i], rng) for i in idx]
         x0 = latents[torch.from_numpy(idx)]
         t = torch.randint(0, 1000, (args.unet_batch,))
-        noise = torch.randn_like(x0)
+        noise = training_noise(x0, args.coarse_noise)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        cond = te(tokens(captions)).last_hidden_state
-        pred = unet(xt, t, cond).sample
+        text = te(tokens(captions))
+        pred = unet(xt, t, text.last_hidden_state).sample
         snr = alphas[t] / (1 - alphas[t])
-        weight = torch.clamp(snr, max=args.min_snr_gamma) / snr
+        # min-SNR-gamma, with a floor: x0-space weight clamp(snr, floor, gamma). The floor keeps the
+        # high-noise steps, where only the text says where a shape goes, from counting for nothing.
+        weight = torch.clamp(snr, min=args.low_snr_floor, max=args.min_snr_gamma) / snr
         loss = (weight * (pred - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        if args.text_aux_weight:
+            stated = torch.tensor([[p in data.stated_positions(c) for p in data.POSITION_NAMES] for c in captions],
+                                  dtype=torch.float32)
+            loss = loss + args.text_aux_weight * F.binary_cross_entropy_with_logits(aux(text.pooler_output), stated)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -292,11 +321,11 @@ def train_unet(args, run_dir: Path) -> None:
                          f"elapsed {el:.0f}s ({(done - start_step) / el:.2f} it/s)")
             running = 0.0
         if done % args.save_every == 0 or done == end:
-            save_unet(run_dir, modules, ema, opt, done, rng)
+            save_unet(run_dir, modules, ema, opt, done, rng, aux)
     log(run_dir, f"unet done in {time.time() - started:.0f}s")
 
 
-def save_unet(run_dir: Path, modules, ema: Ema, opt, step: int, rng) -> None:
+def save_unet(run_dir: Path, modules, ema: Ema, opt, step: int, rng, aux) -> None:
     unet_sd, te_sd = ema.state_dicts(modules)
     tmp = run_dir / "ema.safetensors.tmp"
     save_file({**{"unet." + k: v.contiguous() for k, v in unet_sd.items()},
@@ -304,7 +333,7 @@ def save_unet(run_dir: Path, modules, ema: Ema, opt, step: int, rng) -> None:
               metadata={"step": str(step)})
     os.replace(tmp, run_dir / "ema.safetensors")
     state = {"unet": modules[0].state_dict(), "te": modules[1].state_dict(), "opt": opt.state_dict(),
-             "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+             "aux": aux.state_dict(), "ema": ema.shadow, "step": step, "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
     torch.save(state, run_dir / "unet_train_state.pt.tmp")
     os.replace(run_dir / "unet_train_state.pt.tmp", run_dir / "unet_train_state.pt")
 
@@ -362,7 +391,10 @@ def main(argv=None) -> None:
                     help="stop the unet stage after this many steps (the LR schedule still spans --unet-steps)")
     ap.add_argument("--threads", type=int, default=2)
     for k, v in DEFAULTS.items():
-        ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
+        if isinstance(v, tuple):
+            ap.add_argument("--" + k.replace("_", "-"), type=float, nargs=len(v), default=v)
+        else:
+            ap.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run_dir = Path(args.run_dir or ROOT / "train_runs" / f"seed{args.seed}")
