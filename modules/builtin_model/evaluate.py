@@ -20,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -39,10 +40,13 @@ class Bars:
     shape: float = 0.80
     position: float = 0.85
     negative_ratio: float = 3.0
+    img2img_iou: float = 0.8
+    inpaint_changed: float = 0.9
 
 
 FULL_BARS = Bars()
-SMOKE_BARS = Bars(background=0.75, colour=0.6, shape=0.5, position=0.5, negative_ratio=1.5)
+SMOKE_BARS = Bars(background=0.75, colour=0.6, shape=0.5, position=0.5, negative_ratio=1.5,
+                  img2img_iou=0.6, inpaint_changed=0.75)
 
 
 def load_model(path: Path):
@@ -83,6 +87,63 @@ def negative_prompt_test(model, samples: int, seed: int = 5000) -> dict:
     return out
 
 
+def _foreground(image: Image.Image) -> "np.ndarray":
+    """Pixels whose palette colour is not the border's (the background)."""
+    labels = scoring.quantise(np.asarray(image.convert("RGB")))
+    border = np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])
+    return labels != np.bincount(border).argmax()
+
+
+def _img2img(model, init: Image.Image, prompt: str, seed: int, strength: float, mask: Image.Image | None = None):
+    from modules.core.pipeline import GenerationSettings, generate
+    from modules.core.types import Img2ImgRequest
+
+    request = Img2ImgRequest(prompt=prompt, init_images=[init], mask=mask, denoising_strength=strength,
+                             inpainting_fill=1, seed=seed, save_images=False)
+    return generate(request, model, GenerationSettings(save_grid=False, return_grid=False)).images[0]
+
+
+def img2img_layout_test(model, items: list[data.EvalItem], strength: float = 0.3) -> dict:
+    """img2img of a rendered held-out scene with its own caption: the foreground mask (what is not
+    background) of the output must overlap the input's (IoU)."""
+    rng = np.random.default_rng(99)
+    ious, pairs = [], []
+    for item in items:
+        scene = data.scene_for(item.colour, item.shape, item.background, item.position, data.SIZES[rng.integers(2)], rng)
+        init = data.render(scene)
+        out = _img2img(model, init, item.caption, item.seed, strength)
+        a, b = _foreground(init), _foreground(out)
+        ious.append(float(np.logical_and(a, b).sum() / max(1, np.logical_or(a, b).sum())))
+        pairs.append((init, out))
+    return {"strength": strength, "mean_iou": float(np.mean(ious)), "min_iou": float(np.min(ious)),
+            "share_iou_0.8": float(np.mean([x >= 0.8 for x in ious])), "pairs": pairs}
+
+
+def inpainting_half_test(model, n: int, seed: int = 8000, blur: int = 4) -> dict:
+    """A shape on the left; the right half is masked and the prompt asks for another shape on the
+    right. The left half (beyond the mask-blur band) must come back unchanged, pixel for pixel;
+    the right half must change, and should now hold the new shape's colour."""
+    rng = np.random.default_rng(seed)
+    side = arch.NATIVE_SIZE
+    mask = Image.new("L", (side, side), 0)
+    mask.paste(255, (side // 2, 0, side, side))
+    keep_cols = slice(0, side // 2 - int(2.5 * blur + 0.5) - 1)  # A1111's blur kernel reaches 2.5 * blur
+    kept, changed, coloured, pairs = 0, 0, 0, []
+    for i in range(n):
+        bg, c1, c2 = (data.COLOURS[j] for j in rng.choice(len(data.COLOURS), 3, replace=False))
+        k1, k2 = data.SHAPES[rng.integers(3)], data.SHAPES[rng.integers(3)]
+        init = data.render(data.scene_for(c1, k1, bg, "left", "small", rng))
+        out = _img2img(model, init, f"a {c2} {k2} on the right on a {bg} background", seed + i, 1.0, mask)
+        a, b = np.asarray(init).astype(int), np.asarray(out).astype(int)
+        kept += int(np.abs(a[:, keep_cols] - b[:, keep_cols]).max() == 0)
+        changed += int(np.abs(a[:, side // 2:] - b[:, side // 2:]).mean() > 4)
+        right = scoring.read(out.crop((side // 2, 0, side, side)))
+        coloured += int(right.colour == c2)
+        pairs.append((init, out))
+    return {"n": n, "left_half_unchanged": kept / n, "right_half_changed": changed / n,
+            "right_half_new_colour": coloured / n, "pairs": pairs}
+
+
 def evaluate(model, items: list[data.EvalItem], neg_samples: int) -> dict:
     tally = scoring.Tally()
     rows = []
@@ -92,11 +153,21 @@ def evaluate(model, items: list[data.EvalItem], neg_samples: int) -> dict:
         hits = tally.add(reading, item.background, item.colour, item.shape, item.position)
         rows.append((item, image, reading, hits))
     neg = negative_prompt_test(model, neg_samples)
-    return {"rates": tally.rates(), "n": tally.n, "rows": rows, "negative": neg}
+    edit_items = items[: max(8, len(items) // 4)]
+    return {"rates": tally.rates(), "n": tally.n, "rows": rows, "negative": neg,
+            "img2img": img2img_layout_test(model, edit_items),
+            "inpaint": inpainting_half_test(model, len(edit_items))}
 
 
-def check_bars(rates: dict, ratio: float, bars: Bars) -> list[str]:
+def check_bars(rates: dict, ratio: float, bars: Bars, i2i: dict | None = None, inpaint: dict | None = None) -> list[str]:
     misses = []
+    if i2i is not None and i2i["mean_iou"] < bars.img2img_iou:
+        misses.append(f"img2img mean foreground IoU {i2i['mean_iou']:.2f} < {bars.img2img_iou}")
+    if inpaint is not None:
+        if inpaint["left_half_unchanged"] < 1.0:
+            misses.append(f"inpainting changed the unmasked half in {1 - inpaint['left_half_unchanged']:.0%} of cases")
+        if inpaint["right_half_changed"] < bars.inpaint_changed:
+            misses.append(f"inpainting changed the masked half in only {inpaint['right_half_changed']:.0%}")
     for key in ("background", "colour", "shape", "position"):
         if rates[key] < getattr(bars, key):
             misses.append(f"{key} {rates[key]:.1%} < {getattr(bars, key):.0%}")
@@ -131,6 +202,10 @@ def contact_sheet(result: dict, path: Path, cols: int = 10, scale: int = 2) -> P
         tiles.extend([None] * (-len(tiles) % cols))  # each negative-test set starts a row
         for image in neg[label]["images"][:cols]:
             tiles.append((image, f"{NEG_PROMPT} | neg: {'red' if label == 'with' else '-'}", (90, 90, 90), ""))
+    for key, label in (("img2img", "img2img, denoising 0.3"), ("inpaint", "inpaint right half")):
+        tiles.extend([None] * (-len(tiles) % cols))  # input/output pairs
+        for before, after in result.get(key, {}).get("pairs", [])[: cols // 2]:
+            tiles.extend([(before, "input", (90, 90, 90), ""), (after, label, (60, 60, 160), "")])
     rows = math.ceil(len(tiles) / cols)
     sheet = Image.new("RGB", (cols * cell_w, rows * (side + 8 + text_h)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -156,7 +231,8 @@ def run(ckpt: Path, out: Path, limit: int | None, neg_samples: int, bars: Bars, 
     items = data.evaluation_items(limit)
     result = evaluate(model, items, neg_samples)
     rates, neg = result["rates"], result["negative"]
-    misses = check_bars(rates, neg["ratio"], bars)
+    misses = check_bars(rates, neg["ratio"], bars, result["img2img"], result["inpaint"])
+    i2i, inp = result["img2img"], result["inpaint"]
     summary = {
         "checkpoint": str(ckpt.name),
         "captions": result["n"],
@@ -168,6 +244,9 @@ def run(ckpt: Path, out: Path, limit: int | None, neg_samples: int, bars: Bars, 
                for k in ("red_circles", "red_foreground", "white_background", "circles")},
             "ratio": neg["ratio"] if math.isfinite(neg["ratio"]) else "inf",
         },
+        "img2img_test": {"denoising_strength": i2i["strength"], "images": len(i2i["pairs"]),
+                         **{k: round(i2i[k], 4) for k in ("mean_iou", "min_iou", "share_iou_0.8")}},
+        "inpainting_test": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in inp.items() if k != "pairs"},
         "bars": asdict(bars),
         "bars_missed": misses,
         "seconds": round(time.time() - started, 1),
@@ -202,6 +281,11 @@ def main(argv=None) -> int:
     print(f"negative prompt '{NEG_NEGATIVE}' on '{NEG_PROMPT}' ({n['samples_each']} seeds): red circles "
           f"{n['without_red_circles']:.1%} -> {n['with_red_circles']:.1%} (ratio {n['ratio']}); "
           f"red foreground {n['without_red_foreground']:.1%} -> {n['with_red_foreground']:.1%}")
+    i, p = s["img2img_test"], s["inpainting_test"]
+    print(f"img2img at denoising {i['denoising_strength']} ({i['images']} images): foreground IoU with the input "
+          f"mean {i['mean_iou']:.2f}, min {i['min_iou']:.2f}, {i['share_iou_0.8']:.0%} at >= 0.8")
+    print(f"inpainting the right half ({p['n']} images): left half unchanged {p['left_half_unchanged']:.0%}, "
+          f"right half changed {p['right_half_changed']:.0%}, new colour there {p['right_half_new_colour']:.0%}")
     print(f"contact sheet: {s['contact_sheet']}")
     print("all bars met" if not s["bars_missed"] else "bars missed: " + "; ".join(s["bars_missed"]))
     return 0 if not s["bars_missed"] else 1

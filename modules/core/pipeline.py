@@ -246,6 +246,7 @@ def _generate(
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
         p.extra.update({"Denoising strength": _number(hr.denoising_strength), **hr.infotext})
         result.width, result.height = hr.width, hr.height
+    result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
     day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
 
     for batch in range(request.n_iter):

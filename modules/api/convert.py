@@ -1,0 +1,131 @@
+"""A1111 request bodies -> core requests, and core results -> A1111's `info` and `parameters`.
+
+Pure translation, no I/O besides decoding the request's base64 images; the routes
+(modules.api.routes_generation) call these and talk to the engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from modules.core import image_io
+from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
+from modules.services.engine import VERSION
+
+from .models import HIRES_FIELDS, IMG2IMG_API_DEFAULTS, NOT_AT_TOP_LEVEL
+
+IMAGE_FIELDS = ("init_images", "mask")
+TXT2IMG_FIELDS = [f for f in GenerationRequest.field_specs() if f not in NOT_AT_TOP_LEVEL]
+IMG2IMG_FIELDS = [f for f in Img2ImgRequest.field_specs()
+                  if f not in NOT_AT_TOP_LEVEL and f not in HIRES_FIELDS and f not in IMAGE_FIELDS]
+
+# options that A1111's override_settings turns into core request fields rather than job options
+OVERRIDE_FIELDS = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layers": "clip_skip"}
+# core request fields that the API reaches through override_settings (for naming them in errors)
+API_FIELD = {core: f"override_settings.{option}" for option, core in OVERRIDE_FIELDS.items()}
+
+
+def _common(data: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    """The fields txt2img and img2img share: refusals, A1111's aliases, checkpoint and clip skip
+    from override_settings, and save_images (A1111's API default: false)."""
+    if data.get("restore_faces"):
+        raise RequestError("restore_faces", "face restoration is not available in this version of Easel")
+    if data.get("script_name"):
+        raise RequestError("script_name", f"unknown script '{data['script_name']}'; no selectable scripts are installed")
+    kwargs = {k: data[k] for k in fields if data.get(k) is not None}
+    if data.get("sampler_index") and not data.get("sampler_name"):
+        kwargs["sampler_name"] = data["sampler_index"]
+    overrides = data.get("override_settings") or {}
+    for option, core in OVERRIDE_FIELDS.items():
+        if overrides.get(option):
+            kwargs[core] = overrides[option]
+    kwargs["save_images"] = bool(data.get("save_images")) and not data.get("do_not_save_samples")
+    return kwargs
+
+
+def job_overrides(body: Any) -> dict[str, Any]:
+    """override_settings minus the ones that became request fields: option values for this job."""
+    return {k: v for k, v in (body.override_settings or {}).items() if k not in OVERRIDE_FIELDS}
+
+
+def to_generation_request(body: Any) -> GenerationRequest:
+    """A txt2img body -> GenerationRequest (hires fix and tiling pass straight through)."""
+    return GenerationRequest(**_common(body.model_dump(), TXT2IMG_FIELDS))
+
+
+def decode_images(body: Any, max_pixels: int) -> tuple[list, Any]:
+    """The img2img body's init images and mask, decoded (RequestError naming the field otherwise).
+    Slow for big images: the route runs it off the event loop."""
+    if not body.init_images:  # A1111 answers 404 "Init image not found"; a 422 naming the field says more
+        raise RequestError("init_images", "needs at least one base64-encoded image")
+    images = [image_io.decode_image(item, "init_images", max_pixels) for item in body.init_images]
+    mask = image_io.decode_image(body.mask, "mask", max_pixels) if body.mask else None  # "" = no mask, as A1111
+    return images, mask
+
+
+def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgRequest:
+    """An img2img body with its decoded images -> Img2ImgRequest, with A1111's API defaults."""
+    data = body.model_dump()
+    for name, default in IMG2IMG_API_DEFAULTS.items():
+        if data.get(name) is None:
+            data[name] = default
+    kwargs = _common(data, IMG2IMG_FIELDS)
+    if data.get("mask_blur") is not None:  # A1111: mask_blur sets both directions
+        kwargs.pop("mask_blur_x", None)
+        kwargs.pop("mask_blur_y", None)
+    else:
+        kwargs.pop("mask_blur", None)
+        kwargs.setdefault("mask_blur_x", 4)
+        kwargs.setdefault("mask_blur_y", 4)
+    return Img2ImgRequest(**kwargs, init_images=init_images, mask=mask)
+
+
+def parameters_echo(body: Any, img2img: bool = False) -> dict[str, Any]:
+    """The request as A1111 echoes it; img2img drops the images unless include_init_images."""
+    params = body.model_dump()
+    if img2img and not params.get("include_init_images"):
+        params["init_images"] = None
+        params["mask"] = None
+    return params
+
+
+def processed_info(request: GenerationRequest, result: GenerationResult, index_of_first_image: int,
+                   job_timestamp: str) -> dict[str, Any]:
+    """The keys of A1111's Processed.js(), which clients validate."""
+    img2img = isinstance(request, Img2ImgRequest)
+    return {
+        "prompt": request.prompt,
+        "all_prompts": result.prompts,
+        "negative_prompt": request.negative_prompt,
+        "all_negative_prompts": result.negative_prompts,
+        "seed": result.seeds[0] if result.seeds else request.seed,
+        "all_seeds": result.seeds,
+        "subseed": result.subseeds[0] if result.subseeds else request.subseed,
+        "all_subseeds": result.subseeds,
+        "subseed_strength": request.subseed_strength,
+        "width": result.width,
+        "height": result.height,
+        "sampler_name": result.sampler_name,
+        "cfg_scale": request.cfg_scale,
+        "steps": request.steps,
+        "batch_size": request.batch_size,
+        "restore_faces": False,
+        "face_restoration_model": None,
+        "sd_model_name": result.model_name,
+        "sd_model_hash": result.model_hash,
+        "sd_vae_name": None,
+        "sd_vae_hash": None,
+        "seed_resize_from_w": request.seed_resize_from_w,
+        "seed_resize_from_h": request.seed_resize_from_h,
+        "denoising_strength": request.denoising_strength if img2img or request.enable_hr else None,
+        "extra_generation_params": dict(result.extra_generation_params),
+        "index_of_first_image": index_of_first_image,
+        "infotexts": result.infotexts,
+        "styles": [],
+        "job_timestamp": job_timestamp,
+        "clip_skip": result.clip_skip,
+        # A1111: the model is an inpainting one (its conditioning key is hybrid/concat); the
+        # pipeline writes "Conditional mask weight" exactly then
+        "is_using_inpainting_conditioning": "Conditional mask weight" in result.extra_generation_params,
+        "version": VERSION,
+    }

@@ -1,0 +1,68 @@
+"""POST /sdapi/v1/txt2img and /sdapi/v1/img2img: parse, queue on the engine, shape A1111's answer.
+
+Bad input never reaches the worker as a surprise: request values are checked when the core request
+is built (and images decoded, off the event loop, with the `img2img_max_input_pixels` limit), and
+whatever the worker still refuses comes back as a RequestError naming the field. Either way the
+answer is a 4xx JSON naming the field, and the queue goes on with the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from fastapi import APIRouter
+
+from modules.core import image_io
+from modules.core.types import GenerationRequest, RequestError
+from modules.services.engine import Engine
+
+from . import convert, models
+from .errors import server_error, unprocessable
+
+log = logging.getLogger(__name__)
+
+
+async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[GenerationRequest]],
+                    submit: Callable, img2img: bool) -> Any:
+    request = None
+    try:
+        request = await build()
+        future = submit(request, task_id=body.force_task_id, overrides=convert.job_overrides(body))
+        result = await asyncio.wrap_future(future)
+    except RequestError as exc:
+        return unprocessable(convert.API_FIELD.get(exc.field, exc.field), exc.message)
+    except ValueError as exc:  # an unreadable or unsupported checkpoint file
+        if request is not None and request.checkpoint:
+            return unprocessable(convert.API_FIELD["checkpoint"], str(exc))
+        return server_error(exc, "the selected checkpoint cannot be used")
+    except Exception as exc:  # not the request's fault: say so, with the reason
+        log.exception("%s failed", "img2img" if img2img else "txt2img")
+        return server_error(exc, "generation failed")
+    images, first = result.images, 0
+    if result.grid is not None and engine.options.get("return_grid"):
+        images, first = [result.grid, *images], 1
+    send = body.send_images is not False  # null means the default, True
+    encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if send else []
+    info = convert.processed_info(request, result, first, result.job_timestamp)
+    return {"images": encoded, "parameters": convert.parameters_echo(body, img2img), "info": json.dumps(info)}
+
+
+def add_routes(r: APIRouter, engine: Engine) -> None:
+    @r.post("/txt2img", response_model=models.TextToImageResponse)
+    async def txt2img(body: models.StableDiffusionTxt2ImgProcessingAPI):
+        async def build() -> GenerationRequest:
+            return convert.to_generation_request(body)
+
+        return await _generate(engine, body, build, engine.submit_txt2img, img2img=False)
+
+    @r.post("/img2img", response_model=models.ImageToImageResponse)
+    async def img2img(body: models.StableDiffusionImg2ImgProcessingAPI):
+        async def build() -> GenerationRequest:
+            limit = engine.options.get("img2img_max_input_pixels")
+            init_images, mask = await asyncio.to_thread(convert.decode_images, body, limit)
+            return convert.to_img2img_request(body, init_images, mask)
+
+        return await _generate(engine, body, build, engine.submit_img2img, img2img=True)
