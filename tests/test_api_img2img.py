@@ -363,3 +363,34 @@ def test_upscalers_and_latent_upscale_modes(server):
         images, info, _ = txt2img(server, {**BASE, "steps": 1, "enable_hr": True, "hr_upscaler": name,
                                            "hr_second_pass_steps": 1})
         assert images[0].size == (128, 128) and f"Hires upscaler: {name}" in info["infotexts"][0]
+
+
+# ------------------------------------------------------------------------------------ outpainting
+
+def test_poor_mans_outpainting_extends_the_canvas_and_keeps_the_old_picture(server):
+    # A1111's script title in any case; args: pixels, mask blur, masked content (index), directions
+    body = i2i_body(script_name="Poor man's outpainting", script_args=[16, 2, 0, ["left", "down"]],
+                    denoising_strength=0.9)
+    images, info, _ = img2img(server, body)
+    assert images[0].size == (64 + 16, 64 + 16)
+    out, old = px(images[0]), px(picture())
+    # the old picture sits at (16, 0); beyond the blend band it is untouched: the mask reaches 2 * blur
+    # into it and is then blurred by 4 * blur, whose kernel (A1111's) reaches 2.5 times that
+    band = 2 * 2 + int(2.5 * 4 * 2 + 0.5) + 1
+    assert np.array_equal(out[:64 - band, 16 + band:], old[:64 - band, band:])
+    assert not np.array_equal(out[:, :16], np.zeros_like(out[:, :16]))  # the new strip was painted
+    assert "Denoising strength: 0.9" in info["infotexts"][0]
+
+
+@pytest.mark.parametrize("change,hint", [
+    ({"script_name": "No such script"}, "poor man's outpainting"),
+    ({"script_name": "poor man's outpainting", "script_args": [16, 4, 0, ["sideways"]]}, "direction"),
+    ({"script_name": "poor man's outpainting", "script_args": [3]}, "pixels"),
+    ({"script_name": "poor man's outpainting", "script_args": [16, 4, 7]}, "inpainting_fill"),
+], ids=["unknown-script", "bad-direction", "too-few-pixels", "bad-fill"])
+def test_bad_script_requests_are_a_4xx_and_the_server_goes_on(server, change, hint):
+    r = server.post("/sdapi/v1/img2img", json={**i2i_body(), **change})
+    field = "script_name" if change["script_name"] == "No such script" else "script_args"
+    message = assert_error(r, field)
+    assert hint in message, message
+    serves_a_good_request(server)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.core import image_io
+from modules.core import image_io, outpaint
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 from modules.services.engine import VERSION
 
@@ -25,13 +25,18 @@ OVERRIDE_FIELDS = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layer
 API_FIELD = {core: f"override_settings.{option}" for option, core in OVERRIDE_FIELDS.items()}
 
 
-def _common(data: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+OUTPAINTING_SCRIPT = "poor man's outpainting"  # A1111's title, matched case-insensitively as A1111 does
+
+
+def _common(data: dict[str, Any], fields: list[str], scripts: tuple[str, ...] = ()) -> dict[str, Any]:
     """The fields txt2img and img2img share: refusals, A1111's aliases, checkpoint and clip skip
     from override_settings, and save_images (A1111's API default: false)."""
     if data.get("restore_faces"):
         raise RequestError("restore_faces", "face restoration is not available in this version of Easel")
-    if data.get("script_name"):
-        raise RequestError("script_name", f"unknown script '{data['script_name']}'; no selectable scripts are installed")
+    script = (data.get("script_name") or "").strip().lower()
+    if script and script not in scripts:
+        known = ", ".join(f"'{s}'" for s in scripts) or "none"
+        raise RequestError("script_name", f"unknown script '{data['script_name']}'; scripts here: {known}")
     kwargs = {k: data[k] for k in fields if data.get(k) is not None}
     if data.get("sampler_index") and not data.get("sampler_name"):
         kwargs["sampler_name"] = data["sampler_index"]
@@ -69,7 +74,9 @@ def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgReques
     for name, default in IMG2IMG_API_DEFAULTS.items():
         if data.get(name) is None:
             data[name] = default
-    kwargs = _common(data, IMG2IMG_FIELDS)
+    kwargs = _common(data, IMG2IMG_FIELDS, scripts=(OUTPAINTING_SCRIPT,))
+    if (data.get("script_name") or "").strip().lower() == OUTPAINTING_SCRIPT:
+        return _outpainting_request(kwargs, data.get("script_args") or [], init_images)
     if data.get("mask_blur") is not None:  # A1111: mask_blur sets both directions
         kwargs.pop("mask_blur_x", None)
         kwargs.pop("mask_blur_y", None)
@@ -78,6 +85,24 @@ def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgReques
         kwargs.setdefault("mask_blur_x", 4)
         kwargs.setdefault("mask_blur_y", 4)
     return Img2ImgRequest(**kwargs, init_images=init_images, mask=mask)
+
+
+def _outpainting_request(kwargs: dict[str, Any], args: list, init_images: list) -> Img2ImgRequest:
+    """A1111's "Poor man's outpainting": script_args = [pixels (128), mask_blur (4), masked content
+    as an index into fill/original/latent noise/latent nothing (0), directions (all four)]."""
+    defaults = [128, 4, 0, list(outpaint.DIRECTIONS)]
+    if not isinstance(args, list) or len(args) > len(defaults):
+        raise RequestError("script_args", f"outpainting takes [pixels, mask_blur, inpainting_fill, direction], got {args!r}")
+    pixels, mask_blur, fill, directions = list(args) + defaults[len(args):]
+    if not isinstance(fill, int) or isinstance(fill, bool) or not 0 <= fill <= 3:
+        raise RequestError("script_args", f"inpainting_fill (3rd) must be 0..3, got {fill!r}")
+    for owned in ("mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpaint_full_res", "inpaint_full_res_padding",
+                  "inpainting_fill", "inpainting_mask_invert", "resize_mode", "width", "height"):
+        kwargs.pop(owned, None)
+    try:
+        return outpaint.outpaint_request(init_images[0], pixels, directions, mask_blur, fill, **kwargs)
+    except RequestError as exc:  # name the script argument the client sent
+        raise RequestError("script_args", f"{exc.field}: {exc.message}") from exc
 
 
 def parameters_echo(body: Any, img2img: bool = False) -> dict[str, Any]:
