@@ -104,7 +104,7 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
 
         from modules.ui.app import create_ui
 
-        demo = create_ui(engine)
+        demo = create_ui(engine, allow_folders=not opts.hide_ui_dir_config)
         demo.queue(default_concurrency_limit=None)
         allowed = [str(engine.data_path / "outputs"), *opts.gradio_allowed_path]
         app = gr.mount_gradio_app(app, demo, path=opts.subpath or "/", auth=ui_creds or None, allowed_paths=allowed)

@@ -24,18 +24,8 @@ import pytest
 import requests
 from PIL import Image
 
-BASE = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "width": 64, "height": 64,
-        "steps": 2, "cfg_scale": 7.0, "sampler_name": "Euler a", "seed": 1234}
+from tests.api_keys import BASE, PROCESSED_KEYS
 
-# the keys of A1111's Processed.js(), which clients validate
-PROCESSED_KEYS = {
-    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
-    "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size",
-    "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash",
-    "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params",
-    "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip",
-    "is_using_inpainting_conditioning", "version",
-}
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
               "sampling_step", "sampling_steps"}
 SAMPLERS = {"Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",

@@ -19,35 +19,11 @@ from PIL import Image
 
 from modules.core import masks
 
-BASE = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "width": 64, "height": 64,
-        "steps": 2, "cfg_scale": 7.0, "sampler_name": "Euler a", "seed": 1234}
-
-# the keys of A1111's Processed.js(), which clients validate
-PROCESSED_KEYS = {
-    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
-    "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size",
-    "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash",
-    "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params",
-    "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip",
-    "is_using_inpainting_conditioning", "version",
-}
+from tests.api_keys import BASE, PROCESSED_KEYS
+from tests.pictures import picture, square_mask
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def picture(width=64, height=64) -> Image.Image:
-    """Smooth gradients plus a bright square: a picture with structure."""
-    y, x = np.mgrid[0:height, 0:width]
-    array = np.stack([x * 255 // (width - 1), y * 255 // (height - 1), (x + y) * 127 // (width + height)], -1)
-    array[height // 4:height // 2, width // 4:width // 2] = (250, 240, 30)
-    return Image.fromarray(array.astype(np.uint8), "RGB")
-
-
-def square_mask(size=(64, 64), box=(16, 16, 48, 48)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, box)
-    return mask
-
 
 def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
     buffer = io.BytesIO()

@@ -23,6 +23,7 @@ from modules.core.outpaint import extend_canvas, outpaint_request
 from modules.core.pipeline import GenerationSettings, decode_latents, encode_pixels, generate
 from modules.core.types import Img2ImgRequest, RequestError
 from modules.core.upscaling import resize_latents
+from tests.pictures import picture, square_mask
 
 POLICY, _ = choose_policy()
 DAY = datetime.date(2026, 11, 23)
@@ -42,20 +43,6 @@ def settings(tmp_path=None, **img2img) -> GenerationSettings:
     out = dict(outdir_samples=tmp_path / "img2img-images", outdir_grids=tmp_path / "img2img-grids") if tmp_path else {}
     return GenerationSettings(model_name="tiny-sd1", model_hash="0123456789", version="easel-test", today=lambda: DAY,
                               img2img=Img2ImgSettings(**img2img), **out)
-
-
-def picture(width=64, height=64) -> Image.Image:
-    """Smooth colour gradients plus a bright square: a picture with structure, not noise."""
-    y, x = np.mgrid[0:height, 0:width]
-    array = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) * 127 // (width + height)], -1)
-    array[height // 4:height // 2, width // 4:width // 2] = (250, 240, 30)
-    return Image.fromarray(array.astype(np.uint8), "RGB")
-
-
-def square_mask(size=(64, 64), box=(16, 16, 48, 48)) -> Image.Image:
-    mask = Image.new("L", size, 0)
-    mask.paste(255, box)
-    return mask
 
 
 def px(image: Image.Image) -> np.ndarray:

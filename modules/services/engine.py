@@ -131,10 +131,11 @@ class Engine:
             ),
         )
 
-    def _run_txt2img(self, request: GenerationRequest, overrides: dict) -> GenerationResult:
+    def _run(self, kind: str, request: GenerationRequest, overrides: dict) -> GenerationResult:
+        """On the worker: load the request's checkpoint, generate, stamp the job's timestamp."""
         info = self.resolve_checkpoint(request.checkpoint)
         model = self._load(info, remember=request.checkpoint is None)
-        result = generate(request, model, self.settings_for(info, "txt2img", overrides), StateObserver(self.state))
+        result = generate(request, model, self.settings_for(info, kind, overrides), StateObserver(self.state))
         result.job_timestamp = self.state.job_timestamp
         return result
 
@@ -142,17 +143,10 @@ class Engine:
                        overrides: dict | None = None) -> Future:
         """Queue a txt2img job; `overrides` are option values for this job only."""
         checked = self.check_overrides(overrides)
-        return self.queue.submit("txt2img", self._run_txt2img, request, checked, task_id=task_id)
+        return self.queue.submit("txt2img", self._run, "txt2img", request, checked, task_id=task_id)
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
-
-    def _run_img2img(self, request: Img2ImgRequest, overrides: dict) -> GenerationResult:
-        info = self.resolve_checkpoint(request.checkpoint)
-        model = self._load(info, remember=request.checkpoint is None)
-        result = generate(request, model, self.settings_for(info, "img2img", overrides), StateObserver(self.state))
-        result.job_timestamp = self.state.job_timestamp
-        return result
 
     def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None,
                        overrides: dict | None = None) -> Future:
@@ -160,7 +154,7 @@ class Engine:
         if not isinstance(request, Img2ImgRequest):
             raise TypeError(f"submit_img2img needs an Img2ImgRequest, got {type(request).__name__}")
         checked = self.check_overrides(overrides)
-        return self.queue.submit("img2img", self._run_img2img, request, checked, task_id=task_id)
+        return self.queue.submit("img2img", self._run, "img2img", request, checked, task_id=task_id)
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()

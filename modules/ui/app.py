@@ -11,18 +11,25 @@ import gradio as gr
 
 from modules.services.engine import Engine
 
-from .txt2img import RANDOM_SEED_HINT, REUSE_SEED_HINT, Txt2ImgTab
+from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
+from .img2img import IMG2IMG, INPAINT, Img2ImgTab
+from .txt2img import Txt2ImgTab
 
 HERE = Path(__file__).resolve().parent
 STARTUP_LOAD_WAIT = 120  # seconds a page load waits for the start-up checkpoint load
 
 HINTS = {
     "refresh_sd_model_checkpoint": "Refresh the list of checkpoints",
-    "txt2img_random_seed": RANDOM_SEED_HINT,
-    "txt2img_reuse_seed": REUSE_SEED_HINT,
-    "txt2img_generate": "Generate (Ctrl+Enter)",
-    "txt2img_skip": "Stop the current batch and go on with the next (Alt+Enter)",
-    "txt2img_interrupt": "Stop the job; what was made so far is shown, not saved",
+    **{f"{tab}_{name}": text for tab in ("txt2img", "img2img") for name, text in {
+        "random_seed": RANDOM_SEED_HINT,
+        "reuse_seed": REUSE_SEED_HINT,
+        "generate": "Generate (Ctrl+Enter)",
+        "skip": "Stop the current batch and go on with the next (Alt+Enter)",
+        "interrupt": "Stop the job; what was made so far is shown, not saved",
+    }.items()},
+    "img2img_detect_image_size_btn": "Auto detect size from the image",
+    "txt2img_send_to_img2img": "Send the selected image to the img2img tab",
+    "txt2img_send_to_inpaint": "Send the selected image to img2img's Inpaint tab",
 }
 
 
@@ -36,18 +43,24 @@ def page_script() -> str:
     return f"() => ({script})({json.dumps(css)}, {json.dumps(HINTS)})"
 
 
-def _checkpoint_row(engine: Engine, tab: Txt2ImgTab) -> gr.Dropdown:
+def _size_fields(tabs: list[GenerationTab]) -> list[gr.components.Component]:
+    return [c for tab in tabs for c in (tab.width, tab.height)]
+
+
+def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
+    keep_sizes = [gr.update()] * (2 * len(tabs))
+
     def choose(evt: gr.SelectData):
         title = evt.value
         if not title:
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), *keep_sizes
         try:
             engine.select_checkpoint(title)
         except Exception as exc:  # noqa: BLE001 - any load failure is the user's message; the old model stays
             gr.Warning(html.escape(f"Could not load {title}: {exc}"), title="Error")
-            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), gr.update(), gr.update()
+            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *keep_sizes
         w, h = engine.native_size()  # the size defaults follow the model
-        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), w, h
+        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *[w, h] * len(tabs)
 
     def refresh():
         engine.checkpoints.refresh()
@@ -62,7 +75,7 @@ def _checkpoint_row(engine: Engine, tab: Txt2ImgTab) -> gr.Dropdown:
     # again on blur), which would load a checkpoint twice and report a failure twice
     # `always_last`: a pick made while a load is still pending runs after it (the default,
     # "once", drops it silently while the picker already shows it)
-    dropdown.select(choose, outputs=[dropdown, tab.width, tab.height], show_progress_on=[dropdown],
+    dropdown.select(choose, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown],
                     concurrency_limit=None, trigger_mode="always_last")
     refresh_button.click(refresh, outputs=dropdown, queue=False)
     return dropdown
@@ -73,17 +86,64 @@ def _current(engine: Engine) -> str | None:
     return info.title if info else None
 
 
-def create_ui(engine: Engine) -> gr.Blocks:
-    tab = Txt2ImgTab(engine)
+def _wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, main_tabs: gr.Tabs) -> None:
+    """txt2img's "Send to img2img"/"Send to inpaint": the selected picture, the prompts, the
+    sampler settings and the picture's size go to the img2img tab, which is then shown."""
+    sources = [txt2img.gallery, txt2img.selected, txt2img.prompt, txt2img.negative, txt2img.sampler,
+               txt2img.scheduler, txt2img.steps, txt2img.cfg]
+    common = [img2img.prompt, img2img.negative, img2img.sampler, img2img.scheduler, img2img.steps, img2img.cfg,
+              img2img.width, img2img.height, main_tabs, img2img.mode_tabs, img2img.mode, img2img.inpaint_controls]
+
+    def sender(mode: int):
+        def send(gallery, selected, prompt, negative, sampler, scheduler, steps, cfg):
+            image = _gallery_image(gallery, selected)
+            if image is None:
+                gr.Warning("Generate an image first, then send it", title="Nothing to send")
+                return [gr.update()] * (len(common) + 1)
+            width, height = (max(64, min(2048, side // 8 * 8)) for side in image.size)
+            editor_value = image if mode == IMG2IMG else {"background": image, "layers": [], "composite": image}
+            return (editor_value, prompt, negative, sampler, scheduler, steps, cfg, width, height,
+                    gr.Tabs(selected="img2img"), gr.Tabs(selected=mode), mode,
+                    gr.update(visible=mode != IMG2IMG))
+        return send
+
+    txt2img.send_to_img2img.click(sender(IMG2IMG), inputs=sources, outputs=[img2img.init_img, *common], queue=False)
+    txt2img.send_to_inpaint.click(sender(INPAINT), inputs=sources, outputs=[img2img.inpaint, *common], queue=False)
+
+
+def _gallery_image(gallery, selected: int):
+    """The selected gallery entry as a loaded picture (None when the gallery is empty)."""
+    from PIL import Image
+
+    if not gallery:
+        return None
+    entry = gallery[selected if isinstance(selected, int) and 0 <= selected < len(gallery) else 0]
+    source = entry[0] if isinstance(entry, (tuple, list)) else entry
+    if isinstance(source, Image.Image):
+        return source.copy()
+    with Image.open(source) as picture:
+        picture.load()
+        return picture.copy()
+
+
+def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
+    """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders."""
+    txt2img = Txt2ImgTab(engine)
+    img2img = Img2ImgTab(engine, allow_folders=allow_folders)
+    tabs = [txt2img, img2img]
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:
         placeholder = gr.Column()
-        with gr.Tabs(elem_id="tabs"):
+        with gr.Tabs(elem_id="tabs") as main_tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                tab.build()
+                txt2img.build()
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                img2img.build()
         with placeholder:
-            dropdown = _checkpoint_row(engine, tab)
+            dropdown = _checkpoint_row(engine, tabs)
+        _wire_send_to(txt2img, img2img, main_tabs)
 
-        built_size = (tab.width.value, tab.height.value)
+        built_size = (txt2img.width.value, txt2img.height.value)
+        keep_sizes = [gr.update()] * (2 * len(tabs))
 
         def on_load():
             # the start-up load runs on the worker; a page opened meanwhile waits for it, so the
@@ -94,9 +154,9 @@ def create_ui(engine: Engine) -> gr.Blocks:
             # sizes only when the model differs from the one the page was built with: a load
             # event may land after the user has already typed a size
             w, h = engine.native_size()
-            sizes = (gr.update(), gr.update()) if (w, h) == built_size else (w, h)
+            sizes = keep_sizes if (w, h) == built_size else [w, h] * len(tabs)
             return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *sizes
 
-        demo.load(on_load, outputs=[dropdown, tab.width, tab.height], show_progress_on=[dropdown])
+        demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
         demo.load(None, js=page_script())
     return demo

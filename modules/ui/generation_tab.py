@@ -1,0 +1,348 @@
+"""What the txt2img and img2img tabs share: the prompt row with Generate/Interrupt/Skip, the
+sampler, size, batch, CFG and seed controls, and the results column (gallery, infotext), with the
+wiring between them: a job's progress, this page's Interrupt and Skip, errors as messages.
+
+A tab is a subclass that lays out its own controls with the `build_*` pieces, lists the
+components its request needs (`inputs`) and turns their values into a request (`make_request`)
+that goes to the engine (`submit`). Element ids are A1111's, `<tabname>_<name>`, since community
+extensions find the page by them.
+
+The inputs reach `run` as one dict keyed by component (Gradio's set-of-inputs form), so there is
+no list of thirty positional arguments to keep in step with the layout.
+"""
+
+from __future__ import annotations
+
+import html
+import itertools
+import threading
+import time
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
+
+import gradio as gr
+
+from modules.core import samplers
+from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest
+from modules.services.engine import Engine
+
+SPECS = Img2ImgRequest.field_specs()  # every request field: the txt2img ones and img2img's
+
+RANDOM_SEED_HINT = "Set seed to -1, which will cause a new random number to be used every time"
+REUSE_SEED_HINT = "Reuse seed from last generation, mostly useful if it was randomized"
+
+_task_numbers = itertools.count(1)
+
+
+def slider(name: str, label: str, value, elem_id: str, **overrides) -> gr.Slider:
+    """A slider whose bounds and step come from the request field's spec."""
+    fs = SPECS[name]
+    args = {"minimum": fs.minimum, "maximum": fs.maximum, "step": fs.ui_step, "value": value}
+    args.update(overrides)
+    return gr.Slider(label=label, elem_id=elem_id, **args)
+
+
+def info_html(infotext: str, *, note: str = "") -> str:
+    """One image's generation parameters, as A1111 shows them under the gallery."""
+    body = html.escape(infotext).replace("\n", "<br>")
+    extra = f"<p class='performance'>{html.escape(note).replace(chr(10), '<br>')}</p>" if note else ""
+    return f"<div class='infotext'>{body}</div>{extra}"
+
+
+def error_html(message: str) -> str:
+    return f"<div class='error'>{html.escape(message)}</div>"
+
+
+def empty_result() -> dict:
+    return {"infotexts": [], "seeds": [], "note": ""}
+
+
+@dataclass
+class Shown:
+    """What a finished job puts in the results column."""
+
+    images: list = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    note: str = ""
+
+    @classmethod
+    def of(cls, result: GenerationResult) -> "Shown":
+        """The gallery's entries: the grid (with the first image's infotext and seed) first."""
+        grid = result.grid is not None
+        return cls(images=([result.grid] if grid else []) + result.images,
+                   infotexts=([result.infotexts[0]] if grid else []) + result.infotexts,
+                   seeds=([result.seeds[0]] if grid else []) + result.seeds,
+                   note="Interrupted: the images were not saved." if result.interrupted else "")
+
+
+@dataclass
+class RunningJob:
+    """A page's job: its task id and future (one file's job, in an img2img batch), and the flag
+    that stops a batch between files."""
+
+    task_id: str
+    future: Future
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class GenerationTab:
+    tabname = ""  # "txt2img" / "img2img": the prefix of the element ids and of task ids
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._jobs: dict[str, RunningJob] = {}  # session -> what that page runs, for Interrupt and Skip
+        self._jobs_lock = threading.Lock()
+
+    def _id(self, name: str) -> str:
+        return f"{self.tabname}_{name}"
+
+    # -- layout pieces -----------------------------------------------------------------
+    def build_toprow(self) -> None:
+        with gr.Row(elem_id=self._id("toprow"), elem_classes=["toprow"]):
+            with gr.Column(scale=6, elem_id=self._id("prompt_container")):
+                self.prompt = gr.Textbox(label="Prompt", elem_id=self._id("prompt"), lines=3,
+                                         placeholder="Prompt (press Ctrl+Enter to generate, Alt+Enter to skip)")
+                self.negative = gr.Textbox(label="Negative prompt", elem_id=self._id("neg_prompt"), lines=2,
+                                           placeholder="Negative prompt")
+            with gr.Column(scale=1, min_width=180, elem_id=self._id("actions_column"), elem_classes=["actions"]):
+                self.generate = gr.Button("Generate", variant="primary", elem_id=self._id("generate"))
+                with gr.Row():
+                    self.interrupt = gr.Button("Interrupt", elem_id=self._id("interrupt"), visible=False)
+                    self.skip = gr.Button("Skip", elem_id=self._id("skip"), visible=False)
+
+    def build_sampling(self) -> None:
+        with gr.Row():
+            self.sampler = gr.Dropdown(samplers.SAMPLER_NAMES, value="Euler a", label="Sampling method",
+                                       elem_id=self._id("sampling"))
+            self.scheduler = gr.Dropdown(schedules_for("Euler a"), value="Automatic", label="Schedule type",
+                                         elem_id=self._id("scheduler"))
+        self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
+
+    def build_size(self, width: int, height: int) -> None:
+        with gr.Row():
+            self.width = slider("width", "Width", width, self._id("width"))
+            self.height = slider("height", "Height", height, self._id("height"))
+
+    def build_batch(self) -> None:
+        with gr.Row():
+            self.batch_count = slider("n_iter", "Batch count", 1, self._id("batch_count"))
+            self.batch_size = slider("batch_size", "Batch size", 1, self._id("batch_size"))
+
+    def build_cfg(self) -> None:
+        self.cfg = slider("cfg_scale", "CFG Scale", 7.0, self._id("cfg_scale"))
+
+    def build_seed(self) -> None:
+        with gr.Row(elem_id=self._id("seed_row"), elem_classes=["seed-row"]):
+            self.seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=self._id("seed"), scale=4)
+            self.random_seed = gr.Button("🎲️", elem_id=self._id("random_seed"), min_width=40, scale=0,
+                                         elem_classes=["tool"])
+            self.reuse_seed = gr.Button("♻️", elem_id=self._id("reuse_seed"), min_width=40, scale=0,
+                                        elem_classes=["tool"])
+            self.show_extra = gr.Checkbox(label="Extra", value=False, elem_id=self._id("subseed_show"),
+                                          scale=1, min_width=80)
+        with gr.Group(visible=False, elem_id=self._id("seed_extras")) as self.extra_group:
+            with gr.Row():
+                self.subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=self._id("subseed"))
+                self.subseed_strength = slider("subseed_strength", "Variation strength", 0.0,
+                                               self._id("subseed_strength"))
+            with gr.Row():
+                self.resize_w = gr.Slider(0, 2048, step=8, value=0, label="Resize seed from width",
+                                          elem_id=self._id("seed_resize_from_w"))
+                self.resize_h = gr.Slider(0, 2048, step=8, value=0, label="Resize seed from height",
+                                          elem_id=self._id("seed_resize_from_h"))
+
+    def build_results(self) -> None:
+        """The gallery, `build_result_buttons` under it, the info box, and the per-page state."""
+        self.gallery = gr.Gallery(label="Output", elem_id=self._id("gallery"), columns=4, format="png",
+                                  show_label=False, object_fit="contain", height="auto")
+        self.build_result_buttons()
+        self.info = gr.HTML(elem_id=f"html_info_{self.tabname}", elem_classes=["html-info"])
+        # per page: what the last job gave (infotext and seed of every gallery entry) and
+        # which entry is selected, for the info box and the recycle button
+        self.result = gr.State(empty_result())
+        self.selected = gr.State(0)
+
+    def build_result_buttons(self) -> None:
+        """Buttons under the gallery (txt2img: send to img2img); none by default."""
+
+    # -- what a subclass provides ------------------------------------------------------
+    def common_fields(self) -> dict[str, gr.components.Component]:
+        """GenerationRequest field -> component, for the controls every tab has."""
+        return {
+            "prompt": self.prompt, "negative_prompt": self.negative, "sampler_name": self.sampler,
+            "scheduler": self.scheduler, "steps": self.steps, "cfg_scale": self.cfg,
+            "n_iter": self.batch_count, "batch_size": self.batch_size, "seed": self.seed,
+            "subseed": self.subseed, "subseed_strength": self.subseed_strength,
+            "seed_resize_from_w": self.resize_w, "seed_resize_from_h": self.resize_h,
+        }
+
+    def inputs(self) -> set[gr.components.Component]:
+        return set(self.common_fields().values())
+
+    @staticmethod
+    def field_values(values: dict, fields: dict[str, gr.components.Component]) -> dict:
+        """Request keyword arguments from the event's values (empty fields left to the default)."""
+        return {name: values[c] for name, c in fields.items() if values[c] is not None}
+
+    def make_request(self, values: dict) -> GenerationRequest:
+        raise NotImplementedError
+
+    def submit(self, request: GenerationRequest, task_id: str) -> Future:
+        raise NotImplementedError
+
+    def execute(self, values: dict, session: str, progress: gr.Progress) -> Shown:
+        """One job from the values; a tab with other kinds of work (img2img's batch) overrides it.
+        A ValueError (RequestError included) becomes the message in the info box."""
+        request = self.make_request(values)
+        return Shown.of(self.run_job(request, session, progress))
+
+    # -- events ------------------------------------------------------------------------
+    def wire(self) -> None:
+        buttons = [self.generate, self.interrupt, self.skip]
+
+        def busy():
+            return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+
+        def idle():
+            return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+
+        started = self.generate.click(busy, outputs=buttons, queue=False)
+        job = started.then(
+            self.run, inputs=self.inputs(),
+            outputs=[self.gallery, self.info, self.result, self.selected],
+            concurrency_limit=None, show_progress_on=[self.gallery],
+        )
+        # `then` runs after success; `failure` covers what Gradio itself refuses before `run`
+        # (a value out of a slider's bounds, an upload it cannot read), so Generate always comes back
+        job.then(idle, outputs=buttons, queue=False)
+        job.failure(idle, outputs=buttons, queue=False)
+
+        self.interrupt.click(self.interrupt_job, queue=False)
+        self.skip.click(self.skip_job, queue=False)
+        self.random_seed.click(lambda: -1, outputs=self.seed, queue=False)
+        self.reuse_seed.click(_seed_of, inputs=[self.result, self.selected], outputs=self.seed, queue=False)
+        self.gallery.select(_select, inputs=self.result, outputs=[self.info, self.selected], queue=False)
+        self.show_extra.change(lambda v: gr.update(visible=v), inputs=self.show_extra, outputs=self.extra_group,
+                               queue=False)
+        self.sampler.change(scheduler_choices, inputs=[self.sampler, self.scheduler], outputs=self.scheduler,
+                            queue=False)
+
+    def run(self, values: dict, request: gr.Request, progress=gr.Progress()):
+        """Generate; errors end up in the info box (and a toast), never as a stuck page."""
+        started = time.time()
+        session = request.session_hash if request is not None else f"no-session-{next(_task_numbers)}"
+        try:
+            shown = self.execute(values, session, progress)
+        except CancelledError:
+            return [], info_html("", note="Interrupted before it started."), empty_result(), 0
+        except ValueError as exc:
+            return self.failed(str(exc))
+        except Exception as exc:  # noqa: BLE001 - shown to the user; the worker printed the traceback
+            return self.failed(f"{type(exc).__name__}: {exc}")
+        separator = "\n" if "\n" in shown.note else " "  # a batch's list of skipped files: one per line
+        note = separator.join(filter(None, [shown.note, f"Time taken: {time.time() - started:.1f} s"]))
+        state = {"infotexts": shown.infotexts, "seeds": shown.seeds, "note": note}
+        return shown.images, info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, 0
+
+    def run_job(self, request: GenerationRequest, session: str, progress: gr.Progress,
+                describe: str = "") -> GenerationResult:
+        """Submit, show progress until done, return the result (raises what the job raised)."""
+        task_id = f"ui-{self.tabname}-{next(_task_numbers)}"
+        future = self.submit(request, task_id)
+        self.follow(session, task_id, future, progress, describe)
+        return future.result()
+
+    def follow(self, session: str, task_id: str, future: Future, progress: gr.Progress, describe: str = "",
+               running: RunningJob | None = None) -> None:
+        """Register the job as this page's (for Interrupt/Skip) and show its progress until done.
+        A batch passes its own `running` entry, which stays registered between its jobs."""
+        entry = running or RunningJob(task_id, future)
+        entry.task_id, entry.future = task_id, future
+        with self._jobs_lock:
+            self._jobs[session] = entry
+        try:
+            self._show_progress(future, task_id, progress, describe)
+        finally:
+            if running is None:
+                with self._jobs_lock:
+                    if self._jobs.get(session) is entry:
+                        del self._jobs[session]
+
+    def _show_progress(self, future: Future, task_id: str, progress: gr.Progress, describe: str) -> None:
+        state = self.engine.state
+        prefix = f"{describe}, " if describe else ""
+        while not future.done():
+            if state.task_id != task_id:
+                progress(0.0, desc=prefix + "Waiting in queue")
+            elif not state.sampling_steps:
+                progress(0.0, desc=prefix + "Preparing")
+            else:
+                frac, eta = state.progress()
+                desc = f"Step {state.sampling_step}/{state.sampling_steps}"
+                if state.job_count > 1:
+                    desc = f"Batch {state.job_no + 1}/{state.job_count}, " + desc
+                if eta is not None:
+                    desc += f", ETA {duration(eta)}"
+                progress(frac, desc=prefix + desc)
+            time.sleep(0.2)
+
+    @staticmethod
+    def failed(message: str):
+        gr.Warning(html.escape(message), title="Error")
+        return [], error_html(message), empty_result(), 0
+
+    def _own_job(self, request: gr.Request | None) -> RunningJob | None:
+        if request is None:
+            return None
+        with self._jobs_lock:
+            return self._jobs.get(request.session_hash)
+
+    def interrupt_job(self, request: gr.Request) -> None:
+        """This page's job: dropped if still queued, stopped if running (and a batch stops
+        there). With no job of this page known (e.g. after a reload), whatever runs is
+        interrupted, as in A1111."""
+        own = self._own_job(request)
+        if own is None:
+            self.engine.state.interrupt()
+            return
+        own.stop.set()
+        if not own.future.cancel() and self.engine.state.task_id == own.task_id:
+            self.engine.state.interrupt()
+
+    def skip_job(self, request: gr.Request) -> None:
+        own = self._own_job(request)
+        if own is None or self.engine.state.task_id == own.task_id:
+            self.engine.state.skip()
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def schedules_for(sampler: str) -> list[str]:
+    try:
+        return samplers.supported_schedules(sampler)
+    except (AttributeError, ValueError):
+        return [label for label, _ in samplers.SCHEDULE_TYPES]
+
+
+def scheduler_choices(sampler: str, scheduler: str):
+    choices = schedules_for(sampler)
+    return gr.update(choices=choices, value=scheduler if scheduler in choices else "Automatic")
+
+
+def _select(result: dict, evt: gr.SelectData):
+    index = evt.index if isinstance(evt.index, int) else 0
+    texts = result.get("infotexts") or []
+    if not 0 <= index < len(texts):
+        return gr.update(), 0
+    return info_html(texts[index], note=result.get("note", "")), index
+
+
+def _seed_of(result: dict, selected: int):
+    seeds = result.get("seeds") or []
+    if not seeds:
+        return gr.update()
+    return seeds[selected if 0 <= selected < len(seeds) else 0]

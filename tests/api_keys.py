@@ -1,0 +1,14 @@
+"""What A1111 clients validate in API answers, and the small request both API test files start from."""
+
+BASE = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "width": 64, "height": 64,
+        "steps": 2, "cfg_scale": 7.0, "sampler_name": "Euler a", "seed": 1234}
+
+# the keys of A1111's Processed.js()
+PROCESSED_KEYS = {
+    "prompt", "all_prompts", "negative_prompt", "all_negative_prompts", "seed", "all_seeds", "subseed",
+    "all_subseeds", "subseed_strength", "width", "height", "sampler_name", "cfg_scale", "steps", "batch_size",
+    "restore_faces", "face_restoration_model", "sd_model_name", "sd_model_hash", "sd_vae_name", "sd_vae_hash",
+    "seed_resize_from_w", "seed_resize_from_h", "denoising_strength", "extra_generation_params",
+    "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip",
+    "is_using_inpainting_conditioning", "version",
+}
