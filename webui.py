@@ -54,7 +54,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
         if info is None:
             raise SystemExit(f"--ckpt {opts.ckpt}: no such checkpoint")
         options.data["sd_model_checkpoint"] = info.name
-    for key in ("samples", "txt2img_samples", "grids", "txt2img_grids"):
+    for key in ("samples", "txt2img_samples", "img2img_samples", "grids", "txt2img_grids", "img2img_grids"):
         value = getattr(opts, f"outdir_{key}", None)
         if value:
             options.data[f"outdir_{key}"] = value

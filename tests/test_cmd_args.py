@@ -141,3 +141,18 @@ def test_pre_parse_reads_data_and_models_dirs(tmp_path):
     pre = paths_internal._pre_parse(["--api", f"--data-dir={tmp_path}", "--models-dir", "m", "--run-tests",
                                      "--ckpt", "not-ours"])
     assert pre.data_dir == str(tmp_path) and pre.models_dir == "m" and pre.ckpt is None
+
+
+def test_outdir_flags_become_the_engine_settings_for_both_kinds(tmp_path, tiny_checkpoints):
+    """--outdir-txt2img-samples / --outdir-img2img-samples / ...-grids override the settings
+    (regression: the img2img ones were parsed but never applied)."""
+    import webui
+
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt-dir", str(tiny_checkpoints.checkpoints_dir),
+                                "--outdir-txt2img-samples", "t2i", "--outdir-img2img-samples", "i2i",
+                                "--outdir-img2img-grids", "i2i-grids"])
+    engine = webui.build_engine(opts)
+    info = engine.resolve_checkpoint(None)
+    assert engine.settings_for(info, "txt2img").outdir_samples == tmp_path / "t2i"
+    assert engine.settings_for(info, "img2img").outdir_samples == tmp_path / "i2i"
+    assert engine.settings_for(info, "img2img").outdir_grids == tmp_path / "i2i-grids"
