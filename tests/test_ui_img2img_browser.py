@@ -2,17 +2,21 @@
 the shared test server, as tests/test_ui_browser.py does it (its fixtures and helpers are reused).
 
 What a user does: upload a picture and Generate; upload, paint a mask with the mouse and inpaint;
-turn on Hires. fix; upload something that is not a picture and carry on. Every wait is on a
-condition of the page; jobs are 64-128 px with 1-2 steps.
+turn on Hires. fix; upload something that is not a picture and carry on; sketch over a picture;
+outpaint with the Script dropdown. Every wait is on a condition of the page; jobs are 64-128 px
+with 1-2 sampling steps.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from tests.test_ui_browser import JOB_TIMEOUT_MS, browser, fill_job, page, saved_images, set_number  # noqa: F401
@@ -230,3 +234,120 @@ def test_send_to_img2img_and_inpaint(page, server):
     set_number(page, "img2img_steps", 1)
     info = generate_and_wait(page)  # nothing painted: the whole picture is img2img'd
     assert "a green triangle" in info and "Size: 64x64" in info and "Mask blur" not in info
+
+
+def upload_to_editor(page: Page, editor_id: str, source: Path) -> None:
+    """As a user does it: click the empty editor, pick a file; then the picture is on the canvas."""
+    editor = page.locator(f"#{editor_id}")
+    with page.expect_file_chooser() as chooser:
+        editor.get_by_text("Upload an image").click()
+    chooser.value.set_files(source)
+    expect(editor.get_by_text("Upload an image")).to_be_hidden()
+
+
+RED = (204, 50, 50)  # one of the Sketch brush's colours (SKETCH_COLOURS)
+
+
+def sent_composite(bodies: list[str], server) -> Image.Image:
+    """The Sketch editor's composite as the page sent it with Generate (fetched from the server)."""
+    for body in bodies:
+        for value in json.loads(body).get("data") or []:
+            if isinstance(value, dict) and (value.get("composite") or {}).get("url"):
+                r = requests.get(value["composite"]["url"], timeout=60)
+                assert r.status_code == 200, r.text
+                return Image.open(io.BytesIO(r.content)).convert("RGB")
+    raise AssertionError("Generate sent no Sketch composite")
+
+
+def test_sketch_strokes_are_part_of_the_picture(page, server, tmp_path, tiny_checkpoints):
+    """Sketch: a red stroke drawn over the uploaded picture is painted into the init image. At
+    denoising strength 0 an img2img job is the VAE's round trip of its init image (the tiny VAE
+    has random weights, so that mixes the whole picture), which makes the check exact."""
+    from modules.core.devices import choose_policy
+    from modules.core.model_loader import load_checkpoint
+    from tests.test_img2img import vae_round_trip
+
+    bodies: list[str] = []
+    page.on("request", lambda r: bodies.append(r.post_data) if "/queue/join" in r.url and r.post_data else None)
+    source = tmp_path / "sketch.png"
+    original = gradient(128, 96)
+    original.save(source)
+    before = set(img2img_outputs(server))
+
+    open_img2img(page, "Sketch")
+    upload_to_editor(page, "img2img_sketch", source)
+    expect(page.locator("#inpaint_controls").first).to_be_hidden()  # Sketch has no mask
+    editor = page.locator("#img2img_sketch")
+    editor.get_by_role("button", name="Color", exact=True).click()
+    editor.locator(f"menu.swatch button.color[style*='rgb{RED}']").click()  # style: rgb(204, 50, 50)
+    editor.get_by_role("button", name="Brush", exact=True).click()
+    # a horizontal stroke through the middle of the picture (the editor centres it on the canvas)
+    box = editor.locator("canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy, steps=20)
+    page.mouse.up()
+    set_number(page, "img2img_steps", 1)
+    set_number(page, "img2img_width", 128)
+    set_number(page, "img2img_height", 96)
+    set_number(page, "img2img_denoising_strength", 0)
+    info = generate_and_wait(page)
+    assert "Denoising strength: 0" in info and "Size: 128x96" in info and "Mask blur" not in info
+
+    # what was sent: the picture with the red stroke across its middle, untouched at its edges
+    sketched, want = px(sent_composite(bodies, server)), px(original)
+    assert sketched.shape == want.shape == (96, 128, 3)
+    assert (sketched[44:52, 52:76] == RED).all(), "the stroke is red where it was drawn"
+    for far in ((slice(0, 8), slice(None)), (slice(88, 96), slice(None)), (slice(None), slice(0, 8))):
+        assert np.array_equal(sketched[far], want[far]), "away from the stroke the picture is the upload"
+
+    # what was made from it: the job ran on the sketched picture, not on the upload alone
+    model = load_checkpoint(tiny_checkpoints.sd1, choose_policy()[0])
+    with Image.open(only_new(before, img2img_outputs(server))) as png:
+        result = px(png)
+    assert np.abs(result - vae_round_trip(model, Image.fromarray(sketched.astype(np.uint8)))).max() <= 1
+    assert np.abs(result - vae_round_trip(model, original)).mean() > 5, "the stroke changed the result"
+
+
+OUTPAINT = "script_poor_mans_outpainting"
+
+
+def test_poor_mans_outpainting_script(page, server, tmp_path):
+    source = tmp_path / "outpaint.png"
+    original = gradient(64, 64)
+    original.save(source)
+    before = set(img2img_outputs(server))
+
+    open_img2img(page)
+    page.locator("#img2img_image input[type=file]").set_input_files(source)
+    expect(page.locator("#img2img_image img").first).to_be_visible()
+    expect(page.locator(f"#{OUTPAINT}_pixels")).to_be_hidden()
+    field = page.locator("#script_list input")
+    field.click()
+    page.locator("#script_list [role=option]").filter(has_text="Poor man's outpainting").click()
+    expect(field).to_have_value("Poor man's outpainting")
+
+    # A1111's controls and defaults
+    expect(page.locator(f"#{OUTPAINT}_pixels input[type=number]")).to_have_value("128")
+    expect(page.locator(f"#{OUTPAINT}_mask_blur input[type=number]")).to_have_value("4")
+    expect(page.locator(f"#{OUTPAINT}_inpainting_fill").get_by_label("fill", exact=True)).to_be_checked()
+    directions = page.locator(f"#{OUTPAINT}_direction")
+    for side in ("left", "right", "up", "down"):
+        expect(directions.get_by_label(side, exact=True)).to_be_checked()
+
+    set_number(page, f"{OUTPAINT}_pixels", 16)
+    for side in ("right", "up", "down"):
+        directions.get_by_label(side, exact=True).uncheck()
+    page.locator("#img2img_prompt textarea").fill("more of the same")
+    set_number(page, "img2img_steps", 2)
+    info = generate_and_wait(page)
+    assert "more of the same" in info and "Size: 80x64" in info, info
+
+    with Image.open(only_new(before, img2img_outputs(server))) as png:
+        assert png.size == (80, 64)  # 16 px added on the left; 80 is already a multiple of 8
+        result = px(png)
+    want = px(original)
+    # the mask keeps the picture from x = 16 + 2 * 4 on; blurred by 16 px (kernel half-width 40),
+    # it is exactly 0 from x = 64: there the output is the input, pixel for pixel
+    assert np.array_equal(result[:, 64:], want[:, 48:]), "the right part is the input's"

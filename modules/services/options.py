@@ -22,6 +22,8 @@ class OptionDef:
     choices: tuple | None = None
     minimum: float | None = None
     maximum: float | None = None
+    step: float | None = None  # the Settings tab's slider step (a bounded number is a slider)
+    component: str | None = None  # the Settings tab's control when the type does not say it: "color"
 
 
 def _defs() -> dict[str, OptionDef]:
@@ -53,11 +55,11 @@ def _defs() -> dict[str, OptionDef]:
         "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
         "img_max_size_mp": OptionDef(200, "Maximum image size, in megapixels", S, minimum=1),
         # img2img (A1111's "img2img" section), plus Easel's limit on what an upload may be
-        "inpainting_mask_weight": OptionDef(1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0, maximum=1.0),
-        "initial_noise_multiplier": OptionDef(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5),
+        "inpainting_mask_weight": OptionDef(1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0, maximum=1.0, step=0.01),
+        "initial_noise_multiplier": OptionDef(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5, step=0.001),
         "img2img_color_correction": OptionDef(False, "Apply color correction to img2img results to match original colors.", "img2img"),
         "img2img_fix_steps": OptionDef(False, "With img2img, do exactly the amount of steps the slider specifies.", "img2img"),
-        "img2img_background_color": OptionDef("#ffffff", "With img2img, fill transparent parts of the input image with this color.", "img2img"),
+        "img2img_background_color": OptionDef("#ffffff", "With img2img, fill transparent parts of the input image with this color.", "img2img", component="color"),
         "img2img_max_input_pixels": OptionDef(4096 * 4096, "Largest init image or mask accepted, in pixels (width x height)", "img2img", minimum=4096),
     }
 

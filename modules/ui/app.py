@@ -13,6 +13,7 @@ from modules.services.engine import Engine
 
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
+from .settings import SettingsTab
 from .txt2img import Txt2ImgTab
 
 HERE = Path(__file__).resolve().parent
@@ -130,6 +131,7 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
     """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders."""
     txt2img = Txt2ImgTab(engine)
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
+    settings = SettingsTab(engine.options)
     tabs = [txt2img, img2img]
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:
         placeholder = gr.Column()
@@ -138,6 +140,8 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
                 txt2img.build()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 img2img.build()
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                settings.build()
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs)
         _wire_send_to(txt2img, img2img, main_tabs)
@@ -158,5 +162,6 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
             return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *sizes
 
         demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
+        demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)
         demo.load(None, js=page_script())
     return demo

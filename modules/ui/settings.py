@@ -1,0 +1,119 @@
+"""The Settings tab (A1111's): one control per option of `Options.defs`, grouped by section, with
+the option's current value; "Apply settings" checks every changed value with `Options.validate`,
+stores them all or none, and saves config.json.
+
+Element ids are A1111's: the tab `tab_settings`, the button `settings_submit`, the report
+`settings_result`, each control `setting_<option name>`. The quicksettings (the checkpoint
+picker above the tabs) are not repeated here: their ids would clash.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from typing import Any
+
+import gradio as gr
+
+from modules.services.options import OptionDef, Options
+
+from .generation_tab import error_html
+
+__all__ = ["QUICKSETTINGS", "SettingsTab", "component_for"]
+
+QUICKSETTINGS = ("sd_model_checkpoint",)
+MAX_RADIO_CHOICES = 5  # more choices than this become a dropdown
+
+
+def _slug(section: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", section.lower()).strip("_")
+
+
+def _number_hint(d: OptionDef) -> str | None:
+    if d.minimum is not None and d.maximum is not None:
+        return f"{d.minimum} to {d.maximum}"
+    if d.minimum is not None:
+        return f"at least {d.minimum}"
+    if d.maximum is not None:
+        return f"at most {d.maximum}"
+    return None
+
+
+def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component:
+    """The control of one option: from its `component`, else its choices, else the default's type
+    (a number with both bounds is a slider, other numbers a plain field)."""
+    common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": True}
+    if d.component == "color":
+        return gr.ColorPicker(value=value, **common)
+    if d.choices:
+        if len(d.choices) <= MAX_RADIO_CHOICES:
+            return gr.Radio(list(d.choices), value=value, **common)
+        return gr.Dropdown(list(d.choices), value=value, **common)
+    if isinstance(d.default, bool):
+        return gr.Checkbox(value=value, **common)
+    if isinstance(d.default, (int, float)):
+        integer = isinstance(d.default, int)
+        if d.minimum is not None and d.maximum is not None:
+            step = d.step or (1 if integer else 0.01)
+            return gr.Slider(d.minimum, d.maximum, step=step, value=value, **common)
+        # no bounds handed to Gradio: an out-of-range value reaches Options.validate, whose
+        # message names the option, instead of Gradio's anonymous refusal
+        return gr.Number(value=value, precision=0 if integer else None, info=_number_hint(d), **common)
+    return gr.Textbox(value="" if value is None else str(value), **common)
+
+
+class SettingsTab:
+    def __init__(self, options: Options):
+        self.options = options
+        self.keys = [k for k in options.defs if k not in QUICKSETTINGS]
+        self.components: list[gr.components.Component] = []
+
+    def sections(self) -> dict[str, list[str]]:
+        """Section -> its option names, both in the order the options were defined."""
+        grouped: dict[str, list[str]] = {}
+        for key in self.keys:
+            grouped.setdefault(self.options.defs[key].section, []).append(key)
+        return grouped
+
+    def build(self) -> None:
+        with gr.Row(elem_id="settings_top"):
+            self.submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
+        self.result = gr.HTML(elem_id="settings_result")
+        by_key = {}
+        with gr.Tabs(elem_id="settings"):
+            for section, keys in self.sections().items():
+                with gr.Tab(section, elem_id=f"settings_{_slug(section)}"):
+                    for key in keys:
+                        by_key[key] = component_for(key, self.options.defs[key], self.options.get(key))
+        self.components = [by_key[k] for k in self.keys]
+        # unprocessed: each value reaches `apply` as the page sent it, so Options.validate is the
+        # one judge (and names the option), not a component's own bounds
+        self.submit.click(self.apply, inputs=self.components, outputs=[self.result, *self.components],
+                          preprocess=False, queue=False)
+
+    def values(self) -> list:
+        """The current value of every option, for the controls (at page load and after Apply)."""
+        return [self.options.get(k) for k in self.keys]
+
+    def check(self, key: str, value: Any) -> Any:
+        if value is None and self.options.defs[key].default is not None:
+            raise ValueError(f"option {key} needs a value")
+        return self.options.validate(key, value)
+
+    def apply(self, *submitted):
+        """Validate the changed values; store them all (and save config.json) or, on the first
+        bad one, none, with the message naming that option."""
+        changes = {}
+        try:
+            for key, value in zip(self.keys, submitted):
+                if value != self.options.get(key):
+                    changes[key] = self.check(key, value)
+        except ValueError as exc:
+            return error_html(str(exc)), *[gr.skip()] * len(self.keys)
+        changed = [key for key, value in changes.items() if self.options.set(key, value)]
+        try:
+            self.options.save()
+        except OSError as exc:
+            return error_html(f"settings changed but not saved: {exc}"), *self.values()
+        report = f"{len(changed)} settings changed{': ' if changed else ''}{', '.join(changed)}."
+        return f"<div class='settings-result'>{html.escape(report)}</div>", *self.values()

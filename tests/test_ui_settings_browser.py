@@ -1,0 +1,89 @@
+"""The Settings tab in a real browser (Chromium through Playwright) against the shared test server,
+with the fixtures of tests/test_ui_browser.py.
+
+What a user does: open Settings, change an option, Apply; the value is in config.json and in the
+API's options. A value out of range is refused with a message naming the option and changes
+nothing, not even the valid changes made with it. The shared server's options are put back after.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.test_ui_browser import browser, page  # noqa: F401
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Page, expect  # noqa: E402
+
+DEFAULTS = {"img2img_color_correction": False, "img2img_max_input_pixels": 4096 * 4096, "jpeg_quality": 80}
+IMG2IMG_OPTIONS = ["img2img_color_correction", "inpainting_mask_weight", "initial_noise_multiplier",
+                   "img2img_fix_steps", "img2img_background_color", "img2img_max_input_pixels"]
+
+
+@pytest.fixture
+def restore_options(server):
+    yield
+    r = requests.post(server.url + "/sdapi/v1/options", json=DEFAULTS, timeout=120)
+    assert r.status_code == 200, r.text
+
+
+def api_options(server) -> dict:
+    r = requests.get(server.url + "/sdapi/v1/options", timeout=60)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def stored(server) -> dict:
+    return json.loads((Path(server.data_dir) / "config.json").read_text(encoding="utf-8"))
+
+
+def open_section(page: Page, section_id: str) -> None:
+    page.locator("#tab_settings-button").click()
+    page.locator(f"#{section_id}-button").click()
+
+
+def test_apply_changes_config_and_api_and_refuses_bad_values(page, server, restore_options):
+    # a value set through the API since the server started shows once the page is (re)loaded
+    r = requests.post(server.url + "/sdapi/v1/options", json={"jpeg_quality": 77}, timeout=120)
+    assert r.status_code == 200, r.text
+    page.reload()
+    expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+    open_section(page, "settings_saving_images")
+    expect(page.locator("#setting_jpeg_quality input[type=number]")).to_have_value("77")
+
+    open_section(page, "settings_img2img")
+    for key in IMG2IMG_OPTIONS:
+        expect(page.locator(f"#setting_{key}")).to_be_visible()
+    checkbox = page.locator("#setting_img2img_color_correction input[type=checkbox]")
+    expect(checkbox).not_to_be_checked()
+    checkbox.check()
+    page.locator("#settings_submit").click()
+
+    result = page.locator("#settings_result")
+    expect(result).to_contain_text("1 settings changed: img2img_color_correction.")
+    assert stored(server)["img2img_color_correction"] is True
+    assert api_options(server)["img2img_color_correction"] is True
+
+    # a bad number with a good change beside it: the message names the option, nothing changes
+    checkbox.uncheck()
+    pixels = page.locator("#setting_img2img_max_input_pixels input[type=number]")
+    pixels.fill("100")
+    page.locator("#settings_submit").click()
+    expect(result.locator(".error")).to_contain_text("option img2img_max_input_pixels must be at least 4096")
+    on_disk, in_api = stored(server), api_options(server)
+    for options in (on_disk, in_api):
+        assert options["img2img_color_correction"] is True
+        assert options["img2img_max_input_pixels"] == 4096 * 4096
+
+    # corrected, both changes go through
+    pixels.fill("1048576")
+    page.locator("#settings_submit").click()
+    expect(result).to_contain_text("2 settings changed: img2img_color_correction, img2img_max_input_pixels.")
+    for options in (stored(server), api_options(server)):
+        assert options["img2img_color_correction"] is False
+        assert options["img2img_max_input_pixels"] == 1048576
