@@ -1,6 +1,6 @@
 """Train Easel's built-in model from a seed, on the CPU.
 
-    python -m modules.builtin_model.train --seed 0                 # everything (~90 min, 2 cores)
+    python -m modules.builtin_model.train --seed 0                 # everything (~85 min, 2 cores)
     python -m modules.builtin_model.train --stage vae              # one stage at a time:
     python -m modules.builtin_model.train --stage latents          #   vae -> latents -> unet -> export
     python -m modules.builtin_model.train --stage unet [--resume]
@@ -9,12 +9,16 @@
 Stages write into --run-dir (default train_runs/seed<seed>/); the export stage writes the
 single-file checkpoint (A1111/LDM layout) and its .json metadata entry.
 
-Recipe: (1) a VAE on procedural images (L1 + MSE + a tiny KL), then its latent space is
-shifted and rescaled (folded into quant_conv / post_quant_conv) so that SD's 0.18215 gives
-unit-variance latents; (2) a pool of training scenes is encoded once; (3) UNet and CLIP
-text encoder are trained jointly from scratch with epsilon MSE (min-SNR-5 weighting) on SD's
-scaled_linear schedule, captions re-drawn each step, 10 % replaced by "" for CFG; EMA weights
-are exported.
+Recipe: (1) a VAE on procedural images (L1 + MSE weighted toward shape pixels, a tiny KL), in two
+cosine cycles; its latent space is then shifted and rescaled (folded into quant_conv /
+post_quant_conv) so that SD's 0.18215 gives unit-variance latents; (2) a pool of training scenes is
+encoded once; (3) UNet and CLIP text encoder are trained jointly from scratch with epsilon MSE on SD's
+scaled_linear schedule (min-SNR-5 weighting with a floor, so the high-noise steps count), captions
+re-drawn each step, 10 % replaced by "" for CFG. The training noise adds coarse (4x4, 2x2, 1x1)
+components to white noise: without them the shapes' latents leak through SD's last timesteps and
+the model learns to place shapes where the noise suggests instead of where the prompt says. A
+training-only head on the text encoder's pooled state predicts the positions a caption states,
+which makes position words distinct early. EMA weights are exported.
 """
 from __future__ import annotations
 
