@@ -72,9 +72,12 @@ def export_checkpoint(unet, te, vae, out: Path, recipe: dict, times: dict, dtype
             "data": "procedural scenes from modules.builtin_model.dataset (train split: held-out "
                     "(colour, shape, background, position) combinations excluded), captions re-drawn "
                     "every step from many templates, 10% caption dropout to the empty string",
-            "stages": "VAE (L1+MSE+1e-6 KL, latents shifted/rescaled so 0.18215 gives unit variance) -> "
-                      "encode a pool of scenes -> UNet + CLIP text encoder from scratch jointly, epsilon "
-                      "MSE with min-SNR-5 weights, SD scaled_linear schedule, AdamW, cosine LR, EMA",
+            "stages": "VAE (L1+MSE weighted toward shape pixels, 1e-6 KL, two cosine cycles; latents shifted/rescaled "
+                      "so 0.18215 gives unit variance) -> encode a pool of scenes -> UNet + CLIP text encoder from "
+                      "scratch jointly: epsilon MSE, x0-space weight clamp(SNR, low_snr_floor, min_snr_gamma), "
+                      "training noise = white + coarse 4x4/2x2/1x1 noise (coarse_noise), a training-only head "
+                      "predicting the caption's stated positions from the pooled text state (text_aux_weight), "
+                      "SD scaled_linear schedule, AdamW, cosine LR, EMA",
             "command": f"python -m modules.builtin_model.train --seed {recipe.get('seed', 0)}",
         },
         "training_seconds": times,
