@@ -383,3 +383,34 @@ def test_engine_img2img_saves_to_the_img2img_folder(tmp_path, tiny_checkpoints):
     with pytest.raises(RequestError) as info:
         engine.submit_img2img(request, overrides={"inpainting_mask_weight": 2.0})
     assert info.value.field == "override_settings.inpainting_mask_weight"
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that claims width x height (8-bit RGB) with no pixel data: what a huge upload looks like
+    to a reader that checks the size before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("as_text", [False, True], ids=["bytes", "base64"])
+def test_a_20000_pixel_square_upload_is_refused_before_decoding(as_text):
+    data = _png_header_only(20000, 20000)
+    with pytest.raises(RequestError) as err:
+        image_io.decode_image(base64.b64encode(data).decode() if as_text else data, "init_images", 4096 * 4096)
+    assert err.value.field == "init_images"
+    assert err.value.message == "image is too large: 400000000 pixels exceeds the limit of 16777216 pixels"
+
+
+@pytest.mark.parametrize("invert", [0, 1], ids=["inpaint-masked", "inpaint-not-masked"])
+@pytest.mark.parametrize("fill", [0, 1, 2, 3], ids=["fill", "original", "latent-noise", "latent-nothing"])
+def test_kept_pixels_are_exact_for_every_masked_content_and_mask_mode(sd1, fill, invert):
+    init, mask = picture(), square_mask()
+    result = run(sd1, init, mask=mask, inpainting_fill=fill, inpainting_mask_invert=invert, denoising_strength=0.6)
+    keep = kept(mask, invert=bool(invert))
+    assert keep.sum() >= 144
+    assert np.array_equal(px(result.images[0])[keep], px(init)[keep])

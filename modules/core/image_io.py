@@ -22,6 +22,7 @@ import io
 import logging
 import math
 import os
+import re
 import struct
 import threading
 import uuid
@@ -522,8 +523,10 @@ def decode_base64_to_image(encoded: str | bytes, *, max_pixels: int | None = DEF
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies
             image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as error:
-        raise ValueError(f"image is too large: {error}") from None
+    except Image.DecompressionBombError as error:  # far over any limit: PIL refuses before reading pixels
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        size = f"{int(found.group(1))} pixels" if found else "its size"
+        raise ValueError(f"image is too large: {size} exceeds the limit of {max_pixels or Image.MAX_IMAGE_PIXELS} pixels") from None
     except Exception as error:
         raise ValueError(f"data is not a recognizable image ({len(data)} bytes): {error}") from None
     width, height = image.size
