@@ -8,10 +8,8 @@ Every request is tiny (64x64, 1-2 steps) except the progress/interrupt one, whic
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
-import io
 import json
 import os
 import re
@@ -24,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.api_keys import BASE, PROCESSED_KEYS
+from tests.api_common import BASE, PROCESSED_KEYS, decode
 
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
               "sampling_step", "sampling_steps"}
@@ -34,14 +32,6 @@ AUTH = ("user", "secret")
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def decode(b64: str) -> Image.Image:
-    assert not b64.startswith("data:"), "A1111 returns bare base64, without a data: prefix"
-    image = Image.open(io.BytesIO(base64.b64decode(b64, validate=True)))
-    assert image.format == "PNG"
-    image.load()
-    return image
-
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"))

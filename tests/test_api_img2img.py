@@ -19,7 +19,7 @@ from PIL import Image
 
 from modules.core import masks
 
-from tests.api_keys import BASE, PROCESSED_KEYS
+from tests.api_common import BASE, PROCESSED_KEYS, decode
 from tests.pictures import picture, square_mask
 
 
@@ -34,14 +34,6 @@ def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
 def b64(image: Image.Image | bytes, fmt: str = "PNG") -> str:
     data = image if isinstance(image, bytes) else encoded(image, fmt)
     return base64.b64encode(data).decode("ascii")
-
-
-def decode(text: str) -> Image.Image:
-    assert not text.startswith("data:"), "A1111 returns bare base64, without a data: prefix"
-    image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
-    assert image.format == "PNG"
-    image.load()
-    return image
 
 
 def px(image: Image.Image) -> np.ndarray:

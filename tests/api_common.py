@@ -1,4 +1,10 @@
-"""What A1111 clients validate in API answers, and the small request both API test files start from."""
+"""What A1111 clients validate in API answers, the small request both API test files start from, and
+the decoding of returned images."""
+
+import base64
+import io
+
+from PIL import Image
 
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "width": 64, "height": 64,
         "steps": 2, "cfg_scale": 7.0, "sampler_name": "Euler a", "seed": 1234}
@@ -12,3 +18,12 @@ PROCESSED_KEYS = {
     "index_of_first_image", "infotexts", "styles", "job_timestamp", "clip_skip",
     "is_using_inpainting_conditioning", "version",
 }
+
+
+def decode(text: str) -> Image.Image:
+    """A returned image: bare base64 (A1111 adds no data: prefix) of a PNG."""
+    assert not text.startswith("data:"), "A1111 returns bare base64, without a data: prefix"
+    image = Image.open(io.BytesIO(base64.b64decode(text, validate=True)))
+    assert image.format == "PNG"
+    image.load()
+    return image
