@@ -4,6 +4,7 @@ the decoding of returned images."""
 import base64
 import io
 
+import requests
 from PIL import Image
 
 BASE = {"prompt": "a red cube on a table", "negative_prompt": "blurry", "width": 64, "height": 64,
@@ -27,3 +28,13 @@ def decode(text: str) -> Image.Image:
     assert image.format == "PNG"
     image.load()
     return image
+
+
+def assert_error(r: requests.Response, field: str, status: tuple[int, ...] = (400, 404, 413, 422)) -> str:
+    """A 4xx JSON answer whose `detail` names `field`; returns all its messages joined."""
+    assert r.status_code in status, (r.status_code, r.text)
+    body = r.json()
+    details = body["detail"] if isinstance(body["detail"], list) else [{"loc": [], "msg": body["detail"]}]
+    named = [d for d in details if field in [str(x) for x in d.get("loc", [])]]
+    assert named, f"no error detail names {field!r}: {body}"
+    return " ".join(str(d["msg"]) for d in details)

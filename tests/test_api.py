@@ -22,7 +22,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.api_common import BASE, PROCESSED_KEYS, decode
+from tests.api_common import BASE, PROCESSED_KEYS, assert_error, decode
 
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
               "sampling_step", "sampling_steps"}
@@ -48,16 +48,6 @@ def txt2img(srv, body: dict, **kw) -> tuple[list[Image.Image], dict, dict]:
 def first_image(srv, body: dict, **kw) -> np.ndarray:
     images, info, _ = txt2img(srv, body, **kw)
     return pixels(images[info["index_of_first_image"]])
-
-
-def assert_error(r: requests.Response, field: str, status: tuple[int, ...] = (400, 404, 422)) -> str:
-    """A 4xx JSON answer whose `detail` names `field`; returns all its messages joined."""
-    assert r.status_code in status, (r.status_code, r.text)
-    body = r.json()
-    details = body["detail"] if isinstance(body["detail"], list) else [{"loc": [], "msg": body["detail"]}]
-    named = [d for d in details if field in [str(x) for x in d.get("loc", [])]]
-    assert named, f"no error detail names {field!r}: {body}"
-    return " ".join(str(d["msg"]) for d in details)
 
 
 def sha256(path: Path) -> str:

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image
 
 from modules.core import masks
 
-from tests.api_common import BASE, PROCESSED_KEYS, decode
+from tests.api_common import BASE, PROCESSED_KEYS, assert_error, decode
 from tests.pictures import picture, square_mask
 
 
@@ -58,16 +57,6 @@ def txt2img(srv, body: dict):
 
 def i2i_body(init: Image.Image | None = None, **fields) -> dict:
     return {**BASE, "init_images": [b64(init or picture())], "denoising_strength": 0.6, **fields}
-
-
-def assert_error(r: requests.Response, field: str, status: tuple[int, ...] = (400, 404, 413, 422)) -> str:
-    """A 4xx JSON answer whose `detail` names `field`; returns its messages joined."""
-    assert r.status_code in status, (r.status_code, r.text)
-    body = r.json()
-    details = body["detail"] if isinstance(body["detail"], list) else [{"loc": [], "msg": body["detail"]}]
-    named = [d for d in details if field in [str(x) for x in d.get("loc", [])]]
-    assert named, f"no error detail names {field!r}: {body}"
-    return " ".join(str(d["msg"]) for d in details)
 
 
 def serves_a_good_request(srv) -> None:

@@ -82,6 +82,16 @@ def only_new(before: set[Path], now: list[Path]) -> Path:
     return new[0]
 
 
+def draw_stroke(page, editor) -> None:
+    """A 120 px horizontal mouse stroke through the middle of the editor's canvas."""
+    box = editor.locator("canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 60, cy, steps=20)
+    page.mouse.up()
+
+
 # -------------------------------------------------------------------------------------- tests
 
 def test_sub_tabs_show_their_controls(page):
@@ -140,12 +150,7 @@ def test_inpaint_a_stroke_drawn_with_the_mouse(page, server, tmp_path, sub_tab, 
     expect(page.locator("#inpaint_controls").first).to_be_visible()  # shown for the inpaint sub-tabs
     # after an upload the brush is the active tool; a horizontal stroke through the middle of the
     # picture (the editor centres it on the canvas)
-    box = editor.locator("canvas").first.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 60, cy)
-    page.mouse.down()
-    page.mouse.move(cx + 60, cy, steps=20)
-    page.mouse.up()
+    draw_stroke(page, editor)
 
     page.locator("#img2img_mask_mode").get_by_text("Inpaint masked", exact=True).click()
     set_number(page, "img2img_steps", 2)
@@ -282,12 +287,7 @@ def test_sketch_strokes_are_part_of_the_picture(page, server, tmp_path, tiny_che
     editor.locator(f"menu.swatch button.color[style*='rgb{RED}']").click()  # style: rgb(204, 50, 50)
     editor.get_by_role("button", name="Brush", exact=True).click()
     # a horizontal stroke through the middle of the picture (the editor centres it on the canvas)
-    box = editor.locator("canvas").first.bounding_box()
-    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-    page.mouse.move(cx - 60, cy)
-    page.mouse.down()
-    page.mouse.move(cx + 60, cy, steps=20)
-    page.mouse.up()
+    draw_stroke(page, editor)
     set_number(page, "img2img_steps", 1)
     set_number(page, "img2img_width", 128)
     set_number(page, "img2img_height", 96)
