@@ -23,13 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import denoise, rng, samplers, tiling, upscaling
 from . import pipeline  # circular on purpose: used at call time only (decode/encode/UNet helpers)
 from .conditioning import TextConditioner
+from .image_io import to_model_pixels
+from .infotext import plain_number
 from .types import MAX_SIDE, GenerationRequest, RequestError
 
 SAME_SAMPLER = "Use same sampler"
@@ -93,10 +94,6 @@ class HiresPlan:
     @property
     def height(self) -> int:
         return self.size.height
-
-
-def _number(x: float) -> float | int:
-    return int(x) if float(x).is_integer() else x
 
 
 def _is_same(value: str | None, same: str) -> bool:
@@ -167,7 +164,7 @@ def plan(request: GenerationRequest, sampler: str, schedule: str, width: int, he
     if resized:
         info["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
     else:
-        info["Hires upscale"] = _number(request.hr_scale)
+        info["Hires upscale"] = plain_number(request.hr_scale)
     info["Hires steps"] = request.hr_second_pass_steps or None
     info["Hires upscaler"] = request.hr_upscaler
     return HiresPlan(
@@ -184,11 +181,6 @@ def plan(request: GenerationRequest, sampler: str, schedule: str, width: int, he
     )
 
 
-def _pixels_to_tensor(images: list[Image.Image]) -> torch.Tensor:
-    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0 for im in images])
-    return torch.from_numpy(array).permute(0, 3, 1, 2) * 2.0 - 1.0
-
-
 def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tensor:
     """Steps 2-3: the first pass's latents -> latents at the hires size (for ``hr_model``)."""
     scale = hr_model.latent_scale
@@ -198,7 +190,7 @@ def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tens
     else:
         images = pipeline.decode_latents(model, latents)
         images = [upscaling.upscale_image(im, lat_w * scale, lat_h * scale, hr.upscaler) for im in images]
-        x = pipeline.encode_pixels(hr_model, _pixels_to_tensor(images))
+        x = pipeline.encode_pixels(hr_model, to_model_pixels(images))
     tx, ty = hr.size.truncate
     return x[:, :, ty // 2:x.shape[2] - (ty + 1) // 2, tx // 2:x.shape[3] - (tx + 1) // 2].to(hr_model.device)
 

@@ -586,3 +586,11 @@ _IMAGE_SIGNATURES = (PNG_SIGNATURE, b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM"
 
 def _looks_like_image_file(data: bytes) -> bool:
     return data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def to_model_pixels(images: Sequence[Image.Image]):
+    """Pictures -> a (B, 3, H, W) float tensor in [-1, 1], what the VAE encoder takes."""
+    import torch
+
+    array = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))

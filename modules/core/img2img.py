@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageColor
 
 from . import color_correction, masks, upscaling
-from .image_io import to_rgb_or_rgba
+from .image_io import to_model_pixels, to_rgb_or_rgba
 from .types import Img2ImgRequest, RequestError
 
 __all__ = ["Img2ImgSettings", "Img2ImgJob", "prepare", "default_size", "flatten", "sampler_steps",
@@ -96,12 +96,6 @@ def _check_pixels(image: Image.Image, field_name: str, limit: int) -> None:
                                        f"{limit} pixels (option img2img_max_input_pixels)")
     if width < 1 or height < 1:
         raise RequestError(field_name, "image is empty (0 pixels)")
-
-
-def _to_tensor(image: Image.Image) -> torch.Tensor:
-    """RGB picture -> (1, 3, H, W) in [-1, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))[None]
 
 
 def _binary_tensor(mask: Image.Image, size: tuple[int, int], resample=Image.Resampling.BICUBIC) -> torch.Tensor:
@@ -289,7 +283,7 @@ def prepare(
                 image = masks.fill(image, mask.processing)
         if settings.color_correction:
             targets.append(color_correction.color_target(image))
-        pixels.append(_to_tensor(image))
+        pixels.append(to_model_pixels([image]))
 
     # 5. latents, latent mask, inpainting conditioning
     latent_size = (height // latent_scale, width // latent_scale)

@@ -149,3 +149,8 @@ def parse_infotext(text: str) -> dict[str, str]:
             result[f"{key}-2"] = size.group(2)
         result[key] = value
     return result
+
+
+def plain_number(x: float) -> float | int:
+    """A1111 writes whole numbers without a decimal point (`CFG scale: 7`, `Hires upscale: 2`)."""
+    return int(x) if float(x).is_integer() else x

@@ -18,7 +18,7 @@ from PIL import Image
 
 from . import denoise, hires, image_io, img2img, rng, samplers, tiling
 from .conditioning import TextConditioner
-from .infotext import build_infotext
+from .infotext import build_infotext, plain_number
 from .model_loader import LoadedModel
 from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
@@ -161,18 +161,13 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def _number(x: float) -> float | int:
-    """A1111 writes whole numbers without a decimal point (`CFG scale: 7`)."""
-    return int(x) if float(x).is_integer() else x
-
-
 def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int) -> dict:
     """The settings line in A1111's order."""
     params = {
         "Steps": request.steps,
         "Sampler": p.sampler,
         "Schedule type": p.schedule,
-        "CFG scale": _number(request.cfg_scale),
+        "CFG scale": plain_number(request.cfg_scale),
         "Seed": p.seeds[index],
         "Size": f"{p.width}x{p.height}",
         "Model hash": settings.model_hash if settings.add_model_hash_to_info else None,
@@ -239,12 +234,12 @@ def _generate(
         job = img2img.prepare(request, p.width, p.height, latent_scale=model.latent_scale,
                               encode=lambda pixels: encode_pixels(model, pixels),
                               inpainting_model=model.spec.inpainting, settings=settings.img2img)
-        p.extra.update({"Denoising strength": _number(job.denoising_strength), **job.infotext})
+        p.extra.update({"Denoising strength": plain_number(job.denoising_strength), **job.infotext})
     if model.spec.inpainting:
         p.extra["Conditional mask weight"] = settings.img2img.mask_weight
     hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale, settings.checkpoint_title)
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
-        p.extra.update({"Denoising strength": _number(hr.denoising_strength), **hr.infotext})
+        p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
         result.width, result.height = hr.width, hr.height
     result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
     day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
