@@ -23,10 +23,13 @@ from fastapi.responses import JSONResponse  # noqa: E402
 from modules import cmd_args, paths_internal  # noqa: E402
 from modules.core.devices import choose_policy  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
+from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
 from modules.services.engine import Engine  # noqa: E402
 from modules.services.jobs import JobState, WorkQueue  # noqa: E402
+from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options  # noqa: E402
+from modules.services.styles import StyleDatabase  # noqa: E402
 
 
 def checkpoint_dirs(opts: argparse.Namespace) -> list[Path]:
@@ -58,8 +61,12 @@ def build_engine(opts: argparse.Namespace) -> Engine:
         value = getattr(opts, f"outdir_{key}", None)
         if value:
             options.data[f"outdir_{key}"] = value
+    styles = StyleDatabase(opts.styles_file or [data / "styles.csv"])  # A1111's default: DATA_DIR/styles.csv
+    embeddings = EmbeddingDatabase([Path(opts.embeddings_dir)])  # A1111's default: DATA_DIR/embeddings
+    loras = LoraRegistry([Path(opts.lora_dir)])  # A1111's default: models/Lora
     state = JobState()
-    return Engine(options, registry, ModelCache(policy), state, WorkQueue(state), data)
+    return Engine(options, registry, ModelCache(policy), state, WorkQueue(state), data, styles=styles,
+                  embeddings=embeddings, loras=loras)
 
 
 def _credentials(text: str | None, path: str | None = None) -> list[tuple[str, str]]:

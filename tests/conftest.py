@@ -26,6 +26,30 @@ def tiny_checkpoints(tmp_path_factory):
     return write_fixture_set(tmp_path_factory.mktemp("tiny") / "models")
 
 
+def _load(path):
+    from modules.core.devices import choose_policy
+    from modules.core.model_loader import load_checkpoint
+
+    return load_checkpoint(path, choose_policy()[0])
+
+
+# Loaded models, one per test module: a module may change its model (LoRA weights stay applied
+# between jobs, tiling switches padding), and that must not reach another module's tests.
+@pytest.fixture(scope="module")
+def sd1(tiny_checkpoints):
+    return _load(tiny_checkpoints.sd1)
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_checkpoints):
+    return _load(tiny_checkpoints.sdxl)
+
+
+@pytest.fixture(scope="module")
+def sd1_inpainting(tiny_checkpoints):
+    return _load(tiny_checkpoints.sd1_inpainting)
+
+
 @pytest.fixture(scope="session")
 def server(tiny_checkpoints, tmp_path_factory):
     """One real Easel server (UI + API) over the tiny checkpoints, shared by the HTTP and browser

@@ -20,11 +20,6 @@ POLICY, _ = choose_policy()
 SMALL = dict(width=64, height=64, steps=3)
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints.sd1, POLICY)
-
-
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.int16)
 

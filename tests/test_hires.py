@@ -20,11 +20,6 @@ POLICY, _ = choose_policy()
 HIRES = dict(width=64, height=64, steps=3, enable_hr=True, save_images=False)
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints.sd1, POLICY)
-
-
 def settings(tmp_path=None, **kw) -> GenerationSettings:
     outdir = {}
     if tmp_path is not None:

@@ -18,7 +18,6 @@ from modules.core.color_correction import color_target
 from modules.core.devices import choose_policy
 from modules.core.img2img import Img2ImgSettings, flatten
 from modules.core.infotext import parse_infotext
-from modules.core.model_loader import load_checkpoint
 from modules.core.outpaint import extend_canvas, outpaint_request
 from modules.core.pipeline import GenerationSettings, decode_latents, encode_pixels, generate
 from modules.core.types import Img2ImgRequest, RequestError
@@ -27,16 +26,6 @@ from tests.pictures import picture, square_mask
 
 POLICY, _ = choose_policy()
 DAY = datetime.date(2026, 11, 23)
-
-
-@pytest.fixture(scope="module")
-def sd1(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints.sd1, POLICY)
-
-
-@pytest.fixture(scope="module")
-def sd1_inpainting(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints.sd1_inpainting, POLICY)
 
 
 def settings(tmp_path=None, **img2img) -> GenerationSettings:

@@ -17,11 +17,6 @@ POLICY, _ = choose_policy()
 SMALL = dict(width=64, height=64, steps=3, save_images=False)
 
 
-@pytest.fixture(scope="module")
-def sd1(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints.sd1, POLICY)
-
-
 def settings() -> GenerationSettings:
     return GenerationSettings(model_name="tiny-sd1", today=lambda: datetime.date(2026, 11, 23))
 

@@ -17,6 +17,9 @@ from modules.core.types import RequestError
 from modules.services.engine import Engine
 
 from . import models, routes_generation
+from . import routes_styles
+from . import routes_embeddings
+from . import routes_loras
 from .errors import unprocessable
 
 
@@ -24,6 +27,9 @@ def build_router(engine: Engine) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1")
 
     routes_generation.add_routes(r, engine)
+    routes_styles.add_routes(r, engine)
+    routes_embeddings.add_routes(r, engine)
+    routes_loras.add_routes(r, engine)
 
     @r.get("/samplers", response_model=list[models.SamplerItem])
     def list_samplers():

@@ -115,8 +115,9 @@ def parameters_echo(body: Any, img2img: bool = False) -> dict[str, Any]:
 
 
 def processed_info(request: GenerationRequest, result: GenerationResult, index_of_first_image: int,
-                   job_timestamp: str) -> dict[str, Any]:
-    """The keys of A1111's Processed.js(), which clients validate."""
+                   job_timestamp: str, styles: list[str] | None = None) -> dict[str, Any]:
+    """The keys of A1111's Processed.js(), which clients validate. `request` is the one before the
+    `styles` were applied: A1111's `prompt` is the prompt as sent (`all_prompts` are expanded)."""
     img2img = isinstance(request, Img2ImgRequest)
     return {
         "prompt": request.prompt,
@@ -146,7 +147,7 @@ def processed_info(request: GenerationRequest, result: GenerationResult, index_o
         "extra_generation_params": dict(result.extra_generation_params),
         "index_of_first_image": index_of_first_image,
         "infotexts": result.infotexts,
-        "styles": [],
+        "styles": list(styles or []),
         "job_timestamp": job_timestamp,
         "clip_skip": result.clip_skip,
         # A1111: the model is an inpainting one (its conditioning key is hybrid/concat); the

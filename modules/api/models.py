@@ -66,7 +66,8 @@ class _Lenient(BaseModel):
 
 
 _A1111_ONLY: dict[str, Any] = {
-    "styles": (Optional[list[str]], Field(None, description="Style names (applied by the styles issue).")),
+    "styles": (Optional[list[str]], Field(None, description=(
+        "Prompt styles to apply, in order (names from /sdapi/v1/prompt-styles); an unknown name is refused."))),
     "sampler_index": (Optional[str], Field(None, description="Old name of sampler_name.")),
     "restore_faces": (Optional[bool], None),
     "tiling": (Optional[bool], None),

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 
 async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[GenerationRequest]],
                     submit: Callable, img2img: bool) -> Any:
-    request = None
+    request = unstyled = None
     try:
-        request = await build()
+        unstyled = await build()
+        request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
         future = submit(request, task_id=body.force_task_id, overrides=convert.job_overrides(body))
         result = await asyncio.wrap_future(future)
     except RequestError as exc:
@@ -46,7 +47,8 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
         images, first = [result.grid, *images], 1
     send = body.send_images is not False  # null means the default, True
     encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if send else []
-    info = convert.processed_info(request, result, first, result.job_timestamp)
+    # A1111's info: `prompt` as sent, `all_prompts` and the infotexts with the styles applied
+    info = convert.processed_info(unstyled, result, first, result.job_timestamp, styles=body.styles)
     return {"images": encoded, "parameters": convert.parameters_echo(body, img2img), "info": json.dumps(info)}
 
 

@@ -5,8 +5,9 @@
   `BREAK` starts a new chunk. Each chunk becomes BOS + 75 tokens + EOS, padded with
   EOS (SD1's CLIP) or with "!" after the first EOS (OpenCLIP), encoded on its own, and
   the chunk outputs are concatenated along the token axis.
-- Every token carries a weight (1.0 unless the prompt language says otherwise); the
-  encoder output is scaled by it and its mean restored, as A1111 does by default.
+- Every token carries a weight from the prompt language (``prompt_parser``); each encoder's
+  output is scaled by it as the emphasis mode says (``emphasis``: by default scaled, then the
+  mean restored, as A1111 does).
 - SD1 honours CLIP skip (hidden state -n, then the final norm). SD2 reads the
   penultimate layer + final norm. SDXL concatenates CLIP-L and OpenCLIP-bigG
   penultimate states and adds the pooled bigG output and size/crop ids.
@@ -14,41 +15,41 @@
 
 from __future__ import annotations
 
-import re
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
 
+from . import emphasis as emphasis_modes
+from . import prompt_parser
+
 CHUNK = 75
 COMMA_BACKTRACK = 20
-_BREAK = re.compile(r"\s*\bBREAK\b\s*")
+EMBEDDING_SLOT = 0  # token id written where an embedding's vectors go (A1111 writes 0 too)
 
 
 @dataclass
 class Chunk:
     tokens: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    # textual inversion: (offset in `tokens`, Embedding) for each embedding's run of slots
+    fixes: list[tuple[int, object]] = field(default_factory=list)
 
-
-def split_segments(prompt: str) -> list[tuple[str, float]]:
-    """The prompt as (text, weight) segments; BREAK becomes ("BREAK", -1) as in A1111.
-    The prompt-language issue replaces this with the full attention parser."""
-    out: list[tuple[str, float]] = []
-    parts = _BREAK.split(prompt)
-    for i, part in enumerate(parts):
-        if i:
-            out.append(("BREAK", -1.0))
-        if part:
-            out.append((part, 1.0))
-    return out
+    def split(self, cut: int) -> "Chunk":
+        """Keep tokens[:cut] here, return the rest (with the embeddings that lie there) as a new chunk."""
+        tail = Chunk(self.tokens[cut:], self.weights[cut:], [(o - cut, e) for o, e in self.fixes if o >= cut])
+        self.tokens, self.weights = self.tokens[:cut], self.weights[:cut]
+        self.fixes = [(o, e) for o, e in self.fixes if o < cut]
+        return tail
 
 
 class PromptChunker:
     """A1111's chunking of weighted segments into 75-token chunks."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, embeddings=None):
         self.tokenizer = tokenizer
         self.comma = tokenizer.convert_tokens_to_ids(",</w>")
+        self.embeddings = embeddings  # core.embeddings.ModelEmbeddings: names -> vector slots
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -69,19 +70,30 @@ class PromptChunker:
             if text == "BREAK" and weight == -1:
                 close()
                 continue
-            for token in next(token_lists):
+            tokens, position = next(token_lists), 0
+            while position < len(tokens):
+                token = tokens[position]
                 if token == self.comma:
                     last_comma = len(chunk.tokens)
                 elif len(chunk.tokens) == CHUNK and last_comma != -1 and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK:
-                    cut = last_comma + 1
-                    moved = Chunk(chunk.tokens[cut:], chunk.weights[cut:])
-                    chunk.tokens, chunk.weights = chunk.tokens[:cut], chunk.weights[:cut]
+                    moved = chunk.split(last_comma + 1)
                     close()
                     chunk = moved
                 if len(chunk.tokens) == CHUNK:
                     close()
-                chunk.tokens.append(token)
-                chunk.weights.append(weight)
+                embedding, span = self.embeddings.find_at(tokens, position) if self.embeddings else (None, 0)
+                if embedding is None:
+                    chunk.tokens.append(token)
+                    chunk.weights.append(weight)
+                    position += 1
+                    continue
+                # an embedding's name becomes its N vector slots, all in one chunk (A1111)
+                if len(chunk.tokens) + embedding.vectors > CHUNK:
+                    close()
+                chunk.fixes.append((len(chunk.tokens), embedding))
+                chunk.tokens += [EMBEDDING_SLOT] * embedding.vectors
+                chunk.weights += [weight] * embedding.vectors
+                position += span
         if chunk.tokens or not chunks:
             close()
         return chunks
@@ -95,37 +107,64 @@ def _core(encoder):
 class TextConditioner:
     """Encodes batches of prompts for one loaded model. Caches the last few results."""
 
-    def __init__(self, model, clip_skip: int = 1, cache_size: int = 8):
+    def __init__(self, model, clip_skip: int = 1, emphasis: str = emphasis_modes.ORIGINAL, cache_size: int = 8,
+                 embeddings=None):
         self.model = model
         self.family = model.spec.family
         self.clip_skip = max(1, int(clip_skip))
-        self.chunker = PromptChunker(model.tokenizers[0])
+        self.emphasis = emphasis_modes.check(emphasis)  # A1111 option "emphasis"
+        # A1111 notes a non-default mode in the infotext once an encoded text has brackets
+        self.emphasis_noted = False
+        # textual inversion: a database (or one model's view) with for_model(model) -> ModelEmbeddings
+        self.embeddings = embeddings.for_model(model) if embeddings is not None else None
+        self.used_embeddings: dict[str, str] = {}  # name -> shorthash of the embeddings encoded so far
+        self.chunker = PromptChunker(model.tokenizers[0], self.embeddings)
         self._cache: dict[tuple, dict] = {}
         self._cache_size = cache_size
 
-    def token_count(self, prompt: str) -> tuple[int, int]:
-        """(tokens used, token capacity) as A1111's counter shows it."""
-        chunks = self.chunker.chunks(split_segments(prompt))
-        used = sum(len(c.tokens) for c in chunks[:-1]) + len(chunks[-1].tokens) if chunks else 0
-        return used, max(1, len(chunks)) * CHUNK
+    def chunks(self, text: str) -> list[Chunk]:
+        """One prompt text (no scheduling syntax left) -> its 75-token chunks with weights."""
+        return self.chunker.chunks(emphasis_modes.segments(text, self.emphasis))
+
+    def token_count(self, prompt: str, steps: int = 1, is_positive: bool = True) -> tuple[int, int]:
+        """(tokens used, token capacity) as A1111's counter shows them: the longest of the texts the
+        prompt's schedule goes through (positive prompts per AND sub-prompt); every chunk but the
+        last counts 75."""
+        texts = [text for text, _ in prompt_parser.split_and(prompt)] if is_positive else [prompt]
+        used = 0
+        for schedule in prompt_parser.prompt_schedules(texts, max(1, int(steps))):
+            for _, text in schedule:
+                chunks = self.chunks(text)
+                used = max(used, CHUNK * (len(chunks) - 1) + len(chunks[-1].tokens))
+        return used, -(-max(used, 1) // CHUNK) * CHUNK
 
     def encode(self, prompts: list[str], width: int, height: int) -> dict[str, torch.Tensor]:
-        key = (tuple(prompts), width, height, self.clip_skip)
+        """Texts (prompt language already resolved to one step: weights, BREAK, no schedules) ->
+        batched cond tensors, one row per text. Equal texts are encoded once; A1111's batch
+        semantics stay (the "Original" emphasis mean counts each row, shorter texts get empty
+        chunks up to the longest one)."""
+        if self.emphasis != emphasis_modes.ORIGINAL and any("(" in p or "[" in p for p in prompts):
+            self.emphasis_noted = True
+        key = (tuple(prompts), width, height, self.clip_skip, self.emphasis)
         if key in self._cache:
             return self._cache[key]
-        per_prompt = [self.chunker.chunks(split_segments(p)) for p in prompts]
+        unique = list(dict.fromkeys(prompts))
+        rows = torch.tensor([unique.index(p) for p in prompts])
+        counts = torch.bincount(rows, minlength=len(unique))
+        per_prompt = [self.chunks(p) for p in unique]
         n_chunks = max(len(c) for c in per_prompt)
         outputs, pooled = [], None
         for i in range(n_chunks):
             batch = [c[i] if i < len(c) else Chunk() for c in per_prompt]
-            hidden, pool = self._encode_chunks(batch)
+            hidden, pool = self._encode_chunks(batch, counts)
             outputs.append(hidden)
             if pooled is None:
                 pooled = pool  # A1111 takes the pooled output of the first chunk
-        cond = {"context": torch.cat(outputs, dim=1)}
+        context = torch.cat(outputs, dim=1)
+        cond = {"context": context if len(unique) == len(prompts) else context[rows.to(context.device)]}
         if self.family == "sdxl":
             ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
-            cond["text_embeds"] = pooled
+            cond["text_embeds"] = pooled if len(unique) == len(prompts) else pooled[rows.to(pooled.device)]
             cond["time_ids"] = ids.to(pooled.device).repeat(len(prompts), 1)
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))
@@ -133,7 +172,8 @@ class TextConditioner:
         return cond
 
     @torch.no_grad()
-    def _encode_chunks(self, batch: list[Chunk]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _encode_chunks(self, batch: list[Chunk], row_counts: torch.Tensor | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
         tok = self.model.tokenizers[0]
         bos, eos = tok.bos_token_id, tok.eos_token_id
         rows, weights = [], []
@@ -144,23 +184,46 @@ class TextConditioner:
         device = self.model.device
         tokens = torch.tensor(rows, device=device)
         hiddens, pooled = [], None
-        for encoder, tokenizer in zip(self.model.text_encoders, self.model.tokenizers):
+        for index, (encoder, tokenizer) in enumerate(zip(self.model.text_encoders, self.model.tokenizers)):
             ids = tokens
             if tokenizer.pad_token_id != eos:  # OpenCLIP pads after the first EOS with "!"
                 ids = tokens.clone()
                 for row in range(ids.shape[0]):
                     first_eos = int((ids[row] == eos).nonzero()[0])
                     ids[row, first_eos + 1 :] = tokenizer.pad_token_id
-            h, p = self._run_encoder(encoder, ids)
-            hiddens.append(h)
+            with self._embedding_vectors(encoder, index, batch):
+                h, p = self._run_encoder(encoder, ids)
+            h = h.float()  # each encoder's output weighted on its own, as A1111's hijack of each one does
+            hiddens.append(emphasis_modes.apply(self.emphasis, h, torch.tensor(weights, device=h.device), row_counts))
             pooled = p if p is not None else pooled
-        z = torch.cat(hiddens, dim=-1).float()
-        w = torch.tensor(weights, device=z.device, dtype=z.dtype).unsqueeze(-1)
-        if not torch.all(w == 1):
-            mean_before = z.mean()
-            z = z * w
-            z = z * (mean_before / z.mean())
+        z = torch.cat(hiddens, dim=-1)
         return z, (pooled.float() if pooled is not None else None)
+
+    @contextlib.contextmanager
+    def _embedding_vectors(self, encoder, index: int, batch: list[Chunk]):
+        """During this encoder call, the token embeddings at each embedding's slots are its vectors
+        (SDXL: each encoder its own, clip_l / clip_g). A forward hook, removed right after."""
+        fixes = [(row, offset, emb) for row, c in enumerate(batch) for offset, emb in c.fixes]
+        if not fixes:
+            yield
+            return
+        keys = self.embeddings.keys if self.embeddings is not None else []
+        key = keys[index] if index < len(keys) else None
+        for _, _, emb in fixes:
+            self.used_embeddings[emb.name] = emb.shorthash
+
+        def replace(module, args, output):
+            output = output.clone()
+            for row, offset, emb in fixes:
+                vec = emb.tensor_for(key).to(output.device, output.dtype)
+                output[row, 1 + offset : 1 + offset + vec.shape[0]] = vec  # 1 +: after BOS
+            return output
+
+        handle = encoder.get_input_embeddings().register_forward_hook(replace)
+        try:
+            yield
+        finally:
+            handle.remove()
 
     def _run_encoder(self, encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = encoder(input_ids=ids, output_hidden_states=True)

@@ -10,6 +10,11 @@ DPM++ 2S a) that is ``2 * steps - 1`` iterations, for PLMS ``steps + 1``. Hooks 
 ``cond_for_step`` get that iteration index (0-based, counted from where sampling starts, so img2img
 starts at 0 too) and ``total`` is the number of iterations — the same counting A1111 uses for its
 ``sampling_step``/``sampling_steps`` (its CFG denoiser counts model calls).
+
+Composable diffusion (A1111's ``a AND b :0.5``): with ``composition``, the cond dict has one row per
+sub-prompt and ``composition[i]`` lists ``(row, weight)`` for image ``i``; the prediction is
+``uncond_i + sum(weight * cfg_scale * (cond_row - uncond_i))`` (A1111's ``combine_denoised``), the
+uncond pass then runs even at CFG scale 1.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class DenoiseHooks:
     def cfg_denoiser(self, step: int, x: Tensor, t: Tensor, cond: dict, uncond: dict | None) -> None:
         """Before the model call. ``x`` is a copy of the current latents (B, C, H, W) and ``t`` the
         timestep per image (B,); edit ``x`` or the cond dicts in place to change what the model sees
-        (A1111 ``on_cfg_denoiser``). The sampler's own latents are not affected."""
+        (A1111 ``on_cfg_denoiser``). The sampler's own latents are not affected. With a
+        ``composition`` (AND), ``cond`` has one row per sub-prompt instead of one per image."""
 
     def cfg_denoised(self, step: int, x_pred: Tensor) -> None:
         """After the model, before the CFG combine. ``x_pred`` is the raw model output, cond rows
@@ -61,6 +67,25 @@ def _tensor_items(d: dict) -> dict:
     return {k: v for k, v in d.items() if isinstance(v, Tensor)}
 
 
+def _check_composition(composition, batch: int) -> list[int] | None:
+    """Which image each cond row belongs to; None for the plain one-row-per-image case."""
+    if composition is None:
+        return None
+    if len(composition) != batch:
+        raise ValueError(f"composition has {len(composition)} entries for a batch of {batch}")
+    owner: dict[int, int] = {}
+    for image, rows in enumerate(composition):
+        if not rows:
+            raise ValueError(f"composition[{image}] lists no cond rows")
+        for row, _weight in rows:
+            if row in owner:
+                raise ValueError(f"cond row {row} is listed twice in composition")
+            owner[row] = image
+    if sorted(owner) != list(range(len(owner))):
+        raise ValueError(f"composition must name the cond rows 0..{len(owner) - 1}, got {sorted(owner)}")
+    return [owner[row] for row in range(len(owner))]
+
+
 def _check_cond(name: str, cond, batch: int) -> None:
     if not isinstance(cond, dict) or "context" not in cond:
         raise ValueError(f"{name} must be a dict with at least a 'context' tensor, got {type(cond).__name__}")
@@ -90,18 +115,32 @@ def _concat(cond: dict, uncond: dict) -> dict:
     return {k: torch.cat([v, uncond[k]]) if isinstance(v, Tensor) else v for k, v in cond.items()}
 
 
-def _predict(model: ModelFn, x: Tensor, t: Tensor, cond: dict, uncond: dict | None) -> Tensor:
-    """Raw model output: cond rows, then uncond rows when ``uncond`` is given.
+def _predict(model: ModelFn, x: Tensor, t: Tensor, cond: dict, uncond: dict | None,
+             owner: list[int] | None = None) -> Tensor:
+    """Raw model output: cond rows, then uncond rows when ``uncond`` is given. ``owner[row]`` is the
+    image of each cond row (composable prompts); None: one cond row per image.
 
     The cond/uncond concatenation is redone every step on purpose: it costs microseconds next to the
     UNet, and a cache keyed on the dicts would go stale when a ``cfg_denoiser`` hook edits a tensor
     in place. Callers cache the conditioning itself (``cond_for_step`` may return the same objects).
     """
+    x_cond, t_cond = (x, t) if owner is None else (x[owner], t[owner])
     if uncond is None:
-        return model(x, t, cond)
+        return model(x_cond, t_cond, cond)
     if _can_batch(cond, uncond):
-        return model(torch.cat([x, x]), torch.cat([t, t]), _concat(cond, uncond))
-    return torch.cat([model(x, t, cond), model(x, t, uncond)])
+        return model(torch.cat([x_cond, x]), torch.cat([t_cond, t]), _concat(cond, uncond))
+    return torch.cat([model(x_cond, t_cond, cond), model(x, t, uncond)])
+
+
+def _combine(pred_cond: Tensor, pred_uncond: Tensor, cfg_scale: float, composition) -> Tensor:
+    """Classifier-free guidance; with a composition, A1111's weighted sum over sub-prompts."""
+    if composition is None:
+        return pred_uncond + cfg_scale * (pred_cond - pred_uncond)
+    pred = pred_uncond.clone()
+    for image, rows in enumerate(composition):
+        for row, weight in rows:
+            pred[image] += (pred_cond[row] - pred_uncond[image]) * (weight * cfg_scale)
+    return pred
 
 
 def _step_kwargs(scheduler, generators, extra: dict | None) -> dict:
@@ -146,6 +185,7 @@ def sample(
     denoising_strength: float = 1.0,
     extra_step_kwargs: dict | None = None,
     brownian_seeds: list[int] | None = None,
+    composition: list[list[tuple[int, float]]] | None = None,
 ) -> Tensor:
     """Run the sampler and return the final latents (B, C, H, W).
 
@@ -155,7 +195,8 @@ def sample(
     image) feed the step noise of ancestral/SDE schedulers. ``brownian_seeds`` seed DPM++ SDE's
     per-image Brownian trees (A1111 uses the image seeds); without them they are drawn from
     ``generators``. ``extra_step_kwargs`` go to ``scheduler.step`` (e.g. ``{"eta": 0.5}`` for DDIM).
-    img2img: pass ``init_latents`` and ``denoising_strength`` < 1.
+    img2img: pass ``init_latents`` and ``denoising_strength`` < 1. ``composition``: see the module
+    docstring (AND); None means one cond row per image with weight 1.
     """
     hooks = hooks or _NO_HOOKS
 
@@ -173,7 +214,9 @@ def sample(
         raise ValueError("denoising_strength < 1 needs init_latents (img2img)")
     if init_latents is not None and init_latents.shape != noise.shape:
         raise ValueError(f"init_latents {tuple(init_latents.shape)} and noise {tuple(noise.shape)} differ in shape")
-    use_cfg = cfg_scale != 1.0
+    owner = _check_composition(composition, batch)
+    cond_rows = batch if owner is None else len(owner)
+    use_cfg = cfg_scale != 1.0 or composition is not None
 
     # 2. Timesteps.
     scheduler.set_timesteps(steps, device=noise.device)
@@ -202,7 +245,7 @@ def sample(
         if hooks.should_stop():
             break
         cond, uncond = cond_for_step(i)
-        _check_cond("cond", cond, batch)
+        _check_cond("cond", cond, cond_rows)
         if use_cfg:
             _check_cond("uncond", uncond, batch)
 
@@ -213,11 +256,11 @@ def sample(
         x_in = scheduler.scale_model_input(x, t)
 
         # 5b. Model, then classifier-free guidance.
-        x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None)
+        x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner)
         hooks.cfg_denoised(i, x_pred)
         if use_cfg:
-            pred_cond, pred_uncond = x_pred[:batch], x_pred[batch:]
-            pred = pred_uncond + cfg_scale * (pred_cond - pred_uncond)
+            pred_cond, pred_uncond = x_pred[:cond_rows], x_pred[cond_rows:]
+            pred = _combine(pred_cond, pred_uncond, cfg_scale, composition)
         else:
             pred = x_pred
         pred = hooks.cfg_after_cfg(i, pred)

@@ -26,9 +26,10 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import denoise, rng, samplers, tiling, upscaling
+from . import denoise, lora, rng, samplers, tiling, upscaling
 from . import pipeline  # circular on purpose: used at call time only (decode/encode/UNet helpers)
 from .conditioning import TextConditioner
+from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .image_io import to_model_pixels
 from .infotext import plain_number
 from .types import MAX_SIDE, GenerationRequest, RequestError
@@ -86,6 +87,8 @@ class HiresPlan:
     negative_prompt: str
     checkpoint: str | None  # another checkpoint to load for the pass; None: the job's model
     infotext: dict = field(default_factory=dict)  # A1111's "Hires …" keys in its order
+    used_embeddings: dict = field(default_factory=dict)  # TI name -> shorthash, filled by the refine step
+    loras: object = None  # lora.JobLoras of the hires prompt (prompt above: without its <lora:...> tags)
 
     @property
     def width(self) -> int:
@@ -202,14 +205,19 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
     if hr.denoising_strength == 0:
         return x
     batch, shape = x.shape[0], tuple(x.shape[1:])
-    conditioner = TextConditioner(hr_model, clip_skip=clip_skip)
+    conditioner = TextConditioner(hr_model, clip_skip=clip_skip, emphasis=settings.emphasis,
+                                  embeddings=settings.embeddings)
     up_w, up_h = hr.size.upscale_to  # A1111 encodes the hires prompts for this size (SDXL)
-    cond = conditioner.encode([hr.prompt] * batch, up_w, up_h)
-    uncond = conditioner.encode([hr.negative_prompt] * batch, up_w, up_h)
+    concat = None
     if hr_model.spec.inpainting:
         # A1111 (mask weight 1): a fully masked grey picture, as in txt2img
         concat = pipeline.txt2img_image_conditioning(hr_model, batch, hr.width, hr.height)
-        cond, uncond = {**cond, "c_concat": concat}, {**uncond, "c_concat": concat}
+    # prompt editing goes on along the first pass's timeline (A1111's hires_steps scheduling)
+    first_pass = schedule_length(request.steps, samplers.resolve(request.sampler_name, request.scheduler)[0])
+    conds = ScheduledConditioning(conditioner, [hr.prompt] * batch, [hr.negative_prompt] * batch, first_pass,
+                                  up_w, up_h, hires_steps=schedule_length(hr.steps, hr.sampler),
+                                  image_conditioning=concat)
+    hr.used_embeddings.update(conditioner.used_embeddings)
     noise = rng.create_noise(shape, seeds, subseeds, request.subseed_strength, seed_resize,
                              device=hr_model.device, source=settings.randn_source)
     generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=hr_model.device, shape=shape,
@@ -220,9 +228,9 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
     schedule_steps = int(hr.steps / min(hr.denoising_strength, 0.999))
     strength = min(1.0, (hr.steps + 0.5) / schedule_steps)  # int(schedule_steps * strength) == hr.steps
     return denoise.sample(
-        pipeline._unet_call(hr_model), scheduler, noise.to(hr_model.device), lambda step: (cond, uncond),
+        pipeline._unet_call(hr_model), scheduler, noise.to(hr_model.device), conds.cond_for_step,
         steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
-        init_latents=x, denoising_strength=strength, brownian_seeds=seeds,
+        init_latents=x, denoising_strength=strength, brownian_seeds=seeds, composition=conds.composition,
     )
 
 
@@ -248,6 +256,7 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, late
         with tiling.seamless(hr_model, request.tiling and hr_model is not model):
             x = upscale(hr, model, hr_model, latents)
             if refine:
+                lora.activate(hr_model, hr.loras)
                 x = _refine(hr, request, hr_model, settings, x, seeds=seeds, subseeds=subseeds,
                             seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks)
             return pipeline.decode_latents(hr_model, x)

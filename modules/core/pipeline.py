@@ -7,6 +7,7 @@ and the job observer (progress, interrupt, skip) come in as arguments.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,10 @@ import torch
 from PIL import Image
 
 from . import denoise, hires, image_io, img2img, rng, samplers, tiling
+from . import lora  # <lora:...> networks
 from .conditioning import TextConditioner
+from .scheduled_conditioning import ScheduledConditioning, schedule_length
+from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
 from .model_loader import LoadedModel
 from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
@@ -49,6 +53,14 @@ class GenerationSettings:
     # checkpoint_title(name) is A1111's short title ("name [hash]"), ValueError for an unknown name.
     load_model: Callable[[str | None], LoadedModel] | None = None
     checkpoint_title: Callable[[str], str] | None = None
+    # <lora:name:...> -> its file (None, or LookupError with the known names, for an unknown one);
+    # None here: prompts with LoRA tags are refused
+    find_lora: Callable[[str], "lora.LoraFile | None"] | None = None
+    add_lora_hashes_to_info: bool = True  # lora_add_hashes_to_infotext
+    # textual inversion: services.embeddings.EmbeddingDatabase (for_model(model) -> the usable embeddings)
+    embeddings: object | None = None
+    add_ti_hashes_to_info: bool = True  # textual_inversion_add_hashes_to_infotext
+    emphasis: str = "Original"  # emphasis ("Emphasis mode": None, Ignore, Original, No norm)
 
 
 class JobObserver:
@@ -199,7 +211,11 @@ def generate(
 ) -> GenerationResult:
     # seamless tiling switches the model's padding for this job only (A1111: for the whole job)
     with tiling.seamless(model, request.tiling):
-        return _generate(request, model, settings, observer)
+        try:
+            return _generate(request, model, settings, observer)
+        except BaseException:
+            lora.deactivate(model)  # a failed job leaves the base weights (a finished one keeps its LoRAs)
+            raise
 
 
 @torch.no_grad()
@@ -216,7 +232,9 @@ def _generate(
     p = plan(request, model, settings)
     if p.width % model.latent_scale or p.height % model.latent_scale:
         raise RequestError("width", f"width and height must be multiples of {model.latent_scale} for this model")
-    conditioner = TextConditioner(model, clip_skip=p.clip_skip)
+    loras = lora.prepare(request.prompt, settings.find_lora)  # <lora:...> cut out, files found and read
+    conditioner = TextConditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
+                                  embeddings=settings.embeddings)
     unet_call = _unet_call(model)
     latent_shape = (model.spec.unet_config["out_channels"], p.height // model.latent_scale, p.width // model.latent_scale)
     seed_resize = (
@@ -241,6 +259,13 @@ def _generate(
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
         p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
         result.width, result.height = hr.width, hr.height
+    hr_loras = None
+    if hr is not None:  # the hires prompt's own <lora:...> tags drive the second pass (A1111)
+        hr_loras = lora.prepare(hr.prompt, settings.find_lora, "hr_prompt")
+        hr = dataclasses.replace(hr, prompt=hr_loras.prompt, loras=hr_loras)
+    lora_hashes = lora.infotext_hashes(loras, hr_loras)
+    if lora_hashes and settings.add_lora_hashes_to_info:  # A1111's "Lora hashes" (names as written)
+        p.extra["Lora hashes"] = lora_hashes
     result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
     day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
 
@@ -252,16 +277,19 @@ def _generate(
         observer.begin_batch(batch * passes, request.n_iter * passes, request.steps)
         lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
         seeds, subseeds = p.seeds[lo:hi], p.subseeds[lo:hi]
-        prompts = [request.prompt] * request.batch_size
+        lora.activate(model, loras)  # no-op when already applied (the hires pass may have changed them)
+        prompts = [loras.prompt] * request.batch_size  # without <lora:...>; the infotext keeps them
         negatives = [request.negative_prompt] * request.batch_size
 
-        # 2. conditioning (per step, so prompt editing can change it later)
-        cond = conditioner.encode(prompts, p.width, p.height)
-        uncond = conditioner.encode(negatives, p.width, p.height)
+        # 2. conditioning for every step: prompt editing, alternation and AND from the parsed prompts
+        concat = None
         if model.spec.inpainting:
             concat = (job.conditioning(len(prompts), model.device) if job
                       else txt2img_image_conditioning(model, len(prompts), p.width, p.height))
-            cond, uncond = {**cond, "c_concat": concat}, {**uncond, "c_concat": concat}
+        conds = ScheduledConditioning(conditioner, prompts, negatives, schedule_length(request.steps, p.sampler),
+                                      p.width, p.height, image_conditioning=concat)
+        if conditioner.emphasis_noted:  # A1111: a mode other than Original, once an encoded text has brackets
+            p.extra["Emphasis"] = result.extra_generation_params["Emphasis"] = settings.emphasis
 
         # 3. noise from the seeds, on the CPU by default for reproducibility
         noise = rng.create_noise(
@@ -282,10 +310,10 @@ def _generate(
             hooks.blend = job.step_blender(scheduler, init_latents, noise)
             strength, schedule_steps = job.sampler_strength, job.schedule_steps
         latents = denoise.sample(
-            unet_call, scheduler, noise.to(model.device), lambda step: (cond, uncond),
+            unet_call, scheduler, noise.to(model.device), conds.cond_for_step,
             steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
             brownian_seeds=seeds,  # A1111 seeds DPM++ SDE's Brownian trees from the image seeds
-            init_latents=init_latents, denoising_strength=strength,
+            init_latents=init_latents, denoising_strength=strength, composition=conds.composition,
         )
         if job is not None:
             latents = job.blend(latents, init_latents)
@@ -303,6 +331,10 @@ def _generate(
             images = decode_latents(model, latents)
         if job is not None:  # colour correction, paste back under the original
             images = job.finish(images)
+        used = {**conditioner.used_embeddings, **(hr.used_embeddings if hr is not None else {})}
+        hashes = ti_hashes(used) if settings.add_ti_hashes_to_info else None
+        if hashes:  # A1111's "TI hashes", after the keys known before sampling
+            p.extra["TI hashes"] = result.extra_generation_params["TI hashes"] = hashes
         for i, image in enumerate(images):
             index = lo + i
             text = build_infotext(request.prompt, request.negative_prompt, infotext_params(request, p, settings, index))
@@ -310,7 +342,7 @@ def _generate(
             result.images.append(image)
             result.seeds.append(seeds[i])
             result.subseeds.append(subseeds[i])
-            result.prompts.append(prompts[i])
+            result.prompts.append(request.prompt)
             result.negative_prompts.append(negatives[i])
             result.infotexts.append(text)
             if request.save_images and day_dir is not None and not result.interrupted:

@@ -16,9 +16,12 @@ from modules.core.pipeline import GenerationSettings, generate
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
 from .checkpoints import CheckpointInfo, CheckpointRegistry
+from .embeddings import EmbeddingDatabase
 from .jobs import JobState, StateObserver, WorkQueue
+from .loras import LoraRegistry
 from .model_cache import ModelCache
 from .options import Options
+from .styles import StyleDatabase
 
 VERSION = "easel-0.1.0"
 
@@ -31,6 +34,9 @@ class Engine:
     state: JobState
     queue: WorkQueue
     data_path: Path
+    embeddings: EmbeddingDatabase | None = None  # textual-inversion embeddings folder(s); None: no TI
+    styles: StyleDatabase | None = None  # prompt styles (styles.csv files); None: no styles
+    loras: LoraRegistry | None = None  # LoRA files (--lora-dir); None: <lora:...> is refused
 
     # -- checkpoints -----------------------------------------------------------------
     def resolve_checkpoint(self, name: str | None) -> CheckpointInfo:
@@ -56,6 +62,8 @@ class Engine:
         model = self.models.load(info)
         if remember:
             self.options.data["sd_model_checkpoint"] = info.title
+            if self.embeddings is not None:  # the listed embeddings are the selected model's
+                self.embeddings.refresh(model)
         return model
 
     def short_title(self, info: CheckpointInfo) -> str:
@@ -85,6 +93,16 @@ class Engine:
 
         return self.queue.submit("load checkpoint", load)
 
+    # -- styles ----------------------------------------------------------------------
+    def apply_styles(self, request: GenerationRequest, names: list[str] | None) -> GenerationRequest:
+        """The request with its prompts expanded by the named styles (A1111 applies them before
+        anything else sees the prompts); an unknown name is a RequestError on `styles`."""
+        if not names:
+            return request
+        if self.styles is None:
+            raise RequestError("styles", "no styles are available")
+        return self.styles.apply_to_request(request, names)
+
     # -- generation ------------------------------------------------------------------
     def check_overrides(self, overrides: dict | None) -> dict:
         """Validated per-job option values (raises ValueError naming the option)."""
@@ -111,6 +129,7 @@ class Engine:
             return_grid=o.get("return_grid"),
             jpeg_quality=o.get("jpeg_quality"),
             clip_skip=o.get("CLIP_stop_at_last_layers"),
+            emphasis=o.get("emphasis"),
             eta_noise_seed_delta=o.get("eta_noise_seed_delta"),
             randn_source=o.get("randn_source"),
             model_name=info.model_name.rsplit("/", 1)[-1],
@@ -118,6 +137,10 @@ class Engine:
             add_model_hash_to_info=o.get("add_model_hash_to_info"),
             add_model_name_to_info=o.get("add_model_name_to_info"),
             version=VERSION if o.get("add_version_to_infotext") else None,
+            embeddings=self.embeddings,
+            find_lora=self.loras.require if self.loras is not None else None,  # <lora:name> -> file
+            add_lora_hashes_to_info=o.get("lora_add_hashes_to_infotext"),
+            add_ti_hashes_to_info=o.get("textual_inversion_add_hashes_to_infotext"),
             # the hires checkpoint: through the model cache, never selected; None puts this job's back
             load_model=lambda name: self._load(info if name is None else self.resolve_checkpoint(name), remember=False),
             checkpoint_title=lambda name: self.short_title(self.resolve_checkpoint(name)),
@@ -135,6 +158,8 @@ class Engine:
         """On the worker: load the request's checkpoint, generate, stamp the job's timestamp."""
         info = self.resolve_checkpoint(request.checkpoint)
         model = self._load(info, remember=request.checkpoint is None)
+        if self.embeddings is not None:  # new or changed embedding files count from this job on (A1111)
+            self.embeddings.refresh(model)
         result = generate(request, model, self.settings_for(info, kind, overrides), StateObserver(self.state))
         result.job_timestamp = self.state.job_timestamp
         return result

@@ -11,9 +11,11 @@ import gradio as gr
 
 from modules.services.engine import Engine
 
+from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .settings import SettingsTab
+from .styles import HINTS as STYLE_HINTS
 from .txt2img import Txt2ImgTab
 
 HERE = Path(__file__).resolve().parent
@@ -31,6 +33,8 @@ HINTS = {
     "img2img_detect_image_size_btn": "Auto detect size from the image",
     "txt2img_send_to_img2img": "Send the selected image to the img2img tab",
     "txt2img_send_to_inpaint": "Send the selected image to img2img's Inpaint tab",
+    **{f"{tab}_{name}": text for tab in ("txt2img", "img2img")
+       for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS}.items()},
 }
 
 
@@ -52,7 +56,9 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
     keep_sizes = [gr.update()] * (2 * len(tabs))
 
     def choose(evt: gr.SelectData):
-        title = evt.value
+        return load(evt.value)
+
+    def load(title: str | None):
         if not title:
             return gr.update(), *keep_sizes
         try:
@@ -79,6 +85,11 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
     dropdown.select(choose, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown],
                     concurrency_limit=None, trigger_mode="always_last")
     refresh_button.click(refresh, outputs=dropdown, queue=False)
+    for tab in tabs:  # a checkpoint card of the extra networks panel loads its checkpoint like a pick here
+        tab.extra_networks.checkpoint_button.click(
+            load, inputs=tab.extra_networks.checkpoint_name, outputs=[dropdown, *_size_fields(tabs)],
+            js="(name) => window.easelDesiredCheckpoint || ''", show_progress_on=[dropdown],
+            concurrency_limit=None, trigger_mode="always_last")
     return dropdown
 
 
@@ -163,5 +174,7 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
 
         demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
         demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)
+        for tab in tabs:  # styles saved or files edited since the page was built
+            demo.load(tab.styles.current, outputs=tab.styles.dropdown, queue=False)
         demo.load(None, js=page_script())
     return demo

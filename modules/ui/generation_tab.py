@@ -1,4 +1,5 @@
-"""What the txt2img and img2img tabs share: the prompt row with Generate/Interrupt/Skip, the
+"""What the txt2img and img2img tabs share: the prompt row with Generate/Interrupt/Skip and the
+styles controls (styles.py), the extra networks panel under it (extra_networks.py), the
 sampler, size, batch, CFG and seed controls, and the results column (gallery, infotext), with the
 wiring between them: a job's progress, this page's Interrupt and Skip, errors as messages.
 
@@ -25,6 +26,9 @@ import gradio as gr
 from modules.core import samplers
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.services.engine import Engine
+
+from .extra_networks import ExtraNetworksPanel
+from .styles import StylesControls
 
 SPECS = Img2ImgRequest.field_specs()  # every request field: the txt2img ones and img2img's
 
@@ -93,6 +97,8 @@ class GenerationTab:
         self.engine = engine
         self._jobs: dict[str, RunningJob] = {}  # session -> what that page runs, for Interrupt and Skip
         self._jobs_lock = threading.Lock()
+        self.styles = StylesControls(engine, self.tabname)
+        self.extra_networks = ExtraNetworksPanel(engine, self.tabname)
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -110,6 +116,11 @@ class GenerationTab:
                 with gr.Row():
                     self.interrupt = gr.Button("Interrupt", elem_id=self._id("interrupt"), visible=False)
                     self.skip = gr.Button("Skip", elem_id=self._id("skip"), visible=False)
+                with gr.Row(elem_id=self._id("tools"), elem_classes=["tools-row"]):
+                    self.extra_networks.build_button()
+                    self.styles.build_buttons()
+                self.styles.build()
+        self.extra_networks.build()  # under the prompt, shown with 🎴
 
     def build_sampling(self) -> None:
         with gr.Row():
@@ -185,6 +196,10 @@ class GenerationTab:
         """Request keyword arguments from the event's values (empty fields left to the default)."""
         return {name: values[c] for name, c in fields.items() if values[c] is not None}
 
+    def styled(self, values: dict, fields: dict) -> dict:
+        """The request keyword arguments with the styles chosen in the dropdown applied to the prompts."""
+        return self.styles.apply(values, fields)
+
     def make_request(self, values: dict) -> GenerationRequest:
         raise NotImplementedError
 
@@ -209,7 +224,7 @@ class GenerationTab:
 
         started = self.generate.click(busy, outputs=buttons, queue=False)
         job = started.then(
-            self.run, inputs=self.inputs(),
+            self.run, inputs=self.inputs() | {self.styles.dropdown},
             outputs=[self.gallery, self.info, self.result, self.selected],
             concurrency_limit=None, show_progress_on=[self.gallery],
         )
@@ -227,6 +242,8 @@ class GenerationTab:
                                queue=False)
         self.sampler.change(scheduler_choices, inputs=[self.sampler, self.scheduler], outputs=self.scheduler,
                             queue=False)
+        self.styles.wire(self.prompt, self.negative)
+        self.extra_networks.wire()
 
     def run(self, values: dict, request: gr.Request, progress=gr.Progress()):
         """Generate; errors end up in the info box (and a toast), never as a stuck page."""

@@ -193,7 +193,7 @@ class Img2ImgTab(GenerationTab):
                 self.batch_input, self.batch_output, self.batch_masks, *self.script_selector.inputs()}
 
     def _job_fields(self, values: dict, *, inpaint: bool) -> dict:
-        fields = self.field_values(values, self.fields())
+        fields = self.styled(values, self.field_values(values, self.fields()))
         if inpaint:
             fields.update(self.field_values(values, self.inpaint_fields()))
             if "inpaint_full_res" in fields:  # the radio gives the index of "Whole picture"/"Only masked"

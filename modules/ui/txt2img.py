@@ -99,7 +99,7 @@ class Txt2ImgTab(GenerationTab):
         return set(self.fields().values())
 
     def make_request(self, values: dict) -> GenerationRequest:
-        return GenerationRequest(**self.field_values(values, self.fields()))
+        return GenerationRequest(**self.styled(values, self.field_values(values, self.fields())))
 
     def submit(self, request: GenerationRequest, task_id: str) -> Future:
         return self.engine.submit_txt2img(request, task_id=task_id)

@@ -1,0 +1,88 @@
+"""The LoRA files on disk (A1111's `networks.available_networks`).
+
+Every .safetensors / .pt / .ckpt under the LoRA folders (sub-folders included) is one LoRA, named
+by its file stem; its alias is the training output name from the metadata (`ss_output_name`). A
+prompt may use either; an alias that two files share is refused as a name (A1111's forbidden
+aliases), the file names still work. The first folder wins when two files have the same stem.
+Hashes are computed when a job first needs one (`LoraFile.shorthash`) and kept while the file's
+size and mtime stay the same.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from modules.core.lora import EXTENSIONS, LoraFile
+
+_SHOWN = 30  # names listed in an unknown-name error
+
+
+class LoraRegistry:
+    def __init__(self, dirs: list[Path | str]):
+        self.dirs = [Path(d) for d in dirs if d]
+        self._lock = threading.Lock()
+        self._items: dict[str, LoraFile] = {}
+        self._aliases: dict[str, LoraFile] = {}
+        self._known: dict[tuple[Path, int, int], LoraFile] = {}  # (path, mtime_ns, size): keeps hashes
+        self.refresh()
+
+    def refresh(self) -> list[LoraFile]:
+        found: dict[str, LoraFile] = {}
+        known: dict[tuple[Path, int, int], LoraFile] = {}
+        for root in self.dirs:
+            if not root.is_dir():
+                continue
+            for path in sorted(root.rglob("*")):
+                if path.suffix.lower() not in EXTENSIONS or not path.is_file():
+                    continue
+                try:
+                    st = path.stat()
+                except OSError:
+                    continue
+                stamp = (path.resolve(), st.st_mtime_ns, st.st_size)
+                item = self._known.get(stamp) or LoraFile.from_path(path)
+                known[stamp] = item
+                found.setdefault(item.name, item)
+        aliases: dict[str, LoraFile] = {}
+        shared = set()
+        for item in found.values():
+            if item.alias != item.name:
+                if item.alias in aliases:
+                    shared.add(item.alias)
+                aliases[item.alias] = item
+        for alias in shared | {"none"}:
+            aliases.pop(alias, None)
+        with self._lock:
+            self._items, self._aliases, self._known = found, aliases, known
+        return self.items()
+
+    def items(self) -> list[LoraFile]:
+        with self._lock:
+            return sorted(self._items.values(), key=lambda i: i.name.lower())
+
+    def names(self) -> list[str]:
+        return [i.name for i in self.items()]
+
+    def _lookup(self, name: str) -> LoraFile | None:
+        with self._lock:
+            return self._items.get(name) or self._aliases.get(name)
+
+    def find(self, name: str) -> LoraFile | None:
+        """By file name or alias; looks at the folders again before giving up (a file just added)."""
+        item = self._lookup(name)
+        if item is None:
+            self.refresh()
+            item = self._lookup(name)
+        return item
+
+    def require(self, name: str) -> LoraFile:
+        """`find`, or LookupError whose message lists the known names (GenerationSettings.find_lora)."""
+        item = self.find(name)
+        if item is None:
+            names = self.names()
+            known = ", ".join(names[:_SHOWN]) or "none"
+            if len(names) > _SHOWN:
+                known += f" and {len(names) - _SHOWN} more"
+            raise LookupError(f"unknown LoRA '{name}'; known: {known}")
+        return item

@@ -1,0 +1,232 @@
+"""The extra networks panel under the prompt (A1111's ids): tabs Checkpoints, Lora and Textual
+Inversion of cards, a search box that filters them, and Refresh.
+
+Clicking a card (page.js): a Lora card adds `<lora:name:multiplier>` to the prompt (the
+multiplier is the option `extra_networks_default_multiplier`), a Textual Inversion card adds the
+embedding's name to the prompt box last used (prompt or negative prompt); clicking again takes
+the text out again, as in A1111. A checkpoint card loads that checkpoint (app.py wires
+`checkpoint_button` to the checkpoint picker's load).
+
+The lists come from the engine: `engine.checkpoints`, `engine.loras.items()` and
+`engine.embeddings.loaded`; a service that is not there gives an empty tab. A preview is the
+picture beside the file with the same stem (`name.png`, `name.preview.png`, also jpg/jpeg/webp),
+sent inside the page as a small thumbnail, so it is covered by the UI's own login.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from modules.core.infotext import plain_number
+from modules.services.engine import Engine
+
+PAGES = (("checkpoints", "Checkpoints"), ("lora", "Lora"), ("textual_inversion", "Textual Inversion"))
+PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
+THUMB_SIZE = 256
+
+HINTS = {
+    "extra_networks_button": "Show/hide extra networks",
+    "extra_refresh": "Look for new files in the models folders",
+}
+
+
+@dataclass
+class Card:
+    name: str
+    kind: str  # one of PAGES' ids
+    insert: str  # the text a click adds (a checkpoint card: the checkpoint to load)
+    search: str  # what the search box matches, lower case
+    path: Path | None = None
+    description: str = ""
+
+
+# -- what there is -----------------------------------------------------------------------
+def checkpoint_cards(engine: Engine) -> list[Card]:
+    cards = []
+    for info in engine.checkpoints.list():
+        stem = info.model_name
+        cards.append(Card(stem.rsplit("/", 1)[-1], "checkpoints", info.title,
+                          f"{info.name} {info.title}".lower(), info.filename, info.name))
+    return cards
+
+
+def lora_cards(engine: Engine) -> list[Card]:
+    loras = getattr(engine, "loras", None)
+    if loras is None:
+        return []
+    multiplier = plain_number(float(engine.options.get("extra_networks_default_multiplier", 1.0)))
+    items = loras.items()
+    # A1111's default ("Alias from file"): the training name, unless two files share it
+    aliases = [getattr(item, "alias", None) for item in items]
+    cards = []
+    for item, alias in zip(items, aliases):
+        shown = alias if alias and aliases.count(alias) == 1 else item.name
+        path = Path(item.path) if getattr(item, "path", None) else None
+        terms = " ".join(filter(None, [item.name, shown, str(path or "")]))
+        cards.append(Card(shown, "lora", f"<lora:{shown}:{multiplier}>", terms.lower(), path,
+                          item.name if shown != item.name else ""))
+    return sorted(cards, key=lambda c: c.name.lower())
+
+
+def embedding_cards(engine: Engine) -> list[Card]:
+    embeddings = getattr(engine, "embeddings", None)
+    if embeddings is None:
+        return []
+    cards = []
+    for name, item in dict(embeddings.loaded).items():
+        path = Path(item.path) if getattr(item, "path", None) else None
+        vectors = getattr(item, "vectors", 0)
+        description = f"{vectors} vector{'s' if vectors != 1 else ''}" if vectors else ""
+        cards.append(Card(name, "textual_inversion", name, f"{name} {path or ''}".lower(), path, description))
+    return sorted(cards, key=lambda c: c.name.lower())
+
+
+def cards_for(engine: Engine, page: str) -> list[Card]:
+    return {"checkpoints": checkpoint_cards, "lora": lora_cards, "textual_inversion": embedding_cards}[page](engine)
+
+
+def refresh_sources(engine: Engine) -> None:
+    """Look at the folders again: checkpoints, LoRA files, embeddings (for the loaded model)."""
+    engine.checkpoints.refresh()
+    loras = getattr(engine, "loras", None)
+    if loras is not None:
+        loras.refresh()
+    embeddings = getattr(engine, "embeddings", None)
+    if embeddings is not None:
+        embeddings.refresh(engine.models.model)
+
+
+# -- previews ----------------------------------------------------------------------------
+def find_preview(path: Path | None) -> Path | None:
+    """`<stem>.png` or `<stem>.preview.png` (or jpg/jpeg/webp) beside the file, as A1111 looks."""
+    if path is None:
+        return None
+    base = path.with_suffix("")
+    for ext in PREVIEW_EXTENSIONS:
+        for candidate in (base.with_name(f"{base.name}.{ext}"), base.with_name(f"{base.name}.preview.{ext}")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+_thumbs: dict[Path, tuple[int, str]] = {}
+_thumbs_lock = threading.Lock()
+
+
+def thumbnail_uri(picture: Path) -> str | None:
+    """A small JPEG of the picture as a data: URI (cached until the file changes)."""
+    try:
+        stamp = picture.stat().st_mtime_ns
+    except OSError:
+        return None
+    with _thumbs_lock:
+        known = _thumbs.get(picture)
+    if known and known[0] == stamp:
+        return known[1]
+    try:
+        with Image.open(picture) as image:
+            image.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            if image.mode in ("RGBA", "LA", "P"):
+                image = image.convert("RGBA")
+                backdrop = Image.new("RGB", image.size, (255, 255, 255))
+                backdrop.paste(image, mask=image.getchannel("A"))
+                image = backdrop
+            buffer = io.BytesIO()
+            image.convert("RGB").save(buffer, format="JPEG", quality=85)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    uri = "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    with _thumbs_lock:
+        _thumbs[picture] = (stamp, uri)
+    return uri
+
+
+# -- html ----------------------------------------------------------------------------------
+def card_html(card: Card) -> str:
+    def attr(text: str) -> str:
+        return html.escape(text, quote=True)
+
+    preview = find_preview(card.path)
+    uri = thumbnail_uri(preview) if preview else None
+    image = (f"<img class='preview' src='{uri}' alt='' loading='lazy'>" if uri
+             else "<div class='preview no-preview'></div>")
+    description = f"<span class='description'>{html.escape(card.description)}</span>" if card.description else ""
+    return (f"<div class='card' tabindex='0' data-kind='{attr(card.kind)}' data-name='{attr(card.name)}' "
+            f"data-insert='{attr(card.insert)}' data-search='{attr(card.search)}' title='{attr(str(card.path or card.name))}'>"
+            f"{image}<div class='actions'><span class='name'>{html.escape(card.name)}</span>{description}</div></div>")
+
+
+EMPTY = {
+    "checkpoints": "No checkpoints. Put .safetensors or .ckpt files in models/Stable-diffusion and press Refresh.",
+    "lora": "No LoRA files. Put them in models/Lora (or the --lora-dir folder) and press Refresh.",
+    "textual_inversion": "No embeddings for this model. Put .pt or .safetensors files in the embeddings folder "
+                         "and press Refresh.",
+}
+
+
+def page_html(tabname: str, page: str, cards: list[Card]) -> str:
+    body = "".join(card_html(c) for c in cards) or f"<div class='no-cards'>{html.escape(EMPTY[page])}</div>"
+    return (f"<div class='extra-network-cards' id='{tabname}_{page}_cards' data-tab='{tabname}' "
+            f"data-page='{page}'>{body}</div>")
+
+
+# -- the panel -----------------------------------------------------------------------------
+class ExtraNetworksPanel:
+    def __init__(self, engine: Engine, tabname: str):
+        self.engine = engine
+        self.tabname = tabname
+        self.pages: dict[str, gr.HTML] = {}
+
+    def _id(self, name: str) -> str:
+        return f"{self.tabname}_{name}"
+
+    def build_button(self) -> None:
+        """The 🎴 toggle; called in the actions column under Generate."""
+        self.toggle = gr.Button("🎴", elem_id=self._id("extra_networks_button"), elem_classes=["tool"],
+                                min_width=40, scale=0)
+
+    def build(self) -> None:
+        """The panel itself (hidden until the toggle is pressed); called under the prompt row."""
+        self.shown = gr.State(False)
+        with gr.Column(visible=False, elem_id=self._id("extra_networks"), elem_classes=["extra-networks"]) as self.panel:
+            with gr.Row(elem_classes=["extra-networks-controls"]):
+                self.search = gr.Textbox(show_label=False, label="Search", placeholder="Search...", max_lines=1,
+                                         elem_id=self._id("extra_search"), scale=4)
+                self.refresh_button = gr.Button("Refresh", elem_id=self._id("extra_refresh"), scale=0, min_width=100)
+            with gr.Tabs(elem_id=self._id("extra_tabs")):
+                for page, title in PAGES:
+                    with gr.Tab(title, elem_id=self._id(page), elem_classes=["extra-page"]):
+                        self.pages[page] = gr.HTML(page_html(self.tabname, page, []),
+                                                   elem_id=self._id(f"{page}_cards_html"))
+        # a checkpoint card: page.js puts its title in window.easelDesiredCheckpoint and clicks
+        # this button; app.py wires it to the checkpoint picker's load, the title going in as
+        # `checkpoint_name` (the event's js reads it from the window)
+        self.checkpoint_name = gr.Textbox(visible="hidden", elem_id=self._id("extra_checkpoint_name"))
+        self.checkpoint_button = gr.Button("load checkpoint", visible="hidden",
+                                           elem_id=self._id("extra_change_checkpoint"))
+
+    def html(self) -> list[str]:
+        return [page_html(self.tabname, page, cards_for(self.engine, page)) for page, _ in PAGES]
+
+    def wire(self) -> None:
+        outputs = [self.pages[page] for page, _ in PAGES]
+
+        def toggle(shown: bool):
+            shown = not shown
+            pages = self.html() if shown else [gr.skip()] * len(PAGES)
+            return shown, gr.update(visible=shown), *pages
+
+        def refresh():
+            refresh_sources(self.engine)
+            return self.html()
+
+        self.toggle.click(toggle, inputs=self.shown, outputs=[self.shown, self.panel, *outputs], queue=False)
+        self.refresh_button.click(refresh, outputs=outputs, concurrency_limit=None, show_progress_on=outputs)
