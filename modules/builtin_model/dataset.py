@@ -218,12 +218,13 @@ def _tidy(text: str) -> str:
     return text.strip(" ,")
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One of many natural phrasings of the scene; some facts may be left unsaid."""
+def caption(scene: Scene, rng: np.random.Generator, colour_keep: float = 0.9) -> str:
+    """One of many natural phrasings of the scene; some facts may be left unsaid (the shapes'
+    colour is stated with probability `colour_keep`)."""
     if rng.random() < 0.05:
         return _fragment_caption(rng, scene)
     keep = {"background": rng.random() < 0.85, "position": rng.random() < 0.75,
-            "size": rng.random() < 0.6, "colour": rng.random() < 0.9}
+            "size": rng.random() < 0.6, "colour": rng.random() < colour_keep}
     if len(scene.shapes) == 1:
         return _single_caption(rng, scene.shapes[0], scene.background, keep)
     return _two_caption(rng, scene.shapes[0], scene.shapes[1], scene.background, keep)

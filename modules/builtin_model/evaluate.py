@@ -4,7 +4,7 @@
     python -m modules.builtin_model.evaluate --smoke             # CI: a handful, looser bars
     python -m modules.builtin_model.evaluate --ckpt PATH --out DIR --write-metadata
 
-Each held-out caption (never seen in training) is generated with the UI defaults (Euler a,
+Each held-out caption (never seen in training) is generated with the UI defaults (DPM++ 2M,
 Automatic schedule, 20 steps, CFG 7, native size, fixed seeds) and read back by
 `scoring.read`. Then the negative-prompt test: "a circle on a white background" with and
 without the negative prompt "red"; red circles must become at least 3x rarer.
@@ -262,7 +262,7 @@ def run(ckpt: Path, out: Path, limit: int | None, neg_samples: int, bars: Bars, 
     summary = {
         "checkpoint": str(ckpt.name),
         "captions": result["n"],
-        "settings": "Euler a, Automatic schedule, 20 steps, CFG 7, native size, seeds 1234+i",
+        "settings": "DPM++ 2M, Automatic schedule (Karras), 20 steps, CFG 7, native size, seeds 1234+i",
         **{f"{k}_accuracy": round(v, 4) for k, v in rates.items()},
         "negative_prompt_test": {
             "prompt": NEG_PROMPT, "negative_prompt": NEG_NEGATIVE, "samples_each": neg_samples,
@@ -299,7 +299,7 @@ def main(argv=None) -> int:
     ap.add_argument("--ckpt", type=Path, default=DEFAULT_CKPT)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--limit", type=int, default=None, help="number of held-out captions (default: all)")
-    ap.add_argument("--neg-samples", type=int, default=64)
+    ap.add_argument("--neg-samples", type=int, default=256)
     ap.add_argument("--smoke", action="store_true", help="a handful of prompts with looser bars (CI)")
     ap.add_argument("--write-metadata", action="store_true", help="store the figures in the checkpoint's .json")
     args = ap.parse_args(argv)

@@ -77,7 +77,9 @@ def export_checkpoint(unet, te, vae, out: Path, recipe: dict, times: dict, dtype
                       "scratch jointly: epsilon MSE, x0-space weight clamp(SNR, low_snr_floor, min_snr_gamma), "
                       "training noise = white + coarse 4x4/2x2/1x1 noise (coarse_noise), a training-only head "
                       "predicting the caption's stated positions from the pooled text state (text_aux_weight), "
-                      "SD scaled_linear schedule, AdamW, cosine LR, EMA",
+                      "SD scaled_linear schedule, AdamW, cosine LR, EMA; then a refine phase (refine_steps) with "
+                      "more colour-free captions (refine_colour_keep) and refine_coarse_noise, the LR continuing the "
+                      "cosine over both phases",
             "command": f"python -m modules.builtin_model.train --seed {recipe.get('seed', 0)}",
         },
         "training_seconds": times,
