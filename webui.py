@@ -12,15 +12,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
-import base64  # noqa: E402
-import binascii  # noqa: E402
-import secrets  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from fastapi import FastAPI, Request  # noqa: E402
-from fastapi.responses import JSONResponse  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 
-from modules import cmd_args, paths_internal  # noqa: E402
+from modules import auth, cmd_args, extensions, paths_internal, restart  # noqa: E402
 from modules.core.devices import choose_policy  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
 from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
@@ -30,6 +26,7 @@ from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
+from modules.services.vaes import VaeRegistry  # noqa: E402
 
 
 def checkpoint_dirs(opts: argparse.Namespace) -> list[Path]:
@@ -50,6 +47,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
         print(f"[easel] {note}")
     print(f"[easel] {policy.describe()}")
     options = Options(Path(opts.ui_settings_file))
+    extensions.list_extensions(options.data, opts)  # before any script loads: which extensions are active
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
                                   default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file))
     if opts.ckpt:
@@ -64,57 +62,79 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     styles = StyleDatabase(opts.styles_file or [data / "styles.csv"])  # A1111's default: DATA_DIR/styles.csv
     embeddings = EmbeddingDatabase([Path(opts.embeddings_dir)])  # A1111's default: DATA_DIR/embeddings
     loras = LoraRegistry([Path(opts.lora_dir)])  # A1111's default: models/Lora
+    models = Path(opts.models_dir) if opts.models_dir else data / "models"
+    vaes = VaeRegistry([Path(opts.vae_dir) if opts.vae_dir else models / "VAE"], checkpoint_dirs(opts))
     state = JobState()
-    return Engine(options, registry, ModelCache(policy), state, WorkQueue(state), data, styles=styles,
-                  embeddings=embeddings, loras=loras)
+    return Engine(options, registry, ModelCache(policy, on_loaded=_model_loaded), state, WorkQueue(state), data,
+                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes)
 
 
-def _credentials(text: str | None, path: str | None = None) -> list[tuple[str, str]]:
-    creds = cmd_args.parse_credentials(text) if text else []
-    if path:
-        creds += cmd_args.read_credentials_file(path)
-    return creds
+def _model_loaded(model, info) -> None:
+    """Every checkpoint load: A1111's on_model_loaded callbacks (scripting façade, imported late)."""
+    from modules import processing, script_callbacks
+
+    processing.describe_model(model, info)
+    script_callbacks.model_loaded_callback(model)
 
 
-def _basic_auth_middleware(app: FastAPI, creds: list[tuple[str, str]]) -> None:
-    """HTTP Basic on every API route (the full auth issue extends this to all routes)."""
+def start_scripts(engine: Engine, opts: argparse.Namespace) -> None:
+    """A1111's slots filled (modules.shared over the engine), the repository's and the active
+    extensions' scripts loaded (a broken one is reported and skipped), and the options extensions
+    add in on_ui_settings defined, so the Settings tab and /sdapi/v1/options both know them."""
+    from modules import gradio_compat, script_callbacks, scripts, shared
 
-    def allowed(header: str | None) -> bool:
-        if not header or not header.lower().startswith("basic "):
-            return False
-        try:
-            user, _, password = base64.b64decode(header[6:]).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        return any(secrets.compare_digest(user, u) & secrets.compare_digest(password, p) for u, p in creds)
+    gradio_compat.apply()  # before any extension imports gradio: its Gradio 3 calls work
+    shared.bind(engine, opts)
+    scripts.load_scripts()
+    script_callbacks.ui_settings_callback()
 
-    @app.middleware("http")
-    async def check(request: Request, call_next):
-        if request.url.path.startswith(("/sdapi/", "/internal/")) and not allowed(request.headers.get("authorization")):
-            return JSONResponse({"detail": "Not authenticated"}, status_code=401,
-                                headers={"WWW-Authenticate": "Basic"})
-        return await call_next(request)
+
+class _RoutesBeforeUi(list):
+    """The app's route list once the UI is mounted: the UI's mount matches every path under it (all
+    of them at "/"), so a route added later (an extension's, in on_app_started or after) is put just
+    before it instead of after it, where nothing would reach it."""
+
+    def __init__(self, routes, ui_mount):
+        super().__init__(routes)
+        self.ui_mount = ui_mount
+
+    def append(self, route):
+        if self.ui_mount in self:
+            self.insert(self.index(self.ui_mount), route)
+        else:
+            super().append(route)
 
 
 def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
     app = FastAPI(title="Easel", docs_url="/docs", redoc_url=None)
-    ui_creds = _credentials(opts.gradio_auth, opts.gradio_auth_path)
+    api_users, ui_users = auth.credentials_for(opts)
     if opts.api or opts.nowebui:
         from modules.api.api import mount
 
-        api_creds = _credentials(opts.api_auth) or ui_creds
-        if api_creds:
-            _basic_auth_middleware(app, api_creds)
-        mount(app, engine)
+        mount(app, engine, cmd_opts=opts)
+    policy = auth.AuthPolicy(api_users=api_users, ui_users=ui_users)
     if not opts.nowebui:
         import gradio as gr
 
         from modules.ui.app import create_ui
 
+        from modules import script_callbacks, shared
+
+        script_callbacks.before_ui_callback()
         demo = create_ui(engine, allow_folders=not opts.hide_ui_dir_config)
+        shared.demo = demo
         demo.queue(default_concurrency_limit=None)
         allowed = [str(engine.data_path / "outputs"), *opts.gradio_allowed_path]
-        app = gr.mount_gradio_app(app, demo, path=opts.subpath or "/", auth=ui_creds or None, allowed_paths=allowed)
+        app = gr.mount_gradio_app(app, demo, path=opts.subpath or "/", auth=ui_users or None, allowed_paths=allowed)
+        ui_mount = app.router.routes[-1]
+        app.router.routes = _RoutesBeforeUi(app.router.routes, ui_mount)
+        policy.ui_path = opts.subpath or "/"
+        policy.session_user = auth.gradio_session_lookup(ui_mount.app)
+    # one gate in front of everything: API, UI, file routes, docs, and routes added later
+    app.add_middleware(auth.AuthMiddleware, owner=app, policy=policy)
+    from modules import script_callbacks
+
+    script_callbacks.app_started_callback(None if opts.nowebui else demo, app)  # extensions add routes here
     return app
 
 
@@ -123,11 +143,13 @@ def main(opts: argparse.Namespace | None = None) -> None:
 
     opts = opts or cmd_args.parse_args()
     engine = build_engine(opts)
+    start_scripts(engine, opts)
     if not opts.skip_load_model_at_start:
         engine.load_default_in_background()
     app = create_app(opts, engine)
     host = opts.server_name or "127.0.0.1"
     print(f"[easel] serving on http://{host}:{opts.port}" + (" (API only)" if opts.nowebui else ""))
+    restart.allow_restart()  # this process owns the server: the Extensions tab may restart it
     uvicorn.run(app, host=host, port=opts.port, timeout_keep_alive=opts.timeout_keep_alive,
                 log_level=(opts.log_level or "warning").lower())
 

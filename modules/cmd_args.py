@@ -3,12 +3,13 @@
 Standard library only: launch.py parses the command line before the venv exists.
 
 An unknown flag is an error (usage on stderr, exit status 2). Extensions add their own flags with a
-`preload(parser)` function, as in A1111; pass those functions as `extra_preloads` so that their
-flags are known before parsing.
+`preload(parser)` function in their preload.py, as in A1111: `parse_args` runs those of the
+active extensions before parsing (or the `extra_preloads` it is given).
 """
 
 import argparse
 import os
+import sys
 from typing import Callable, Iterable, Sequence
 
 from modules.paths_internal import data_path, models_path
@@ -146,6 +147,8 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--nowebui", action="store_true", help="serve only the HTTP API, without the UI")
     group.add_argument("--api-auth", type=credentials_argument, default=None, metavar="USER:PASS[,USER2:PASS2]",
                        help="require HTTP basic authentication for the API")
+    group.add_argument("--api-auth-path", type=str, default=None, metavar="FILE",
+                       help="file of API logins: user:password entries, separated by commas or new lines")
     group.add_argument("--api-log", action="store_true", help="log every API request")
     group.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGINS",
                        help="comma-separated origins allowed by CORS")
@@ -160,7 +163,8 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
 def _add_ui_and_extensions(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("UI, models and extensions")
     group.add_argument("--enable-insecure-extension-access", action="store_true",
-                       help="allow installing extensions from the UI even with --listen or logins")
+                       help="allow installing and enabling extensions from the UI even when the server is "
+                            "reachable from other computers (--listen, --share, --server-name)")
     group.add_argument("--disable-all-extensions", action="store_true", help="load no extensions at all")
     group.add_argument("--disable-extra-extensions", action="store_true",
                        help="load only the built-in extensions")
@@ -211,9 +215,29 @@ def build_parser(extra_preloads: Iterable[Preload] = ()) -> argparse.ArgumentPar
     return parser
 
 
+def extension_preloads(argv: Sequence[str] | None = None) -> list[Preload]:
+    """The `preload(parser)` functions of the extensions that this command line would load:
+    which ones is read from the settings file (--ui-settings-file) and the
+    --disable-all-extensions / --disable-extra-extensions flags in argv."""
+    from modules import extensions
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--run-tests" in argv:
+        argv = argv[: argv.index("--run-tests")]
+    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    pre.add_argument("--ui-settings-file", type=str, default=os.path.join(data_path, "config.json"))
+    pre.add_argument("--disable-all-extensions", action="store_true")
+    pre.add_argument("--disable-extra-extensions", action="store_true")
+    known, _unknown = pre.parse_known_args(argv)
+    return extensions.preload_functions(extensions.read_settings_file(known.ui_settings_file), known)
+
+
 def parse_args(argv: Sequence[str] | None = None,
-               extra_preloads: Iterable[Preload] = ()) -> argparse.Namespace:
-    """Parse argv (default: sys.argv[1:]); exits with status 2 and the usage on a bad flag."""
+               extra_preloads: Iterable[Preload] | None = None) -> argparse.Namespace:
+    """Parse argv (default: sys.argv[1:]); exits with status 2 and the usage on a bad flag.
+    `extra_preloads` None: the active extensions' preload.py functions add their flags first."""
+    if extra_preloads is None:
+        extra_preloads = extension_preloads(argv)
     parser = build_parser(extra_preloads)
     opts = parser.parse_args(argv)
     opts.loglevel = opts.log_level  # A1111's attribute name

@@ -7,11 +7,14 @@ Standard library only: this runs on a bare Python before anything is installed.
     2. outside the venv: create it if missing ($VENV_DIR, default ./venv; '-' = this Python) and
        run launch.py again with the venv's Python
     3. inside: install requirements.txt (and requirements-test.txt for --run-tests) unless the
-       venv already records the same file hash, or the pinned versions are already installed
+       venv already records the same file hash, or the pinned versions are already installed;
+       then run the active extensions' install.py files (see run_extensions_installers)
     4. --run-tests: make sure Chromium is there, run pytest; --exit: stop; else webui.main(opts)
 
+The flags of extensions' preload.py files are part of step 1 (modules.cmd_args.parse_args).
 The names extensions' install.py files use from A1111's `launch` module are here too
-(`is_installed`, `run_pip`, `run`, `python`, `args`, `commit_hash`).
+(`is_installed`, `run_pip`, `run`, `run_python`, `git_clone`, `requirements_met`, `python`,
+`git`, `index_url`, `args`, `commit_hash`).
 """
 
 import argparse
@@ -29,6 +32,9 @@ import sys
 # which reads sys.argv when imported) is imported in main(), after $COMMANDLINE_ARGS is folded in.
 script_path = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 python = sys.executable
+git = os.environ.get("GIT", "git")  # A1111's names, read by extensions' install.py
+index_url = os.environ.get("INDEX_URL", "")
+dir_repos = "repositories"
 args: argparse.Namespace | None = None  # the parsed flags, once main() has parsed them
 
 REQUIREMENTS_FILE = os.path.join(script_path, "requirements.txt")
@@ -66,8 +72,68 @@ def run(command, desc=None, errdesc=None, custom_env=None, live: bool = True) ->
 
 
 def run_pip(command: str, desc=None, live: bool = True) -> str:
-    return run(f'"{python}" -m pip {command} --prefer-binary', desc=f"Installing {desc}" if desc else None,
-               errdesc=f"Couldn't install {desc or command}", live=live)
+    index_url_line = f" --index-url {index_url}" if index_url else ""
+    return run(f'"{python}" -m pip {command} --prefer-binary{index_url_line}',
+               desc=f"Installing {desc}" if desc else None, errdesc=f"Couldn't install {desc or command}", live=live)
+
+
+def run_python(code: str, desc=None, errdesc=None) -> str:
+    return run([python, "-c", code], desc=desc, errdesc=errdesc, live=False)
+
+
+def repo_dir(name: str) -> str:
+    return os.path.join(script_path, dir_repos, name)
+
+
+def git_clone(url: str, dir: str, name: str, commithash: str | None = None) -> None:
+    """A1111's helper for install.py files: clone `url` into `dir` (once), then check out
+    `commithash` if given."""
+    if os.path.exists(os.path.join(dir, ".git")):
+        if commithash:
+            run([git, "-C", dir, "checkout", commithash], f"Checking out commit for {name}",
+                f"Couldn't checkout commit {commithash} for {name}", live=True)
+        return
+    run([git, "clone", "--config", "core.filemode=false", url, dir], f"Cloning {name} into {dir}...",
+        f"Couldn't clone {name}", live=True)
+    if commithash:
+        run([git, "-C", dir, "checkout", commithash], None, f"Couldn't checkout {name}'s hash: {commithash}", live=True)
+
+
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(\[[^\]]*\])?\s*([^;#]*)")
+
+
+def requirement_met(line: str) -> bool:
+    """Whether one requirements line is met by the installed packages: the package is installed
+    and, when `packaging` is importable, its version satisfies the line's specifier (else only
+    an exact == pin is checked)."""
+    match = _REQUIREMENT.match(line)
+    if not match:
+        return False
+    name, _extras, spec = match.groups()
+    try:
+        installed = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    spec = spec.strip()
+    if not spec:
+        return True
+    try:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    except ImportError:
+        pin = re.fullmatch(r"==\s*(\S+)", spec)
+        return pin is None or _version_matches(installed, pin.group(1))
+    try:
+        return SpecifierSet(spec).contains(installed, prereleases=True)
+    except InvalidSpecifier:
+        return False
+
+
+def requirements_met(requirements_file: str) -> bool:
+    """A1111's name: every line of a requirements file is met (see requirement_met)."""
+    try:
+        return all(requirement_met(line) for line in read_requirements(requirements_file))
+    except OSError:
+        return False
 
 
 def is_installed(package: str) -> bool:
@@ -272,6 +338,130 @@ def install_torch(reinstall: bool) -> None:
             desc=f"Reinstalling {spec}", errdesc="Couldn't reinstall torch")
 
 
+# ---- extensions' install.py ---------------------------------------------------------------------
+#
+# A1111 runs every extension's install.py at every launch. Easel runs it when the extension is new
+# to this Python environment, when its install.py or requirements.txt changed since it last ran
+# there, or when its requirements.txt is not met; the record is DATA_DIR/extensions-installed.json
+# (kept per Python environment: another venv runs them all again). A failing install.py is reported
+# with the extension's name and the extension does not load this run; the launch goes on and the
+# installer runs again at the next launch. --skip-install skips them, as in A1111.
+
+EXTENSIONS_STAMP_NAME = "extensions-installed.json"
+INSTALLER_OUTPUT_TAIL = 20  # lines of a failed install.py's output repeated in its report
+
+
+def extensions_stamp_path() -> str:
+    from modules import paths_internal
+    return os.path.join(paths_internal.data_path, EXTENSIONS_STAMP_NAME)
+
+
+def installer_fingerprint(extension_dir: str) -> dict[str, str | None]:
+    def digest(name: str) -> str | None:
+        path = os.path.join(extension_dir, name)
+        return file_hash(path) if os.path.isfile(path) else None
+    return {"install.py": digest("install.py"), "requirements.txt": digest("requirements.txt")}
+
+
+def installer_reason(extension_dir: str, recorded: dict | None) -> str | None:
+    """Why the extension's install.py should run now; None when it should not."""
+    if not os.path.isfile(os.path.join(extension_dir, "install.py")):
+        return None
+    if recorded is None:
+        return "new extension"
+    if recorded != installer_fingerprint(extension_dir):
+        return "install.py or requirements.txt changed"
+    requirements = os.path.join(extension_dir, "requirements.txt")
+    if os.path.isfile(requirements) and not requirements_met(requirements):
+        return "requirements missing"
+    return None
+
+
+def run_extension_installer(extension_dir: str) -> bool:
+    """Run an extension's install.py with this Python (the launch's own names importable as
+    `import launch`), echoing its output. True on success (or when there is none); a failure is
+    reported with the extension's name and keeps the extension from loading this run."""
+    from modules import extensions
+
+    installer = os.path.join(extension_dir, "install.py")
+    if not os.path.isfile(installer):
+        return True
+    name = os.path.basename(os.path.normpath(extension_dir))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (script_path, env.get("PYTHONPATH", "")) if p)
+    tail: list[str] = []
+    try:
+        process = subprocess.Popen([python, installer], cwd=script_path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, encoding="utf8", errors="replace")
+        for line in process.stdout:
+            print(f"[{name}] {line.rstrip()}", flush=True)
+            tail = (tail + [line.rstrip()])[-INSTALLER_OUTPUT_TAIL:]
+        returncode = process.wait()
+    except OSError as error:
+        extensions.disable_for_run(name, f"install.py could not be run: {error}")
+        return False
+    if returncode != 0:
+        extensions.disable_for_run(name, f"install.py failed (exit code {returncode})", "\n".join(tail))
+        return False
+    return True
+
+
+def _read_extension_records(stamp: str) -> dict:
+    data = read_stamp(stamp)
+    if data.get("python") != sys.prefix or not isinstance(data.get("extensions"), dict):
+        data = {"python": sys.prefix, "extensions": {}}
+    return data
+
+
+def _write_extension_records(stamp: str, data: dict) -> None:
+    try:
+        os.makedirs(os.path.dirname(stamp) or ".", exist_ok=True)
+        with open(stamp, "w", encoding="utf8") as file:
+            json.dump(data, file, indent=1, sort_keys=True)
+    except OSError as error:
+        print(f"Could not record the extensions' installs in {stamp}: {error}")
+
+
+def install_extension(extension_dir: str, stamp: str | None = None) -> bool:
+    """Run an extension's install.py now and record it when it succeeds (an extension installed
+    from the UI); see run_extension_installer."""
+    stamp = stamp or extensions_stamp_path()
+    ok = run_extension_installer(extension_dir)
+    data = _read_extension_records(stamp)
+    if ok:
+        data["extensions"][os.path.realpath(extension_dir)] = installer_fingerprint(extension_dir)
+    else:
+        data["extensions"].pop(os.path.realpath(extension_dir), None)
+    _write_extension_records(stamp, data)
+    return ok
+
+
+def run_extensions_installers(settings_file: str | None, cmd_opts: argparse.Namespace | None = None,
+                              stamp: str | None = None) -> list[str]:
+    """Run the install.py of each active extension that needs it (see above); returns the names
+    of those that ran successfully."""
+    from modules import extensions
+
+    stamp = stamp or extensions_stamp_path()
+    settings = extensions.read_settings_file(settings_file)
+    data = _read_extension_records(stamp)
+    records = data["extensions"]
+    ran = []
+    for name, path in extensions.active_folders(settings, cmd_opts):
+        key = os.path.realpath(path)
+        reason = installer_reason(path, records.get(key))
+        if reason is None:
+            continue
+        print(f"Running install.py of extension {name} ({reason})", flush=True)
+        if run_extension_installer(path):
+            records[key] = installer_fingerprint(path)
+            ran.append(name)
+        else:
+            records.pop(key, None)
+    _write_extension_records(stamp, data)
+    return ran
+
+
 # ---- Chromium for the browser tests --------------------------------------------------------------
 
 _chromium_problem: str | None = None  # remembered so that a failed install is tried once per process
@@ -344,6 +534,7 @@ def prepare_environment(opts: argparse.Namespace) -> None:
             install_requirements(TEST_REQUIREMENTS_FILE)
             problem = ensure_chromium()
             print(f"Chromium: {problem}" if problem else f"Chromium: {CHROMIUM_PATH}", flush=True)
+        run_extensions_installers(opts.ui_settings_file, opts)
 
 
 def pytest_command(pytest_args: list[str]) -> list[str]:
@@ -368,6 +559,18 @@ def start(opts: argparse.Namespace) -> None:
         raise SystemExit(f"{os.path.join(script_path, 'webui.py')} is missing; nothing to start.")
     import webui
     webui.main(opts)
+
+
+def current_args() -> argparse.Namespace:
+    """The parsed flags; in a process that did not parse them (an extension's install.py, run as
+    a subprocess, imports `launch`), the defaults, as A1111's install.py files see them."""
+    global args
+    if args is None:
+        from modules import cmd_args
+        parsed, _unknown = cmd_args.build_parser(()).parse_known_args([])
+        parsed.loglevel = parsed.log_level
+        args = parsed
+    return args
 
 
 def main() -> None:

@@ -194,7 +194,9 @@ def test_save_images_writes_numbered_files_and_default_writes_none(server):
     assert [p.relative_to(samples).as_posix() for p in new] == [
         f"{today}/{start:05d}-900.png", f"{today}/{start + 1:05d}-901.png"]
     saved = Image.open(new[1])
-    assert saved.size == (64, 64) and saved.info["parameters"] == info["infotexts"][1]
+    # save_images with the return_grid option: the grid and its infotext come first (A1111)
+    assert info["index_of_first_image"] == 1 and len(info["infotexts"]) == 3
+    assert saved.size == (64, 64) and saved.info["parameters"] == info["infotexts"][2]
     new_grids = sorted(_files(grids) - before)
     assert len(new_grids) == 1 and re.fullmatch(rf"{today}/grid-\d{{4}}\.png", new_grids[0].relative_to(grids).as_posix())
 
@@ -210,7 +212,8 @@ def test_old_combined_sampler_names_and_sampler_index(server):
 
 
 def test_unknown_fields_ignored_and_null_means_default(server):
-    reference = first_image(server, {**BASE, "negative_prompt": "", "n_iter": 1, "batch_size": 1})
+    # no sampler_name and no sampler_index: A1111's API default, sampler_index "Euler"
+    reference = first_image(server, {**BASE, "negative_prompt": "", "n_iter": 1, "batch_size": 1, "sampler_name": "Euler"})
     body = {**BASE, "negative_prompt": None, "sampler_name": None, "cfg_scale": None, "n_iter": None,
             "batch_size": None, "scheduler": None, "subseed_strength": None, "styles": None, "send_images": None,
             "save_images": None, "override_settings": None, "sampler_index": None,
@@ -218,7 +221,7 @@ def test_unknown_fields_ignored_and_null_means_default(server):
     images, info, data = txt2img(server, body)
     assert len(images) == 1, "send_images: null must mean the default (true)"
     assert np.array_equal(pixels(images[0]), reference)
-    assert info["sampler_name"] == "Euler a" and info["cfg_scale"] == 7.0 and info["negative_prompt"] == ""
+    assert info["sampler_name"] == "Euler" and info["cfg_scale"] == 7.0 and info["negative_prompt"] == ""
     assert "not_an_a1111_field" not in data["parameters"]
 
 
@@ -466,7 +469,8 @@ def test_api_auth(api_only):
 
 
 def test_nowebui_serves_no_ui_and_keeps_405(api_only):
-    assert requests.get(api_only.url + "/", timeout=30).status_code == 404
+    assert requests.get(api_only.url + "/", timeout=30).status_code == 401  # the one auth gate covers "/" too
+    assert requests.get(api_only.url + "/", timeout=30, auth=AUTH).status_code == 404  # and there is no UI
     r = api_only.get("/sdapi/v1/txt2img", auth=AUTH)
     assert r.status_code == 405
 

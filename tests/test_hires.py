@@ -45,7 +45,7 @@ def test_scale_gives_the_upscaled_size_and_a1111_infotext(tmp_path, sd1):
     text = result.infotexts[0]
     assert saved.info["parameters"] == text
     assert text.splitlines()[2] == (
-        "Steps: 3, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 3, Size: 64x64, "
+        "Steps: 3, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7, Seed: 3, Size: 64x64, "
         "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, Hires upscale: 2, "
         "Hires upscaler: Latent, Version: easel-test")
     parsed = parse_infotext(text)
@@ -108,8 +108,8 @@ def test_second_pass_options_change_the_output_and_are_written(sd1):
         "Denoising strength: 0.3": dict(denoising_strength=0.3),
         'Hires prompt: "a blue square, sharp"': dict(hr_prompt="a blue square, sharp"),
         "Hires negative prompt: green": dict(hr_negative_prompt="green"),
-        "Hires sampler: DPM++ 2M": dict(hr_sampler_name="DPM++ 2M"),
-        "Hires schedule type: Karras": dict(hr_scheduler="Karras"),
+        "Hires sampler: Euler a": dict(hr_sampler_name="Euler a"),
+        "Hires schedule type: Exponential": dict(hr_scheduler="Exponential"),
     }
     for key, fields in variants.items():
         result = run(sd1, **fields)

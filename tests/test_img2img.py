@@ -76,7 +76,7 @@ def test_same_seed_same_pixels_and_infotext(sd1):
     assert np.array_equal(px(a.images[0]), px(b.images[0]))
     assert np.abs(px(a.images[0]) - px(c.images[0])).mean() > 0.5
     assert a.infotexts[0].splitlines()[-1] == (
-        "Steps: 6, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, Seed: 11, Size: 64x64, "
+        "Steps: 6, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7, Seed: 11, Size: 64x64, "
         "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, Version: easel-test")
 
 

@@ -323,9 +323,9 @@ def test_poor_mans_outpainting_script(page, server, tmp_path):
     page.locator("#img2img_image input[type=file]").set_input_files(source)
     expect(page.locator("#img2img_image img").first).to_be_visible()
     expect(page.locator(f"#{OUTPAINT}_pixels")).to_be_hidden()
-    field = page.locator("#script_list input")
+    field = page.locator("#tab_img2img #script_list input")  # txt2img has its own #script_list (A1111)
     field.click()
-    page.locator("#script_list [role=option]").filter(has_text="Poor man's outpainting").click()
+    page.locator("#tab_img2img #script_list [role=option]").filter(has_text="Poor man's outpainting").click()
     expect(field).to_have_value("Poor man's outpainting")
 
     # A1111's controls and defaults

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from modules.core import image_io, outpaint
+from modules.core import image_io
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
+from modules.services import script_jobs
 from modules.services.engine import VERSION
 
-from .models import HIRES_FIELDS, IMG2IMG_API_DEFAULTS, NOT_AT_TOP_LEVEL
+from . import request_fields
+from .errors import BadImage
+from .models import HIRES_FIELDS, IMG2IMG_API_DEFAULTS, NOT_AT_TOP_LEVEL, TXT2IMG_API_DEFAULTS
 
 IMAGE_FIELDS = ("init_images", "mask")
 TXT2IMG_FIELDS = [f for f in GenerationRequest.field_specs() if f not in NOT_AT_TOP_LEVEL]
@@ -25,21 +28,14 @@ OVERRIDE_FIELDS = {"sd_model_checkpoint": "checkpoint", "CLIP_stop_at_last_layer
 API_FIELD = {core: f"override_settings.{option}" for option, core in OVERRIDE_FIELDS.items()}
 
 
-OUTPAINTING_SCRIPT = "poor man's outpainting"  # A1111's title, matched case-insensitively as A1111 does
-
-
-def _common(data: dict[str, Any], fields: list[str], scripts: tuple[str, ...] = ()) -> dict[str, Any]:
+def _common(data: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     """The fields txt2img and img2img share: refusals, A1111's aliases, checkpoint and clip skip
-    from override_settings, and save_images (A1111's API default: false)."""
+    from override_settings, and save_images (A1111's API default: false). The script fields are
+    script_call's."""
     if data.get("restore_faces"):
         raise RequestError("restore_faces", "face restoration is not available in this version of Easel")
-    script = (data.get("script_name") or "").strip().lower()
-    if script and script not in scripts:
-        known = ", ".join(f"'{s}'" for s in scripts) or "none"
-        raise RequestError("script_name", f"unknown script '{data['script_name']}'; scripts here: {known}")
     kwargs = {k: data[k] for k in fields if data.get(k) is not None}
-    if data.get("sampler_index") and not data.get("sampler_name"):
-        kwargs["sampler_name"] = data["sampler_index"]
+    kwargs.update(request_fields.sampler_fields(data))  # sampler_name / sampler_index / old combined names
     overrides = data.get("override_settings") or {}
     for option, core in OVERRIDE_FIELDS.items():
         if overrides.get(option):
@@ -55,7 +51,11 @@ def job_overrides(body: Any) -> dict[str, Any]:
 
 def to_generation_request(body: Any) -> GenerationRequest:
     """A txt2img body -> GenerationRequest (hires fix and tiling pass straight through)."""
-    return GenerationRequest(**_common(body.model_dump(), TXT2IMG_FIELDS))
+    data = body.model_dump()
+    for name, default in TXT2IMG_API_DEFAULTS.items():
+        if data.get(name) is None:
+            data[name] = default
+    return GenerationRequest(**_common(data, TXT2IMG_FIELDS))
 
 
 def decode_images(body: Any, max_pixels: int) -> tuple[list, Any]:
@@ -63,8 +63,11 @@ def decode_images(body: Any, max_pixels: int) -> tuple[list, Any]:
     Slow for big images: the route runs it off the event loop."""
     if not body.init_images:  # A1111 answers 404 "Init image not found"; a 422 naming the field says more
         raise RequestError("init_images", "needs at least one base64-encoded image")
-    images = [image_io.decode_image(item, "init_images", max_pixels) for item in body.init_images]
-    mask = image_io.decode_image(body.mask, "mask", max_pixels) if body.mask else None  # "" = no mask, as A1111
+    try:
+        images = [image_io.decode_image(item, "init_images", max_pixels) for item in body.init_images]
+        mask = image_io.decode_image(body.mask, "mask", max_pixels) if body.mask else None  # "" = no mask, as A1111
+    except RequestError as exc:  # not an image: answered 400
+        raise BadImage(exc.field, exc.message) from None
     return images, mask
 
 
@@ -74,9 +77,7 @@ def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgReques
     for name, default in IMG2IMG_API_DEFAULTS.items():
         if data.get(name) is None:
             data[name] = default
-    kwargs = _common(data, IMG2IMG_FIELDS, scripts=(OUTPAINTING_SCRIPT,))
-    if (data.get("script_name") or "").strip().lower() == OUTPAINTING_SCRIPT:
-        return _outpainting_request(kwargs, data.get("script_args") or [], init_images)
+    kwargs = _common(data, IMG2IMG_FIELDS)
     if data.get("mask_blur") is not None:  # A1111: mask_blur sets both directions
         kwargs.pop("mask_blur_x", None)
         kwargs.pop("mask_blur_y", None)
@@ -87,22 +88,14 @@ def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgReques
     return Img2ImgRequest(**kwargs, init_images=init_images, mask=mask)
 
 
-def _outpainting_request(kwargs: dict[str, Any], args: list, init_images: list) -> Img2ImgRequest:
-    """A1111's "Poor man's outpainting": script_args = [pixels (128), mask_blur (4), masked content
-    as an index into fill/original/latent noise/latent nothing (0), directions (all four)]."""
-    defaults = [128, 4, 0, list(outpaint.DIRECTIONS)]
-    if not isinstance(args, list) or len(args) > len(defaults):
-        raise RequestError("script_args", f"outpainting takes [pixels, mask_blur, inpainting_fill, direction], got {args!r}")
-    pixels, mask_blur, fill, directions = list(args) + defaults[len(args):]
-    if not isinstance(fill, int) or isinstance(fill, bool) or not 0 <= fill <= 3:
-        raise RequestError("script_args", f"inpainting_fill (3rd) must be 0..3, got {fill!r}")
-    for owned in ("mask", "mask_blur", "mask_blur_x", "mask_blur_y", "inpaint_full_res", "inpaint_full_res_padding",
-                  "inpainting_fill", "inpainting_mask_invert", "resize_mode", "width", "height"):
-        kwargs.pop(owned, None)
-    try:
-        return outpaint.outpaint_request(init_images[0], pixels, directions, mask_blur, fill, **kwargs)
-    except RequestError as exc:  # name the script argument the client sent
-        raise RequestError("script_args", f"{exc.field}: {exc.message}") from exc
+def script_call(body: Any, img2img: bool) -> script_jobs.ScriptCall:
+    """A1111's script_name / script_args / alwayson_scripts as the job's ScriptCall, checked
+    against the loaded scripts now (an unknown script: RequestError naming the field and the known
+    scripts). Builds the scripts' argument layout on first use: the route runs it off the event loop."""
+    call = script_jobs.ScriptCall.from_api(body.script_name, body.script_args, body.alwayson_scripts)
+    if not call.empty:  # (an empty call runs the AlwaysVisible scripts with their defaults, if any)
+        call.script_args(script_jobs.runner_for("img2img" if img2img else "txt2img"))
+    return call
 
 
 def parameters_echo(body: Any, img2img: bool = False) -> dict[str, Any]:

@@ -28,7 +28,10 @@ _TYPES = {"str": str, "int": int, "float": float, "bool": bool, "dict": dict,
 
 # A1111's API defaults where they differ from the core's (which follow its UI); shown in the schema,
 # and what a null becomes (modules.api.convert)
-IMG2IMG_API_DEFAULTS: dict[str, Any] = {"inpaint_full_res": True, "inpaint_full_res_padding": 0}
+TXT2IMG_API_DEFAULTS: dict[str, Any] = {"steps": 50}
+IMG2IMG_API_DEFAULTS: dict[str, Any] = {"steps": 50, "inpaint_full_res": True, "inpaint_full_res_padding": 0}
+# A1111's API: no sampler_name and no sampler_index means sampler_index's default, "Euler"
+DEFAULT_SAMPLER = "Euler"
 
 _API_DESCRIPTIONS = {
     "init_images": "Init images as base64 PNG/JPEG/WebP (bare or 'data:image/...;base64,'): one for the "
@@ -62,13 +65,15 @@ def _core_fields(request_class: type, skip: tuple[str, ...] = (), descriptions: 
 
 
 class _Lenient(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # NaN and infinity are no values for any field (they would slip past every bound)
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 _A1111_ONLY: dict[str, Any] = {
     "styles": (Optional[list[str]], Field(None, description=(
         "Prompt styles to apply, in order (names from /sdapi/v1/prompt-styles); an unknown name is refused."))),
-    "sampler_index": (Optional[str], Field(None, description="Old name of sampler_name.")),
+    "sampler_index": (Optional[str], Field(DEFAULT_SAMPLER, description=(
+        "Old name of sampler_name, used when sampler_name is empty (A1111's API default: Euler)."))),
     "restore_faces": (Optional[bool], None),
     "tiling": (Optional[bool], None),
     "do_not_save_samples": (Optional[bool], None),
@@ -81,7 +86,8 @@ _A1111_ONLY: dict[str, Any] = {
     "s_tmin": (Optional[float], None),
     "s_noise": (Optional[float], None),
     "override_settings": (Optional[dict[str, Any]], Field(None, description="Options for this request only.")),
-    "override_settings_restore_afterwards": (Optional[bool], True),
+    "override_settings_restore_afterwards": (Optional[bool], Field(True, description=(
+        "true: override_settings hold for this request only; false: they stay set afterwards (as in A1111)."))),
     "refiner_checkpoint": (Optional[str], None),
     "refiner_switch_at": (Optional[float], None),
     "disable_extra_networks": (Optional[bool], None),
@@ -99,18 +105,21 @@ _A1111_ONLY: dict[str, Any] = {
     "hr_scheduler": (Optional[str], None),
     "hr_prompt": (Optional[str], None),
     "hr_negative_prompt": (Optional[str], None),
-    "force_task_id": (Optional[str], None),
+    "force_task_id": (Optional[str], Field(None, description=(
+        "The task id to track this request by with POST /internal/progress (default: a new one)."))),
     "script_name": (Optional[str], None),
     "script_args": (Optional[list[Any]], None),
     "send_images": (Optional[bool], Field(True, description="Return the images in the response.")),
     "save_images": (Optional[bool], Field(False, description="Save the images to the outputs folder.")),
     "alwayson_scripts": (Optional[dict[str, Any]], None),
-    "infotext": (Optional[str], None),
+    "infotext": (Optional[str], Field(None, description=(
+        "Generation parameters text (A1111 infotext): fills the fields this request leaves out."))),
 }
 
 StableDiffusionTxt2ImgProcessingAPI = create_model(
     # a core field (typed, with bounds) wins over the same A1111 name listed above
-    "StableDiffusionTxt2ImgProcessingAPI", __base__=_Lenient, **{**_A1111_ONLY, **_core_fields(GenerationRequest)}
+    "StableDiffusionTxt2ImgProcessingAPI", __base__=_Lenient,
+    **{**_A1111_ONLY, **_core_fields(GenerationRequest, defaults=TXT2IMG_API_DEFAULTS)}
 )
 
 _IMG2IMG_A1111_ONLY: dict[str, Any] = {
@@ -182,3 +191,106 @@ class ProgressResponse(BaseModel):
     current_image: Optional[str] = None
     textinfo: Optional[str] = None
     current_task: Optional[str] = None
+
+
+# -- Extras (A1111's ExtrasBaseRequest; face restoration does not exist in Easel) ----------------
+
+class ExtrasBaseRequest(_Lenient):
+    resize_mode: Optional[int] = Field(0, ge=0, le=1, description="0: upscale by upscaling_resize; 1: to upscaling_resize_w x upscaling_resize_h.")
+    show_extras_results: Optional[bool] = Field(True, description="Accepted for A1111 compatibility; the images are always returned.")
+    gfpgan_visibility: Optional[float] = Field(0, ge=0, le=1, description="Face restoration is not available in Easel: only 0 is accepted.")
+    codeformer_visibility: Optional[float] = Field(0, ge=0, le=1, description="Face restoration is not available in Easel: only 0 is accepted.")
+    codeformer_weight: Optional[float] = Field(0, ge=0, le=1, description="Accepted and unused (no CodeFormer in Easel).")
+    upscaling_resize: Optional[float] = Field(2, gt=0, description="By how much to upscale (resize_mode 0).")
+    upscaling_resize_w: Optional[int] = Field(512, ge=1, description="Target width (resize_mode 1).")
+    upscaling_resize_h: Optional[int] = Field(512, ge=1, description="Target height (resize_mode 1).")
+    upscaling_crop: Optional[bool] = Field(True, description="Crop to fit the target size (resize_mode 1).")
+    upscaler_1: Optional[str] = Field("None", description="Main upscaler (names from /sdapi/v1/upscalers); 'None' = no upscale.")
+    upscaler_2: Optional[str] = Field("None", description="Secondary upscaler, blended over the first.")
+    extras_upscaler_2_visibility: Optional[float] = Field(0, ge=0, le=1, description="Visibility of the secondary upscaler.")
+    upscale_first: Optional[bool] = Field(False, description="Accepted for A1111 compatibility (no face restoration to order).")
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: Optional[str] = Field("", description="The image, base64 (bare or data: URL).")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="Base64 of the file (bare or data: URL).")
+    name: str = Field(description="File name.")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(description="The images to work on.")
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="The postprocessing infotext as HTML.")
+    image: Optional[str] = Field(None, description="The result, base64 PNG.")
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str = Field(description="The postprocessing infotext of the last image as HTML.")
+    images: list[str] = Field(description="The results, base64 PNG.")
+
+
+class PNGInfoRequest(BaseModel):
+    image: str = Field(description="The image, base64 (bare or data: URL).")
+
+
+class PNGInfoResponse(BaseModel):
+    info: str = Field(description="The generation parameters text (infotext).")
+    items: dict[str, Any] = Field(description="The image's other text fields.")
+    parameters: dict[str, Any] = Field(description="The infotext parsed, with A1111's defaults filled in.")
+
+
+# -- listings ----------------------------------------------------------------------------------
+
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: Optional[str] = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: Optional[str] = None
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: Optional[str] = None
+    scale: Optional[int] = None
+
+
+class MemoryResponse(BaseModel):
+    ram: dict = Field(description="System memory: free, used (this process), total, in bytes.")
+    cuda: dict = Field(description="CUDA memory (system, active, allocated, reserved, inactive, events) or an error.")
+
+
+# -- /internal/progress (A1111's modules/progress.py) -------------------------------------------
+
+class InternalProgressRequest(BaseModel):
+    id_task: Optional[str] = Field(None, description="The task id (force_task_id of the request).")
+    id_live_preview: int = Field(-1, description="The id of the last live preview received.")
+    live_preview: bool = Field(True, description="Include the live preview image.")
+
+
+class InternalProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: Optional[float] = None
+    eta: Optional[float] = None
+    live_preview: Optional[str] = Field(None, description="The current live preview, a data: URL.")
+    id_live_preview: Optional[int] = None
+    textinfo: Optional[str] = None
+
+
+class PendingTasksResponse(BaseModel):
+    size: int
+    tasks: list[str]

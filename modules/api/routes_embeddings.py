@@ -49,4 +49,4 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
         if engine.embeddings is not None:
             engine.queue.submit("refresh embeddings", lambda: engine.embeddings.refresh(engine.models.model,
                                                                                           force=True)).result()
-        return None
+        return {}  # every POST answers a JSON body

@@ -19,8 +19,8 @@ from modules.core import image_io
 from modules.core.types import GenerationRequest, RequestError
 from modules.services.engine import Engine
 
-from . import convert, models
-from .errors import server_error, unprocessable
+from . import convert, models, request_fields
+from .errors import BadImage, server_error, unprocessable
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +29,16 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
                     submit: Callable, img2img: bool) -> Any:
     request = unstyled = None
     try:
+        request_fields.apply_infotext(body, img2img, engine.options.data)  # fills what the request left out
         unstyled = await build()
         request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
-        future = submit(request, task_id=body.force_task_id, overrides=convert.job_overrides(body))
+        task_id = body.force_task_id or request_fields.new_task_id("img2img" if img2img else "txt2img")
+        scripts = await asyncio.to_thread(convert.script_call, body, img2img)  # script_name, alwayson_scripts
+        future = submit(request, task_id=task_id, overrides=convert.job_overrides(body), scripts=scripts)
         result = await asyncio.wrap_future(future)
     except RequestError as exc:
-        return unprocessable(convert.API_FIELD.get(exc.field, exc.field), exc.message)
+        status = 400 if isinstance(exc, BadImage) else 422  # images that are not images: 400
+        return unprocessable(convert.API_FIELD.get(exc.field, exc.field), exc.message, status)
     except ValueError as exc:  # an unreadable or unsupported checkpoint file
         if request is not None and request.checkpoint:
             return unprocessable(convert.API_FIELD["checkpoint"], str(exc))
@@ -42,9 +46,14 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
     except Exception as exc:  # not the request's fault: say so, with the reason
         log.exception("%s failed", "img2img" if img2img else "txt2img")
         return server_error(exc, "generation failed")
+    await request_fields.keep_overrides(engine, body)  # override_settings_restore_afterwards: false
     images, first = result.images, 0
-    if result.grid is not None and engine.options.get("return_grid"):
-        images, first = [result.grid, *images], 1
+    # a plain job's grid only when it is saved and shown (A1111: do_not_save_grid = not save_images);
+    # a script's own grids (X/Y/Z plot, prompt matrix) always, as A1111 returns processed.images
+    if result.grid is not None and (result.grids_from_script or request_fields.grid_wanted(body, engine.options.data)):
+        grids = [result.grid, *result.extra_grids]  # a script's further grids (X/Y/Z plot) follow the first
+        images, first = [*grids, *images], len(grids)  # A1111: the grids and their infotexts come first
+        result.infotexts = [*(g.info.get("parameters") or result.infotexts[0] for g in grids), *result.infotexts]
     send = body.send_images is not False  # null means the default, True
     encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if send else []
     # A1111's info: `prompt` as sent, `all_prompts` and the infotexts with the styles applied

@@ -32,4 +32,4 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
         """Look at the LoRA folder again (files added, changed or removed)."""
         if engine.loras is not None:
             engine.loras.refresh()
-        return None
+        return {}  # every POST answers a JSON body

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import emphasis as emphasis_modes
-from . import prompt_parser
+from . import lora, prompt_parser
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -145,7 +145,8 @@ class TextConditioner:
         chunks up to the longest one)."""
         if self.emphasis != emphasis_modes.ORIGINAL and any("(" in p or "[" in p for p in prompts):
             self.emphasis_noted = True
-        key = (tuple(prompts), width, height, self.clip_skip, self.emphasis)
+        # the applied LoRAs are part of the key: a job may change them between batches (per-batch prompts)
+        key = (tuple(prompts), width, height, self.clip_skip, self.emphasis, lora.active_key(self.model))
         if key in self._cache:
             return self._cache[key]
         unique = list(dict.fromkeys(prompts))

@@ -200,8 +200,10 @@ def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tens
 
 def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *, seeds: list[int],
            subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
-           hooks: denoise.DenoiseHooks) -> torch.Tensor:
-    """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise."""
+           hooks: denoise.DenoiseHooks, prompts: list[str] | None = None,
+           negative_prompts: list[str] | None = None) -> torch.Tensor:
+    """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise.
+    `prompts`/`negative_prompts`: one per image (A1111's hr_prompts); default: the plan's for all."""
     if hr.denoising_strength == 0:
         return x
     batch, shape = x.shape[0], tuple(x.shape[1:])
@@ -214,7 +216,9 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
         concat = pipeline.txt2img_image_conditioning(hr_model, batch, hr.width, hr.height)
     # prompt editing goes on along the first pass's timeline (A1111's hires_steps scheduling)
     first_pass = schedule_length(request.steps, samplers.resolve(request.sampler_name, request.scheduler)[0])
-    conds = ScheduledConditioning(conditioner, [hr.prompt] * batch, [hr.negative_prompt] * batch, first_pass,
+    prompts = [hr.prompt] * batch if prompts is None else prompts
+    negative_prompts = [hr.negative_prompt] * batch if negative_prompts is None else negative_prompts
+    conds = ScheduledConditioning(conditioner, prompts, negative_prompts, first_pass,
                                   up_w, up_h, hires_steps=schedule_length(hr.steps, hr.sampler),
                                   image_conditioning=concat)
     hr.used_embeddings.update(conditioner.used_embeddings)
@@ -236,7 +240,8 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
 
 def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, latents: torch.Tensor, *,
                 seeds: list[int], subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
-                hooks: denoise.DenoiseHooks, refine: bool = True) -> list[Image.Image]:
+                hooks: denoise.DenoiseHooks, refine: bool = True, prompts: list[str] | None = None,
+                negative_prompts: list[str] | None = None) -> list[Image.Image]:
     """Upscale one batch's first-pass latents, refine them and decode: the final pictures.
 
     ``refine=False`` (the batch was skipped) only upscales, like A1111's sampler stopping at once.
@@ -258,7 +263,8 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, late
             if refine:
                 lora.activate(hr_model, hr.loras)
                 x = _refine(hr, request, hr_model, settings, x, seeds=seeds, subseeds=subseeds,
-                            seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks)
+                            seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks, prompts=prompts,
+                            negative_prompts=negative_prompts)
             return pipeline.decode_latents(hr_model, x)
     finally:
         if hr_model is not model:

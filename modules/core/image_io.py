@@ -511,6 +511,12 @@ def _base64_payload(encoded: str | bytes) -> bytes:
         raise ValueError(f"image data is not valid base64: {error}") from None
 
 
+def base64_to_bytes(encoded: str | bytes) -> bytes:
+    """The bytes of bare base64 or a ``data:…;base64,…`` URL (whitespace and missing padding
+    tolerated); ValueError saying what is wrong otherwise."""
+    return _base64_payload(encoded)
+
+
 def decode_base64_to_image(encoded: str | bytes, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Base64 (bare or ``data:image/…;base64,…``) -> a loaded RGB or RGBA image.
 

@@ -23,6 +23,7 @@ from .conditioning import TextConditioner
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
+from .job_hooks import BatchValues, ImageValues, JobHooks
 from .model_loader import LoadedModel
 from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
@@ -91,10 +92,22 @@ class _Plan:
 
 
 class _LoopHooks(denoise.DenoiseHooks):
-    def __init__(self, observer: JobObserver):
+    def __init__(self, observer: JobObserver, job_hooks: JobHooks | None = None):
         self.observer = observer
+        self.job_hooks = job_hooks  # the layer above's CFG hooks (A1111's on_cfg_* callbacks)
         self.stopped = False
         self.blend = None  # img2img inpainting: keeps the unmasked area on the init image's path
+
+    def cfg_denoiser(self, step, x, t, cond, uncond):
+        if self.job_hooks is not None:
+            self.job_hooks.cfg_denoiser(step, x, t, cond, uncond)
+
+    def cfg_denoised(self, step, x_pred):
+        if self.job_hooks is not None:
+            self.job_hooks.cfg_denoised(step, x_pred)
+
+    def cfg_after_cfg(self, step, x_pred):
+        return x_pred if self.job_hooks is None else self.job_hooks.cfg_after_cfg(step, x_pred)
 
     def after_step(self, step, next_timestep, latents):
         return latents if self.blend is None else self.blend(step, next_timestep, latents)
@@ -173,18 +186,22 @@ def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Imag
     return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
 
 
-def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int) -> dict:
-    """The settings line in A1111's order."""
+def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int,
+                    seed: int | None = None, subseed: int | None = None, extra: dict | None = None) -> dict:
+    """The settings line in A1111's order. `seed`/`subseed` default to the plan's for `index`;
+    `extra` (the hooks' keys, A1111's script-written extra_generation_params) follows the request's."""
+    seed = p.seeds[index] if seed is None else seed
+    subseed = p.subseeds[index] if subseed is None else subseed
     params = {
         "Steps": request.steps,
         "Sampler": p.sampler,
         "Schedule type": p.schedule,
         "CFG scale": plain_number(request.cfg_scale),
-        "Seed": p.seeds[index],
+        "Seed": seed,
         "Size": f"{p.width}x{p.height}",
         "Model hash": settings.model_hash if settings.add_model_hash_to_info else None,
         "Model": (settings.model_name or None) if settings.add_model_name_to_info else None,
-        "Variation seed": p.subseeds[index] if request.subseed_strength > 0 else None,
+        "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Seed resize from": (
             f"{request.seed_resize_from_w}x{request.seed_resize_from_h}"
@@ -198,6 +215,7 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Tiling": "True" if request.tiling else None,
     }
     params.update(request.extra)
+    params.update(extra or {})
     params.update(p.extra)  # A1111's extra_generation_params; keys above keep their place
     params["Version"] = settings.version
     return params
@@ -208,11 +226,14 @@ def generate(
     model: LoadedModel,
     settings: GenerationSettings | None = None,
     observer: JobObserver | None = None,
+    hooks: JobHooks | None = None,
 ) -> GenerationResult:
+    """One job. `hooks` (modules.core.job_hooks) let the layer above see and change the per-image
+    values, the CFG steps, the pictures and what is saved; without them nothing changes."""
     # seamless tiling switches the model's padding for this job only (A1111: for the whole job)
     with tiling.seamless(model, request.tiling):
         try:
-            return _generate(request, model, settings, observer)
+            return _generate(request, model, settings, observer, hooks)
         except BaseException:
             lora.deactivate(model)  # a failed job leaves the base weights (a finished one keeps its LoRAs)
             raise
@@ -224,15 +245,18 @@ def _generate(
     model: LoadedModel,
     settings: GenerationSettings | None = None,
     observer: JobObserver | None = None,
+    job_hooks: JobHooks | None = None,
 ) -> GenerationResult:
     settings = settings or GenerationSettings()
     observer = observer or JobObserver()
+    jhooks = job_hooks or JobHooks()  # (`hooks` below is the sampling loop's)
 
     # 1. validate against the model and resolve defaults
     p = plan(request, model, settings)
     if p.width % model.latent_scale or p.height % model.latent_scale:
         raise RequestError("width", f"width and height must be multiples of {model.latent_scale} for this model")
-    loras = lora.prepare(request.prompt, settings.find_lora)  # <lora:...> cut out, files found and read
+    networks = _PromptNetworks(settings.find_lora)  # <lora:...> cut out, files found and read, per prompt
+    networks.get(request.prompt, "prompt")  # an unknown LoRA is refused before any work
     conditioner = TextConditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
                                   embeddings=settings.embeddings)
     unet_call = _unet_call(model)
@@ -259,11 +283,20 @@ def _generate(
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
         p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
         result.width, result.height = hr.width, hr.height
-    hr_loras = None
-    if hr is not None:  # the hires prompt's own <lora:...> tags drive the second pass (A1111)
-        hr_loras = lora.prepare(hr.prompt, settings.find_lora, "hr_prompt")
-        hr = dataclasses.replace(hr, prompt=hr_loras.prompt, loras=hr_loras)
-    lora_hashes = lora.infotext_hashes(loras, hr_loras)
+    # 1b. the per-image values (A1111's all_prompts, all_seeds, ...); the hooks may replace them
+    count = request.batch_size * request.n_iter
+    values = ImageValues([request.prompt] * count, [request.negative_prompt] * count, list(p.seeds),
+                         list(p.subseeds))
+    if hr is not None:
+        values.hr_prompts, values.hr_negative_prompts = [hr.prompt] * count, [hr.negative_prompt] * count
+    jhooks.job_started(values)
+    values.check(count)
+    # the first prompt of each batch chooses its LoRAs (A1111); the hires prompts' own tags drive the second pass
+    firsts = range(0, count, request.batch_size)
+    used_loras = [networks.get(values.prompts[i], "prompt") for i in firsts]
+    if hr is not None:
+        used_loras += [networks.get(values.hr_prompts[i], "hr_prompt") for i in firsts]
+    lora_hashes = lora.infotext_hashes(*used_loras)
     if lora_hashes and settings.add_lora_hashes_to_info:  # A1111's "Lora hashes" (names as written)
         p.extra["Lora hashes"] = lora_hashes
     result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
@@ -276,10 +309,23 @@ def _generate(
         passes = 1 if hr is None else 2  # A1111 counts the hires pass as a job of its own
         observer.begin_batch(batch * passes, request.n_iter * passes, request.steps)
         lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
-        seeds, subseeds = p.seeds[lo:hi], p.subseeds[lo:hi]
+        values_b = BatchValues(values.prompts[lo:hi], values.negative_prompts[lo:hi], values.seeds[lo:hi],
+                               values.subseeds[lo:hi], index=batch)
+        if hr is not None:
+            values_b.hr_prompts, values_b.hr_negative_prompts = values.hr_prompts[lo:hi], values.hr_negative_prompts[lo:hi]
+        jhooks.batch_started(values_b)
+        values_b.check(request.batch_size, f"batch {batch}")
+        loras = networks.get(values_b.prompts[0], "prompt")
         lora.activate(model, loras)  # no-op when already applied (the hires pass may have changed them)
-        prompts = [loras.prompt] * request.batch_size  # without <lora:...>; the infotext keeps them
-        negatives = [request.negative_prompt] * request.batch_size
+        values_b.prompts = [networks.get(x, "prompt").prompt for x in values_b.prompts]  # the infotext keeps the tags
+        if hr is not None:
+            hr_loras = networks.get(values_b.hr_prompts[0], "hr_prompt")
+            hr = dataclasses.replace(hr, loras=hr_loras, used_embeddings=hr.used_embeddings)
+            values_b.hr_prompts = [networks.get(x, "hr_prompt").prompt for x in values_b.hr_prompts]
+        jhooks.batch_conditioning(values_b)
+        values_b.check(request.batch_size, f"batch {batch}")
+        prompts, negatives = values_b.prompts, values_b.negative_prompts
+        seeds, subseeds = values_b.seeds, values_b.subseeds
 
         # 2. conditioning for every step: prompt editing, alternation and AND from the parsed prompts
         concat = None
@@ -302,7 +348,7 @@ def _generate(
                                          shape=latent_shape, source=settings.randn_source)
 
         # 4. the sampling loop
-        hooks = _LoopHooks(observer)
+        hooks = _LoopHooks(observer, job_hooks)
         init_latents, strength, schedule_steps = None, 1.0, request.steps
         if job is not None:  # img2img: start from the init latents noised to the first step
             init_latents = job.start_latents(len(seeds), noise)
@@ -324,11 +370,19 @@ def _generate(
         if hr is not None and not result.interrupted:  # hires fix: upscale, a second pass at the new size, decode
             observer.begin_batch(2 * batch + 1, 2 * request.n_iter, hr.steps)
             images = hires.second_pass(hr, request, model, settings, latents, seeds=seeds, subseeds=subseeds,
-                                       seed_resize=seed_resize, clip_skip=p.clip_skip, hooks=_LoopHooks(observer),
-                                       refine=not hooks.stopped)  # skipped: only upscaled, as in A1111
+                                       seed_resize=seed_resize, clip_skip=p.clip_skip,
+                                       hooks=_LoopHooks(observer, job_hooks), refine=not hooks.stopped,  # skipped:
+                                       prompts=values_b.hr_prompts,  # only upscaled, as in A1111
+                                       negative_prompts=values_b.hr_negative_prompts)
             result.interrupted = observer.interrupted()
         else:
             images = decode_latents(model, latents)
+        # A1111: the pictures' own values are the job's again (tags included), as their infotexts show them
+        values_b.prompts, values_b.negative_prompts = values.prompts[lo:hi], values.negative_prompts[lo:hi]
+        if job_hooks is not None:
+            images = jhooks.batch_decoded(values_b, images)
+            images = [jhooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
+            values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
         if job is not None:  # colour correction, paste back under the original
             images = job.finish(images)
         used = {**conditioner.used_embeddings, **(hr.used_embeddings if hr is not None else {})}
@@ -337,28 +391,69 @@ def _generate(
             p.extra["TI hashes"] = result.extra_generation_params["TI hashes"] = hashes
         for i, image in enumerate(images):
             index = lo + i
-            text = build_infotext(request.prompt, request.negative_prompt, infotext_params(request, p, settings, index))
+            seed, subseed = values_b.seeds[i], values_b.subseeds[i]
+            params = infotext_params(request, p, settings, index, seed=seed, subseed=subseed, extra=jhooks.extra_params())
+            text = build_infotext(values_b.prompts[i], values_b.negative_prompts[i], params)
             image.info["parameters"] = text
             result.images.append(image)
-            result.seeds.append(seeds[i])
-            result.subseeds.append(subseeds[i])
-            result.prompts.append(request.prompt)
-            result.negative_prompts.append(negatives[i])
+            result.seeds.append(seed)
+            result.subseeds.append(subseed)
+            result.prompts.append(values_b.prompts[i])
+            result.negative_prompts.append(values_b.negative_prompts[i])
             result.infotexts.append(text)
             if request.save_images and day_dir is not None and not result.interrupted:
-                path = image_io.save_image(image, day_dir, seed=seeds[i], infotext=text,
-                                           extension=settings.samples_format, jpeg_quality=settings.jpeg_quality)
+                path = _save(job_hooks, image, text, day_dir, settings, seed=seed)
                 result.paths.append(str(path))
         if result.interrupted:
             break
 
     # 6. grid of the whole job
     if len(result.images) > 1 and (settings.return_grid or settings.save_grid):
-        grid = image_io.image_grid(result.images, batch_size=request.batch_size)
+        if job_hooks is None:
+            grid = image_io.image_grid(result.images, batch_size=request.batch_size)
+        else:  # the hooks may change the pictures and the layout (A1111's on_image_grid)
+            rows, cols = image_io.grid_layout(len(result.images), None, request.batch_size)
+            pictures, rows, cols = jhooks.grid(list(result.images), rows, cols)
+            grid = image_io.image_grid(pictures, rows=rows)
         grid_text = result.infotexts[0]
         grid.info["parameters"] = grid_text
         result.grid = grid if settings.return_grid else None
         if settings.save_grid and request.save_images and settings.outdir_grids and not result.interrupted:
             grid_dir = image_io.dated_subdir(settings.outdir_grids, settings.today())
-            result.grid_path = str(image_io.save_grid(grid, grid_dir, infotext=grid_text, extension=settings.grid_format))
+            result.grid_path = str(_save(job_hooks, grid, grid_text, grid_dir, settings, grid=True))
     return result
+
+
+class _PromptNetworks:
+    """Each distinct prompt's <lora:...> tags, cut out and their files read once per job."""
+
+    def __init__(self, find_lora):
+        self.find_lora = find_lora
+        self._done: dict[tuple[str, str], lora.JobLoras] = {}
+
+    def get(self, prompt: str, field_name: str) -> "lora.JobLoras":
+        key = (prompt, field_name)
+        if key not in self._done:
+            self._done[key] = lora.prepare(prompt, self.find_lora, field_name)
+        return self._done[key]
+
+
+def _save(job_hooks: JobHooks | None, image: Image.Image, text: str, directory: Path, settings: GenerationSettings,
+          *, seed: int | None = None, grid: bool = False) -> Path:
+    """A picture (or the grid) to its numbered file, with the hooks' before/after-save calls."""
+
+    def write(picture: Image.Image, infotext: str) -> Path:
+        if grid:
+            return image_io.save_grid(picture, directory, infotext=infotext, extension=settings.grid_format)
+        return image_io.save_image(picture, directory, seed=seed, infotext=infotext,
+                                   extension=settings.samples_format, jpeg_quality=settings.jpeg_quality)
+
+    if job_hooks is None:
+        return write(image, text)
+    ext = (settings.grid_format if grid else settings.samples_format).lower()
+    number = image_io.next_sequence_number(directory, "grid" if grid else "") if directory.is_dir() else 0
+    expected = directory / (f"grid-{number:04}.{ext}" if grid else f"{number:05}-{seed}.{ext}")
+    image, text = job_hooks.before_save(image, text, expected, grid)
+    path = write(image, text)
+    job_hooks.after_save(image, text, path, grid)
+    return path

@@ -320,6 +320,9 @@ def _index(rows) -> dict[str, SamplerSpec]:
 _BY_KEY = _index(_ROWS)
 _BY_NAME = {row.name: row for row in _ROWS}
 SAMPLER_NAMES: list[str] = [row.name for row in _ROWS]
+# A1111 >= 1.9 lists DPM++ 2M first, so its UI starts on it (with Automatic = Karras); its API's
+# default stays sampler_index's "Euler"
+DEFAULT_SAMPLER = "DPM++ 2M"
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image
 
-from . import upscaling
+from . import samplers, upscaling
 
 
 class RequestError(ValueError):
@@ -47,7 +47,7 @@ class GenerationRequest:
 
     prompt: str = spec("", "What the image should show.")
     negative_prompt: str = spec("", "What the image should not show.")
-    sampler_name: str = spec("Euler a", "Sampler (A1111 name).")
+    sampler_name: str = spec(samplers.DEFAULT_SAMPLER, "Sampler (A1111 name).")
     scheduler: str = spec("Automatic", "Schedule type: Automatic, Uniform, Karras, Exponential, SGM Uniform.")
     steps: int = spec(20, "Sampling steps.", minimum=1, maximum=150, ui_step=1)
     cfg_scale: float = spec(7.0, "Classifier-free guidance scale.", minimum=1.0, maximum=30.0, ui_step=0.5)
@@ -195,3 +195,5 @@ class GenerationResult:
     clip_skip: int = 1
     extra_generation_params: dict = field(default_factory=dict)
     job_timestamp: str = ""  # set by the job service
+    extra_grids: list[Image.Image] = field(default_factory=list)  # more grids after `grid` (scripts: X/Y/Z plot's)
+    grids_from_script: bool = False  # the grids are a script's own result: always returned (A1111's API)

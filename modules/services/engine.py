@@ -20,8 +20,11 @@ from .embeddings import EmbeddingDatabase
 from .jobs import JobState, StateObserver, WorkQueue
 from .loras import LoraRegistry
 from .model_cache import ModelCache
+from . import script_jobs
 from .options import Options
+from .script_jobs import ScriptCall
 from .styles import StyleDatabase
+from .vaes import VaeRegistry
 
 VERSION = "easel-0.1.0"
 
@@ -37,6 +40,7 @@ class Engine:
     embeddings: EmbeddingDatabase | None = None  # textual-inversion embeddings folder(s); None: no TI
     styles: StyleDatabase | None = None  # prompt styles (styles.csv files); None: no styles
     loras: LoraRegistry | None = None  # LoRA files (--lora-dir); None: <lora:...> is refused
+    vaes: VaeRegistry | None = None  # VAE files (--vae-dir): listed (/sdapi/v1/sd-vae), not loadable yet
 
     # -- checkpoints -----------------------------------------------------------------
     def resolve_checkpoint(self, name: str | None) -> CheckpointInfo:
@@ -154,8 +158,13 @@ class Engine:
             ),
         )
 
-    def _run(self, kind: str, request: GenerationRequest, overrides: dict) -> GenerationResult:
-        """On the worker: load the request's checkpoint, generate, stamp the job's timestamp."""
+    def _run(self, kind: str, request: GenerationRequest, overrides: dict, scripts=None) -> GenerationResult:
+        """On the worker: load the request's checkpoint, generate, stamp the job's timestamp.
+        With `scripts` (a script_jobs.ScriptCall) A1111's script flow runs instead."""
+        if scripts is not None and script_jobs.wanted(kind, scripts):
+            result = script_jobs.run_script_job(self, kind, request, overrides, scripts)
+            result.job_timestamp = self.state.job_timestamp
+            return result
         info = self.resolve_checkpoint(request.checkpoint)
         model = self._load(info, remember=request.checkpoint is None)
         if self.embeddings is not None:  # new or changed embedding files count from this job on (A1111)
@@ -165,21 +174,22 @@ class Engine:
         return result
 
     def submit_txt2img(self, request: GenerationRequest, task_id: str | None = None,
-                       overrides: dict | None = None) -> Future:
-        """Queue a txt2img job; `overrides` are option values for this job only."""
+                       overrides: dict | None = None, scripts: ScriptCall | None = None) -> Future:
+        """Queue a txt2img job; `overrides` are option values for this job only; `scripts` the
+        scripts to run with it (None: none, not even the AlwaysVisible ones)."""
         checked = self.check_overrides(overrides)
-        return self.queue.submit("txt2img", self._run, "txt2img", request, checked, task_id=task_id)
+        return self.queue.submit("txt2img", self._run, "txt2img", request, checked, scripts, task_id=task_id)
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
 
     def submit_img2img(self, request: Img2ImgRequest, task_id: str | None = None,
-                       overrides: dict | None = None) -> Future:
+                       overrides: dict | None = None, scripts: ScriptCall | None = None) -> Future:
         """Queue an img2img/inpainting job; results go to the img2img output folders."""
         if not isinstance(request, Img2ImgRequest):
             raise TypeError(f"submit_img2img needs an Img2ImgRequest, got {type(request).__name__}")
         checked = self.check_overrides(overrides)
-        return self.queue.submit("img2img", self._run, "img2img", request, checked, task_id=task_id)
+        return self.queue.submit("img2img", self._run, "img2img", request, checked, scripts, task_id=task_id)
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()

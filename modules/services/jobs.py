@@ -8,6 +8,7 @@ progress endpoint and the UI's progress bar read.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import itertools
 import queue
@@ -117,6 +118,7 @@ class StateObserver(JobObserver):
         self.state.sampling_step = step + 1
         self.state.sampling_steps = total
         self.state.current_latent = denoised if denoised is not None else latents
+        self.state.id_live_preview += 1  # a new step image: previews compare this id
 
     def interrupted(self) -> bool:
         return self.state.interrupted
@@ -133,19 +135,29 @@ class WorkQueue:
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
         self.pending = 0
+        # task ids, as A1111's progress module keeps them (/internal/progress): waiting (id -> time
+        # queued, in order) and the last 16 finished
+        self.queued: dict[str, float] = {}
+        self.finished: collections.deque[str] = collections.deque(maxlen=16)
+        self._ids_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="easel-gpu-worker", daemon=True)
         self._thread.start()
 
     def submit(self, name: str, fn: Callable[..., Any], *args: Any, task_id: str | None = None) -> Future:
         future: Future = Future()
-        self.pending += 1
-        self._queue.put((name, task_id or f"task({next(self._ids)})", fn, args, future))
+        task_id = task_id or f"task({next(self._ids)})"
+        with self._ids_lock:
+            self.pending += 1
+            self.queued[task_id] = time.time()
+        self._queue.put((name, task_id, fn, args, future))
         return future
 
     def _run(self) -> None:
         while True:
             name, task_id, fn, args, future = self._queue.get()
-            self.pending -= 1
+            with self._ids_lock:
+                self.pending -= 1
+                self.queued.pop(task_id, None)
             if not future.set_running_or_notify_cancel():
                 continue
             self.state.begin(name, task_id)
@@ -157,3 +169,5 @@ class WorkQueue:
                 future.set_exception(exc)
             finally:
                 self.state.end()
+                with self._ids_lock:
+                    self.finished.append(task_id)

@@ -1,4 +1,5 @@
-"""The Gradio page: checkpoint picker on top, then the tabs."""
+"""The Gradio page: checkpoint picker on top, then the tabs (txt2img, img2img, the extensions'
+own tabs, Settings, Extensions), with A1111's page globals and the extensions' JS/CSS."""
 
 from __future__ import annotations
 
@@ -9,11 +10,14 @@ from pathlib import Path
 
 import gradio as gr
 
+from modules import gradio_compat
 from modules.services.engine import Engine
 
+from .extensions_tab import ExtensionsTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
+from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
 from .settings import SettingsTab
 from .styles import HINTS as STYLE_HINTS
 from .txt2img import Txt2ImgTab
@@ -38,14 +42,38 @@ HINTS = {
 }
 
 
+def _extension_files(kind: str) -> list[tuple[str, str]]:
+    """(name, text) of the active extensions' javascript/*.js (kind "js") or style.css ("css")
+    files, in load order; none when the extension system is absent. A file that cannot be read is
+    reported and left out."""
+    try:
+        from modules import extensions
+    except ImportError:
+        return []
+    lister = getattr(extensions, "javascript_files" if kind == "js" else "css_files", None)
+    files = []
+    for path in (lister() if lister else []):
+        path = Path(path)
+        name = "/".join(path.parts[-3:] if kind == "js" else path.parts[-2:])  # <extension>/javascript/x.js
+        try:
+            files.append((name, path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"[easel] extension file {path} not added to the page: {exc}")
+    return files
+
+
 def page_script() -> str:
-    """The JS of the page's load event: stylesheet, tooltips, keyboard shortcuts.
+    """The JS of the page's load event: stylesheet, A1111's globals, the extensions' files,
+    tooltips, keyboard shortcuts. It takes the options' JSON (window.opts) as its input.
 
     It goes through a load event because `gr.mount_gradio_app` (webui.py) replaces a
     Blocks' own `css`/`js`/`head` with its arguments."""
     css = (HERE / "style.css").read_text(encoding="utf-8")
     script = (HERE / "page.js").read_text(encoding="utf-8").strip()
-    return f"() => ({script})({json.dumps(css)}, {json.dumps(HINTS)})"
+    webui_globals = (HERE / "webui_globals.js").read_text(encoding="utf-8")
+    args = ", ".join(json.dumps(a) for a in (css, HINTS))
+    extension_args = ", ".join(json.dumps(a) for a in (webui_globals, _extension_files("js"), _extension_files("css")))
+    return f"(optsJson) => ({script})({args}, optsJson, {extension_args})"
 
 
 def _size_fields(tabs: list[GenerationTab]) -> list[gr.components.Component]:
@@ -138,21 +166,47 @@ def _gallery_image(gallery, selected: int):
         return picture.copy()
 
 
+def _paste_fields(tab: GenerationTab) -> list[tuple]:
+    """A tab's infotext fields (A1111's keys), then its scripts' `infotext_fields`."""
+    own = [(tab.prompt, "Prompt"), (tab.negative, "Negative prompt"), (tab.steps, "Steps"),
+           (tab.sampler, "Sampler"), (tab.scheduler, "Schedule type"), (tab.cfg, "CFG scale"),
+           (tab.seed, "Seed"), (tab.width, "Size-1"), (tab.height, "Size-2"), (tab.batch_size, "Batch size"),
+           (tab.subseed, "Variation seed"), (tab.subseed_strength, "Variation seed strength")]
+    return own + tab.scripts.infotext_fields()
+
+
 def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
-    """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders."""
+    """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders.
+
+    While the page is built every component is announced to the extensions' component callbacks
+    (scripts_ui.component_callbacks)."""
+    gradio_compat.apply()
+    with component_callbacks():
+        return _create_ui(engine, allow_folders)
+
+
+def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
     txt2img = Txt2ImgTab(engine)
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
     settings = SettingsTab(engine.options)
     tabs = [txt2img, img2img]
+    extension_interfaces = extension_tabs()  # A1111 builds them before the page, each its own Blocks
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:
         placeholder = gr.Column()
         with gr.Tabs(elem_id="tabs") as main_tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                txt2img.build()
+                with current_runner("txt2img"):
+                    txt2img.build()
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                img2img.build()
+                with current_runner("img2img"):
+                    img2img.build()
+            for interface, title, tab_id in extension_interfaces:
+                with gr.Tab(title, id=tab_id, elem_id=f"tab_{tab_id}"):
+                    interface.render()
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings.build()
+            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
+                ExtensionsTab(engine.options, submit=engine.queue.submit).build()
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs)
         _wire_send_to(txt2img, img2img, main_tabs)
@@ -176,5 +230,9 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
         demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)
         for tab in tabs:  # styles saved or files edited since the page was built
             demo.load(tab.styles.current, outputs=tab.styles.dropdown, queue=False)
-        demo.load(None, js=page_script())
+        # the page's script gets the options as they are now, for A1111's window.opts
+        demo.load(settings.options_json, outputs=settings.json, queue=False).then(
+            None, inputs=settings.json, js=page_script(), queue=False)
+    register_paste_fields("txt2img", _paste_fields(txt2img))
+    register_paste_fields("img2img", _paste_fields(img2img), init_img=img2img.init_img)
     return demo

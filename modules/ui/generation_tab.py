@@ -28,6 +28,7 @@ from modules.core.types import GenerationRequest, GenerationResult, Img2ImgReque
 from modules.services.engine import Engine
 
 from .extra_networks import ExtraNetworksPanel
+from .scripts_ui import ScriptsSection
 from .styles import StylesControls
 
 SPECS = Img2ImgRequest.field_specs()  # every request field: the txt2img ones and img2img's
@@ -72,11 +73,14 @@ class Shown:
 
     @classmethod
     def of(cls, result: GenerationResult) -> "Shown":
-        """The gallery's entries: the grid (with the first image's infotext and seed) first."""
-        grid = result.grid is not None
-        return cls(images=([result.grid] if grid else []) + result.images,
-                   infotexts=([result.infotexts[0]] if grid else []) + result.infotexts,
-                   seeds=([result.seeds[0]] if grid else []) + result.seeds,
+        """The gallery's entries: the grid, then a script's further grids (X/Y/Z plot's per-Z ones),
+        each with the first image's infotext and seed, then the images."""
+        grids = ([result.grid] if result.grid is not None else []) + list(getattr(result, "extra_grids", None) or [])
+        first_text = result.infotexts[0] if result.infotexts else ""
+        first_seed = result.seeds[0] if result.seeds else -1
+        return cls(images=grids + result.images,
+                   infotexts=[first_text] * len(grids) + result.infotexts,
+                   seeds=[first_seed] * len(grids) + result.seeds,
                    note="Interrupted: the images were not saved." if result.interrupted else "")
 
 
@@ -99,6 +103,7 @@ class GenerationTab:
         self._jobs_lock = threading.Lock()
         self.styles = StylesControls(engine, self.tabname)
         self.extra_networks = ExtraNetworksPanel(engine, self.tabname)
+        self.scripts = ScriptsSection(self.tabname)  # extensions' and Easel's scripts (modules/scripts.py)
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -124,9 +129,9 @@ class GenerationTab:
 
     def build_sampling(self) -> None:
         with gr.Row():
-            self.sampler = gr.Dropdown(samplers.SAMPLER_NAMES, value="Euler a", label="Sampling method",
+            self.sampler = gr.Dropdown(samplers.SAMPLER_NAMES, value=samplers.DEFAULT_SAMPLER, label="Sampling method",
                                        elem_id=self._id("sampling"))
-            self.scheduler = gr.Dropdown(schedules_for("Euler a"), value="Automatic", label="Schedule type",
+            self.scheduler = gr.Dropdown(schedules_for(samplers.DEFAULT_SAMPLER), value="Automatic", label="Schedule type",
                                          elem_id=self._id("scheduler"))
         self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
 
@@ -162,6 +167,10 @@ class GenerationTab:
                                           elem_id=self._id("seed_resize_from_w"))
                 self.resize_h = gr.Slider(0, 2048, step=8, value=0, label="Resize seed from height",
                                           elem_id=self._id("seed_resize_from_h"))
+
+    def build_scripts(self) -> None:
+        """The scripts' controls and the "Script" dropdown, at the bottom of the parameters column."""
+        self.scripts.build()
 
     def build_results(self) -> None:
         """The gallery, `build_result_buttons` under it, the info box, and the per-page state."""
@@ -203,14 +212,15 @@ class GenerationTab:
     def make_request(self, values: dict) -> GenerationRequest:
         raise NotImplementedError
 
-    def submit(self, request: GenerationRequest, task_id: str) -> Future:
+    def submit(self, request: GenerationRequest, task_id: str, scripts=None) -> Future:
+        """Queue the job; `scripts` is its ScriptCall (None: no script runs)."""
         raise NotImplementedError
 
     def execute(self, values: dict, session: str, progress: gr.Progress) -> Shown:
         """One job from the values; a tab with other kinds of work (img2img's batch) overrides it.
         A ValueError (RequestError included) becomes the message in the info box."""
         request = self.make_request(values)
-        return Shown.of(self.run_job(request, session, progress))
+        return Shown.of(self.run_job(request, session, progress, scripts=self.scripts.call(values)))
 
     # -- events ------------------------------------------------------------------------
     def wire(self) -> None:
@@ -224,7 +234,7 @@ class GenerationTab:
 
         started = self.generate.click(busy, outputs=buttons, queue=False)
         job = started.then(
-            self.run, inputs=self.inputs() | {self.styles.dropdown},
+            self.run, inputs=self.inputs() | {self.styles.dropdown} | self.scripts.components(),
             outputs=[self.gallery, self.info, self.result, self.selected],
             concurrency_limit=None, show_progress_on=[self.gallery],
         )
@@ -263,10 +273,10 @@ class GenerationTab:
         return shown.images, info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, 0
 
     def run_job(self, request: GenerationRequest, session: str, progress: gr.Progress,
-                describe: str = "") -> GenerationResult:
+                describe: str = "", scripts=None) -> GenerationResult:
         """Submit, show progress until done, return the result (raises what the job raised)."""
         task_id = f"ui-{self.tabname}-{next(_task_numbers)}"
-        future = self.submit(request, task_id)
+        future = self.submit(request, task_id, scripts)
         self.follow(session, task_id, future, progress, describe)
         return future.result()
 

@@ -1,7 +1,8 @@
 """The img2img tab: A1111's sub-tabs (img2img, Sketch, Inpaint, Inpaint sketch, Inpaint upload,
-Batch), resize mode and size, denoising strength, the inpainting controls, the Script dropdown
-(img2img_scripts.py), and the shared generation controls. Values -> Img2ImgRequest -> queue
-(Batch: one job per file, see modules/services/img2img_batch.py).
+Batch), resize mode and size, denoising strength, the inpainting controls, the scripts (the Script
+dropdown and the AlwaysVisible scripts' controls, scripts_ui.py), and the shared generation
+controls. Values -> Img2ImgRequest -> queue (Batch: one job per file, see
+modules/services/img2img_batch.py; scripts do not run there yet).
 
 Where the pictures come from, per sub-tab:
 
@@ -29,7 +30,6 @@ from modules.core.types import Img2ImgRequest, RequestError
 from modules.services import img2img_batch
 
 from .generation_tab import GenerationTab, Shown, RunningJob, error_html, slider
-from .img2img_scripts import ScriptSelector
 
 __all__ = ["Img2ImgTab", "MODES", "strokes_mask"]
 
@@ -88,7 +88,6 @@ class Img2ImgTab(GenerationTab):
     def __init__(self, engine, *, allow_folders: bool = True):
         super().__init__(engine)
         self.allow_folders = allow_folders  # False under --hide-ui-dir-config: no batch from server folders
-        self.script_selector = ScriptSelector()  # A1111's "Script" dropdown under the parameters
 
     # -- layout ----------------------------------------------------------------------
     def build(self) -> None:
@@ -106,7 +105,7 @@ class Img2ImgTab(GenerationTab):
                 self.denoising = slider("denoising_strength", "Denoising strength", 0.75, "img2img_denoising_strength")
                 self.build_seed()
                 self._build_inpaint_controls()
-                self.script_selector.build()
+                self.build_scripts()
             with gr.Column(elem_id="img2img_results"):
                 self.build_results()
         self.wire()
@@ -190,7 +189,7 @@ class Img2ImgTab(GenerationTab):
     def inputs(self) -> set[gr.components.Component]:
         return {*self.fields().values(), *self.inpaint_fields().values(), self.mode, self.resize_by, self.scale,
                 self.init_img, self.sketch, self.inpaint, self.inpaint_sketch, self.inpaint_base, self.inpaint_mask,
-                self.batch_input, self.batch_output, self.batch_masks, *self.script_selector.inputs()}
+                self.batch_input, self.batch_output, self.batch_masks}
 
     def _job_fields(self, values: dict, *, inpaint: bool) -> dict:
         fields = self.styled(values, self.field_values(values, self.fields()))
@@ -228,15 +227,15 @@ class Img2ImgTab(GenerationTab):
     def make_request(self, values: dict) -> Img2ImgRequest:
         mode = values[self.mode]
         image, mask = self.pictures(values, mode)
-        if self.script_selector.chosen(values) is not None:  # the script makes the request (and any mask)
-            return self.script_selector.make_request(values, image, self._job_fields(values, inpaint=False))
         fields = self._job_fields(values, inpaint=mask is not None)
         if values[self.resize_by]:
             fields["width"], fields["height"] = img2img_batch.scaled_size(image, float(values[self.scale]))
         return Img2ImgRequest(init_images=[image], mask=mask, **fields)
 
-    def submit(self, request: Img2ImgRequest, task_id: str) -> Future:
-        return self.engine.submit_img2img(request, task_id=task_id)
+    def submit(self, request: Img2ImgRequest, task_id: str, scripts=None) -> Future:
+        if scripts is None:
+            return self.engine.submit_img2img(request, task_id=task_id)
+        return self.engine.submit_img2img(request, task_id=task_id, scripts=scripts)
 
     # -- batch -----------------------------------------------------------------------
     def execute(self, values: dict, session: str, progress: gr.Progress) -> Shown:
@@ -244,7 +243,7 @@ class Img2ImgTab(GenerationTab):
             return super().execute(values, session, progress)
         if not self.allow_folders:
             raise RequestError("input_dir", "batch img2img from server folders is disabled (--hide-ui-dir-config)")
-        if self.script_selector.chosen(values) is not None:
+        if self.scripts.selected(values) is not None:
             raise RequestError("script_name", "scripts do not run in Batch yet; choose the script None")
         fields = self._job_fields(values, inpaint=bool((values[self.batch_masks] or "").strip()))
         scale = float(values[self.scale]) if values[self.resize_by] else None

@@ -1,14 +1,43 @@
 // Runs once when the page has loaded (as the `js` of a load event): adds the stylesheet,
-// tooltips, the extra networks cards' clicks and search, and A1111's keyboard shortcuts:
-// Ctrl+Enter generates, Alt+Enter skips.
-(css, hints) => {
+// A1111's page globals (webui_globals.js) with `opts`, the extensions' style.css and
+// javascript/*.js files, tooltips, the extra networks cards' clicks and search, and A1111's
+// keyboard shortcuts: Ctrl+Enter generates, Alt+Enter skips.
+(css, hints, optsJson, webuiGlobals, extensionScripts, extensionStyles) => {
     if (window.easelPageReady) return;
     window.easelPageReady = true;
 
-    const style = document.createElement("style");
-    style.id = "easel-style";
-    style.textContent = css;
-    document.head.appendChild(style);
+    const addStyle = (id, text) => {
+        const style = document.createElement("style");
+        style.id = id;
+        style.textContent = text;
+        document.head.appendChild(style);
+    };
+    addStyle("easel-style", css);
+
+    // -- A1111's globals, then the extensions' files ------------------------------------------
+    // Each file runs as a classic global <script> (its top-level functions become window's, as
+    // with A1111's <script src>), in order, before the start-up callbacks; an error in one is
+    // reported on the console under its name and does not stop the others.
+    const addScript = (name, source, module) => {
+        const script = document.createElement("script");
+        if (module) script.type = "module";
+        script.dataset.source = name;
+        script.textContent = `${source}\n//# sourceURL=${name}`;
+        document.head.appendChild(script);
+    };
+    addScript("easel/webui_globals.js", webuiGlobals, false);
+    try {  // the values are there for the files' own top-level code; the callbacks come after them
+        Object.assign(window.opts, JSON.parse(optsJson || "{}"));
+    } catch (e) {
+        console.error("options are not JSON", e);
+    }
+    for (const [name, text] of extensionStyles || []) addStyle(`extension-style-${name}`, text);
+    for (const [name, source] of extensionScripts || []) addScript(name, source, name.endsWith(".mjs"));
+    window.easelOptionsChanged = (json) => window._easelSetOptions && window._easelSetOptions(json);
+    if (window._easelStartWebuiGlobals) {
+        window._easelSetOptions(optsJson);
+        window._easelStartWebuiGlobals();
+    }
 
     const shown = (el) => el && el.offsetParent !== null;
     const button = (suffix) =>

@@ -3,13 +3,19 @@ the option's current value; "Apply settings" checks every changed value with `Op
 stores them all or none, and saves config.json.
 
 Element ids are A1111's: the tab `tab_settings`, the button `settings_submit`, the report
-`settings_result`, each control `setting_<option name>`. The quicksettings (the checkpoint
-picker above the tabs) are not repeated here: their ids would clash.
+`settings_result`, each control `setting_<option name>`, the hidden `settings_json` (all
+values as JSON: the page's `window.opts`, refreshed after Apply). The quicksettings (the
+checkpoint picker above the tabs) are not repeated here: their ids would clash.
+
+An extension's option (`shared.opts.add_option(key, OptionInfo(...))` in an `on_ui_settings`
+callback, run before this tab is built) gets the control its OptionInfo names
+(`component=gr.Slider, component_args={...}`), or, without one, the control its type gives.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
 from typing import Any
 
@@ -39,10 +45,32 @@ def _number_hint(d: OptionDef) -> str | None:
     return None
 
 
+def _extension_component(info, common: dict, value: Any) -> gr.components.Component | None:
+    """The control an extension's OptionInfo asks for (a Gradio class and its arguments, which may
+    be a function returning them), or None to fall back on the type's control."""
+    component = getattr(info, "component", None)
+    if component is None or not callable(component):
+        return None
+    args = getattr(info, "component_args", None)
+    try:
+        args = args() if callable(args) else dict(args or {})
+        return component(value=value, **{**args, **common})
+    except Exception as exc:  # noqa: BLE001 - a control the extension got wrong: the plain one instead
+        print(f"[easel] setting {common['elem_id'][len('setting_'):]}: its control failed ({exc}); "
+              "showing a plain one")
+        return None
+
+
 def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component:
-    """The control of one option: from its `component`, else its choices, else the default's type
-    (a number with both bounds is a slider, other numbers a plain field)."""
+    """The control of one option: an extension's own (OptionInfo), else from its `component`,
+    else its choices, else the default's type (a number with both bounds is a slider, other
+    numbers a plain field)."""
     common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": True}
+    info = getattr(d, "info", None)
+    if info is not None:
+        own = _extension_component(info, common, value)
+        if own is not None:
+            return own
     if d.component == "color":
         return gr.ColorPicker(value=value, **common)
     if d.choices:
@@ -79,6 +107,7 @@ class SettingsTab:
         with gr.Row(elem_id="settings_top"):
             self.submit = gr.Button("Apply settings", variant="primary", elem_id="settings_submit")
         self.result = gr.HTML(elem_id="settings_result")
+        self.json = gr.Textbox(self.options_json(), visible=False, elem_id="settings_json")
         by_key = {}
         with gr.Tabs(elem_id="settings"):
             for section, keys in self.sections().items():
@@ -88,8 +117,16 @@ class SettingsTab:
         self.components = [by_key[k] for k in self.keys]
         # unprocessed: each value reaches `apply` as the page sent it, so Options.validate is the
         # one judge (and names the option), not a component's own bounds
-        self.submit.click(self.apply, inputs=self.components, outputs=[self.result, *self.components],
-                          preprocess=False, queue=False)
+        applied = self.submit.click(self.apply, inputs=self.components, outputs=[self.result, *self.components],
+                                    preprocess=False, queue=False)
+        # the page's window.opts and its onOptionsChanged callbacks (modules/ui/webui_globals.js)
+        applied.then(self.options_json, outputs=self.json, queue=False).then(
+            None, inputs=self.json, js="(json) => { if (window.easelOptionsChanged) easelOptionsChanged(json); }",
+            queue=False)
+
+    def options_json(self) -> str:
+        """Every option's value as JSON, A1111's `opts` of the page."""
+        return json.dumps(self.options.as_dict(), default=str)
 
     def values(self) -> list:
         """The current value of every option, for the controls (at page load and after Apply)."""

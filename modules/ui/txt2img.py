@@ -1,4 +1,4 @@
-"""The txt2img tab: the shared generation controls plus Hires. fix and Tiling.
+"""The txt2img tab: the shared generation controls plus Hires. fix, Tiling and the scripts.
 
 Values -> GenerationRequest -> queue; element ids are A1111's.
 """
@@ -36,6 +36,7 @@ class Txt2ImgTab(GenerationTab):
                 self.build_seed()
                 with gr.Row(elem_id="txt2img_checkboxes"):
                     self.tiling = gr.Checkbox(label="Tiling", value=False, elem_id="txt2img_tiling")
+                self.build_scripts()
             with gr.Column(elem_id="txt2img_results"):
                 self.build_results()
         self.wire()
@@ -101,8 +102,10 @@ class Txt2ImgTab(GenerationTab):
     def make_request(self, values: dict) -> GenerationRequest:
         return GenerationRequest(**self.styled(values, self.field_values(values, self.fields())))
 
-    def submit(self, request: GenerationRequest, task_id: str) -> Future:
-        return self.engine.submit_txt2img(request, task_id=task_id)
+    def submit(self, request: GenerationRequest, task_id: str, scripts=None) -> Future:
+        if scripts is None:
+            return self.engine.submit_txt2img(request, task_id=task_id)
+        return self.engine.submit_txt2img(request, task_id=task_id, scripts=scripts)
 
     # -- hires events ----------------------------------------------------------------
     def _wire_hires(self) -> None:

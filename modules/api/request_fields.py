@@ -1,0 +1,229 @@
+"""A1111's request details around the core request: `infotext`, sampler names, task ids, the grid,
+and `override_settings_restore_afterwards`.
+
+- ``infotext`` (A1111's ``Api.apply_infotext``): a generation-parameters text fills the fields
+  the request left out; a field the request sets, even to null, wins. txt2img reads the fields
+  A1111's txt2img paste list names with an API field; img2img only its sampler and seed fields
+  (A1111's img2img paste list has no API names for the rest). Settings the text names
+  (Clip skip, ENSD, RNG, Emphasis, ...) join ``override_settings`` unless the request sets them
+  or they already have that value; ``Model hash`` is not followed (A1111's default,
+  "disable_weights_auto_swap").
+- sampler: ``sampler_name``, else ``sampler_index``, else A1111's API default "Euler"; an old
+  combined name ("DPM++ 2M Karras", ``k_dpmpp_2m_ka``) carries its schedule type, which an
+  explicit ``scheduler`` overrides; schedule types by label (``Karras``) or id (``karras``).
+- grid: A1111's API asks for no grid unless ``save_images`` (``do_not_save_grid = not
+  save_images``), so the grid comes first in ``images`` only with save_images and the
+  ``return_grid`` option; its infotext is then first in ``infotexts`` too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import string
+from typing import Any, Callable, Mapping
+
+from modules.core import samplers
+from modules.core.infotext_defaults import parse_generation_parameters
+from modules.core.infotext import parse_infotext
+from modules.core.types import RequestError
+
+from .models import DEFAULT_SAMPLER
+
+log = logging.getLogger(__name__)
+
+# A1111's schedule type aliases (sd_schedulers: SGM Uniform is also "SGMUniform")
+SCHEDULER_ALIASES = {"sgmuniform": "SGM Uniform"}
+
+
+# ------------------------------------------------------------------------------------- values
+
+def _number(kind: type) -> Callable[[Any], Any]:
+    def convert(value: Any) -> Any:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return kind(value)
+        number = float(str(value).strip())
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a finite number")
+        if kind is int:
+            if not number.is_integer():
+                raise ValueError(f"{value!r} is not a whole number")
+            return int(number)
+        return number
+
+    return convert
+
+
+def _flag(value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes"):
+        return True
+    if text in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def _text(value: Any) -> str:
+    return str(value)
+
+
+INT, FLOAT = _number(int), _number(float)
+
+
+def _sampler(d: dict) -> str | None:
+    return d.get("Sampler") or None
+
+
+def _scheduler(d: dict) -> str | None:
+    return d.get("Schedule type") or None
+
+
+def _enable_hr(raw: dict) -> bool | None:
+    # A1111: "Denoising strength" and any hires key in the text (read from the text itself: A1111's
+    # filled-in default "Hires resize-1: 0" would turn hires on for every img2img infotext)
+    hires = any(k in raw for k in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
+    return True if "Denoising strength" in raw and hires else None
+
+
+# api field -> (infotext key or a function of the parsed dict, conversion)
+_SCRIPT_FIELDS: dict[str, tuple[Any, Callable]] = {  # A1111's Sampler and Seed scripts' paste fields
+    "steps": ("Steps", INT),
+    "sampler_name": (_sampler, _text),
+    "scheduler": (_scheduler, _text),
+    "seed": ("Seed", INT),
+    "subseed": ("Variation seed", INT),
+    "subseed_strength": ("Variation seed strength", FLOAT),
+    "seed_resize_from_w": ("Seed resize from-1", INT),
+    "seed_resize_from_h": ("Seed resize from-2", INT),
+}
+_TXT2IMG_FIELDS: dict[str, tuple[Any, Callable]] = {
+    "prompt": ("Prompt", _text),
+    "negative_prompt": ("Negative prompt", _text),
+    "cfg_scale": ("CFG scale", FLOAT),
+    "width": ("Size-1", INT),
+    "height": ("Size-2", INT),
+    "batch_size": ("Batch size", INT),
+    "denoising_strength": ("Denoising strength", FLOAT),
+    "hr_scale": ("Hires upscale", FLOAT),
+    "hr_upscaler": ("Hires upscaler", _text),
+    "hr_second_pass_steps": ("Hires steps", INT),
+    "hr_resize_x": ("Hires resize-1", INT),
+    "hr_resize_y": ("Hires resize-2", INT),
+    "hr_checkpoint_name": ("Hires checkpoint", _text),
+    "hr_sampler_name": ("Hires sampler", _text),
+    "hr_scheduler": ("Hires schedule type", _text),
+    "hr_prompt": ("Hires prompt", _text),
+    "hr_negative_prompt": ("Hires negative prompt", _text),
+    "tiling": ("Tiling", _flag),
+    **_SCRIPT_FIELDS,
+}
+
+# infotext key -> option (A1111's infotext_to_setting_name_mapping, the options Easel has)
+SETTINGS_FROM_INFOTEXT = {
+    "Clip skip": ("CLIP_stop_at_last_layers", INT),
+    "Conditional mask weight": ("inpainting_mask_weight", FLOAT),
+    "ENSD": ("eta_noise_seed_delta", INT),
+    "Noise multiplier": ("initial_noise_multiplier", FLOAT),
+    "RNG": ("randn_source", _text),
+    "Emphasis": ("emphasis", _text),
+}
+
+
+def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any]) -> dict:
+    """Fill `body` (a request model) from its `infotext`, A1111's way; returns the parsed params."""
+    text = getattr(body, "infotext", None)
+    if not text:
+        return {}
+    if not isinstance(text, str):
+        raise RequestError("infotext", f"must be text, got {type(text).__name__}")
+    raw = parse_infotext(text)
+    params = parse_generation_parameters(text)
+    given = set(body.model_fields_set)
+    fields = _SCRIPT_FIELDS if img2img else _TXT2IMG_FIELDS
+    for field, (source, convert) in fields.items():
+        if field in given:
+            continue
+        value = source(params) if callable(source) else params.get(source)
+        if value is None:
+            continue
+        try:
+            setattr(body, field, convert(value))
+        except ValueError as exc:
+            raise RequestError("infotext", f"{source if isinstance(source, str) else field}: {exc}") from None
+    if not img2img and "enable_hr" not in given and _enable_hr(raw):
+        body.enable_hr = True
+
+    overrides = dict(body.override_settings or {})
+    for key, (option, convert) in SETTINGS_FROM_INFOTEXT.items():
+        if key not in raw or option in overrides:
+            continue
+        try:
+            value = convert(raw[key])
+        except ValueError as exc:
+            raise RequestError("infotext", f"{key}: {exc}") from None
+        if options.get(option) != value:
+            overrides[option] = value
+    body.override_settings = overrides
+    return params
+
+
+# ------------------------------------------------------------------------------------ sampler
+
+def _schedule_known(name: str) -> bool:
+    return name.strip().lower() in {k.lower() for pair in samplers.SCHEDULE_TYPES for k in pair}
+
+
+def sampler_fields(data: Mapping[str, Any]) -> dict[str, str]:
+    """The core's sampler_name and scheduler for a request dict, or a RequestError naming the field."""
+    field = "sampler_name" if data.get("sampler_name") else "sampler_index"
+    name = data.get("sampler_name") or data.get("sampler_index") or DEFAULT_SAMPLER
+    schedule = data.get("scheduler")
+    if isinstance(schedule, str):
+        schedule = SCHEDULER_ALIASES.get(schedule.strip().lower(), schedule)
+    try:
+        spec = samplers.get_spec(name)
+    except ValueError as exc:
+        raise RequestError(field, str(exc)) from None
+    if schedule and not _schedule_known(schedule):
+        known = ", ".join(f"{label} ({sid})" for label, sid in samplers.SCHEDULE_TYPES)
+        raise RequestError("scheduler", f"unknown schedule type '{schedule}'; known: {known}")
+    explicit = schedule if schedule and schedule.strip().lower() != "automatic" else None
+    try:  # an explicit schedule type wins over the one a combined name carries (A1111)
+        sampler, label = samplers.resolve(spec.name if explicit else name, explicit)
+    except ValueError as exc:
+        raise RequestError("scheduler", str(exc)) from None
+    return {"sampler_name": sampler, "scheduler": label}
+
+
+# ----------------------------------------------------------------------------------- task ids
+
+def new_task_id(kind: str) -> str:
+    """A1111's create_task_id: task(<kind>-<7 upper-case letters and digits>)."""
+    return f"task({kind}-{''.join(random.choices(string.ascii_uppercase + string.digits, k=7))})"
+
+
+# ---------------------------------------------------------------------------------------- grid
+
+def grid_wanted(body: Any, options: Mapping[str, Any]) -> bool:
+    overrides = getattr(body, "override_settings", None) or {}
+    return_grid = overrides.get("return_grid", options.get("return_grid"))
+    return bool(getattr(body, "save_images", False)) and not getattr(body, "do_not_save_grid", False) and bool(return_grid)
+
+
+# --------------------------------------------------------------------------- kept overrides
+
+async def keep_overrides(engine: Any, body: Any) -> None:
+    """override_settings_restore_afterwards = false: the job's override_settings stay set (A1111
+    sets them on the options and does not put them back). Not saved to config.json, as in A1111
+    (except that selecting a checkpoint saves it, as Easel always does)."""
+    if getattr(body, "override_settings_restore_afterwards", True) is not False:
+        return
+    for key, value in (body.override_settings or {}).items():
+        try:
+            if key == "sd_model_checkpoint":
+                await asyncio.to_thread(engine.select_checkpoint, value)
+            else:
+                engine.options.set(key, value)
+        except ValueError as exc:  # validated before the job ran; report, do not fail the answer
+            log.warning("override_settings.%s could not be kept: %s", key, exc)

@@ -1,0 +1,179 @@
+"""POST /sdapi/v1/extra-single-image, /extra-batch-images and /png-info, in A1111's shapes.
+
+Extras run on the worker queue (job "extras", one job step per image, interrupt stops a batch)
+with the image upscalers of /sdapi/v1/upscalers (modules.core.postprocess). Easel has no face
+restoration: a non-zero gfpgan_visibility or codeformer_visibility is refused with a 422 naming
+it. Results are PNGs carrying the input's `parameters` and A1111's `postprocessing` text.
+Images that are not images are 400, naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+from typing import Any
+
+from fastapi import APIRouter
+from PIL import Image, PngImagePlugin
+
+from modules.core import image_io, postprocess
+from modules.core.infotext_defaults import parse_generation_parameters
+from modules.core.types import RequestError
+from modules.services.engine import Engine
+
+from . import models
+from .errors import server_error, unprocessable
+
+# A1111's IGNORED_INFO_KEYS: image info that is not text about the picture
+IGNORED_INFO_KEYS = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
+                     "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop"}
+
+
+def _settings(body: Any) -> postprocess.UpscaleSettings:
+    for field in ("gfpgan_visibility", "codeformer_visibility"):
+        if getattr(body, field):
+            raise RequestError(field, "face restoration (GFPGAN, CodeFormer) is not available in Easel; send 0")
+
+    def value(name: str, default: Any) -> Any:
+        v = getattr(body, name)
+        return default if v is None else v
+
+    return postprocess.UpscaleSettings(
+        mode=value("resize_mode", 0), upscale_by=value("upscaling_resize", 2.0), width=value("upscaling_resize_w", 512),
+        height=value("upscaling_resize_h", 512), crop=value("upscaling_crop", True),
+        upscaler_1=value("upscaler_1", "None"), upscaler_2=value("upscaler_2", "None"),
+        upscaler_2_visibility=value("extras_upscaler_2_visibility", 0.0))
+
+
+def _encode(image: Image.Image, texts: dict[str, str]) -> str:
+    """Bare base64 PNG with the text chunks (A1111's encode_pil_to_base64 writes every text item)."""
+    info = PngImagePlugin.PngInfo()
+    for key, text in texts.items():
+        info.add_text(key, text)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info if texts else None)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _run(engine: Engine, images: list[tuple[str, Image.Image]], settings: postprocess.UpscaleSettings) -> list:
+    """On the worker: upscale each image; returns [(result, texts for its PNG, infotext)]."""
+    state, results = engine.state, []
+    state.job_count = len(images)
+    for i, (name, image) in enumerate(images):
+        if state.interrupted:
+            break
+        state.job_no, state.textinfo, state.skipped = i, name or None, False
+        result, info = postprocess.upscale(image, settings)
+        text = postprocess.infotext(info)
+        texts = {}
+        if image.info.get("parameters"):
+            texts["parameters"] = image.info["parameters"]
+        if engine.options.get("enable_pnginfo"):
+            texts["postprocessing"] = text
+        results.append((result, texts, text))
+    return results
+
+
+async def _extras(engine: Engine, body: Any, sources: list[tuple[str, str, str]]) -> tuple[list, str]:
+    """sources: (field name for errors, file name, base64). Returns (encoded images, html_info)."""
+    settings = _settings(body)
+    limit = engine.options.get("img2img_max_input_pixels")
+
+    def decode() -> list[tuple[str, Image.Image]]:
+        try:
+            return [(name, image_io.decode_image(data, field, limit)) for field, name, data in sources]
+        except RequestError as exc:
+            raise _BadImage(exc) from None
+
+    images = await asyncio.to_thread(decode)
+    max_pixels = int((engine.options.get("img_max_size_mp") or 200) * 1_000_000)
+    for _, image in images:
+        settings.check(max_pixels, image.size)
+    results = await asyncio.wrap_future(engine.queue.submit("extras", _run, engine, images, settings))
+    encoded = await asyncio.to_thread(lambda: [_encode(image, texts) for image, texts, _ in results])
+    last = results[-1][2] if results else ""
+    return encoded, postprocess.plaintext_to_html(last)
+
+
+class _BadImage(Exception):
+    def __init__(self, error: RequestError):
+        super().__init__(str(error))
+        self.error = error
+
+
+async def _answer(work) -> Any:
+    try:
+        return await work
+    except _BadImage as bad:
+        return unprocessable(bad.error.field, bad.error.message, 400)
+    except RequestError as exc:
+        return unprocessable(exc.field, exc.message)
+    except Exception as exc:  # not the request's fault
+        return server_error(exc, "extras failed")
+
+
+def read_info(data: bytes) -> tuple[str | None, dict[str, Any]]:
+    """A1111's images.read_info_from_image: (the infotext, the image's other text items)."""
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()  # PNG text after the pixels is only seen once loaded
+        infotext = image_io.read_infotext(image)
+        items = dict(image.info or {})
+    items.pop("parameters", None)
+    for key in IGNORED_INFO_KEYS:
+        items.pop(key, None)
+    clean: dict[str, Any] = {}
+    for key, value in items.items():  # JSON-safe: bytes as text, other oddities as their str()
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        clean[str(key)] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+    return infotext, clean
+
+
+def _pasted_callbacks(infotext: str, params: dict) -> None:
+    """Extensions' on_infotext_pasted callbacks may add to the parsed parameters (A1111's png-info)."""
+    try:
+        from modules import script_callbacks
+    except ImportError:  # the scripting layer is optional here
+        return
+    callback = getattr(script_callbacks, "infotext_pasted_callback", None)
+    if callback is not None:
+        callback(infotext, params)
+
+
+def add_routes(r: APIRouter, engine: Engine) -> None:
+    @r.post("/extra-single-image", response_model=models.ExtrasSingleImageResponse)
+    async def extra_single_image(body: models.ExtrasSingleImageRequest):
+        async def work():
+            if not body.image:
+                raise _BadImage(RequestError("image", "needs a base64-encoded image"))
+            encoded, html_info = await _extras(engine, body, [("image", "", body.image)])
+            return {"image": encoded[0] if encoded else None, "html_info": html_info}
+
+        return await _answer(work())
+
+    @r.post("/extra-batch-images", response_model=models.ExtrasBatchImagesResponse)
+    async def extra_batch_images(body: models.ExtrasBatchImagesRequest):
+        async def work():
+            sources = [(f"imageList.{i}.data", item.name, item.data) for i, item in enumerate(body.imageList)]
+            encoded, html_info = await _extras(engine, body, sources)
+            return {"images": encoded, "html_info": html_info}
+
+        return await _answer(work())
+
+    @r.post("/png-info", response_model=models.PNGInfoResponse)
+    async def png_info(body: models.PNGInfoRequest):
+        def work() -> dict:
+            try:
+                image_io.decode_image(body.image, "image", engine.options.get("img2img_max_input_pixels"))
+                infotext, items = read_info(image_io.base64_to_bytes(body.image))
+            except RequestError as exc:
+                raise _BadImage(exc) from None
+            except ValueError as exc:
+                raise _BadImage(RequestError("image", str(exc))) from None
+            infotext = infotext or ""
+            params = parse_generation_parameters(infotext)
+            _pasted_callbacks(infotext, params)
+            return {"info": infotext, "items": items, "parameters": params}
+
+        return await _answer(asyncio.to_thread(work))

@@ -1,0 +1,54 @@
+"""GET/POST /sdapi/v1/options: every setting under its A1111 name.
+
+POST checks every value first (type, choices, bounds; an unknown key is refused, where A1111
+fails with a KeyError) and sets all or none; `sd_model_checkpoint` loads that checkpoint on the
+worker, after the queued jobs, and a checkpoint that cannot be found or read changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from fastapi import APIRouter, Request
+
+from modules.core.types import RequestError
+from modules.services.engine import Engine
+
+from .errors import unprocessable
+
+
+def add_routes(r: APIRouter, engine: Engine) -> None:
+    @r.get("/options")
+    def get_options():
+        return engine.options.as_dict()
+
+    @r.post("/options")
+    async def set_options(request: Request):
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return unprocessable("body", "must be a JSON object")
+        if not isinstance(body, dict):
+            return unprocessable("body", "must be a JSON object")
+        checkpoint = body.pop("sd_model_checkpoint", None)
+        if checkpoint is not None and not isinstance(checkpoint, str):
+            return unprocessable("sd_model_checkpoint", f"must be a checkpoint title (text), got {type(checkpoint).__name__}")
+        for key, value in body.items():
+            if key not in engine.options.defs and key not in engine.options.data:
+                return unprocessable(key, f"unknown option '{key}'")
+            try:
+                engine.options.validate(key, value)
+            except ValueError as exc:
+                return unprocessable(key, str(exc))
+        if checkpoint:
+            try:
+                await asyncio.to_thread(engine.select_checkpoint, checkpoint)
+            except RequestError as exc:
+                return unprocessable("sd_model_checkpoint", exc.message, 404)
+            except ValueError as exc:
+                return unprocessable("sd_model_checkpoint", str(exc))
+        for key, value in body.items():
+            engine.options.set(key, value)
+        engine.options.save()
+        return {}

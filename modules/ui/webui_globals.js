@@ -1,0 +1,272 @@
+// A1111's page globals (its script.js and the parts of ui.js extensions call), for extensions'
+// javascript/*.js files. This file runs as a classic global <script> (page.js adds it before the
+// extensions' files), so its function declarations and `var`s become properties of `window`.
+//
+// Semantics follow A1111: callbacks are queued with onUiLoaded/onUiUpdate/...; executeCallbacks
+// runs each in its own try/catch (a broken extension only logs); onUiLoaded callbacks run once,
+// when the txt2img prompt is on the page; onUiUpdate callbacks get the MutationRecords of each
+// change; onAfterUiUpdate callbacks run 200 ms after the last change; onUiTabChange callbacks run
+// when the selected main tab changes; onOptionsChanged callbacks run when `opts` is (re)filled.
+
+function gradioApp() {
+    const elems = document.getElementsByTagName("gradio-app");
+    const elem = elems.length === 0 ? document : elems[0];
+    if (elem !== document) {
+        elem.getElementById = function(id) {
+            return document.getElementById(id);
+        };
+    }
+    return elem.shadowRoot ? elem.shadowRoot : elem;
+}
+
+// The selected main tab's button / content (A1111 ids: #tabs, #tab_<name>, #tab_<name>-button).
+function get_uiCurrentTab() {
+    return gradioApp().querySelector("#tabs > .tab-wrapper [role=tablist] > button.selected");
+}
+
+function get_uiCurrentTabContent() {
+    const panels = gradioApp().querySelectorAll("#tabs > .tabitem[id^=tab_]");
+    for (const panel of panels) {
+        if (panel.style.display !== "none" && panel.offsetParent !== null) return panel;
+    }
+    return null;
+}
+
+var uiUpdateCallbacks = [];
+var uiAfterUpdateCallbacks = [];
+var uiLoadedCallbacks = [];
+var uiTabChangeCallbacks = [];
+var optionsChangedCallbacks = [];
+var optionsAvailableCallbacks = [];
+var uiAfterUpdateTimeout = null;
+var uiCurrentTab = null;
+var opts = window.opts || {};
+var options_available = false;
+var executedOnLoaded = false;
+
+function onUiUpdate(callback) {
+    uiUpdateCallbacks.push(callback);
+}
+
+function onAfterUiUpdate(callback) {
+    uiAfterUpdateCallbacks.push(callback);
+}
+
+function onUiLoaded(callback) {
+    uiLoadedCallbacks.push(callback);
+}
+
+function onUiTabChange(callback) {
+    uiTabChangeCallbacks.push(callback);
+}
+
+function onOptionsChanged(callback) {
+    optionsChangedCallbacks.push(callback);
+}
+
+function onOptionsAvailable(callback) {
+    if (options_available) {
+        callback();
+    }
+    optionsAvailableCallbacks.push(callback);
+}
+
+function executeCallbacks(queue, arg) {
+    for (const callback of queue) {
+        try {
+            callback(arg);
+        } catch (e) {
+            console.error("error running callback", callback, ":", e);
+        }
+    }
+}
+
+function scheduleAfterUiUpdateCallbacks() {
+    clearTimeout(uiAfterUpdateTimeout);
+    uiAfterUpdateTimeout = setTimeout(function() {
+        executeCallbacks(uiAfterUpdateCallbacks);
+    }, 200);
+}
+
+// Tell Gradio a value was changed from script (A1111's ui.js).
+function updateInput(target) {
+    const e = new Event("input", {bubbles: true});
+    Object.defineProperty(e, "target", {value: target});
+    target.dispatchEvent(e);
+}
+
+function uiElementIsVisible(el) {
+    if (el === document) {
+        return true;
+    }
+    const computedStyle = getComputedStyle(el);
+    const isVisible = computedStyle.display !== "none";
+    if (!isVisible) return false;
+    return el.parentNode ? uiElementIsVisible(el.parentNode) : true;
+}
+
+function uiElementInSight(el) {
+    const clRect = el.getBoundingClientRect();
+    const windowHeight = window.innerHeight;
+    const isOnScreen = clRect.bottom > 0 && clRect.top < windowHeight;
+    return isOnScreen;
+}
+
+// -- tabs and galleries (A1111's ui.js helpers that extensions call) ----------------------
+function get_tab_index(tabId) {
+    const buttons = gradioApp().querySelectorAll(`#${tabId} > .tab-wrapper [role=tablist] > button`);
+    let index = 0;
+    buttons.forEach(function(button, i) {
+        if (button.classList.contains("selected")) index = i;
+    });
+    return index;
+}
+
+function _easelSelectTab(buttonId) {
+    const button = gradioApp().querySelector(`#${buttonId}`);
+    if (button) button.click();
+}
+
+function switch_to_txt2img() {
+    _easelSelectTab("tab_txt2img-button");
+    return Array.from(arguments);
+}
+
+function switch_to_img2img_tab(no) {
+    _easelSelectTab("tab_img2img-button");
+    const buttons = gradioApp().querySelectorAll("#mode_img2img > .tab-wrapper [role=tablist] > button");
+    if (buttons[no]) buttons[no].click();
+}
+
+function switch_to_img2img() {
+    switch_to_img2img_tab(0);
+    return Array.from(arguments);
+}
+
+function switch_to_sketch() {
+    switch_to_img2img_tab(1);
+    return Array.from(arguments);
+}
+
+function switch_to_inpaint() {
+    switch_to_img2img_tab(2);
+    return Array.from(arguments);
+}
+
+function switch_to_inpaint_sketch() {
+    switch_to_img2img_tab(3);
+    return Array.from(arguments);
+}
+
+function all_gallery_buttons() {
+    const tab = get_uiCurrentTabContent();
+    if (!tab) return [];
+    return Array.from(tab.querySelectorAll("[id$='_gallery'] .thumbnail-item, [id$='_gallery'] .thumbnail-small"));
+}
+
+function selected_gallery_button() {
+    return all_gallery_buttons().find((b) => b.classList.contains("selected")) || null;
+}
+
+function selected_gallery_index() {
+    return all_gallery_buttons().findIndex((b) => b.classList.contains("selected"));
+}
+
+// -- start-up (called by page.js once the extensions' files have run) ---------------------
+function _easelSetOptions(json) {
+    let values = {};
+    try {
+        values = JSON.parse(json || "{}");
+    } catch (e) {
+        console.error("options are not JSON", e);
+        return;
+    }
+    for (const key of Object.keys(opts)) delete opts[key];
+    Object.assign(opts, values);
+    window.opts = opts;
+    if (!options_available) {
+        options_available = true;
+        executeCallbacks(optionsAvailableCallbacks);
+    }
+    executeCallbacks(optionsChangedCallbacks);
+}
+
+function _easelCheckLoaded() {
+    if (!executedOnLoaded && gradioApp().querySelector("#txt2img_prompt")) {
+        executedOnLoaded = true;
+        executeCallbacks(uiLoadedCallbacks);
+    }
+}
+
+function _easelCheckTab() {
+    const newTab = get_uiCurrentTab();
+    if (newTab && newTab !== uiCurrentTab) {
+        uiCurrentTab = newTab;
+        executeCallbacks(uiTabChangeCallbacks);
+    }
+}
+
+// Gradio 6 puts a tab's content on the page only when the tab is first shown, while A1111
+// extensions look up elements of every main tab (#img2img_prompt, #tab_settings ...) once the UI
+// has loaded. So each main tab is shown once, briefly, before the onUiLoaded callbacks run, and
+// the tab that was selected is selected again. A click by the user meanwhile ends the round there.
+async function _easelRenderMainTabs() {
+    const buttons = () => Array.from(gradioApp().querySelectorAll("#tabs > .tab-wrapper [role=tablist] > button"));
+    const original = buttons().find((b) => b.classList.contains("selected"));
+    let userClicked = false;
+    const onClick = (e) => {
+        if (e.isTrusted) userClicked = true;
+    };
+    document.addEventListener("click", onClick, true);
+    const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+    try {
+        for (const button of buttons()) {
+            if (userClicked) return;
+            const panelId = button.id.replace(/-button$/, "");
+            if (!panelId || gradioApp().querySelector(`#${panelId}`)) continue;
+            button.click();
+            for (let i = 0; i < 100 && !gradioApp().querySelector(`#${panelId}`); i++) await frame();
+            await frame();
+        }
+        if (!userClicked && original && !original.classList.contains("selected")) {
+            const again = buttons().find((b) => b.id === original.id);
+            if (again) again.click();
+            await frame();
+        }
+    } finally {
+        document.removeEventListener("click", onClick, true);
+    }
+}
+
+async function _easelStartWebuiGlobals() {
+    if (window._easelWebuiObserver) return;
+    window._easelWebuiObserver = true;
+    try {
+        await _easelRenderMainTabs();
+    } catch (e) {
+        console.error("showing the main tabs once failed", e);
+    }
+    window._easelWebuiObserver = new MutationObserver(function(m) {
+        _easelCheckLoaded();
+        executeCallbacks(uiUpdateCallbacks, m);
+        scheduleAfterUiUpdateCallbacks();
+        _easelCheckTab();
+    });
+    window._easelWebuiObserver.observe(gradioApp(), {childList: true, subtree: true});
+    // a tab already shown once is shown again by a class change only (no child list change)
+    let tabCheckPending = false;
+    new MutationObserver(function() {
+        if (tabCheckPending) return;
+        tabCheckPending = true;
+        requestAnimationFrame(function() {
+            tabCheckPending = false;
+            _easelCheckTab();
+        });
+    }).observe(gradioApp(), {attributes: true, attributeFilter: ["class"], subtree: true});
+    // the page is usually complete already when this runs (a load event): start as A1111 does
+    // on its first mutation
+    uiCurrentTab = get_uiCurrentTab();  // the round through the tabs is no tab change
+    _easelCheckLoaded();
+    executeCallbacks(uiUpdateCallbacks, []);
+    scheduleAfterUiUpdateCallbacks();
+}
