@@ -57,6 +57,20 @@ def _opt(name: str):
     return _DEFAULTS.get(name)
 
 
+def _under_data_dir(path) -> str:
+    """A relative output folder (p.outpath_samples, p.outpath_grids: the options are relative) lies
+    under the server's data dir, where the pipeline saves too; an absolute one is kept."""
+    path = os.fspath(path)
+    if os.path.isabs(path):
+        return path
+    shared = sys.modules.get("modules.shared")
+    root = getattr(getattr(shared, "engine", None), "data_path", None)
+    if root is None:
+        from modules import paths_internal
+        root = paths_internal.data_path
+    return os.path.join(os.fspath(root), path)
+
+
 def _callbacks():
     try:
         from modules import script_callbacks
@@ -319,6 +333,7 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     `forced_filename`. on_before_image_saved callbacks may change the picture, name and info;
     on_image_saved callbacks see the result."""
     namegen = FilenameGenerator(p, seed, prompt, image, basename=basename)
+    path = _under_data_dir(path)
     if save_to_dirs is None:
         save_to_dirs = (grid and bool(_opt("grid_save_to_dirs"))) or (not grid and bool(_opt("save_to_dirs")) and not no_prompt)
     if save_to_dirs:

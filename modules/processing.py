@@ -20,7 +20,6 @@ Steps 2-4 are modules.processing_run. The core never imports these modules.
 from __future__ import annotations
 
 import json
-import random
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from modules import shared
 from modules.core import infotext as core_infotext
+from modules.core import rng as core_rng
 from modules.core.types import GenerationResult
 
 opt_C = 4  # noqa: N816 - A1111's names
@@ -35,15 +35,10 @@ opt_f = 8
 
 
 def get_fixed_seed(seed):
-    if seed == "" or seed is None:
-        seed = -1
-    elif isinstance(seed, str):
-        try:
-            seed = int(seed)
-        except ValueError:
-            seed = -1
-    if seed == -1:
-        return int(random.randrange(4294967294))
+    """A1111's name for the core's rule: None, "", -1 or text that is not a number -> a random seed.
+    Anything else (a list of seeds, as prompt matrix sets) passes through, as in A1111."""
+    if seed is None or isinstance(seed, (str, int)):
+        return core_rng.fix_seed(seed)
     return seed
 
 

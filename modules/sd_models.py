@@ -113,17 +113,11 @@ def _wrap(info) -> CheckpointInfo:
     return wrapper
 
 
-class _LiveCheckpoints(dict):
-    """title -> CheckpointInfo, synced from the server's registry on every read."""
+class _SyncedDict(dict):
+    """A dict that refreshes itself (`_sync`) before every read, for A1111's module-level tables."""
 
     def _sync(self) -> None:
-        engine = _engine()
-        if engine is None:
-            return
-        fresh = {info.title: _wrap(info) for info in engine.checkpoints.list()}
-        if fresh.keys() != dict.keys(self):
-            dict.clear(self)
-            dict.update(self, fresh)
+        raise NotImplementedError
 
     def __getitem__(self, key):
         self._sync()
@@ -158,7 +152,20 @@ class _LiveCheckpoints(dict):
         return dict.items(self)
 
 
-class _LiveAliases(dict):
+class _LiveCheckpoints(_SyncedDict):
+    """title -> CheckpointInfo, synced from the server's registry on every read."""
+
+    def _sync(self) -> None:
+        engine = _engine()
+        if engine is None:
+            return
+        fresh = {info.title: _wrap(info) for info in engine.checkpoints.list()}
+        if fresh.keys() != dict.keys(self):
+            dict.clear(self)
+            dict.update(self, fresh)
+
+
+class _LiveAliases(_SyncedDict):
     """Every id of every checkpoint -> its CheckpointInfo (A1111's checkpoint_aliases)."""
 
     def _sync(self) -> None:
@@ -167,18 +174,6 @@ class _LiveAliases(dict):
             for alias in info.ids:
                 if alias:
                     dict.setdefault(self, alias, info)
-
-    def get(self, key, default=None):
-        self._sync()
-        return dict.get(self, key, default)
-
-    def __getitem__(self, key):
-        self._sync()
-        return dict.__getitem__(self, key)
-
-    def __contains__(self, key):
-        self._sync()
-        return dict.__contains__(self, key)
 
 
 checkpoints_list: dict[str, CheckpointInfo] = _LiveCheckpoints()

@@ -11,12 +11,11 @@ variations_delimiter, margin_size].
 from __future__ import annotations
 
 import math
-import os
 
 import gradio as gr
 
 import modules.scripts as scripts
-from modules import images, paths_internal, processing, shared
+from modules import images, processing
 from modules.core import grid_labels
 from modules.core.types import RequestError
 from modules.processing import process_images
@@ -44,12 +43,6 @@ def _option(name: str, default):
     return default if value is None else value
 
 
-def _outdir(path: str) -> str:
-    """A relative output folder (Easel's options are) lies under the data dir, as the pipeline's."""
-    if os.path.isabs(path):
-        return path
-    root = getattr(shared.engine, "data_path", None) or paths_internal.data_path
-    return os.path.join(str(root), path)
 
 
 def labelled_grid(pictures: list, parts: list[str], batch_size: int, margin: int):
@@ -126,6 +119,6 @@ class Script(scripts.Script):
         processed.index_of_first_image = 1
         grid.info["parameters"] = processed.infotexts[0]
         if save_grid and _option("grid_save", True) and p.outpath_grids:
-            images.save_image(grid, _outdir(p.outpath_grids), "prompt_matrix", extension=_option("grid_format", "png"),
+            images.save_image(grid, p.outpath_grids, "prompt_matrix", extension=_option("grid_format", "png"),
                               prompt=original, seed=processed.seed, grid=True, p=p, info=processed.infotexts[0])
         return processed

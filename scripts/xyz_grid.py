@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 import modules.scripts as scripts
-from modules import images, paths_internal, processing, sd_models, shared
+from modules import images, processing, sd_models, shared
 from modules.core import grid_labels, samplers, upscaling
 from modules.core.types import RequestError
 from modules.processing import Processed, process_images
@@ -413,12 +413,6 @@ def _option(name: str, default):
     return default if value is None else value
 
 
-def _outdir(path: str) -> str:
-    """A relative output folder (Easel's options are) lies under the data dir, as the pipeline's."""
-    if os.path.isabs(path):
-        return path
-    root = getattr(shared.engine, "data_path", None) or paths_internal.data_path
-    return os.path.join(str(root), path)
 
 
 def _colors() -> grid_labels.GridColors:
@@ -735,7 +729,7 @@ class Script(scripts.Script):
             processed.images[g].info["parameters"] = processed.infotexts[g]
         if _option("grid_save", True) and not getattr(p, "do_not_save_grid", False) and p.outpath_grids:
             for g in range(z_count + 1 if (include_sub_grids and z_count > 1) else 1):
-                images.save_image(processed.images[g], _outdir(p.outpath_grids), "xyz_grid", info=processed.infotexts[g],
+                images.save_image(processed.images[g], p.outpath_grids, "xyz_grid", info=processed.infotexts[g],
                                   extension=_option("grid_format", "png"), prompt=processed.all_prompts[g],
                                   seed=processed.all_seeds[g], grid=True, p=processed)
 

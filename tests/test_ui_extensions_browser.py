@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import launch_browser
 from tests.server import run_server
 from tests.test_extensions import add, make_repo
 
 pytest.importorskip("playwright")
+from tests.test_ui_browser import browser  # noqa: E402,F401  (the shared fixture)
 from playwright.sync_api import Page, expect  # noqa: E402
 
 TIMEOUT_MS = 60_000
@@ -37,16 +37,6 @@ def ext_server(tiny_checkpoints, tmp_path_factory):
     with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1),
                     "--easel-test-flag", "browser") as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    expect.set_options(timeout=TIMEOUT_MS)
-    try:
-        with launch_browser() as b:
-            yield b
-    finally:
-        expect.set_options(timeout=5_000)
 
 
 @pytest.fixture

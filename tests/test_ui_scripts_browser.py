@@ -18,10 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser import launch_browser
 from tests.server import run_server
 from tests.test_extensions import add
-from tests.test_ui_browser import fill_job, set_number
+from tests.test_ui_browser import browser, fill_job, set_number  # noqa: F401  (browser: the shared fixture)
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
@@ -39,16 +38,6 @@ def probe_server(tiny_checkpoints, tmp_path_factory):
     add(data / "extensions", "ui_probe")
     with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1)) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    expect.set_options(timeout=TIMEOUT_MS)
-    try:
-        with launch_browser() as b:
-            yield b
-    finally:
-        expect.set_options(timeout=5_000)
 
 
 @pytest.fixture
