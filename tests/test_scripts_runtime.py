@@ -434,3 +434,21 @@ def _png() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 40, 40)).save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_component_callbacks_receive_a_key_keyword():
+    """Regression: Gradio 6 components pass `key=`; it clashed with the callback table's own
+    parameter name, so on_before_component/on_after_component raised for those components."""
+    from modules import script_callbacks
+
+    seen = []
+    script_callbacks.on_before_component(lambda component, **kw: seen.append(("before", component, kw)))
+    script_callbacks.on_after_component(lambda component, **kw: seen.append(("after", component, kw)))
+    try:
+        script_callbacks.before_component_callback("box", key="k1", elem_id="txt2img_prompt")
+        script_callbacks.after_component_callback("box", key="k1", elem_id="txt2img_prompt")
+    finally:
+        for name in ("callbacks_before_component", "callbacks_after_component"):
+            script_callbacks.callback_map[name].clear()
+    assert seen == [("before", "box", {"key": "k1", "elem_id": "txt2img_prompt"}),
+                    ("after", "box", {"key": "k1", "elem_id": "txt2img_prompt"})]
