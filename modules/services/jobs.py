@@ -161,13 +161,19 @@ class WorkQueue:
             if not future.set_running_or_notify_cancel():
                 continue
             self.state.begin(name, task_id)
+            result, error = None, None
             try:
-                future.set_result(fn(*args))
+                result = fn(*args)
             except BaseException as exc:  # the worker must survive anything a task does
                 if not isinstance(exc, ValueError):
                     traceback.print_exc()
-                future.set_exception(exc)
-            finally:
-                self.state.end()
-                with self._ids_lock:
-                    self.finished.append(task_id)
+                error = exc
+            # the job is over (state idle, task finished) before its caller hears of it, so a
+            # /progress poll right after a response never reports it as running
+            self.state.end()
+            with self._ids_lock:
+                self.finished.append(task_id)
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
