@@ -66,7 +66,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     vaes = VaeRegistry([Path(opts.vae_dir) if opts.vae_dir else models / "VAE"], checkpoint_dirs(opts))
     state = JobState()
     return Engine(options, registry, ModelCache(policy, on_loaded=_model_loaded), state, WorkQueue(state), data,
-                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes)
+                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path)
 
 
 def _model_loaded(model, info) -> None:

@@ -162,7 +162,9 @@ class Options:
             if key in self.data_labels:
                 continue
             args = {k: v for k, v in (("minimum", d.minimum), ("maximum", d.maximum), ("step", d.step)) if v is not None}
-            if d.choices:
+            if callable(d.choices):  # choices that change (sd_vae: the files on disk), as A1111's lambdas
+                args = (lambda a, c: lambda: {**a, "choices": list(c())})(args, d.choices)
+            elif d.choices:
                 args["choices"] = list(d.choices)
             info = OptionInfo(d.default, d.label, component_args=args or None,
                               section=(re.sub(r"[^a-z0-9]+", "_", d.section.lower()).strip("_"), d.section))

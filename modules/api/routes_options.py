@@ -48,6 +48,11 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
                 return unprocessable("sd_model_checkpoint", exc.message, 404)
             except ValueError as exc:
                 return unprocessable("sd_model_checkpoint", str(exc))
+        if "sd_vae" in body:  # put into the loaded model first: a VAE that does not fit changes nothing
+            try:
+                await asyncio.to_thread(engine.select_vae, body.pop("sd_vae"))
+            except ValueError as exc:
+                return unprocessable("sd_vae", str(exc))
         for key, value in body.items():
             engine.options.set(key, value)
         engine.options.save()

@@ -46,6 +46,10 @@ class GenerationSettings:
     model_hash: str | None = None
     add_model_hash_to_info: bool = True
     add_model_name_to_info: bool = True
+    vae_name: str | None = None  # the external VAE's file name (sd_vae); None: the checkpoint's own
+    vae_hash: str | None = None
+    add_vae_name_to_info: bool = True  # add_vae_name_to_info
+    add_vae_hash_to_info: bool = True  # add_vae_hash_to_info
     version: str | None = None  # add_version_to_infotext
     today: Callable[[], datetime.date] = datetime.date.today
     img2img: img2img.Img2ImgSettings = field(default_factory=img2img.Img2ImgSettings)  # img2img_*, inpainting_*
@@ -201,6 +205,8 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Size": f"{p.width}x{p.height}",
         "Model hash": settings.model_hash if settings.add_model_hash_to_info else None,
         "Model": (settings.model_name or None) if settings.add_model_name_to_info else None,
+        "VAE hash": settings.vae_hash if settings.add_vae_hash_to_info else None,
+        "VAE": settings.vae_name if settings.add_vae_name_to_info else None,
         "Variation seed": subseed if request.subseed_strength > 0 else None,
         "Variation seed strength": request.subseed_strength if request.subseed_strength > 0 else None,
         "Seed resize from": (
@@ -270,6 +276,7 @@ def _generate(
         images=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[], infotexts=[],
         width=p.width, height=p.height, sampler_name=p.sampler, scheduler=p.schedule,
         model_name=settings.model_name, model_hash=settings.model_hash, clip_skip=p.clip_skip,
+        vae_name=settings.vae_name, vae_hash=settings.vae_hash,
     )
     job = None
     if isinstance(request, Img2ImgRequest):  # init images, mask, overlays: once for the whole job

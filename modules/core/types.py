@@ -192,6 +192,8 @@ class GenerationResult:
     interrupted: bool = False
     model_name: str = ""
     model_hash: str | None = None
+    vae_name: str | None = None  # the external VAE file used (A1111's sd_vae_name); None: the checkpoint's
+    vae_hash: str | None = None
     clip_skip: int = 1
     extra_generation_params: dict = field(default_factory=dict)
     job_timestamp: str = ""  # set by the job service

@@ -24,7 +24,7 @@ from . import script_jobs
 from .options import Options
 from .script_jobs import ScriptCall
 from .styles import StyleDatabase
-from .vaes import VaeRegistry
+from .vaes import VaeRegistry, apply_vae
 
 VERSION = "easel-0.1.0"
 
@@ -40,7 +40,12 @@ class Engine:
     embeddings: EmbeddingDatabase | None = None  # textual-inversion embeddings folder(s); None: no TI
     styles: StyleDatabase | None = None  # prompt styles (styles.csv files); None: no styles
     loras: LoraRegistry | None = None  # LoRA files (--lora-dir); None: <lora:...> is refused
-    vaes: VaeRegistry | None = None  # VAE files (--vae-dir): listed (/sdapi/v1/sd-vae), not loadable yet
+    vaes: VaeRegistry | None = None  # VAE files (--vae-dir): listed (/sdapi/v1/sd-vae), chosen by sd_vae
+    vae_path: str | None = None  # --vae-path: this VAE file always (overrides sd_vae)
+
+    def __post_init__(self):
+        if self.vaes is not None:  # sd_vae's choices are the files on disk: "Automatic", "None", names
+            self.options.defs["sd_vae"].choices = self.vaes.choices
 
     # -- checkpoints -----------------------------------------------------------------
     def resolve_checkpoint(self, name: str | None) -> CheckpointInfo:
@@ -59,16 +64,46 @@ class Engine:
             raise RequestError("checkpoint", "no checkpoints found in models/Stable-diffusion")
         return info
 
-    def _load(self, info: CheckpointInfo, remember: bool = True):
+    def _load(self, info: CheckpointInfo, remember: bool = True, vae: str | None = None):
         """Load on the worker. `remember` makes it the selected checkpoint; a per-request
-        override (A1111's override_settings) does not."""
+        override (A1111's override_settings) does not. `vae`: the job's sd_vae override (None:
+        the option's); a VAE file that does not fit is a RequestError on sd_vae."""
         self.checkpoints.ensure_hash(info)
         model = self.models.load(info)
+        try:
+            apply_vae(model, self.vae_file(info, vae))
+        except ValueError as exc:
+            raise RequestError("sd_vae", str(exc)) from exc
         if remember:
             self.options.data["sd_model_checkpoint"] = info.title
             if self.embeddings is not None:  # the listed embeddings are the selected model's
                 self.embeddings.refresh(model)
         return model
+
+    # -- VAE -------------------------------------------------------------------------
+    def vae_file(self, info: CheckpointInfo, choice: str | None = None):
+        """The external VAE file for checkpoint `info` under sd_vae `choice` (None: the option's);
+        None: the checkpoint's own VAE."""
+        if self.vaes is None:
+            return None
+        return self.vaes.resolve(self.options.get("sd_vae") if choice is None else choice, info.filename, self.vae_path)
+
+    def select_vae(self, choice: str) -> None:
+        """Set sd_vae: the VAE is put into the loaded model first (on the worker, after queued
+        jobs); a file that does not fit raises a ValueError naming it and nothing changes."""
+        self.options.validate("sd_vae", choice)
+
+        def apply() -> None:
+            model, info = self.models.model, self.models.info
+            if model is not None and info is not None:
+                apply_vae(model, self.vae_file(info, choice))
+            self.options.set("sd_vae", choice)
+
+        self.queue.submit("load VAE", apply).result()
+
+    def vae_hash(self, path) -> str:
+        """A1111's `VAE hash`: the first 10 hex digits of the file's sha256 (cached like checkpoints')."""
+        return self.checkpoints.hashes.sha256(path)[:10]
 
     def short_title(self, info: CheckpointInfo) -> str:
         """A1111's short title: the file's stem and its short hash (`Hires checkpoint` infotext)."""
@@ -122,6 +157,10 @@ class Engine:
 
     def settings_for(self, info: CheckpointInfo, kind: str = "txt2img", overrides: dict | None = None) -> GenerationSettings:
         o = {**self.options.data, **(overrides or {})}
+        try:
+            vae_file = self.vae_file(info, o.get("sd_vae"))
+        except ValueError:  # already refused when the job's model was loaded
+            vae_file = None
         samples = o.get("outdir_samples") or o.get(f"outdir_{kind}_samples")
         grids = o.get("outdir_grids", "") or o.get(f"outdir_{kind}_grids")
         return GenerationSettings(
@@ -140,13 +179,18 @@ class Engine:
             model_hash=info.shorthash,
             add_model_hash_to_info=o.get("add_model_hash_to_info"),
             add_model_name_to_info=o.get("add_model_name_to_info"),
+            vae_name=vae_file.name if vae_file else None,
+            vae_hash=self.vae_hash(vae_file) if vae_file else None,
+            add_vae_name_to_info=o.get("add_vae_name_to_info", True),
+            add_vae_hash_to_info=o.get("add_vae_hash_to_info", True),
             version=VERSION if o.get("add_version_to_infotext") else None,
             embeddings=self.embeddings,
             find_lora=self.loras.require if self.loras is not None else None,  # <lora:name> -> file
             add_lora_hashes_to_info=o.get("lora_add_hashes_to_infotext"),
             add_ti_hashes_to_info=o.get("textual_inversion_add_hashes_to_infotext"),
             # the hires checkpoint: through the model cache, never selected; None puts this job's back
-            load_model=lambda name: self._load(info if name is None else self.resolve_checkpoint(name), remember=False),
+            load_model=lambda name: self._load(info if name is None else self.resolve_checkpoint(name), remember=False,
+                                               vae=o.get("sd_vae")),
             checkpoint_title=lambda name: self.short_title(self.resolve_checkpoint(name)),
             img2img=Img2ImgSettings(
                 color_correction=o.get("img2img_color_correction"),
@@ -166,7 +210,7 @@ class Engine:
             result.job_timestamp = self.state.job_timestamp
             return result
         info = self.resolve_checkpoint(request.checkpoint)
-        model = self._load(info, remember=request.checkpoint is None)
+        model = self._load(info, remember=request.checkpoint is None, vae=(overrides or {}).get("sd_vae"))
         if self.embeddings is not None:  # new or changed embedding files count from this job on (A1111)
             self.embeddings.refresh(model)
         result = generate(request, model, self.settings_for(info, kind, overrides), StateObserver(self.state))

@@ -19,11 +19,14 @@ class OptionDef:
     default: Any
     label: str
     section: str = "Saving images"
-    choices: tuple | None = None
+    choices: tuple | Callable[[], tuple] | None = None  # a function: choices that change (files on disk)
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None  # the Settings tab's slider step (a bounded number is a slider)
     component: str | None = None  # the Settings tab's control when the type does not say it: "color"
+
+    def choice_list(self) -> tuple | None:
+        return self.choices() if callable(self.choices) else self.choices
 
 
 def _defs() -> dict[str, OptionDef]:
@@ -48,6 +51,8 @@ def _defs() -> dict[str, OptionDef]:
         "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0),
         "add_model_hash_to_info": OptionDef(True, "Add model hash to infotext", "Infotext"),
         "add_model_name_to_info": OptionDef(True, "Add model name to infotext", "Infotext"),
+        "add_vae_hash_to_info": OptionDef(True, "Add VAE hash to infotext", "Infotext"),
+        "add_vae_name_to_info": OptionDef(True, "Add VAE name to infotext", "Infotext"),
         "add_version_to_infotext": OptionDef(True, "Add program version to infotext", "Infotext"),
         "textual_inversion_add_hashes_to_infotext": OptionDef(True, "Add Textual Inversion hashes to infotext", "Extra Networks"),
         "lora_add_hashes_to_infotext": OptionDef(True, "Add Lora hashes to infotext", "Extra Networks"),
@@ -111,8 +116,9 @@ class Options:
                 value = int(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"option {key} must be {kind.__name__}, got {type(value).__name__}")
-        if d.choices and value not in d.choices:
-            raise ValueError(f"option {key} must be one of {', '.join(map(str, d.choices))}")
+        choices = d.choice_list()
+        if choices and value not in choices:
+            raise ValueError(f"option {key} must be one of {', '.join(map(str, choices))}")
         if d.minimum is not None and value is not None and value < d.minimum:
             raise ValueError(f"option {key} must be at least {d.minimum}")
         if d.maximum is not None and value is not None and value > d.maximum:

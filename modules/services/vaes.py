@@ -2,8 +2,13 @@
 
 Looked for: every .pt/.ckpt/.safetensors under the VAE folder (``--vae-dir``, default
 models/VAE), and ``*.vae.pt``/``*.vae.ckpt``/``*.vae.safetensors`` next to the checkpoints.
-A1111 names each by its file name; for two files of one name, the one in the VAE folder wins. Listing only:
-selecting an external VAE (the ``sd_vae`` option) is not implemented yet.
+A1111 names each by its file name; for two files of one name, the one in the VAE folder wins.
+
+Choosing the VAE for a checkpoint (A1111's ``sd_vae.resolve_vae`` with its default of "the
+setting overrides per-model preferences"): ``--vae-path`` wins; then a file named in the option;
+"Automatic" takes a VAE named like the checkpoint (``<stem>.vae.*`` beside it or in the VAE
+folder), else the checkpoint's own; "None" is always the checkpoint's own. ``apply_vae`` puts
+the chosen one into the loaded model (core.vae does the reading and the exact restore).
 """
 
 from __future__ import annotations
@@ -13,7 +18,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from modules.core import vae as core_vae
+from modules.core.model_loader import LoadedModel
+
 VAE_SUFFIXES = (".pt", ".ckpt", ".safetensors")
+AUTOMATIC, NONE = "Automatic", "None"
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,47 @@ class VaeRegistry:
     def list(self) -> list[VaeFile]:
         with self._lock:
             return list(self._items.values())
+
+    def find(self, name: str) -> VaeFile | None:
+        with self._lock:
+            return self._items.get(name)
+
+    def choices(self) -> tuple[str, ...]:
+        """The values of the ``sd_vae`` option: "Automatic", "None" and the file names."""
+        return (AUTOMATIC, NONE, *(v.model_name for v in self.list()))
+
+    def near_checkpoint(self, checkpoint: Path) -> VaeFile | None:
+        """A1111's ``find_vae_near_checkpoint``: a listed VAE whose file name starts with the
+        checkpoint's stem (``model.vae.safetensors`` for ``model.safetensors``)."""
+        stem = Path(checkpoint).name.rsplit(".", 1)[0]
+        for vae in self.list():
+            if vae.model_name.startswith(stem + "."):
+                return vae
+        return None
+
+    def resolve(self, choice: str | None, checkpoint: Path, vae_path: str | None = None) -> Path | None:
+        """The VAE file for `checkpoint` under the option value `choice`; None: its own VAE.
+        An unknown file name is a ValueError naming it."""
+        if vae_path:
+            return Path(vae_path)
+        if choice in (None, "", NONE):
+            return None
+        if choice == AUTOMATIC:
+            near = self.near_checkpoint(checkpoint)
+            return near.filename if near else None
+        found = self.find(choice)
+        if found is None:
+            self.refresh()
+            found = self.find(choice)
+        if found is None:
+            raise ValueError(f"unknown VAE '{choice}'; known: {', '.join(self.choices())}")
+        return found.filename
+
+
+def apply_vae(model: LoadedModel, vae_file: Path | None) -> None:
+    """Put `vae_file` (None: the checkpoint's own VAE) into the loaded model. A file that does
+    not fit raises a ValueError naming it, and the model keeps its VAE."""
+    if vae_file is None:
+        core_vae.restore_vae(model)
+    else:
+        core_vae.load_vae(model, vae_file)

@@ -73,6 +73,8 @@ def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component
             return own
     if d.component == "color":
         return gr.ColorPicker(value=value, **common)
+    if callable(d.choices):  # choices that change (files on disk, e.g. sd_vae): always a dropdown
+        return gr.Dropdown(list(d.choice_list()), value=value, **common)
     if d.choices:
         if len(d.choices) <= MAX_RADIO_CHOICES:
             return gr.Radio(list(d.choices), value=value, **common)
