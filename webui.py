@@ -16,7 +16,7 @@ from pathlib import Path  # noqa: E402
 
 from fastapi import FastAPI  # noqa: E402
 
-from modules import auth, cmd_args, extensions, paths_internal, restart  # noqa: E402
+from modules import auth, cmd_args, extensions, localization, paths_internal, restart  # noqa: E402
 from modules.core.devices import choose_policy  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
 from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
@@ -48,6 +48,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     print(f"[easel] {policy.describe()}")
     options = Options(Path(opts.ui_settings_file))
     extensions.list_extensions(options.data, opts)  # before any script loads: which extensions are active
+    localization.bind(options)  # the localization option's choices: the files on disk
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
                                   default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file))
     if opts.ckpt:

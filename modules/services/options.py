@@ -62,6 +62,8 @@ def _defs() -> dict[str, OptionDef]:
         "live_previews_enable": OptionDef(True, "Show live previews of the created image", P),
         "show_progress_every_n_steps": OptionDef(10, "Live preview display period (steps)", P, minimum=-1, maximum=32),
         "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
+        # "None" + the localizations found (the composition root gives it modules.localization.choices)
+        "localization": OptionDef("None", "Localization", "User interface", choices=("None",)),
         "img_max_size_mp": OptionDef(200, "Maximum image size, in megapixels", S, minimum=1),
         # img2img (A1111's "img2img" section), plus Easel's limit on what an upload may be
         "inpainting_mask_weight": OptionDef(1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0, maximum=1.0, step=0.01),

@@ -13,6 +13,7 @@ import gradio as gr
 from modules import gradio_compat
 from modules.services.engine import Engine
 
+from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
@@ -233,6 +234,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         # the page's script gets the options as they are now, for A1111's window.opts
         demo.load(settings.options_json, outputs=settings.json, queue=False).then(
             None, inputs=settings.json, js=page_script(), queue=False)
+        page_localization.add_to_page(demo, engine.options)  # the chosen localization's texts
     register_paste_fields("txt2img", _paste_fields(txt2img))
     register_paste_fields("img2img", _paste_fields(img2img), init_img=img2img.init_img)
     return demo
