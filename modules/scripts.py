@@ -549,28 +549,26 @@ class ScriptRunner:
 
     # -- UI component callbacks --------------------------------------------------------------------
     def before_component(self, component, **kwargs) -> None:
-        for callback, script in self.on_before_component_elem_id.get(kwargs.get("elem_id"), []):
-            try:
-                callback(OnComponent(component=component))
-            except Exception:  # noqa: BLE001
-                errors.report_for(script.filename, "running on_before_component")
-        for script in self.scripts:
-            try:
-                script.before_component(component, **kwargs)
-            except Exception:  # noqa: BLE001
-                errors.report_for(script.filename, "running before_component")
+        self._component_event("before", self.on_before_component_elem_id.get(kwargs.get("elem_id"), []),
+                              component, kwargs)
 
     def after_component(self, component, **kwargs) -> None:
-        for callback, script in self.on_after_component_elem_id.get(getattr(component, "elem_id", None), []):
+        self._component_event("after", self.on_after_component_elem_id.get(getattr(component, "elem_id", None), []),
+                              component, kwargs)
+
+    def _component_event(self, phase: str, elem_callbacks, component, kwargs) -> None:
+        """A component is about to be / was made: the callbacks scripts registered for its elem_id,
+        then every script's before_component / after_component; each failure is reported alone."""
+        for callback, script in elem_callbacks:
             try:
                 callback(OnComponent(component=component))
             except Exception:  # noqa: BLE001
-                errors.report_for(script.filename, "running on_after_component")
+                errors.report_for(script.filename, f"running on_{phase}_component")
         for script in self.scripts:
             try:
-                script.after_component(component, **kwargs)
+                getattr(script, f"{phase}_component")(component, **kwargs)
             except Exception:  # noqa: BLE001
-                errors.report_for(script.filename, "running after_component")
+                errors.report_for(script.filename, f"running {phase}_component")
 
     def reload_sources(self, cache) -> None:
         for si, script in list(enumerate(self.scripts)):

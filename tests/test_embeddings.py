@@ -290,3 +290,30 @@ def test_api_lists_loaded_and_skipped_and_generates_with_the_embedding(server):
     assert r.status_code == 200, r.text
     infotext = json.loads(r.json()["info"])["infotexts"][0]
     assert parse_infotext(infotext)["TI hashes"] == f"api-emb: {sha12(pt)}"
+
+
+def test_refresh_from_the_ui_or_api_waits_for_the_running_job(tmp_path, sd1):
+    """Embedding names are tokenized with the model's tokenizer, which the running job also uses:
+    Engine.refresh_embeddings runs on the worker, after the job, never beside it."""
+    import threading
+    import types
+
+    from modules.services.checkpoints import CheckpointRegistry, HashCache
+    from modules.services.engine import Engine
+    from modules.services.jobs import JobState, WorkQueue
+    from modules.services.options import Options
+
+    state = JobState()
+    engine = Engine(Options(None), CheckpointRegistry([tmp_path], HashCache(None)), types.SimpleNamespace(model=sd1),
+                    state, WorkQueue(state), tmp_path, embeddings=EmbeddingDatabase([tmp_path / "emb"]))
+    write_a1111_pt(tmp_path / "emb" / "late.pt", random_vectors(2))
+    release = threading.Event()
+    job = engine.queue.submit("txt2img", release.wait, 10)
+    refresher = threading.Thread(target=engine.refresh_embeddings)
+    refresher.start()
+    refresher.join(0.5)
+    assert refresher.is_alive() and "late" not in engine.embeddings.loaded  # still waiting for the job
+    release.set()
+    refresher.join(10)
+    assert job.result(timeout=10) is True and not refresher.is_alive()
+    assert engine.embeddings.loaded["late"].vectors == 2

@@ -46,7 +46,5 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
     @r.post("/refresh-embeddings")
     def refresh_embeddings():
         """Re-read every embedding file for the loaded model, on the worker (after queued jobs)."""
-        if engine.embeddings is not None:
-            engine.queue.submit("refresh embeddings", lambda: engine.embeddings.refresh(engine.models.model,
-                                                                                          force=True)).result()
+        engine.refresh_embeddings(force=True)
         return {}  # every POST answers a JSON body

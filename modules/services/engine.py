@@ -132,6 +132,12 @@ class Engine:
 
         return self.queue.submit("load checkpoint", load)
 
+    def refresh_embeddings(self, force: bool = False) -> None:
+        """Read the embedding folders again for the loaded model, on the worker: tokenizing the
+        names must not overlap a running job's use of the same tokenizer."""
+        if self.embeddings is not None:
+            self.queue.submit("refresh embeddings", lambda: self.embeddings.refresh(self.models.model, force=force)).result()
+
     # -- styles ----------------------------------------------------------------------
     def apply_styles(self, request: GenerationRequest, names: list[str] | None) -> GenerationRequest:
         """The request with its prompts expanded by the named styles (A1111 applies them before

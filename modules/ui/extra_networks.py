@@ -99,9 +99,7 @@ def refresh_sources(engine: Engine) -> None:
     loras = getattr(engine, "loras", None)
     if loras is not None:
         loras.refresh()
-    embeddings = getattr(engine, "embeddings", None)
-    if embeddings is not None:
-        embeddings.refresh(engine.models.model)
+    engine.refresh_embeddings()  # on the worker, after queued jobs
 
 
 # -- previews ----------------------------------------------------------------------------
