@@ -27,6 +27,7 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("Model hash", "sd_model_checkpoint"),
     ("ENSD", "eta_noise_seed_delta"),
     ("Noise multiplier", "initial_noise_multiplier"),
+    ("Extra noise", "img2img_extra_noise"),
     ("RNG", "randn_source"),
     ("Emphasis", "emphasis"),
     ("VAE", "sd_vae"),

@@ -133,6 +133,35 @@ class ScriptHooks(JobHooks):
         script_callbacks.cfg_after_cfg_callback(params)
         return params.x
 
+    def extra_noise(self, noise, init_latents, noised):
+        if not script_callbacks.has("callbacks_extra_noise"):
+            return noise
+        params = script_callbacks.ExtraNoiseParams(noise, init_latents, noised)
+        script_callbacks.extra_noise_callback(params)
+        return params.noise
+
+    def mask_blend(self, current, generate, init, blended, final):
+        if self.runner is None or not self.runner.has_hook("on_mask_blend"):
+            return blended
+        # A1111's names: mask = the kept area (1 - generate), nmask = the sampled area
+        mba = scripts.MaskBlendArgs(current, generate, init, 1.0 - generate, blended,
+                                    denoiser=None if final else self, sigma=None)
+        self.runner.on_mask_blend(self.p, mba)
+        return mba.blended_latent
+
+    def before_hires(self, b: BatchValues) -> None:
+        if self.runner is not None:
+            self._to_p(b)
+            self.runner.before_hr(self.p)
+
+    def batch_sampled(self, b: BatchValues, latents):
+        if self.runner is None or not self.runner.has_hook("post_sample"):
+            return latents
+        self._to_p(b)
+        ps = scripts.PostSampleArgs(latents)
+        self.runner.post_sample(self.p, ps)
+        return ps.samples
+
     def batch_decoded(self, b: BatchValues, images: list[Image.Image]) -> list[Image.Image]:
         p, runner = self.p, self.runner
         self._to_p(b)
@@ -159,6 +188,14 @@ class ScriptHooks(JobHooks):
         self.p.batch_index = position
         pp = scripts.PostprocessImageArgs(image)
         self.runner.postprocess_image(self.p, pp)
+        return pp.image
+
+    def image_composited(self, b: BatchValues, position: int, image: Image.Image) -> Image.Image:
+        if self.runner is None or not self.runner.has_hook("postprocess_image_after_composite"):
+            return image
+        self.p.batch_index = position
+        pp = scripts.PostprocessImageArgs(image)
+        self.runner.postprocess_image_after_composite(self.p, pp)
         return pp.image
 
     def extra_params(self) -> dict:

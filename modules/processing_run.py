@@ -178,6 +178,7 @@ def _observer(engine):
 
 def run(p: StableDiffusionProcessing, engine) -> Processed:
     """process_images' work on the worker, after before_process and the opts overrides (see processing)."""
+    from modules.core import hires as core_hires
     from modules.core import img2img as core_img2img
     from modules.core.pipeline import generate
 
@@ -207,6 +208,9 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     p.all_seeds = (seed if isinstance(seed, list)
                    else [int(seed) + (x if not p.subseed_strength else 0) for x in range(len(p.all_prompts))])
     p.all_subseeds = subseed if isinstance(subseed, list) else [int(subseed) + x for x in range(len(p.all_prompts))]
+    if isinstance(p, StableDiffusionProcessingTxt2Img) and p.enable_hr:  # known to the scripts, as in A1111
+        size = core_hires.target_size(p.width, p.height, p.hr_scale, p.hr_resize_x, p.hr_resize_y, model.latent_scale)
+        p.hr_upscale_to_x, p.hr_upscale_to_y = size.width, size.height
     if p.scripts is not None:
         p.scripts.process(p)
 

@@ -129,10 +129,11 @@ class Script:
         """Per batch after decoding: pp.images, a list of 3×H×W tensors; replace or resize the list."""
 
     def on_mask_blend(self, p, mba: MaskBlendArgs, *args):
-        """Inpainting blends (not called by Easel, whose blend is in the core)."""
+        """Inpainting put the kept area back (after each step, and once at the end with
+        mba.is_final_blend): replace mba.blended_latent to change what sampling goes on with."""
 
     def post_sample(self, p, ps: PostSampleArgs, *args):
-        """After sampling, before decoding (not called by Easel)."""
+        """After sampling (and the hires pass), before decoding: replace ps.samples (latents)."""
 
     def postprocess_image(self, p, pp: PostprocessImageArgs, *args):
         """Per picture: replace pp.image."""
@@ -141,7 +142,7 @@ class Script:
         """Per picture before the overlay (not called by Easel)."""
 
     def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs, *args):
-        """Per picture after the overlay (not called by Easel)."""
+        """Per picture after img2img's colour correction and overlay (every picture): replace pp.image."""
 
     def postprocess(self, p, processed, *args):
         """AlwaysVisible: after processing, with the Processed result."""
@@ -174,7 +175,7 @@ class Script:
         return f"script_{tabname}{title}_{item_id}"
 
     def before_hr(self, p, *args):
-        """Before the hires pass (not called by Easel, whose hires pass is in the core)."""
+        """Hires fix: the batch's first pass is done, its second pass is about to start."""
 
 
 class ScriptBuiltinUI(Script):

@@ -561,3 +561,39 @@ def test_input_checks(unet, embeds):
     same = denoise.sample(model, scheduler, noise_for(), conds, steps=4, cfg_scale=CFG, init_latents=init,
                           denoising_strength=0.0)
     assert torch.equal(same, init)
+
+
+@pytest.mark.parametrize("name", ["Euler", "DDIM"])  # sigma-space and alpha-space add_noise
+def test_extra_noise_adds_noise_in_k_diffusion_units(unet, embeds, name):
+    """A1111's img2img_extra_noise: x_i = x0 + sigma * n, then x_i += extra * n (k-diffusion's
+    scale); a scheduler that works in sqrt(alpha) units sees the same picture scaled by sqrt(alpha)."""
+    class FirstInput(denoise.DenoiseHooks):
+        def __init__(self, replace=None):
+            self.first, self.replace, self.seen = None, replace, []
+
+        def extra_noise(self, noise, init_latents, noised):
+            self.seen.append((noise.clone(), init_latents.clone(), noised.clone()))
+            return noise if self.replace is None else self.replace
+
+        def cfg_denoiser(self, step, x, t, cond, uncond):
+            if step == 0:
+                self.first, self.t = x.clone(), t[0].item()
+
+    init = torch.randn((2, *LATENT), generator=torch.Generator().manual_seed(3))
+    noise = noise_for()
+    plain, extra, zeroed = FirstInput(), FirstInput(), FirstInput(torch.zeros_like(noise))
+    for hooks, amount in ((plain, 0.0), (extra, 0.5), (zeroed, 0.5)):
+        run_ours(unet, samplers.build_scheduler(name), embeds, hooks=hooks, steps=6, init_latents=init,
+                 denoising_strength=0.5, extra_noise=amount)
+    assert plain.seen == [] and len(extra.seen) == 1
+    assert torch.equal(extra.seen[0][0], noise) and torch.equal(extra.seen[0][1], init)
+    assert torch.equal(extra.seen[0][2], plain.first)  # the noised init latents before the extra noise
+    # the start without extra noise is c0 * init + c1 * noise: c0 = 1 in sigma space (Euler), sqrt(alpha) (DDIM)
+    basis = torch.stack([init.flatten(), noise.flatten()], dim=1)
+    c0, c1 = torch.linalg.lstsq(basis, plain.first.flatten()[:, None]).solution.flatten().tolist()
+    assert torch.allclose(plain.first, c0 * init + c1 * noise, atol=1e-5)
+    alpha = samplers.build_scheduler(name).alphas_cumprod[round(plain.t)].item()
+    assert c0 == pytest.approx(1.0 if name == "Euler" else alpha ** 0.5, abs=1e-4)
+    # k-diffusion's x_i + 0.5 * noise, in the scheduler's units
+    assert torch.allclose(extra.first, plain.first + 0.5 * c0 * noise, atol=1e-5)
+    assert torch.equal(zeroed.first, plain.first)  # the hook's noise is what is added

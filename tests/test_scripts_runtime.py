@@ -243,6 +243,97 @@ def test_img2img_hooks_see_the_init_image(runtime, log):
     assert len(result.images) == 1 and "Denoising strength: 0.5" in result.infotexts[0]
 
 
+def test_post_sample_gets_the_final_hires_latents_and_before_hr_runs_before_that_pass(runtime, log):
+    base = dict(prompt="a cat", batch_size=1, n_iter=2, save_images=False, enable_hr=True, hr_scale=2.0,
+                hr_upscaler="Latent", denoising_strength=0.6, hr_second_pass_steps=2, **SMALL)
+    zeroed = [runtime.submit_txt2img(GenerationRequest(seed=s, **base), scripts=recorder("zero_latents")).result()
+              for s in (1, 2)]
+    kept = runtime.submit_txt2img(GenerationRequest(seed=1, **base), scripts=recorder()).result()
+    # the second pass's latents, after it ran, once per batch
+    order = [e["hook"] for e in log("before_hr", "post_sample", "cfg_denoiser", "postprocess_batch")][:13]
+    assert order == ["cfg_denoiser"] * 2 + ["before_hr"] + ["cfg_denoiser"] * 2 + ["post_sample", "postprocess_batch"] \
+        + ["cfg_denoiser"] * 2 + ["before_hr"] + ["cfg_denoiser"] * 2 + ["post_sample"]
+    assert {tuple(e["shape"]) for e in log("post_sample")} == {(1, 4, 16, 16)}
+    hr = log("before_hr")[0]
+    assert hr["width"] == 64 and hr["hr_upscale_to"] == [128, 128]
+    assert [e["iteration"] for e in log("before_hr")][:2] == [0, 1]
+    # zeroed latents decode to the same picture whatever the seed; untouched ones do not
+    assert zeroed[0].images[0].size == (128, 128)
+    assert np.array_equal(pixels(zeroed[0].images[0]), pixels(zeroed[1].images[1]))
+    assert np.abs(pixels(zeroed[0].images[0]) - pixels(kept.images[0])).mean() > 1.0
+
+
+def _inpaint_request(seed: int, **kw) -> Img2ImgRequest:
+    init = Image.new("RGB", (64, 64), (30, 160, 90))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))  # the left half is repainted
+    return Img2ImgRequest(prompt="a cat", seed=seed, init_images=[init], mask=mask, denoising_strength=0.9,
+                          save_images=False, **{**SMALL, "steps": 4, **kw})
+
+
+def test_on_mask_blend_runs_at_every_inpainting_step_and_can_change_the_blend(runtime, log):
+    blended = [runtime.submit_img2img(_inpaint_request(s), scripts=recorder("blend_init")).result() for s in (1, 2)]
+    finals = [e["final"] for e in log("on_mask_blend")]
+    assert finals[:4] == [False, False, False, True]  # 4 * 0.9 -> 3 steps, then the final blend
+    assert all(e["shape"] == [1, 4, 8, 8] and abs(e["mask_sum"] - 1.0) < 1e-6 for e in log("on_mask_blend"))
+    plain = [runtime.submit_img2img(_inpaint_request(s), scripts=recorder()).result() for s in (1, 2)]
+    left = np.s_[:, :24]
+    # keeping the init latents everywhere: the repainted half no longer depends on the seed
+    assert np.array_equal(pixels(blended[0].images[0])[left], pixels(blended[1].images[0])[left])
+    assert np.abs(pixels(plain[0].images[0])[left] - pixels(plain[1].images[0])[left]).mean() > 1.0
+
+
+def test_postprocess_image_after_composite_sees_the_pasted_back_picture(runtime, log):
+    result = runtime.submit_img2img(_inpaint_request(3), scripts=recorder("composite_blue")).result()
+    blue = np.zeros((64, 64, 3), dtype=np.int16)
+    blue[..., 2] = 255
+    assert np.array_equal(pixels(result.images[0]), blue)  # after the paste-back, which would keep the right half
+    assert log("postprocess_image_after_composite")[0]["size"] == [64, 64]
+    txt = runtime.submit_txt2img(GenerationRequest(prompt="a cat", seed=1, save_images=False, **SMALL),
+                                 scripts=recorder()).result()
+    assert len(txt.images) == 1 and [e["hook"] for e in log("postprocess_image", "postprocess_image_after_composite")][-2:] \
+        == ["postprocess_image", "postprocess_image_after_composite"]
+
+
+def test_extra_noise_setting_adds_noise_the_callback_can_replace(runtime, log):
+    request = Img2ImgRequest(prompt="a cat", seed=4, init_images=[Image.new("RGB", (64, 64), (30, 160, 90))],
+                             denoising_strength=0.5, save_images=False, **SMALL)
+    none = runtime.submit_img2img(request, scripts=recorder()).result()
+    assert not log("extra_noise") and "Extra noise" not in none.infotexts[0]
+    extra = runtime.submit_img2img(request, overrides={"img2img_extra_noise": 0.5}, scripts=recorder()).result()
+    called = log("extra_noise")
+    assert len(called) == 1 and called[0]["noise"] == called[0]["x"] == called[0]["xi"] == [1, 4, 8, 8]
+    assert "Extra noise: 0.5" in extra.infotexts[0]
+    assert np.abs(pixels(extra.images[0]) - pixels(none.images[0])).mean() > 1.0
+    zeroed = runtime.submit_img2img(request, overrides={"img2img_extra_noise": 0.5},
+                                    scripts=recorder("zero_extra")).result()
+    assert np.array_equal(pixels(zeroed.images[0]), pixels(none.images[0]))
+    assert "Extra noise: 0.5" in zeroed.infotexts[0]
+
+
+def test_img2img_batch_runs_the_scripts_with_every_file(runtime, log, tmp_path):
+    from modules.services import img2img_batch
+    from modules.services.script_jobs import ScriptCall
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for name, shade in (("a", 20), ("b", 200)):
+        Image.new("RGB", (64, 64), (shade, 100, 50)).save(source / f"{name}.png")
+    fields = dict(prompt="a cat", seed=3, steps=2, width=64, height=64, denoising_strength=0.5)
+    report = img2img_batch.run_batch(runtime, fields, source, tmp_path / "red", scripts=recorder("replace"))
+    assert sorted(p.name for p in report.written) == ["a.png", "b.png"]
+    red = np.zeros((64, 64, 3), dtype=np.int16)
+    red[..., 0] = 255
+    for path in report.written:  # the AlwaysVisible script's picture is what the batch wrote
+        assert np.array_equal(pixels(Image.open(path)), red)
+    assert [e["is_img2img"] for e in log("process")] == [True, True]
+    # a selectable script runs per file; its two pictures per file are written as name-1, name-2
+    report = img2img_batch.run_batch(runtime, fields, source, tmp_path / "run",
+                                     scripts=ScriptCall(title="recorder RUN", args=["batch", 2]))
+    assert sorted(p.name for p in report.written) == ["a-1.png", "a-2.png", "b-1.png", "b-2.png"]
+    assert all("Recorder run: batch" in Image.open(p).info["parameters"] for p in report.written)
+
+
 def test_a_selectable_script_runs_process_images_itself(runtime, log):
     from modules.services.script_jobs import ScriptCall
 

@@ -141,6 +141,51 @@ def test_generate_shows_gallery_info_and_saves_the_png(page, server):
     expect(page.locator("#txt2img_seed input")).to_have_value("-1")
 
 
+PASTED = ("a red circle, (glossy:1.2)\nNegative prompt: blurry\nSteps: 3, Sampler: Euler a, Schedule type: Karras, "
+          "CFG scale: 4.5, Seed: 1234, Size: 64x128, Denoising strength: 0.4, Hires upscale: 1.5, "
+          "Hires steps: 1, Hires upscaler: Latent (nearest), Sampler typo: x")
+
+
+def test_paste_puts_an_infotext_into_the_controls_and_generates_it(page, server):
+    page.locator("#txt2img_prompt textarea").fill(PASTED)
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle, (glossy:1.2)")
+    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("blurry")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("4.5")
+    expect(page.locator("#txt2img_seed input")).to_have_value("1234")
+    expect(page.locator("#txt2img_width input[type=number]")).to_have_value("64")
+    expect(page.locator("#txt2img_height input[type=number]")).to_have_value("128")
+    expect(page.locator("#txt2img_sampling input")).to_have_value("Euler a")
+    expect(page.locator("#txt2img_scheduler input")).to_have_value("Karras")
+    expect(page.locator("#txt2img_hr_scale input[type=number]")).to_have_value("1.5")  # the accordion opened
+    expect(page.locator("#txt2img_hr_scale input[type=number]")).to_be_visible()
+
+    page.locator("#txt2img_generate").click()
+    expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    expect_idle(page)
+    info = info_text(page)
+    for part in ("a red circle, (glossy:1.2)", "Negative prompt: blurry", "Steps: 3,", "Sampler: Euler a,",
+                 "Schedule type: Karras,", "CFG scale: 4.5,", "Seed: 1234,", "Size: 64x128,",
+                 "Denoising strength: 0.4,", "Hires upscale: 1.5,", "Hires steps: 1,", "Hires upscaler: Latent (nearest)"):
+        assert part in info, (part, info)
+
+    # an empty prompt box: the page's last generation goes back into the controls
+    page.locator("#txt2img_prompt textarea").fill("")
+    set_number(page, "txt2img_steps", 2)
+    set_number(page, "txt2img_cfg_scale", 7)
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle, (glossy:1.2)")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("4.5")
+
+    # plain text is a prompt; the controls it does not mention keep their values
+    page.locator("#txt2img_prompt textarea").fill("just words")
+    page.locator("#txt2img_paste").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("just words")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
+
+
 def test_interrupt_ends_a_long_job_early(page, server):
     before = set(saved_images(server))
     fill_job(page, "a very long job", steps=150, batch_count=4)

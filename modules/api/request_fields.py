@@ -125,6 +125,7 @@ SETTINGS_FROM_INFOTEXT = {
     "Conditional mask weight": ("inpainting_mask_weight", FLOAT),
     "ENSD": ("eta_noise_seed_delta", INT),
     "Noise multiplier": ("initial_noise_multiplier", FLOAT),
+    "Extra noise": ("img2img_extra_noise", FLOAT),
     "RNG": ("randn_source", _text),
     "Emphasis": ("emphasis", _text),
 }

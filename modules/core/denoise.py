@@ -45,6 +45,11 @@ class DenoiseHooks:
         """After the CFG combine; return the prediction the scheduler should use."""
         return x_pred
 
+    def extra_noise(self, noise: Tensor, init_latents: Tensor, noised: Tensor) -> Tensor:
+        """img2img with ``extra_noise`` > 0, once before the loop: return the noise to add on top of
+        the noised init latents ``noised`` (A1111 ``on_extra_noise``; default: the seed noise)."""
+        return noise
+
     def after_step(self, step: int, next_timestep: Tensor | None, latents: Tensor) -> Tensor:
         """After the scheduler step, before ``step_end``: return the latents the loop goes on with.
         ``next_timestep`` is the timestep of the next iteration, None after the last one. Inpainting
@@ -186,6 +191,7 @@ def sample(
     extra_step_kwargs: dict | None = None,
     brownian_seeds: list[int] | None = None,
     composition: list[list[tuple[int, float]]] | None = None,
+    extra_noise: float = 0.0,
 ) -> Tensor:
     """Run the sampler and return the final latents (B, C, H, W).
 
@@ -195,8 +201,10 @@ def sample(
     image) feed the step noise of ancestral/SDE schedulers. ``brownian_seeds`` seed DPM++ SDE's
     per-image Brownian trees (A1111 uses the image seeds); without them they are drawn from
     ``generators``. ``extra_step_kwargs`` go to ``scheduler.step`` (e.g. ``{"eta": 0.5}`` for DDIM).
-    img2img: pass ``init_latents`` and ``denoising_strength`` < 1. ``composition``: see the module
-    docstring (AND); None means one cond row per image with weight 1.
+    img2img: pass ``init_latents`` and ``denoising_strength`` < 1; ``extra_noise`` (A1111's
+    ``img2img_extra_noise``) adds that much more of the noise on top, in k-diffusion's units (the
+    init latents' own scale: ``x0 + sigma * noise + extra_noise * noise``). ``composition``: see the
+    module docstring (AND); None means one cond row per image with weight 1.
     """
     hooks = hooks or _NO_HOOKS
 
@@ -233,7 +241,13 @@ def sample(
         timesteps = timesteps[begin:]
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(begin)
-        latents = scheduler.add_noise(init_latents, noise, timesteps[:1].repeat(batch))
+        start = timesteps[:1].repeat(batch)
+        latents = scheduler.add_noise(init_latents, noise, start)
+        if extra_noise > 0:
+            # the init latents' coefficient at this timestep: 1 for sigma-space schedulers (Euler,
+            # DPM++ ...), sqrt(alpha_cumprod) for the others (DDIM, PLMS ...)
+            scale = scheduler.add_noise(torch.ones_like(init_latents[:1]), torch.zeros_like(noise[:1]), start[:1])
+            latents = latents + extra_noise * scale * hooks.extra_noise(noise, init_latents, latents)
 
     # 4. Sources of the per-step noise.
     step_kwargs = _step_kwargs(scheduler, generators, extra_step_kwargs)

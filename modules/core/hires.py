@@ -235,14 +235,17 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
         pipeline._unet_call(hr_model), scheduler, noise.to(hr_model.device), conds.cond_for_step,
         steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
         init_latents=x, denoising_strength=strength, brownian_seeds=seeds, composition=conds.composition,
+        extra_noise=settings.img2img.extra_noise,
     )
 
 
 def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, latents: torch.Tensor, *,
                 seeds: list[int], subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
                 hooks: denoise.DenoiseHooks, refine: bool = True, prompts: list[str] | None = None,
-                negative_prompts: list[str] | None = None) -> list[Image.Image]:
+                negative_prompts: list[str] | None = None,
+                before_decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Image.Image]:
     """Upscale one batch's first-pass latents, refine them and decode: the final pictures.
+    ``before_decode`` gets the final latents and returns the ones to decode (A1111's post_sample).
 
     ``refine=False`` (the batch was skipped) only upscales, like A1111's sampler stopping at once.
     With ``hr.checkpoint`` the pass runs on that checkpoint, got through ``settings.load_model``;
@@ -265,7 +268,7 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, late
                 x = _refine(hr, request, hr_model, settings, x, seeds=seeds, subseeds=subseeds,
                             seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks, prompts=prompts,
                             negative_prompts=negative_prompts)
-            return pipeline.decode_latents(hr_model, x)
+            return pipeline.decode_latents(hr_model, x if before_decode is None else before_decode(x))
     finally:
         if hr_model is not model:
             settings.load_model(None)

@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 # inpainting_fill values, as A1111 names them in the UI and the infotext.
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 LATENT_RESIZE_MODE = "Latent"  # A1111 resizes img2img latents bilinearly, without antialiasing
+# (current latents, generate mask, init latents, blended, final) -> the latents to go on with
+BlendHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Img2ImgSettings:
     color_correction: bool = False  # img2img_color_correction
     mask_weight: float = 1.0  # inpainting_mask_weight ("Inpainting conditioning mask strength")
     noise_multiplier: float = 1.0  # initial_noise_multiplier
+    extra_noise: float = 0.0  # img2img_extra_noise (img2img and the hires pass; "Extra noise" in the infotext)
     fix_steps: bool = False  # img2img_fix_steps
     background_color: str = "#ffffff"  # img2img_background_color
     max_input_pixels: int = 4096 * 4096  # img2img_max_input_pixels
@@ -181,13 +184,16 @@ class Img2ImgJob:
     def conditioning(self, batch: int, device) -> torch.Tensor:
         return self._per_image(self.image_conditioning, batch).to(device)
 
-    def blend(self, latents: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def blend(self, latents: torch.Tensor, target: torch.Tensor, on_blend: BlendHook | None = None,
+              final: bool = True) -> torch.Tensor:
+        """The kept area from `target`; `on_blend` (the job hooks' ``mask_blend``) may change the result."""
         if self.generate_mask is None:
             return latents
         generate = self.generate_mask.to(latents.device, latents.dtype)
-        return target * (1.0 - generate) + latents * generate
+        blended = target * (1.0 - generate) + latents * generate
+        return blended if on_blend is None else on_blend(latents, generate, target, blended, final)
 
-    def step_blender(self, scheduler, init: torch.Tensor, noise: torch.Tensor
+    def step_blender(self, scheduler, init: torch.Tensor, noise: torch.Tensor, on_blend: BlendHook | None = None
                      ) -> Callable[[int, torch.Tensor | None, torch.Tensor], torch.Tensor] | None:
         """After each sampler step, the kept area gets the init latents noised to the next timestep
         with the sampler's own starting noise (un-noised after the last step)."""
@@ -196,9 +202,9 @@ class Img2ImgJob:
 
         def blend_step(step: int, next_timestep: torch.Tensor | None, latents: torch.Tensor) -> torch.Tensor:
             if next_timestep is None:
-                return self.blend(latents, init)
+                return self.blend(latents, init, on_blend, final=False)
             noised = scheduler.add_noise(init, noise, next_timestep.reshape(1).expand(init.shape[0]))
-            return self.blend(latents, noised)
+            return self.blend(latents, noised, on_blend, final=False)
 
         return blend_step
 

@@ -14,12 +14,16 @@ The order for one job (N batches of B images):
       chooses the extra networks);
    c. ``batch_conditioning(batch)``: the prompts the text encoder will see, seeds the noise comes from;
    d. sampling, with ``cfg_denoiser`` / ``cfg_denoised`` / ``cfg_after_cfg`` at every model call
-      (the hires pass included);
+      (the hires pass included), ``extra_noise`` once before an img2img loop when the extra noise
+      setting is on, and ``mask_blend`` wherever inpainting puts the kept area back (after every
+      step and once at the end); with hires fix, ``before_hires(batch)`` before its pass;
+      then ``batch_sampled(batch, latents)``: the final latents, before decoding;
    e. ``batch_decoded(batch, images)``: the decoded pictures (``batch.prompts`` are the job's prompts
       again, tags included, as the infotexts show them); return the list to go on with; a hook that
       changes the number of pictures must change ``batch``'s lists to match;
    f. ``image_ready(batch, i, image)`` for each picture, before img2img's colour correction and
-      paste-back; return the picture to go on with;
+      paste-back, then ``image_composited(batch, i, image)`` after them (txt2img too); each returns
+      the picture to go on with;
    g. per picture: the infotext (``extra_params()`` adds its keys), then, when it is saved,
       ``before_save`` (may replace picture and text written to the file) and ``after_save``.
 3. ``grid(images, rows, cols)`` before the job's grid is drawn, then the grid's save hooks.
@@ -89,12 +93,35 @@ class JobHooks:
         """After the combine: return the prediction the sampler steps with."""
         return x_pred
 
+    def extra_noise(self, noise: Tensor, init_latents: Tensor, noised: Tensor) -> Tensor:
+        """img2img with extra noise: return the noise to add (``denoise.DenoiseHooks.extra_noise``)."""
+        return noise
+
+    def mask_blend(self, current: Tensor, generate: Tensor, init: Tensor, blended: Tensor,
+                   final: bool) -> Tensor:
+        """Inpainting put the kept area back: ``blended = init * (1 - generate) + current * generate``
+        (``generate``: 1 where the picture is sampled; ``init``: the init latents, noised to the next
+        step unless ``final``). Return the latents to go on with."""
+        return blended
+
+    def before_hires(self, batch: BatchValues) -> None:
+        """Hires fix: the first pass of the batch is done, its second pass is about to run."""
+
+    def batch_sampled(self, batch: BatchValues, latents: Tensor) -> Tensor:
+        """The batch's final latents (after the hires pass, if any), before decoding: return the
+        latents to decode."""
+        return latents
+
     def batch_decoded(self, batch: BatchValues, images: list[Image.Image]) -> list[Image.Image]:
         """The batch's pictures right after decoding."""
         return images
 
     def image_ready(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
         """One picture, before colour correction and paste-back (img2img)."""
+        return image
+
+    def image_composited(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
+        """One picture after img2img's colour correction and paste-back (the final picture)."""
         return image
 
     def extra_params(self) -> dict:

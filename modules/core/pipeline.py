@@ -113,6 +113,9 @@ class _LoopHooks(denoise.DenoiseHooks):
     def cfg_after_cfg(self, step, x_pred):
         return x_pred if self.job_hooks is None else self.job_hooks.cfg_after_cfg(step, x_pred)
 
+    def extra_noise(self, noise, init_latents, noised):
+        return noise if self.job_hooks is None else self.job_hooks.extra_noise(noise, init_latents, noised)
+
     def after_step(self, step, next_timestep, latents):
         return latents if self.blend is None else self.blend(step, next_timestep, latents)
 
@@ -290,6 +293,9 @@ def _generate(
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
         p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
         result.width, result.height = hr.width, hr.height
+    extra_noise = settings.img2img.extra_noise  # A1111's img2img_extra_noise: img2img and the hires pass
+    if extra_noise > 0 and (job is not None or (hr is not None and hr.denoising_strength > 0)):
+        p.extra["Extra noise"] = plain_number(extra_noise)
     # 1b. the per-image values (A1111's all_prompts, all_seeds, ...); the hooks may replace them
     count = request.batch_size * request.n_iter
     values = ImageValues([request.prompt] * count, [request.negative_prompt] * count, list(p.seeds),
@@ -357,33 +363,39 @@ def _generate(
         # 4. the sampling loop
         hooks = _LoopHooks(observer, job_hooks)
         init_latents, strength, schedule_steps = None, 1.0, request.steps
+        on_blend = jhooks.mask_blend if job_hooks is not None else None
         if job is not None:  # img2img: start from the init latents noised to the first step
             init_latents = job.start_latents(len(seeds), noise)
             noise = noise * job.noise_multiplier
-            hooks.blend = job.step_blender(scheduler, init_latents, noise)
+            hooks.blend = job.step_blender(scheduler, init_latents, noise, on_blend)
             strength, schedule_steps = job.sampler_strength, job.schedule_steps
         latents = denoise.sample(
             unet_call, scheduler, noise.to(model.device), conds.cond_for_step,
             steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
             brownian_seeds=seeds,  # A1111 seeds DPM++ SDE's Brownian trees from the image seeds
             init_latents=init_latents, denoising_strength=strength, composition=conds.composition,
+            extra_noise=extra_noise if job is not None else 0.0,
         )
         if job is not None:
-            latents = job.blend(latents, init_latents)
+            latents = job.blend(latents, init_latents, on_blend, final=True)
         if observer.interrupted():
             result.interrupted = True
 
         # 5. decode, infotext, save (an interrupted, half-denoised batch is shown, not saved)
+        def sampled(final_latents: torch.Tensor) -> torch.Tensor:  # A1111's post_sample
+            return jhooks.batch_sampled(values_b, final_latents)
+
         if hr is not None and not result.interrupted:  # hires fix: upscale, a second pass at the new size, decode
             observer.begin_batch(2 * batch + 1, 2 * request.n_iter, hr.steps)
+            jhooks.before_hires(values_b)
             images = hires.second_pass(hr, request, model, settings, latents, seeds=seeds, subseeds=subseeds,
                                        seed_resize=seed_resize, clip_skip=p.clip_skip,
                                        hooks=_LoopHooks(observer, job_hooks), refine=not hooks.stopped,  # skipped:
                                        prompts=values_b.hr_prompts,  # only upscaled, as in A1111
-                                       negative_prompts=values_b.hr_negative_prompts)
+                                       negative_prompts=values_b.hr_negative_prompts, before_decode=sampled)
             result.interrupted = observer.interrupted()
         else:
-            images = decode_latents(model, latents)
+            images = decode_latents(model, sampled(latents))
         # A1111: the pictures' own values are the job's again (tags included), as their infotexts show them
         values_b.prompts, values_b.negative_prompts = values.prompts[lo:hi], values.negative_prompts[lo:hi]
         if job_hooks is not None:
@@ -392,6 +404,8 @@ def _generate(
             values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
         if job is not None:  # colour correction, paste back under the original
             images = job.finish(images)
+        if job_hooks is not None:
+            images = [jhooks.image_composited(values_b, i, image) for i, image in enumerate(images)]
         used = {**conditioner.used_embeddings, **(hr.used_embeddings if hr is not None else {})}
         hashes = ti_hashes(used) if settings.add_ti_hashes_to_info else None
         if hashes:  # A1111's "TI hashes", after the keys known before sampling

@@ -202,6 +202,7 @@ class Engine:
                 color_correction=o.get("img2img_color_correction"),
                 mask_weight=o.get("inpainting_mask_weight"),
                 noise_multiplier=o.get("initial_noise_multiplier"),
+                extra_noise=o.get("img2img_extra_noise"),
                 fix_steps=o.get("img2img_fix_steps"),
                 background_color=o.get("img2img_background_color"),
                 max_input_pixels=o.get("img2img_max_input_pixels"),

@@ -30,6 +30,7 @@ from modules.core.types import GenerationResult, Img2ImgRequest, RequestError
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .script_jobs import ScriptCall
 
 __all__ = ["BatchReport", "Skipped", "list_files", "find_mask", "read_picture", "scaled_size", "run_batch"]
 
@@ -120,6 +121,7 @@ def run_batch(
     should_stop: Callable[[], bool] = lambda: False,
     keep_results: int = 32,
     overrides: dict | None = None,
+    scripts: ScriptCall | None = None,
 ) -> BatchReport:
     """img2img for every file of ``input_dir``; see the module docstring.
 
@@ -127,7 +129,8 @@ def run_batch(
     denoising_strength, width/height, inpainting fields, …). With ``scale`` (A1111's "Resize by"),
     each job's size is its picture's size times ``scale``. Problems with the batch as a whole (no
     input folder, no output folder given, invalid fields) raise :class:`RequestError`; problems with
-    one file skip that file and are listed in the report."""
+    one file skip that file and are listed in the report. ``scripts`` (the page's AlwaysVisible
+    scripts and selected script) run with every file's job, as in A1111's batch."""
     source = _folder(input_dir, "input_dir", must_exist=True)
     if source is None:
         raise RequestError("input_dir", "no input folder given")
@@ -169,7 +172,7 @@ def run_batch(
                 job_fields["width"], job_fields["height"] = scaled_size(picture, scale)
             request = Img2ImgRequest(init_images=[picture], mask=mask, **job_fields)
             task_id = f"img2img-batch-{batch_id}-{number}"
-            future = engine.submit_img2img(request, task_id=task_id, overrides=checked)
+            future = engine.submit_img2img(request, task_id=task_id, overrides=checked, scripts=scripts)
             if follow is not None:
                 follow(number, len(files), path, task_id, future)
             result: GenerationResult = future.result()

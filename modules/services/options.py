@@ -68,6 +68,7 @@ def _defs() -> dict[str, OptionDef]:
         # img2img (A1111's "img2img" section), plus Easel's limit on what an upload may be
         "inpainting_mask_weight": OptionDef(1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0, maximum=1.0, step=0.01),
         "initial_noise_multiplier": OptionDef(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5, step=0.001),
+        "img2img_extra_noise": OptionDef(0.0, "Extra noise multiplier for img2img and hires fix", "img2img", minimum=0.0, maximum=1.0, step=0.01),
         "img2img_color_correction": OptionDef(False, "Apply color correction to img2img results to match original colors.", "img2img"),
         "img2img_fix_steps": OptionDef(False, "With img2img, do exactly the amount of steps the slider specifies.", "img2img"),
         "img2img_background_color": OptionDef("#ffffff", "With img2img, fill transparent parts of the input image with this color.", "img2img", component="color"),

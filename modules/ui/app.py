@@ -17,6 +17,7 @@ from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
+from .paste_params import HINT as PASTE_HINT
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
 from .settings import SettingsTab
@@ -30,6 +31,7 @@ HINTS = {
     "refresh_sd_model_checkpoint": "Refresh the list of checkpoints",
     **{f"{tab}_{name}": text for tab in ("txt2img", "img2img") for name, text in {
         "random_seed": RANDOM_SEED_HINT,
+        "paste": PASTE_HINT,
         "reuse_seed": REUSE_SEED_HINT,
         "generate": "Generate (Ctrl+Enter)",
         "skip": "Stop the current batch and go on with the next (Alt+Enter)",
@@ -167,15 +169,6 @@ def _gallery_image(gallery, selected: int):
         return picture.copy()
 
 
-def _paste_fields(tab: GenerationTab) -> list[tuple]:
-    """A tab's infotext fields (A1111's keys), then its scripts' `infotext_fields`."""
-    own = [(tab.prompt, "Prompt"), (tab.negative, "Negative prompt"), (tab.steps, "Steps"),
-           (tab.sampler, "Sampler"), (tab.scheduler, "Schedule type"), (tab.cfg, "CFG scale"),
-           (tab.seed, "Seed"), (tab.width, "Size-1"), (tab.height, "Size-2"), (tab.batch_size, "Batch size"),
-           (tab.subseed, "Variation seed"), (tab.subseed_strength, "Variation seed strength")]
-    return own + tab.scripts.infotext_fields()
-
-
 def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
     """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders.
 
@@ -235,6 +228,6 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         demo.load(settings.options_json, outputs=settings.json, queue=False).then(
             None, inputs=settings.json, js=page_script(), queue=False)
         page_localization.add_to_page(demo, engine.options)  # the chosen localization's texts
-    register_paste_fields("txt2img", _paste_fields(txt2img))
-    register_paste_fields("img2img", _paste_fields(img2img), init_img=img2img.init_img)
+    register_paste_fields("txt2img", txt2img.all_paste_fields())
+    register_paste_fields("img2img", img2img.all_paste_fields(), init_img=img2img.init_img)
     return demo

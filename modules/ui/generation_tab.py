@@ -27,6 +27,7 @@ from modules.core import samplers
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.services.engine import Engine
 
+from . import paste_params
 from .extra_networks import ExtraNetworksPanel
 from .scripts_ui import ScriptsSection
 from .styles import StylesControls
@@ -122,6 +123,7 @@ class GenerationTab:
                     self.interrupt = gr.Button("Interrupt", elem_id=self._id("interrupt"), visible=False)
                     self.skip = gr.Button("Skip", elem_id=self._id("skip"), visible=False)
                 with gr.Row(elem_id=self._id("tools"), elem_classes=["tools-row"]):
+                    self.paste = paste_params.build_button(self.tabname)
                     self.extra_networks.build_button()
                     self.styles.build_buttons()
                 self.styles.build()
@@ -200,6 +202,19 @@ class GenerationTab:
     def inputs(self) -> set[gr.components.Component]:
         return set(self.common_fields().values())
 
+    def paste_fields(self) -> list[paste_params.PasteField]:
+        """(component, infotext key) for the ↙️ button: the shared controls here, a tab adds its
+        own, then its scripts' `infotext_fields` (A1111's paste fields)."""
+        return [(self.prompt, "Prompt"), (self.negative, "Negative prompt"), (self.steps, "Steps"),
+                (self.sampler, "Sampler"), (self.scheduler, "Schedule type"), (self.cfg, "CFG scale"),
+                (self.seed, "Seed"), (self.width, "Size-1"), (self.height, "Size-2"),
+                (self.batch_size, "Batch size"), (self.subseed, "Variation seed"),
+                (self.subseed_strength, "Variation seed strength"),
+                (self.resize_w, "Seed resize from-1"), (self.resize_h, "Seed resize from-2")]
+
+    def all_paste_fields(self) -> list[paste_params.PasteField]:
+        return self.paste_fields() + self.scripts.infotext_fields()
+
     @staticmethod
     def field_values(values: dict, fields: dict[str, gr.components.Component]) -> dict:
         """Request keyword arguments from the event's values (empty fields left to the default)."""
@@ -254,6 +269,7 @@ class GenerationTab:
                             queue=False)
         self.styles.wire(self.prompt, self.negative)
         self.extra_networks.wire()
+        paste_params.wire(self.paste, self.prompt, self.result, self.all_paste_fields())
 
     def run(self, values: dict, request: gr.Request, progress=gr.Progress()):
         """Generate; errors end up in the info box (and a toast), never as a stuck page."""

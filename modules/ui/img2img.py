@@ -2,7 +2,7 @@
 Batch), resize mode and size, denoising strength, the inpainting controls, the scripts (the Script
 dropdown and the AlwaysVisible scripts' controls, scripts_ui.py), and the shared generation
 controls. Values -> Img2ImgRequest -> queue (Batch: one job per file, see
-modules/services/img2img_batch.py; scripts do not run there yet).
+modules/services/img2img_batch.py, the page's scripts running with each file's job).
 
 Where the pictures come from, per sub-tab:
 
@@ -186,6 +186,13 @@ class Img2ImgTab(GenerationTab):
                 "inpainting_fill": self.inpainting_fill, "inpaint_full_res": self.inpaint_area,
                 "inpaint_full_res_padding": self.padding}
 
+    def paste_fields(self):
+        return super().paste_fields() + [
+            (self.denoising, "Denoising strength"), (self.mask_blur, "Mask blur"), (self.mask_mode, "Mask mode"),
+            (self.inpainting_fill, "Masked content"), (self.inpaint_area, "Inpaint area"),
+            (self.padding, "Masked area padding"),
+        ]
+
     def inputs(self) -> set[gr.components.Component]:
         return {*self.fields().values(), *self.inpaint_fields().values(), self.mode, self.resize_by, self.scale,
                 self.init_img, self.sketch, self.inpaint, self.inpaint_sketch, self.inpaint_base, self.inpaint_mask,
@@ -243,8 +250,6 @@ class Img2ImgTab(GenerationTab):
             return super().execute(values, session, progress)
         if not self.allow_folders:
             raise RequestError("input_dir", "batch img2img from server folders is disabled (--hide-ui-dir-config)")
-        if self.scripts.selected(values) is not None:
-            raise RequestError("script_name", "scripts do not run in Batch yet; choose the script None")
         fields = self._job_fields(values, inpaint=bool((values[self.batch_masks] or "").strip()))
         scale = float(values[self.scale]) if values[self.resize_by] else None
         if scale is not None:
@@ -261,7 +266,8 @@ class Img2ImgTab(GenerationTab):
         try:
             report = img2img_batch.run_batch(self.engine, fields, values[self.batch_input], values[self.batch_output],
                                              values[self.batch_masks], scale=scale, follow=follow,
-                                             should_stop=running.stop.is_set, keep_results=BATCH_SHOWN)
+                                             should_stop=running.stop.is_set, keep_results=BATCH_SHOWN,
+                                             scripts=self.scripts.call(values))
         finally:
             with self._jobs_lock:
                 if self._jobs.get(session) is running:

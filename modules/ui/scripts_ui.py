@@ -13,8 +13,8 @@ callbacks while the page is built, and the extensions' own tabs.
   keep a handle on, say, `txt2img_generate`.
 - `extension_tabs()` collects the `on_ui_tabs` callbacks' `(gr.Blocks, title, elem_id)` tabs.
 - `paste_fields` is the registry of infotext fields per tab (A1111's paste fields: component ->
-  infotext key), the tab's own and the scripts' `infotext_fields`, for a paste-infotext feature;
-  Easel has no paste button yet, so nothing reads it but the tests.
+  infotext key), the tab's own and the scripts' `infotext_fields`, which the ↙️ button fills
+  (paste_params.py).
 
 Everything here tolerates a runner without scripts: then the dropdown offers only "None" and
 Generate runs the job exactly as without the extension system.

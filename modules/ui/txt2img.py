@@ -99,6 +99,19 @@ class Txt2ImgTab(GenerationTab):
     def inputs(self) -> set[gr.components.Component]:
         return set(self.fields().values())
 
+    def paste_fields(self):
+        def hires_on(d: dict) -> bool:  # A1111: a hires infotext has its denoising and one hires size key
+            return "Denoising strength" in d and any(k in d for k in ("Hires upscale", "Hires upscaler", "Hires steps"))
+
+        return super().paste_fields() + [
+            (self.hr_accordion, hires_on), (self.enable_hr, hires_on), (self.tiling, "Tiling"),
+            (self.hr_scale, "Hires upscale"), (self.hr_upscaler, "Hires upscaler"), (self.hr_steps, "Hires steps"),
+            (self.hr_resize_x, "Hires resize-1"), (self.hr_resize_y, "Hires resize-2"),
+            (self.hr_denoising, "Denoising strength"), (self.hr_checkpoint, "Hires checkpoint"),
+            (self.hr_sampler, "Hires sampler"), (self.hr_scheduler, "Hires schedule type"),
+            (self.hr_prompt, "Hires prompt"), (self.hr_negative, "Hires negative prompt"),
+        ]
+
     def make_request(self, values: dict) -> GenerationRequest:
         return GenerationRequest(**self.styled(values, self.field_values(values, self.fields())))
 
