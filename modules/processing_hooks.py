@@ -190,6 +190,14 @@ class ScriptHooks(JobHooks):
         self.runner.postprocess_image(self.p, pp)
         return pp.image
 
+    def mask_overlay(self, b: BatchValues, position: int, overlay: Image.Image, mask: Image.Image):
+        if self.runner is None or not self.runner.has_hook("postprocess_maskoverlay"):
+            return overlay, mask
+        self.p.batch_index = position
+        ppmo = scripts.PostProcessMaskOverlayArgs(position, mask, overlay)
+        self.runner.postprocess_maskoverlay(self.p, ppmo)
+        return ppmo.overlay_image, ppmo.mask_for_overlay
+
     def image_composited(self, b: BatchValues, position: int, image: Image.Image) -> Image.Image:
         if self.runner is None or not self.runner.has_hook("postprocess_image_after_composite"):
             return image

@@ -139,7 +139,9 @@ class Script:
         """Per picture: replace pp.image."""
 
     def postprocess_maskoverlay(self, p, ppmo: PostProcessMaskOverlayArgs, *args):
-        """Per picture before the overlay (not called by Easel)."""
+        """Inpainting, per picture before the original is pasted back: ppmo.overlay_image (RGBA,
+        alpha 255 where the original shows) and ppmo.mask_for_overlay (L); replace them to change
+        the paste-back."""
 
     def postprocess_image_after_composite(self, p, pp: PostprocessImageArgs, *args):
         """Per picture after img2img's colour correction and overlay (every picture): replace pp.image."""

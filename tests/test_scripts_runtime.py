@@ -283,6 +283,18 @@ def test_on_mask_blend_runs_at_every_inpainting_step_and_can_change_the_blend(ru
     assert np.abs(pixels(plain[0].images[0])[left] - pixels(plain[1].images[0])[left]).mean() > 1.0
 
 
+def test_postprocess_maskoverlay_sees_and_can_replace_what_is_pasted_back(runtime, log):
+    init = np.asarray(_inpaint_request(1).init_images[0], dtype=np.int16)
+    kept = runtime.submit_img2img(_inpaint_request(5), scripts=recorder()).result()
+    entry = log("postprocess_maskoverlay")[0]
+    assert (entry["index"], entry["overlay_mode"], entry["mask_mode"], entry["size"]) == (0, "RGBA", "L", [64, 64])
+    assert (entry["alpha_left"], entry["alpha_right"], entry["mask_left"]) == (0, 255, 255)
+    right = np.s_[:, 48:]  # clear of the blurred mask edge
+    assert np.array_equal(pixels(kept.images[0])[right], init[right])  # the original, pasted back
+    bare = runtime.submit_img2img(_inpaint_request(5), scripts=recorder("no_overlay")).result()
+    assert np.abs(pixels(bare.images[0])[right] - init[right]).mean() > 1.0  # nothing pasted back
+
+
 def test_postprocess_image_after_composite_sees_the_pasted_back_picture(runtime, log):
     result = runtime.submit_img2img(_inpaint_request(3), scripts=recorder("composite_blue")).result()
     blue = np.zeros((64, 64, 3), dtype=np.int16)

@@ -45,6 +45,8 @@ MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 LATENT_RESIZE_MODE = "Latent"  # A1111 resizes img2img latents bilinearly, without antialiasing
 # (current latents, generate mask, init latents, blended, final) -> the latents to go on with
 BlendHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+# (picture index, overlay RGBA (alpha 255 = the original shows), mask L) -> (overlay, mask)
+OverlayHook = Callable[[int, Image.Image, Image.Image], tuple[Image.Image, Image.Image]]
 
 
 @dataclass
@@ -208,15 +210,19 @@ class Img2ImgJob:
 
         return blend_step
 
-    def finish(self, images: list[Image.Image]) -> list[Image.Image]:
+    def finish(self, images: list[Image.Image], on_overlay: OverlayHook | None = None) -> list[Image.Image]:
         """Colour correction, then the result pasted back under the original (A1111's order).
-        Image ``i`` of a batch belongs to init image ``i`` (or to the only one)."""
+        Image ``i`` of a batch belongs to init image ``i`` (or to the only one). `on_overlay` (the
+        job hooks' ``mask_overlay``) sees each overlay first and may replace it."""
         done = []
         for i, image in enumerate(images):
             if self.color_targets is not None:
                 image = color_correction.correct(self.color_targets[i % len(self.color_targets)], image)
             if self.overlays is not None:
-                image = self._paste_back(image, self.overlays[i % len(self.overlays)])
+                overlay = self.overlays[i % len(self.overlays)]
+                if on_overlay is not None:
+                    overlay = _hooked_overlay(overlay, on_overlay, i)
+                image = self._paste_back(image, overlay)
             done.append(image)
         return done
 
@@ -322,6 +328,22 @@ def prepare(
         conditional_mask_weight=settings.mask_weight if inpainting_model else None,
         infotext=infotext,
     )
+
+
+def _hooked_overlay(overlay: _Overlay, hook: OverlayHook, index: int) -> _Overlay:
+    """The overlay as A1111's pictures (RGBA overlay, L mask of the repainted area), through the
+    hook; an overlay the hook left alone is used as it was, to the bit."""
+    alpha = np.clip(np.round(overlay.opacity * 255.0), 0, 255).astype(np.uint8)
+    picture = Image.fromarray(np.dstack([overlay.picture, alpha]), "RGBA")
+    given, _mask = hook(index, picture, Image.fromarray(255 - alpha, "L"))
+    if given is picture:
+        return overlay
+    height, width = overlay.opacity.shape
+    given = given.convert("RGBA")
+    if given.size != (width, height):
+        given = given.resize((width, height), Image.Resampling.LANCZOS)
+    array = np.asarray(given)
+    return _Overlay(array[..., :3].copy(), array[..., 3].astype(np.float32) / 255.0)
 
 
 def _paste_box(crop: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

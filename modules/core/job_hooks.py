@@ -22,8 +22,9 @@ The order for one job (N batches of B images):
       again, tags included, as the infotexts show them); return the list to go on with; a hook that
       changes the number of pictures must change ``batch``'s lists to match;
    f. ``image_ready(batch, i, image)`` for each picture, before img2img's colour correction and
-      paste-back, then ``image_composited(batch, i, image)`` after them (txt2img too); each returns
-      the picture to go on with;
+      paste-back; ``mask_overlay(batch, i, overlay, mask)`` before an inpainting picture's
+      paste-back; ``image_composited(batch, i, image)`` after them (txt2img too); each returns
+      what to go on with;
    g. per picture: the infotext (``extra_params()`` adds its keys), then, when it is saved,
       ``before_save`` (may replace picture and text written to the file) and ``after_save``.
 3. ``grid(images, rows, cols)`` before the job's grid is drawn, then the grid's save hooks.
@@ -119,6 +120,12 @@ class JobHooks:
     def image_ready(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
         """One picture, before colour correction and paste-back (img2img)."""
         return image
+
+    def mask_overlay(self, batch: BatchValues, position: int, overlay: Image.Image,
+                     mask: Image.Image) -> tuple[Image.Image, Image.Image]:
+        """Inpainting: the original to paste back over the picture (RGBA; alpha 255 where the
+        original shows) and the mask of the repainted area (L). Return the pair to use."""
+        return overlay, mask
 
     def image_composited(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
         """One picture after img2img's colour correction and paste-back (the final picture)."""

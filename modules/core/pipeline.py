@@ -403,7 +403,11 @@ def _generate(
             images = [jhooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
             values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
         if job is not None:  # colour correction, paste back under the original
-            images = job.finish(images)
+            on_overlay = None
+            if job_hooks is not None:
+                def on_overlay(i, overlay, mask):  # noqa: E306 - this batch's pictures
+                    return jhooks.mask_overlay(values_b, i, overlay, mask)
+            images = job.finish(images, on_overlay)
         if job_hooks is not None:
             images = [jhooks.image_composited(values_b, i, image) for i, image in enumerate(images)]
         used = {**conditioner.used_embeddings, **(hr.used_embeddings if hr is not None else {})}
