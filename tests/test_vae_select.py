@@ -182,3 +182,36 @@ def test_http_wrong_size_vae_is_refused_and_server_keeps_generating(vae_server):
     still, _ = _txt2img(vae_server)
     assert np.array_equal(still, bright)
     assert vae_server.post("/sdapi/v1/options", json={"sd_vae": "None"}).status_code == 200
+
+
+# ------------------------------------------------------------------------------------------ Settings tab
+
+def test_settings_tab_loads_the_vae_on_apply_and_refuses_one_that_does_not_fit(tiny_checkpoints, vae_files, tmp_path):
+    """Apply puts the VAE into the model at once: a file that does not fit is the Settings tab's
+    message (nothing stored), not an error at the next job."""
+    import webui
+    from modules import cmd_args
+    from modules.core.types import GenerationRequest
+    from modules.ui.settings import SettingsTab
+
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt-dir", str(tiny_checkpoints.checkpoints_dir),
+                                "--ckpt", str(tiny_checkpoints.sd1), "--vae-dir", str(vae_files)], extra_preloads=[])
+    engine = webui.build_engine(opts)
+    request = GenerationRequest(prompt="a cube", seed=1, steps=1, width=64, height=64, save_images=False)
+    own = np.asarray(engine.txt2img(request).images[0])
+    tab = SettingsTab(engine.options, appliers={"sd_vae": engine.select_vae})
+
+    def apply(**changed):
+        return tab.apply(*[changed.get(k, engine.options.get(k)) for k in tab.keys])[0]
+
+    message = apply(sd_vae="wrong-size.safetensors", jpeg_quality=55)
+    assert "class='error'" in message and "wrong-size.safetensors" in message
+    assert engine.options.get("sd_vae") == "Automatic" and engine.options.get("jpeg_quality") != 55
+    assert np.array_equal(np.asarray(engine.txt2img(request).images[0]), own)  # the next job is fine
+
+    message = apply(sd_vae="bright.safetensors", jpeg_quality=55)
+    assert "2 settings changed" in message and "sd_vae" in message
+    assert engine.options.get("sd_vae") == "bright.safetensors" and engine.options.get("jpeg_quality") == 55
+    result = engine.txt2img(request)
+    assert "VAE: bright.safetensors" in result.infotexts[0]
+    assert not np.array_equal(np.asarray(result.images[0]), own)

@@ -182,7 +182,7 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
 def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
     txt2img = Txt2ImgTab(engine)
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
-    settings = SettingsTab(engine.options)
+    settings = SettingsTab(engine.options, appliers={"sd_vae": engine.select_vae})
     tabs = [txt2img, img2img]
     extension_interfaces = extension_tabs()  # A1111 builds them before the page, each its own Blocks
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 import gradio as gr
 
@@ -93,8 +93,13 @@ def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component
 
 
 class SettingsTab:
-    def __init__(self, options: Options):
+    """`appliers`: option -> a function that puts a new value into effect before it is stored
+    (sd_vae: the engine loads the VAE into the model); a ValueError it raises is the message and
+    nothing is stored."""
+
+    def __init__(self, options: Options, appliers: dict[str, Callable[[Any], None]] | None = None):
         self.options = options
+        self.appliers = dict(appliers or {})
         self.keys = [k for k in options.defs if k not in QUICKSETTINGS]
         self.components: list[gr.components.Component] = []
 
@@ -147,9 +152,14 @@ class SettingsTab:
             for key, value in zip(self.keys, submitted):
                 if value != self.options.get(key):
                     changes[key] = self.check(key, value)
+            applied = []
+            for key, apply in self.appliers.items():  # before the rest: a refusal stores nothing
+                if key in changes:
+                    apply(changes.pop(key))  # it stores the value itself once it took effect
+                    applied.append(key)
         except ValueError as exc:
             return error_html(str(exc)), *[gr.skip()] * len(self.keys)
-        changed = [key for key, value in changes.items() if self.options.set(key, value)]
+        changed = applied + [key for key, value in changes.items() if self.options.set(key, value)]
         try:
             self.options.save()
         except OSError as exc:
