@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Callable, Iterable, Sequence
 
-from modules.paths_internal import data_path, models_path
+from modules.paths_internal import data_path
 
 Preload = Callable[[argparse.ArgumentParser], None]
 
@@ -78,18 +78,18 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
                        help="folder of VAE files (default: MODELS_DIR/VAE)")
     group.add_argument("--vae-path", type=str, default=None, metavar="FILE",
                        help="VAE to use; overrides the setting")
-    group.add_argument("--lora-dir", type=str, default=os.path.join(models_path, "Lora"), metavar="DIR",
-                       help="folder of LoRA files")
-    group.add_argument("--embeddings-dir", type=str, default=os.path.join(data_path, "embeddings"), metavar="DIR",
-                       help="folder of textual inversion embeddings")
-    group.add_argument("--hypernetwork-dir", type=str, default=os.path.join(models_path, "hypernetworks"), metavar="DIR",
-                       help="folder of hypernetworks")
+    group.add_argument("--lora-dir", type=str, default=None, metavar="DIR",
+                       help="folder of LoRA files (default: MODELS_DIR/Lora)")
+    group.add_argument("--embeddings-dir", type=str, default=None, metavar="DIR",
+                       help="folder of textual inversion embeddings (default: DATA_DIR/embeddings)")
+    group.add_argument("--hypernetwork-dir", type=str, default=None, metavar="DIR",
+                       help="folder of hypernetworks (default: MODELS_DIR/hypernetworks)")
     group.add_argument("--styles-file", type=str, action="append", default=[], metavar="FILE",
                        help="styles file (may be given more than once; default: DATA_DIR/styles.csv)")
-    group.add_argument("--ui-settings-file", type=str, default=os.path.join(data_path, "config.json"), metavar="FILE",
-                       help="settings file")
-    group.add_argument("--ui-config-file", type=str, default=os.path.join(data_path, "ui-config.json"), metavar="FILE",
-                       help="file of UI defaults and limits")
+    group.add_argument("--ui-settings-file", type=str, default=None, metavar="FILE",
+                       help="settings file (default: DATA_DIR/config.json)")
+    group.add_argument("--ui-config-file", type=str, default=None, metavar="FILE",
+                       help="file of UI defaults and limits (default: DATA_DIR/ui-config.json)")
     for kind in ("samples", "txt2img-samples", "img2img-samples", "extras-samples",
                  "grids", "txt2img-grids", "img2img-grids", "save", "init-images"):
         group.add_argument(f"--outdir-{kind}", type=str, default=None, metavar="DIR",
@@ -225,10 +225,12 @@ def extension_preloads(argv: Sequence[str] | None = None) -> list[Preload]:
     if "--run-tests" in argv:
         argv = argv[: argv.index("--run-tests")]
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--ui-settings-file", type=str, default=os.path.join(data_path, "config.json"))
+    pre.add_argument("--data-dir", type=str, default=data_path)
+    pre.add_argument("--ui-settings-file", type=str, default=None)
     pre.add_argument("--disable-all-extensions", action="store_true")
     pre.add_argument("--disable-extra-extensions", action="store_true")
     known, _unknown = pre.parse_known_args(argv)
+    known.ui_settings_file = known.ui_settings_file or os.path.join(known.data_dir, "config.json")
     return extensions.preload_functions(extensions.read_settings_file(known.ui_settings_file), known)
 
 
@@ -243,6 +245,26 @@ def parse_args(argv: Sequence[str] | None = None,
     opts.loglevel = opts.log_level  # A1111's attribute name
     if opts.listen and opts.server_name is None:
         opts.server_name = "0.0.0.0"
+    return fill_path_defaults(opts)
+
+
+def defaults() -> argparse.Namespace:
+    """Every flag at its default (what a process that parsed no command line sees)."""
+    opts, _unknown = build_parser(()).parse_known_args([])
+    opts.loglevel = opts.log_level
+    return fill_path_defaults(opts)
+
+
+def fill_path_defaults(opts: argparse.Namespace) -> argparse.Namespace:
+    """The folders and files not given on the command line, under the --data-dir / --models-dir
+    given there (so `parse_args(["--data-dir", D])` keeps everything in D, not only sys.argv's)."""
+    data = os.path.abspath(os.path.expanduser(opts.data_dir))
+    models = os.path.abspath(os.path.expanduser(opts.models_dir)) if opts.models_dir else os.path.join(data, "models")
+    for name, base, leaf in (("ui_settings_file", data, "config.json"), ("ui_config_file", data, "ui-config.json"),
+                             ("embeddings_dir", data, "embeddings"), ("lora_dir", models, "Lora"),
+                             ("hypernetwork_dir", models, "hypernetworks")):
+        if getattr(opts, name, None) is None:
+            setattr(opts, name, os.path.join(base, leaf))
     return opts
 
 

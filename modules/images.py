@@ -395,14 +395,7 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
 
 def read_info_from_image(image: Image.Image) -> tuple[str | None, dict]:
     """(the infotext, the image's other info items) as A1111 returns them."""
-    items = dict(image.info or {})
-    geninfo = items.pop("parameters", None)
-    found = image_io.read_infotext(image)
-    if found is not None:
-        geninfo = found
-    for key in ("exif", "dpi", "icc_profile", "comment"):
-        items.pop(key, None)
-    return geninfo, items
+    return image_io.read_info(image)
 
 
 def image_data(data: bytes):

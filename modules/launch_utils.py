@@ -567,9 +567,7 @@ def current_args() -> argparse.Namespace:
     global args
     if args is None:
         from modules import cmd_args
-        parsed, _unknown = cmd_args.build_parser(()).parse_known_args([])
-        parsed.loglevel = parsed.log_level
-        args = parsed
+        args = cmd_args.defaults()
     return args
 
 

@@ -32,7 +32,7 @@ def _default_cmd_opts() -> argparse.Namespace:
     try:
         from modules import cmd_args
 
-        return cmd_args.build_parser().parse_args([])
+        return cmd_args.defaults()
     except BaseException:  # noqa: BLE001 - never fail an import over flags
         return argparse.Namespace()
 

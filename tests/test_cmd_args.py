@@ -156,3 +156,40 @@ def test_outdir_flags_become_the_engine_settings_for_both_kinds(tmp_path, tiny_c
     assert engine.settings_for(info, "txt2img").outdir_samples == tmp_path / "t2i"
     assert engine.settings_for(info, "img2img").outdir_samples == tmp_path / "i2i"
     assert engine.settings_for(info, "img2img").outdir_grids == tmp_path / "i2i-grids"
+
+
+def test_data_dir_given_to_parse_args_moves_every_derived_path(tmp_path):
+    """Regression: the settings file, embeddings and LoRA folders followed the --data-dir of the
+    process's own command line only, so a server built with parse_args(["--data-dir", D]) (the
+    tests') wrote its settings into the repository's config.json."""
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path)], extra_preloads=[])
+    assert opts.ui_settings_file == str(tmp_path / "config.json")
+    assert opts.ui_config_file == str(tmp_path / "ui-config.json")
+    assert opts.embeddings_dir == str(tmp_path / "embeddings")
+    assert opts.lora_dir == str(tmp_path / "models" / "Lora")
+    assert opts.hypernetwork_dir == str(tmp_path / "models" / "hypernetworks")
+    models = tmp_path / "elsewhere"
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--models-dir", str(models), "--lora-dir", "/x/loras"],
+                               extra_preloads=[])
+    assert opts.lora_dir == "/x/loras" and opts.hypernetwork_dir == str(models / "hypernetworks")
+
+
+def test_extension_preloads_read_the_settings_of_the_given_data_dir(tmp_path, monkeypatch):
+    from modules import extensions
+
+    read = []
+    real = extensions.read_settings_file
+    monkeypatch.setattr(extensions, "read_settings_file", lambda path: read.append(path) or real(path))
+    cmd_args.extension_preloads(["--data-dir", str(tmp_path)])
+    cmd_args.extension_preloads(["--ui-settings-file", str(tmp_path / "mine.json")])
+    assert read == [str(tmp_path / "config.json"), str(tmp_path / "mine.json")]
+
+
+def test_settings_saved_by_a_server_go_to_its_data_dir(tmp_path):
+    import webui
+
+    opts = cmd_args.parse_args(["--data-dir", str(tmp_path)], extra_preloads=[])
+    engine = webui.build_engine(opts)
+    engine.options.set("jpeg_quality", 61)
+    engine.options.save()
+    assert '"jpeg_quality": 61' in (tmp_path / "config.json").read_text()

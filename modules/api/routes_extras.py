@@ -25,9 +25,6 @@ from modules.services.engine import Engine
 from . import models
 from .errors import server_error, unprocessable
 
-# A1111's IGNORED_INFO_KEYS: image info that is not text about the picture
-IGNORED_INFO_KEYS = {"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop", "background",
-                     "timestamp", "duration", "progressive", "progression", "icc_profile", "chromaticity", "photoshop"}
 
 
 def _settings(body: Any) -> postprocess.UpscaleSettings:
@@ -113,23 +110,6 @@ async def _answer(work) -> Any:
         return server_error(exc, "extras failed")
 
 
-def read_info(data: bytes) -> tuple[str | None, dict[str, Any]]:
-    """A1111's images.read_info_from_image: (the infotext, the image's other text items)."""
-    with Image.open(io.BytesIO(data)) as image:
-        image.load()  # PNG text after the pixels is only seen once loaded
-        infotext = image_io.read_infotext(image)
-        items = dict(image.info or {})
-    items.pop("parameters", None)
-    for key in IGNORED_INFO_KEYS:
-        items.pop(key, None)
-    clean: dict[str, Any] = {}
-    for key, value in items.items():  # JSON-safe: bytes as text, other oddities as their str()
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", errors="replace")
-        clean[str(key)] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-    return infotext, clean
-
-
 def _pasted_callbacks(infotext: str, params: dict) -> None:
     """Extensions' on_infotext_pasted callbacks may add to the parsed parameters (A1111's png-info)."""
     try:
@@ -166,7 +146,7 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
         def work() -> dict:
             try:
                 image_io.decode_image(body.image, "image", engine.options.get("img2img_max_input_pixels"))
-                infotext, items = read_info(image_io.base64_to_bytes(body.image))
+                infotext, items = image_io.read_info(image_io.base64_to_bytes(body.image))
             except RequestError as exc:
                 raise _BadImage(exc) from None
             except ValueError as exc:

@@ -417,6 +417,32 @@ def read_infotext(source: ImageSource) -> str | None:
         return _infotext_from_image(image)
 
 
+# A1111's IGNORED_INFO_KEYS: image info that is not text about the picture
+IGNORED_INFO_KEYS = frozenset({"jfif", "jfif_version", "jfif_unit", "jfif_density", "dpi", "exif", "loop",
+                               "background", "timestamp", "duration", "progressive", "progression",
+                               "icc_profile", "chromaticity", "photoshop"})
+
+
+def read_info(source: ImageSource) -> tuple[str | None, dict[str, str | int | float | bool | None]]:
+    """A1111's ``read_info_from_image``: (the infotext, the picture's other text items), the items
+    made JSON-safe (bytes as text, other values as their str())."""
+    if not isinstance(source, Image.Image):
+        if isinstance(source, (bytes, bytearray)):
+            source = io.BytesIO(bytes(source))
+        with Image.open(source) as image:
+            image.load()  # PNG text after the pixels is only seen once loaded
+            return read_info(image)
+    infotext = _infotext_from_image(source)
+    items: dict = {}
+    for key, value in dict(source.info or {}).items():
+        if key == INFOTEXT_KEY or key in IGNORED_INFO_KEYS:
+            continue
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        items[str(key)] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+    return infotext, items
+
+
 # --------------------------------------------------------------------------- grids
 
 def grid_layout(

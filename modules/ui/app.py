@@ -17,8 +17,9 @@ from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
-from .paste_params import HINT as PASTE_HINT
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
+from .paste_params import HINT as PASTE_HINT
+from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
 from .settings import SettingsTab
 from .styles import HINTS as STYLE_HINTS
@@ -183,6 +184,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
     txt2img = Txt2ImgTab(engine)
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
     settings = SettingsTab(engine.options, appliers={"sd_vae": engine.select_vae})
+    pnginfo = PngInfoTab()
     tabs = [txt2img, img2img]
     extension_interfaces = extension_tabs()  # A1111 builds them before the page, each its own Blocks
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:
@@ -194,6 +196,8 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 with current_runner("img2img"):
                     img2img.build()
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                pnginfo.build()
             for interface, title, tab_id in extension_interfaces:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab_{tab_id}"):
                     interface.render()
@@ -204,6 +208,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs)
         _wire_send_to(txt2img, img2img, main_tabs)
+        pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
 
         built_size = (txt2img.width.value, txt2img.height.value)
         keep_sizes = [gr.update()] * (2 * len(tabs))

@@ -45,13 +45,18 @@ def wire(button: gr.Button, prompt: gr.Textbox, last_result: gr.State, fields: l
         if not text:
             shown = (result or {}).get("infotexts") or []
             text = shown[0] if shown else ""
-        if not text:
-            return [gr.update() for _ in fields]
-        params = infotext_utils.parse_generation_parameters(text)
-        return [update_for(component, key(params) if callable(key) else params.get(key)) for component, key in fields]
+        return updates(fields, text)
 
     button.click(paste, inputs=[prompt, last_result], outputs=[c for c, _ in fields], queue=False,
                  show_progress="hidden")
+
+
+def updates(fields: list[PasteField], text: str) -> list:
+    """One update per field for the infotext `text` (no change anywhere for an empty text)."""
+    if not (text or "").strip():
+        return [gr.update() for _ in fields]
+    params = infotext_utils.parse_generation_parameters(text)
+    return [update_for(component, key(params) if callable(key) else params.get(key)) for component, key in fields]
 
 
 def update_for(component, value) -> dict:

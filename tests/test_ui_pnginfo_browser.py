@@ -1,0 +1,75 @@
+"""The PNG Info tab in a real browser: a picture Easel wrote shows its parameters, and the sends
+fill txt2img's or img2img's controls (and img2img's picture). Reuses tests/test_ui_browser.py's
+fixtures."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from tests.test_ui_browser import JOB_TIMEOUT_MS, browser, page  # noqa: F401
+
+pytest.importorskip("playwright")
+from playwright.sync_api import Page, expect  # noqa: E402
+
+INFOTEXT = ("a blue square, (sharp:1.1)\nNegative prompt: red\nSteps: 9, Sampler: Euler a, Schedule type: Karras, "
+            "CFG scale: 5.5, Seed: 4321, Size: 64x96, Denoising strength: 0.35")
+
+
+def _picture(path, text: str | None = INFOTEXT, **extra) -> None:
+    info = PngImagePlugin.PngInfo()
+    if text is not None:
+        info.add_text("parameters", text)
+    for key, value in extra.items():
+        info.add_text(key, value)
+    Image.new("RGB", (64, 96), (20, 60, 200)).save(path, pnginfo=info)
+
+
+def _open(page: Page) -> None:
+    page.locator("#tab_pnginfo-button").click()
+    expect(page.locator("#pnginfo_image")).to_be_visible()
+
+
+def test_png_info_shows_the_parameters_and_sends_them_to_txt2img_and_img2img(page, tmp_path):
+    source = tmp_path / "made.png"
+    _picture(source, Software="a painter")
+    _open(page)
+    page.locator("#pnginfo_image input[type=file]").set_input_files(source)
+    shown = page.locator("#pnginfo_html")
+    expect(shown).to_contain_text("Steps: 9, Sampler: Euler a")
+    expect(shown).to_contain_text("Software")
+    expect(shown).to_contain_text("a painter")
+
+    page.locator("#pnginfo_send_txt2img").click()
+    expect(page.locator("#tab_txt2img-button")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a blue square, (sharp:1.1)")
+    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("red")
+    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("9")
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("5.5")
+    expect(page.locator("#txt2img_seed input")).to_have_value("4321")
+    expect(page.locator("#txt2img_height input[type=number]")).to_have_value("96")
+    expect(page.locator("#txt2img_sampling input")).to_have_value("Euler a")
+
+    _open(page)
+    page.locator("#pnginfo_send_img2img").click()
+    expect(page.locator("#tab_img2img-button")).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#img2img_image img").first).to_be_visible()
+    expect(page.locator("#img2img_prompt textarea")).to_have_value("a blue square, (sharp:1.1)")
+    expect(page.locator("#img2img_steps input[type=number]")).to_have_value("9")
+    expect(page.locator("#img2img_denoising_strength input[type=number]")).to_have_value("0.35")
+    expect(page.locator("#img2img_height input[type=number]")).to_have_value("96")
+
+
+@pytest.mark.parametrize("kind, message", [("plain", "Nothing found in the image."),
+                                           ("broken", "broken.png is not an image Easel can read")])
+def test_png_info_of_a_plain_picture_or_a_broken_file(page, tmp_path, kind, message):
+    path = tmp_path / f"{kind}.png"
+    if kind == "plain":
+        _picture(path, text=None)
+    else:
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really" * 20)
+    _open(page)
+    page.locator("#pnginfo_image input[type=file]").set_input_files(path)
+    expect(page.locator("#pnginfo_html")).to_contain_text(message)
+    page.locator("#tab_txt2img-button").click()  # the page goes on working
+    expect(page.locator("#txt2img_generate")).to_be_visible(timeout=JOB_TIMEOUT_MS)
