@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 from typing import Any
 
 from fastapi import APIRouter
-from PIL import Image, PngImagePlugin
+from PIL import Image
 
 from modules.core import image_io, postprocess
 from modules.core.infotext_defaults import parse_generation_parameters
 from modules.core.types import RequestError
+from modules.services import extras
 from modules.services.engine import Engine
 
 from . import models
@@ -43,35 +43,6 @@ def _settings(body: Any) -> postprocess.UpscaleSettings:
         upscaler_2_visibility=value("extras_upscaler_2_visibility", 0.0))
 
 
-def _encode(image: Image.Image, texts: dict[str, str]) -> str:
-    """Bare base64 PNG with the text chunks (A1111's encode_pil_to_base64 writes every text item)."""
-    info = PngImagePlugin.PngInfo()
-    for key, text in texts.items():
-        info.add_text(key, text)
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info if texts else None)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _run(engine: Engine, images: list[tuple[str, Image.Image]], settings: postprocess.UpscaleSettings) -> list:
-    """On the worker: upscale each image; returns [(result, texts for its PNG, infotext)]."""
-    state, results = engine.state, []
-    state.job_count = len(images)
-    for i, (name, image) in enumerate(images):
-        if state.interrupted:
-            break
-        state.job_no, state.textinfo, state.skipped = i, name or None, False
-        result, info = postprocess.upscale(image, settings)
-        text = postprocess.infotext(info)
-        texts = {}
-        if image.info.get("parameters"):
-            texts["parameters"] = image.info["parameters"]
-        if engine.options.get("enable_pnginfo"):
-            texts["postprocessing"] = text
-        results.append((result, texts, text))
-    return results
-
-
 async def _extras(engine: Engine, body: Any, sources: list[tuple[str, str, str]]) -> tuple[list, str]:
     """sources: (field name for errors, file name, base64). Returns (encoded images, html_info)."""
     settings = _settings(body)
@@ -84,12 +55,10 @@ async def _extras(engine: Engine, body: Any, sources: list[tuple[str, str, str]]
             raise _BadImage(exc) from None
 
     images = await asyncio.to_thread(decode)
-    max_pixels = int((engine.options.get("img_max_size_mp") or 200) * 1_000_000)
-    for _, image in images:
-        settings.check(max_pixels, image.size)
-    results = await asyncio.wrap_future(engine.queue.submit("extras", _run, engine, images, settings))
-    encoded = await asyncio.to_thread(lambda: [_encode(image, texts) for image, texts, _ in results])
-    last = results[-1][2] if results else ""
+    results = await asyncio.wrap_future(extras.submit(engine, images, settings))
+    encoded = await asyncio.to_thread(
+        lambda: [base64.b64encode(extras.png_bytes(r)).decode("ascii") for r in results])
+    last = results[-1].infotext if results else ""
     return encoded, postprocess.plaintext_to_html(last)
 
 

@@ -211,11 +211,14 @@ def encode_image(
     *,
     quality: int = 80,
     webp_lossless: bool | None = None,
+    extra_texts: dict[str, str] | None = None,
 ) -> bytes:
     """Encode to PNG/JPEG/WebP bytes with the infotext embedded the A1111 way.
 
     `quality` is used by JPEG and WebP. WebP is lossless when `webp_lossless` is True, or when
     it is None and quality is 100 (A1111 itself has a separate ``webp_lossless`` option).
+    `extra_texts`: further PNG text entries after the infotext (Extras' ``postprocessing``); the
+    other formats carry the infotext only, as in A1111.
     """
     _, pil_format = _normalize_extension(extension)
     prepared = _prepare_for(image, pil_format)
@@ -224,8 +227,9 @@ def encode_image(
     if pil_format == "PNG":
         prepared.save(buffer, format="PNG")
         data = buffer.getvalue()
-        if infotext is not None:
-            data = _insert_after_ihdr(data, _png_text_chunk(INFOTEXT_KEY, infotext))
+        texts = ({INFOTEXT_KEY: infotext} if infotext is not None else {}) | dict(extra_texts or {})
+        for key, text in reversed(list(texts.items())):  # each goes right after IHDR: in order once done
+            data = _insert_after_ihdr(data, _png_text_chunk(key, text))
         return data
     options: dict[str, object] = {"quality": quality}
     if infotext is not None:
@@ -291,6 +295,7 @@ def save_image(
     jpeg_quality: int = 80,
     basename_suffix: str = "",
     webp_lossless: bool | None = None,
+    extra_texts: dict[str, str] | None = None,
 ) -> Path:
     """Save as ``directory/NNNNN-SEED{suffix}.ext`` (A1111 names) and return the path.
 
@@ -301,7 +306,8 @@ def save_image(
     if any(sep in basename_suffix for sep in ("/", "\\", "\0")):
         raise ValueError(f"basename_suffix {basename_suffix!r} must not contain path separators")
     decoration = ("" if seed is None else f"-{int(seed)}") + basename_suffix
-    data = encode_image(image, ext, infotext, quality=jpeg_quality, webp_lossless=webp_lossless)
+    data = encode_image(image, ext, infotext, quality=jpeg_quality, webp_lossless=webp_lossless,
+                        extra_texts=extra_texts)
     return _save_numbered(data, Path(directory), "", lambda n: f"{n:05}{decoration}.{ext}")
 
 

@@ -42,6 +42,7 @@ def _defs() -> dict[str, OptionDef]:
         "outdir_samples": OptionDef("", "Output directory for images; if empty, defaults to three directories below", "Paths for saving"),
         "outdir_txt2img_samples": OptionDef("outputs/txt2img-images", "Output directory for txt2img images", "Paths for saving"),
         "outdir_img2img_samples": OptionDef("outputs/img2img-images", "Output directory for img2img images", "Paths for saving"),
+        "outdir_extras_samples": OptionDef("outputs/extras-images", "Output directory for images from extras tab", "Paths for saving"),
         "outdir_txt2img_grids": OptionDef("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving"),
         "outdir_img2img_grids": OptionDef("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving"),
         "sd_model_checkpoint": OptionDef(None, "Stable Diffusion checkpoint", G),

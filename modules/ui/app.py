@@ -15,6 +15,7 @@ from modules.services.engine import Engine
 
 from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
+from .extras_tab import ExtrasTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
@@ -196,6 +197,8 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
                 with current_runner("img2img"):
                     img2img.build()
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                ExtrasTab(engine).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build()
             for interface, title, tab_id in extension_interfaces:

@@ -1,6 +1,6 @@
-"""The PNG Info tab in a real browser: a picture Easel wrote shows its parameters, and the sends
-fill txt2img's or img2img's controls (and img2img's picture). Reuses tests/test_ui_browser.py's
-fixtures."""
+"""The PNG Info and Extras tabs in a real browser. PNG Info: a picture's parameters are shown and
+the sends fill txt2img's or img2img's controls (and img2img's picture). Extras: an upload is
+upscaled, shown and saved. Reuses tests/test_ui_browser.py's fixtures."""
 
 from __future__ import annotations
 
@@ -73,3 +73,26 @@ def test_png_info_of_a_plain_picture_or_a_broken_file(page, tmp_path, kind, mess
     expect(page.locator("#pnginfo_html")).to_contain_text(message)
     page.locator("#tab_txt2img-button").click()  # the page goes on working
     expect(page.locator("#txt2img_generate")).to_be_visible(timeout=JOB_TIMEOUT_MS)
+
+
+def test_extras_upscales_shows_and_saves(page, server, tmp_path):
+    from pathlib import Path
+
+    source = tmp_path / "small.png"
+    _picture(source)
+    folder = Path(server.data_dir) / "outputs" / "extras-images"
+    before = set(folder.glob("*.png"))
+    page.locator("#tab_extras-button").click()
+    page.locator("#extras_image input[type=file]").set_input_files(source)
+    expect(page.locator("#extras_image img").first).to_be_visible()
+    page.locator("#extras_upscaler_1 input").click()
+    page.locator("[role=option]").filter(has_text="Lanczos").first.click()
+    page.locator("#extras_generate").click()
+    expect(page.locator("#html_info_extras")).to_contain_text("Postprocess upscale by: 2.0, Postprocess upscaler: Lanczos",
+                                                              timeout=JOB_TIMEOUT_MS)
+    expect(page.locator("#extras_gallery img").first).to_be_visible()
+    new = sorted(set(folder.glob("*.png")) - before)
+    assert len(new) == 1
+    with Image.open(new[0]) as png:
+        assert png.size == (128, 192)
+        assert png.info["parameters"] == INFOTEXT

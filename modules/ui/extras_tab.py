@@ -1,0 +1,111 @@
+"""The Extras tab (A1111's): upscale one picture or several uploaded ones with the image upscalers
+(modules.core.postprocess), optionally blending a second upscaler in. The job goes through the
+worker queue (modules.services.extras, as the API's extras do); the results are shown and saved to
+the extras output folder (outdir_extras_samples) with the input's parameters and the
+postprocessing text. Element ids are A1111's."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from modules.core import postprocess
+from modules.services import extras
+from modules.services.engine import Engine
+
+from .generation_tab import error_html
+
+SINGLE, BATCH = 0, 1
+
+
+def _path(upload) -> str | None:
+    """The file of an unprocessed upload (Gradio's file record, or a path)."""
+    if isinstance(upload, dict):
+        return upload.get("path")
+    return getattr(upload, "name", upload) if upload else None
+
+
+def _open(upload) -> tuple[str, Image.Image]:
+    """(file name, picture) of an upload, read from the file so its text (parameters) is kept."""
+    path = _path(upload)
+    name = (upload.get("orig_name") if isinstance(upload, dict) else None) or Path(path).name
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            return name, picture.copy()
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name} is not an image Easel can read ({exc})") from None
+
+
+class ExtrasTab:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def build(self) -> None:
+        names = postprocess.image_upscaler_names()
+        with gr.Row(equal_height=False):
+            with gr.Column(variant="panel"):
+                self.mode = gr.State(SINGLE)
+                with gr.Tabs(elem_id="mode_extras"):
+                    with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
+                        self.image = gr.Image(label="Source", elem_id="extras_image", type="pil", image_mode="RGBA",
+                                              sources=["upload", "clipboard"], format="png")
+                    with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as batch:
+                        self.files = gr.File(label="Batch Process", file_count="multiple", file_types=["image"],
+                                             elem_id="extras_image_batch")
+                self.scale_to = gr.State(False)
+                with gr.Tabs(elem_id="extras_resize_mode"):
+                    with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as scale_by_tab:
+                        self.upscale_by = gr.Slider(1.0, 8.0, step=0.05, value=2.0, label="Resize",
+                                                    elem_id="extras_upscaling_resize")
+                    with gr.Tab("Scale to", elem_id="extras_scale_to_tab") as scale_to_tab:
+                        with gr.Row():
+                            self.width = gr.Slider(64, 8192, step=8, value=512, label="Width",
+                                                   elem_id="extras_upscaling_resize_w")
+                            self.height = gr.Slider(64, 8192, step=8, value=512, label="Height",
+                                                    elem_id="extras_upscaling_resize_h")
+                            self.crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras_upscaling_crop")
+                with gr.Row():
+                    self.upscaler_1 = gr.Dropdown(names, value=names[0], label="Upscaler 1", elem_id="extras_upscaler_1")
+                    self.upscaler_2 = gr.Dropdown(names, value=names[0], label="Upscaler 2", elem_id="extras_upscaler_2")
+                    self.visibility = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="Upscaler 2 visibility",
+                                                elem_id="extras_upscaler_2_visibility")
+                self.generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
+            with gr.Column(variant="panel"):
+                self.gallery = gr.Gallery(label="Result", elem_id="extras_gallery", columns=4, format="png",
+                                          show_label=False, object_fit="contain", height="auto")
+                self.info = gr.HTML(elem_id="html_info_extras")
+        single.select(lambda: SINGLE, outputs=self.mode, queue=False)
+        batch.select(lambda: BATCH, outputs=self.mode, queue=False)
+        scale_by_tab.select(lambda: False, outputs=self.scale_to, queue=False)
+        scale_to_tab.select(lambda: True, outputs=self.scale_to, queue=False)
+        inputs = [self.mode, self.image, self.files, self.scale_to, self.upscale_by, self.width, self.height,
+                  self.crop, self.upscaler_1, self.upscaler_2, self.visibility]
+        # unprocessed: the uploads are read from their files, which keeps their parameters text
+        self.generate.click(self.run, inputs=inputs, outputs=[self.gallery, self.info], concurrency_limit=None,
+                            show_progress_on=[self.gallery], preprocess=False)
+
+    def run(self, mode, image, files, scale_to, upscale_by, width, height, crop, upscaler_1, upscaler_2, visibility):
+        """Upscale, save, show; a problem is the message in the info box."""
+        try:
+            uploads = (files or []) if mode == BATCH else ([image] if _path(image) else [])
+            pictures = [_open(upload) for upload in uploads]
+            if not pictures:
+                raise ValueError("Upload a picture first" if mode == SINGLE else "Upload pictures first")
+            settings = postprocess.UpscaleSettings(
+                mode=1 if scale_to else 0, upscale_by=float(upscale_by), width=int(width), height=int(height),
+                crop=bool(crop), upscaler_1=upscaler_1, upscaler_2=upscaler_2,
+                upscaler_2_visibility=float(visibility))
+            results = extras.submit(self.engine, pictures, settings).result()
+            paths = extras.save(self.engine, results)
+        except ValueError as exc:  # RequestError included
+            message = str(exc)
+            gr.Warning(html.escape(message), title="Error")
+            return [], error_html(message)
+        note = f"Saved {len(paths)} image{'s' if len(paths) != 1 else ''} to {paths[0].parent}" if paths else ""
+        last = results[-1].infotext if results else ""
+        return [r.image for r in results], postprocess.plaintext_to_html(last) + (
+            f"<p class='performance'>{html.escape(note)}</p>" if note else "")
