@@ -181,7 +181,9 @@ def test_training_script_runs_every_stage_and_writes_a_loadable_checkpoint(tmp_p
         meta = f.metadata()
     recipe = json.loads(meta["easel.training_recipe"])
     assert (recipe["seed"], recipe["unet_steps"], recipe["refine_steps"], recipe["unet_steps_done"]) == (5, 3, 2, "5")
-    assert json.loads(out.with_suffix(".json").read_text())["native_resolution"] == [64, 64]
+    entry = json.loads(out.with_suffix(".json").read_text())
+    assert entry["native_resolution"] == [64, 64]
+    assert entry["training_seconds"]["total"] == pytest.approx(sum(times.values()), abs=0.2)
     model = load_model(out)
     assert model.spec.family == "sd1" and tuple(model.spec.native_size) == (64, 64)
     result = generate(GenerationRequest(prompt="a red circle on a blue background", steps=2, seed=1,

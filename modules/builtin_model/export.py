@@ -82,7 +82,7 @@ def export_checkpoint(unet, te, vae, out: Path, recipe: dict, times: dict, dtype
                       "cosine over both phases",
             "command": f"python -m modules.builtin_model.train --seed {recipe.get('seed', 0)}",
         },
-        "training_seconds": times,
+        "training_seconds": times | ({"total": round(sum(times.values()), 1)} if times else {}),
         "evaluation": old.get("evaluation"),
     }
     entry_path.write_text(json.dumps(entry, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """Train Easel's built-in model from a seed, on the CPU.
 
-    python -m modules.builtin_model.train --seed 0                 # everything (~85 min, 2 cores)
+    python -m modules.builtin_model.train --seed 0                 # everything (77 min on 2 cores)
     python -m modules.builtin_model.train --stage vae              # one stage at a time:
     python -m modules.builtin_model.train --stage latents          #   vae -> latents -> unet -> export
     python -m modules.builtin_model.train --stage unet [--resume]
