@@ -31,8 +31,8 @@ def _upload(path: Path, size=(40, 24), text: str | None = "a cat\nSteps: 3, Seed
 
 
 def _run(tab, mode=0, image=None, files=None, scale_to=False, by=2.0, w=64, h=64, crop=True,
-         up1="Lanczos", up2="None", vis=0.0):
-    return tab.run(mode, image, files, scale_to, by, w, h, crop, up1, up2, vis)
+         up1="Lanczos", up2="None", vis=0.0, input_dir="", output_dir="", show_results=True):
+    return tab.run(mode, image, files, scale_to, by, w, h, crop, up1, up2, vis, input_dir, output_dir, show_results)
 
 
 def test_single_picture_is_upscaled_shown_and_saved_with_its_texts(tab, tmp_path):
@@ -63,3 +63,28 @@ def test_bad_input_is_a_message(tab, tmp_path):
     assert images == [] and "Upload a picture first" in info
     images, info = _run(tab, image=_upload(tmp_path / "c.png"), up2="Lanczos", vis=1.5)
     assert images == [] and "must be between 0 and 1, got 1.5" in info
+
+
+def test_batch_from_directory_writes_to_the_output_folder_and_lists_what_it_skipped(tab, tmp_path):
+    source, target = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    _upload(source / "one.png")
+    _upload(source / "two.png", size=(16, 16), text=None)
+    (source / "notes.txt").write_text("not a picture")
+    images, info = _run(tab, mode=2, up1="Nearest", by=3.0, input_dir=str(source), output_dir=str(target),
+                        show_results=False)
+    assert images == []  # "Show result images" off
+    written = sorted(target.glob("*.png"))
+    assert [Image.open(p).size for p in written] == [(120, 72), (48, 48)]
+    assert Image.open(written[0]).info["parameters"] == "a cat\nSteps: 3, Seed: 1"
+    assert f"Saved 2 images to {target}" in info and "Skipped notes.txt: not a readable image" in info
+    images, info = _run(tab, mode=2, input_dir=str(tmp_path / "missing"))
+    assert images == [] and "is not a folder" in info
+
+
+def test_batch_from_directory_is_refused_under_hide_ui_dir_config(tab, tmp_path):
+    from modules.ui.extras_tab import ExtrasTab
+
+    locked = ExtrasTab(tab.engine, allow_folders=False)
+    images, info = locked.run(2, None, None, False, 2.0, 64, 64, True, "Lanczos", "None", 0.0, str(tmp_path), "", True)
+    assert images == [] and "--hide-ui-dir-config" in info

@@ -64,9 +64,10 @@ def png_bytes(result: ExtrasResult) -> bytes:
     return image_io.encode_image(result.image, "png", result.parameters, extra_texts=result.texts)
 
 
-def save(engine: Engine, results: list[ExtrasResult]) -> list[Path]:
-    """Write the results to the extras output folder; returns the files."""
-    folder = engine.data_path / (engine.options.get("outdir_extras_samples") or "outputs/extras-images")
+def save(engine: Engine, results: list[ExtrasResult], folder: Path | None = None) -> list[Path]:
+    """Write the results to `folder` (default: the extras output folder); returns the files."""
+    if folder is None:
+        folder = engine.data_path / (engine.options.get("outdir_extras_samples") or "outputs/extras-images")
     extension = engine.options.get("samples_format") or "png"
     quality = engine.options.get("jpeg_quality") or 80
     return [image_io.save_image(r.image, folder, seed=None, infotext=r.parameters, extension=extension,

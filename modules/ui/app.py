@@ -172,7 +172,7 @@ def _gallery_image(gallery, selected: int):
 
 
 def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
-    """`allow_folders` False (--hide-ui-dir-config) turns off img2img's batch from server folders.
+    """`allow_folders` False (--hide-ui-dir-config) turns off img2img's and Extras' batch from server folders.
 
     While the page is built every component is announced to the extensions' component callbacks
     (scripts_ui.component_callbacks)."""
@@ -198,7 +198,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
                 with current_runner("img2img"):
                     img2img.build()
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                ExtrasTab(engine).build()
+                ExtrasTab(engine, allow_folders=allow_folders).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build()
             for interface, title, tab_id in extension_interfaces:

@@ -1,8 +1,10 @@
-"""The Extras tab (A1111's): upscale one picture or several uploaded ones with the image upscalers
+"""The Extras tab (A1111's): upscale one picture, several uploaded ones, or every picture of a
+server folder (Batch from Directory; off under --hide-ui-dir-config) with the image upscalers
 (modules.core.postprocess), optionally blending a second upscaler in. The job goes through the
 worker queue (modules.services.extras, as the API's extras do); the results are shown and saved to
-the extras output folder (outdir_extras_samples) with the input's parameters and the
-postprocessing text. Element ids are A1111's."""
+the extras output folder (outdir_extras_samples, or the batch's output folder) with the input's
+parameters and the postprocessing text. A folder's unreadable files are listed and skipped.
+Element ids are A1111's."""
 
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import gradio as gr
 from PIL import Image
 
 from modules.core import postprocess
-from modules.services import extras
+from modules.core.types import RequestError
+from modules.services import extras, img2img_batch
 from modules.services.engine import Engine
 
 from .generation_tab import error_html
 
-SINGLE, BATCH = 0, 1
+SINGLE, BATCH, FOLDER = 0, 1, 2
 
 
 def _path(upload) -> str | None:
@@ -40,9 +43,25 @@ def _open(upload) -> tuple[str, Image.Image]:
         raise ValueError(f"{name} is not an image Easel can read ({exc})") from None
 
 
+def _folder_pictures(input_dir: str) -> tuple[list[tuple[str, Image.Image]], list[str]]:
+    """(name, picture) of every readable file of the folder, and "name: why" for the others."""
+    folder = Path(str(input_dir or "").strip()).expanduser()
+    if not str(input_dir or "").strip() or not folder.is_dir():
+        raise RequestError("input_dir", f"'{input_dir}' is not a folder" if str(input_dir or "").strip()
+                           else "no input folder given")
+    pictures, skipped = [], []
+    for path in img2img_batch.list_files(folder):
+        try:
+            pictures.append((path.name, img2img_batch.read_picture(path)))
+        except ValueError as exc:
+            skipped.append(f"{path.name}: {exc}")
+    return pictures, skipped
+
+
 class ExtrasTab:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, allow_folders: bool = True):
         self.engine = engine
+        self.allow_folders = allow_folders  # False under --hide-ui-dir-config
 
     def build(self) -> None:
         names = postprocess.image_upscaler_names()
@@ -56,6 +75,14 @@ class ExtrasTab:
                     with gr.Tab("Batch Process", id="batch_process", elem_id="extras_batch_process_tab") as batch:
                         self.files = gr.File(label="Batch Process", file_count="multiple", file_types=["image"],
                                              elem_id="extras_image_batch")
+                    with gr.Tab("Batch from Directory", id="batch_from_directory", elem_id="extras_batch_directory_tab",
+                                visible=self.allow_folders) as directory:
+                        self.input_dir = gr.Textbox(label="Input directory", elem_id="extras_batch_input_dir",
+                                                    placeholder="A directory on the same machine where the server is running.")
+                        self.output_dir = gr.Textbox(label="Output directory", elem_id="extras_batch_output_dir",
+                                                     placeholder="Leave blank to save images to the default path.")
+                        self.show_results = gr.Checkbox(label="Show result images", value=True,
+                                                        elem_id="extras_show_extras_results")
                 self.scale_to = gr.State(False)
                 with gr.Tabs(elem_id="extras_resize_mode"):
                     with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as scale_by_tab:
@@ -80,32 +107,49 @@ class ExtrasTab:
                 self.info = gr.HTML(elem_id="html_info_extras")
         single.select(lambda: SINGLE, outputs=self.mode, queue=False)
         batch.select(lambda: BATCH, outputs=self.mode, queue=False)
+        directory.select(lambda: FOLDER, outputs=self.mode, queue=False)
         scale_by_tab.select(lambda: False, outputs=self.scale_to, queue=False)
         scale_to_tab.select(lambda: True, outputs=self.scale_to, queue=False)
         inputs = [self.mode, self.image, self.files, self.scale_to, self.upscale_by, self.width, self.height,
-                  self.crop, self.upscaler_1, self.upscaler_2, self.visibility]
+                  self.crop, self.upscaler_1, self.upscaler_2, self.visibility, self.input_dir, self.output_dir,
+                  self.show_results]
         # unprocessed: the uploads are read from their files, which keeps their parameters text
         self.generate.click(self.run, inputs=inputs, outputs=[self.gallery, self.info], concurrency_limit=None,
                             show_progress_on=[self.gallery], preprocess=False)
 
-    def run(self, mode, image, files, scale_to, upscale_by, width, height, crop, upscaler_1, upscaler_2, visibility):
+    def run(self, mode, image, files, scale_to, upscale_by, width, height, crop, upscaler_1, upscaler_2, visibility,
+            input_dir="", output_dir="", show_results=True):
         """Upscale, save, show; a problem is the message in the info box."""
+        skipped, target = [], None
         try:
-            uploads = (files or []) if mode == BATCH else ([image] if _path(image) else [])
-            pictures = [_open(upload) for upload in uploads]
+            if mode == FOLDER:
+                if not self.allow_folders:
+                    raise RequestError("input_dir", "batch from server folders is disabled (--hide-ui-dir-config)")
+                pictures, skipped = _folder_pictures(input_dir)
+                target = Path(str(output_dir).strip()).expanduser() if str(output_dir or "").strip() else None
+            else:
+                uploads = (files or []) if mode == BATCH else ([image] if _path(image) else [])
+                pictures = [_open(upload) for upload in uploads]
             if not pictures:
-                raise ValueError("Upload a picture first" if mode == SINGLE else "Upload pictures first")
+                raise ValueError({SINGLE: "Upload a picture first", BATCH: "Upload pictures first"}.get(
+                    mode, "No readable pictures in the input folder"))
             settings = postprocess.UpscaleSettings(
                 mode=1 if scale_to else 0, upscale_by=float(upscale_by), width=int(width), height=int(height),
                 crop=bool(crop), upscaler_1=upscaler_1, upscaler_2=upscaler_2,
                 upscaler_2_visibility=float(visibility))
             results = extras.submit(self.engine, pictures, settings).result()
-            paths = extras.save(self.engine, results)
+            paths = extras.save(self.engine, results, target)
         except ValueError as exc:  # RequestError included
             message = str(exc)
             gr.Warning(html.escape(message), title="Error")
             return [], error_html(message)
-        note = f"Saved {len(paths)} image{'s' if len(paths) != 1 else ''} to {paths[0].parent}" if paths else ""
+        except OSError as exc:  # an output folder that cannot be written
+            message = f"could not save the results: {exc}"
+            gr.Warning(html.escape(message), title="Error")
+            return [], error_html(message)
+        lines = [f"Saved {len(paths)} image{'s' if len(paths) != 1 else ''} to {paths[0].parent}"] if paths else []
+        lines += [f"Skipped {s}" for s in skipped]
         last = results[-1].infotext if results else ""
-        return [r.image for r in results], postprocess.plaintext_to_html(last) + (
-            f"<p class='performance'>{html.escape(note)}</p>" if note else "")
+        shown = [r.image for r in results] if show_results or mode != FOLDER else []
+        return shown, postprocess.plaintext_to_html(last) + "".join(
+            f"<p class='performance'>{html.escape(line)}</p>" for line in lines)
