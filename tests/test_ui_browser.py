@@ -80,6 +80,17 @@ def expect_idle(page: Page, timeout: int = JOB_TIMEOUT_MS) -> None:
     expect(page.locator("#txt2img_skip")).to_be_hidden()
 
 
+def expect_controls(page: Page, tab: str, **expected) -> None:
+    """The tab's controls show these values (keys: prompt, negative, steps, cfg, seed, width,
+    height, sampler, scheduler, denoising)."""
+    where = {"prompt": "prompt textarea", "negative": "neg_prompt textarea", "steps": "steps input[type=number]",
+             "cfg": "cfg_scale input[type=number]", "seed": "seed input", "width": "width input[type=number]",
+             "height": "height input[type=number]", "sampler": "sampling input", "scheduler": "scheduler input",
+             "denoising": "denoising_strength input[type=number]"}
+    for name, value in expected.items():
+        expect(page.locator(f"#{tab}_{where[name]}")).to_have_value(str(value))
+
+
 def info_text(page: Page) -> str:
     return page.locator("#html_info_txt2img").inner_text()
 
@@ -149,15 +160,8 @@ PASTED = ("a red circle, (glossy:1.2)\nNegative prompt: blurry\nSteps: 3, Sample
 def test_paste_puts_an_infotext_into_the_controls_and_generates_it(page, server):
     page.locator("#txt2img_prompt textarea").fill(PASTED)
     page.locator("#txt2img_paste").click()
-    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle, (glossy:1.2)")
-    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("blurry")
-    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
-    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("4.5")
-    expect(page.locator("#txt2img_seed input")).to_have_value("1234")
-    expect(page.locator("#txt2img_width input[type=number]")).to_have_value("64")
-    expect(page.locator("#txt2img_height input[type=number]")).to_have_value("128")
-    expect(page.locator("#txt2img_sampling input")).to_have_value("Euler a")
-    expect(page.locator("#txt2img_scheduler input")).to_have_value("Karras")
+    expect_controls(page, "txt2img", prompt="a red circle, (glossy:1.2)", negative="blurry", steps=3, cfg=4.5,
+                    seed=1234, width=64, height=128, sampler="Euler a", scheduler="Karras")
     expect(page.locator("#txt2img_hr_scale input[type=number]")).to_have_value("1.5")  # the accordion opened
     expect(page.locator("#txt2img_hr_scale input[type=number]")).to_be_visible()
 
@@ -175,15 +179,12 @@ def test_paste_puts_an_infotext_into_the_controls_and_generates_it(page, server)
     set_number(page, "txt2img_steps", 2)
     set_number(page, "txt2img_cfg_scale", 7)
     page.locator("#txt2img_paste").click()
-    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a red circle, (glossy:1.2)")
-    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
-    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("4.5")
+    expect_controls(page, "txt2img", prompt="a red circle, (glossy:1.2)", steps=3, cfg=4.5)
 
     # plain text is a prompt; the controls it does not mention keep their values
     page.locator("#txt2img_prompt textarea").fill("just words")
     page.locator("#txt2img_paste").click()
-    expect(page.locator("#txt2img_prompt textarea")).to_have_value("just words")
-    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("3")
+    expect_controls(page, "txt2img", prompt="just words", steps=3)
 
 
 def test_interrupt_ends_a_long_job_early(page, server):

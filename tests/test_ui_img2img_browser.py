@@ -19,7 +19,8 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.test_ui_browser import JOB_TIMEOUT_MS, browser, fill_job, page, saved_images, set_number  # noqa: F401
+from tests.test_ui_browser import (JOB_TIMEOUT_MS, browser, expect_controls, fill_job, page,  # noqa: F401
+                                   saved_images, set_number)
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
@@ -226,9 +227,7 @@ def test_send_to_img2img_and_inpaint(page, server):
     page.locator("#txt2img_send_to_img2img").click()
     expect(page.locator("#tab_img2img-button")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#img2img_image img").first).to_be_visible()
-    expect(page.locator("#img2img_prompt textarea")).to_have_value("a green triangle")
-    expect(page.locator("#img2img_neg_prompt textarea")).to_have_value("blurry")
-    expect(page.locator("#img2img_width input[type=number]")).to_have_value("64")
+    expect_controls(page, "img2img", prompt="a green triangle", negative="blurry", width=64)
 
     page.locator("#tab_txt2img-button").click()
     page.locator("#txt2img_send_to_inpaint").click()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image, PngImagePlugin
 
-from tests.test_ui_browser import JOB_TIMEOUT_MS, browser, page  # noqa: F401
+from tests.test_ui_browser import JOB_TIMEOUT_MS, browser, expect_controls, page  # noqa: F401
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Page, expect  # noqa: E402
@@ -42,22 +42,14 @@ def test_png_info_shows_the_parameters_and_sends_them_to_txt2img_and_img2img(pag
 
     page.locator("#pnginfo_send_txt2img").click()
     expect(page.locator("#tab_txt2img-button")).to_have_attribute("aria-selected", "true")
-    expect(page.locator("#txt2img_prompt textarea")).to_have_value("a blue square, (sharp:1.1)")
-    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("red")
-    expect(page.locator("#txt2img_steps input[type=number]")).to_have_value("9")
-    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("5.5")
-    expect(page.locator("#txt2img_seed input")).to_have_value("4321")
-    expect(page.locator("#txt2img_height input[type=number]")).to_have_value("96")
-    expect(page.locator("#txt2img_sampling input")).to_have_value("Euler a")
+    expect_controls(page, "txt2img", prompt="a blue square, (sharp:1.1)", negative="red", steps=9, cfg=5.5,
+                    seed=4321, height=96, sampler="Euler a")
 
     _open(page)
     page.locator("#pnginfo_send_img2img").click()
     expect(page.locator("#tab_img2img-button")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#img2img_image img").first).to_be_visible()
-    expect(page.locator("#img2img_prompt textarea")).to_have_value("a blue square, (sharp:1.1)")
-    expect(page.locator("#img2img_steps input[type=number]")).to_have_value("9")
-    expect(page.locator("#img2img_denoising_strength input[type=number]")).to_have_value("0.35")
-    expect(page.locator("#img2img_height input[type=number]")).to_have_value("96")
+    expect_controls(page, "img2img", prompt="a blue square, (sharp:1.1)", steps=9, denoising=0.35, height=96)
 
 
 @pytest.mark.parametrize("kind, message", [("plain", "Nothing found in the image."),

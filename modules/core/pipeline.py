@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -403,10 +404,7 @@ def _generate(
             images = [jhooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
             values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
         if job is not None:  # colour correction, paste back under the original
-            on_overlay = None
-            if job_hooks is not None:
-                def on_overlay(i, overlay, mask):  # noqa: E306 - this batch's pictures
-                    return jhooks.mask_overlay(values_b, i, overlay, mask)
+            on_overlay = functools.partial(jhooks.mask_overlay, values_b) if job_hooks is not None else None
             images = job.finish(images, on_overlay)
         if job_hooks is not None:
             images = [jhooks.image_composited(values_b, i, image) for i, image in enumerate(images)]

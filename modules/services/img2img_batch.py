@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from .engine import Engine
     from .script_jobs import ScriptCall
 
-__all__ = ["BatchReport", "Skipped", "list_files", "find_mask", "read_picture", "scaled_size", "run_batch"]
+__all__ = ["BatchReport", "Skipped", "folder_field", "list_files", "find_mask", "read_picture", "scaled_size", "run_batch"]
 
 _batch_numbers = itertools.count(1)
 
@@ -95,7 +95,8 @@ def scaled_size(image: Image.Image, scale: float) -> tuple[int, int]:
     return int(image.width * scale) // 8 * 8, int(image.height * scale) // 8 * 8
 
 
-def _folder(path: str | Path | None, name: str, *, must_exist: bool) -> Path | None:
+def folder_field(path: str | Path | None, name: str, *, must_exist: bool) -> Path | None:
+    """A folder typed into field `name` (None when left empty); RequestError when it must exist and does not."""
     if path is None or not str(path).strip():
         return None
     folder = Path(str(path).strip()).expanduser()
@@ -131,13 +132,13 @@ def run_batch(
     input folder, no output folder given, invalid fields) raise :class:`RequestError`; problems with
     one file skip that file and are listed in the report. ``scripts`` (the page's AlwaysVisible
     scripts and selected script) run with every file's job, as in A1111's batch."""
-    source = _folder(input_dir, "input_dir", must_exist=True)
+    source = folder_field(input_dir, "input_dir", must_exist=True)
     if source is None:
         raise RequestError("input_dir", "no input folder given")
-    target = _folder(output_dir, "output_dir", must_exist=False)
+    target = folder_field(output_dir, "output_dir", must_exist=False)
     if target is None:
         raise RequestError("output_dir", "no output folder given")
-    mask_folder = _folder(mask_dir, "mask_dir", must_exist=True)
+    mask_folder = folder_field(mask_dir, "mask_dir", must_exist=True)
     masks = list_files(mask_folder) if mask_folder is not None else []
     for reserved in ("init_images", "mask"):
         if reserved in fields:

@@ -33,22 +33,19 @@ def _path(upload) -> str | None:
 
 def _open(upload) -> tuple[str, Image.Image]:
     """(file name, picture) of an upload, read from the file so its text (parameters) is kept."""
-    path = _path(upload)
-    name = (upload.get("orig_name") if isinstance(upload, dict) else None) or Path(path).name
+    path = Path(_path(upload))
+    name = (upload.get("orig_name") if isinstance(upload, dict) else None) or path.name
     try:
-        with Image.open(path) as picture:
-            picture.load()
-            return name, picture.copy()
-    except (OSError, Image.DecompressionBombError) as exc:
+        return name, img2img_batch.read_picture(path)
+    except ValueError as exc:
         raise ValueError(f"{name} is not an image Easel can read ({exc})") from None
 
 
 def _folder_pictures(input_dir: str) -> tuple[list[tuple[str, Image.Image]], list[str]]:
     """(name, picture) of every readable file of the folder, and "name: why" for the others."""
-    folder = Path(str(input_dir or "").strip()).expanduser()
-    if not str(input_dir or "").strip() or not folder.is_dir():
-        raise RequestError("input_dir", f"'{input_dir}' is not a folder" if str(input_dir or "").strip()
-                           else "no input folder given")
+    folder = img2img_batch.folder_field(input_dir, "input_dir", must_exist=True)
+    if folder is None:
+        raise RequestError("input_dir", "no input folder given")
     pictures, skipped = [], []
     for path in img2img_batch.list_files(folder):
         try:
@@ -126,7 +123,7 @@ class ExtrasTab:
                 if not self.allow_folders:
                     raise RequestError("input_dir", "batch from server folders is disabled (--hide-ui-dir-config)")
                 pictures, skipped = _folder_pictures(input_dir)
-                target = Path(str(output_dir).strip()).expanduser() if str(output_dir or "").strip() else None
+                target = img2img_batch.folder_field(output_dir, "output_dir", must_exist=False)
             else:
                 uploads = (files or []) if mode == BATCH else ([image] if _path(image) else [])
                 pictures = [_open(upload) for upload in uploads]
@@ -139,12 +136,8 @@ class ExtrasTab:
                 upscaler_2_visibility=float(visibility))
             results = extras.submit(self.engine, pictures, settings).result()
             paths = extras.save(self.engine, results, target)
-        except ValueError as exc:  # RequestError included
-            message = str(exc)
-            gr.Warning(html.escape(message), title="Error")
-            return [], error_html(message)
-        except OSError as exc:  # an output folder that cannot be written
-            message = f"could not save the results: {exc}"
+        except (ValueError, OSError) as exc:  # RequestError included; OSError: an output folder not writable
+            message = str(exc) if isinstance(exc, ValueError) else f"could not save the results: {exc}"
             gr.Warning(html.escape(message), title="Error")
             return [], error_html(message)
         lines = [f"Saved {len(paths)} image{'s' if len(paths) != 1 else ''} to {paths[0].parent}"] if paths else []

@@ -70,8 +70,10 @@ def update_for(component, value) -> dict:
             return gr.update(value=_flag(value))
         if isinstance(component, gr.Slider):
             number = float(value)
-            low, high = component.minimum, component.maximum
-            number = min(max(number, low if low is not None else number), high if high is not None else number)
+            if component.minimum is not None:
+                number = max(number, component.minimum)
+            if component.maximum is not None:
+                number = min(number, component.maximum)
             return gr.update(value=_whole(number, component.step))
         if isinstance(component, gr.Number):
             number = float(value)
