@@ -15,8 +15,9 @@ import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from fastapi import FastAPI  # noqa: E402
+from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
-from modules import auth, cmd_args, extensions, localization, paths_internal, restart  # noqa: E402
+from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
 from modules.core.devices import choose_policy  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
 from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
@@ -24,7 +25,7 @@ from modules.services.engine import Engine  # noqa: E402
 from modules.services.jobs import JobState, WorkQueue  # noqa: E402
 from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
-from modules.services.options import Options  # noqa: E402
+from modules.services.options import Options, Restrictions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
 
@@ -38,6 +39,14 @@ def checkpoint_dirs(opts: argparse.Namespace) -> list[Path]:
     return dirs
 
 
+def restrictions(opts: argparse.Namespace) -> Restrictions:
+    """The settings the command line locks; the options service enforces them on every change."""
+    return Restrictions.of(freeze_all=getattr(opts, "freeze_settings", False),
+                           sections=cmd_args.comma_list(getattr(opts, "freeze_settings_in_sections", None)),
+                           keys=cmd_args.comma_list(getattr(opts, "freeze_specific_settings", None)),
+                           hide_dirs=getattr(opts, "hide_ui_dir_config", False))
+
+
 def build_engine(opts: argparse.Namespace) -> Engine:
     data = Path(opts.data_dir)
     data.mkdir(parents=True, exist_ok=True)
@@ -46,7 +55,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     for note in notes + cmd_args.compatibility_notes(opts):
         print(f"[easel] {note}")
     print(f"[easel] {policy.describe()}")
-    options = Options(Path(opts.ui_settings_file))
+    options = Options(Path(opts.ui_settings_file), restrictions=restrictions(opts))
     extensions.list_extensions(options.data, opts)  # before any script loads: which extensions are active
     localization.bind(options)  # the localization option's choices: the files on disk
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
@@ -133,6 +142,12 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
         policy.session_user = auth.gradio_session_lookup(ui_mount.app)
     # one gate in front of everything: API, UI, file routes, docs, and routes added later
     app.add_middleware(auth.AuthMiddleware, owner=app, policy=policy)
+    guard = request_guard.GuardPolicy.from_flags(opts)
+    if guard.cors.configured:  # A1111's CORS for browser-based clients on other origins (Gradio's then defers)
+        app.add_middleware(CORSMiddleware, allow_origins=list(guard.cors.origins),
+                           allow_origin_regex=guard.cors.regex.pattern if guard.cors.regex else None,
+                           allow_methods=["*"], allow_credentials=True, allow_headers=["*"])
+    app.add_middleware(request_guard.RequestGuard, policy=guard)  # outermost: Host, Origin, body checks first
     from modules import script_callbacks
 
     script_callbacks.app_started_callback(None if opts.nowebui else demo, app)  # extensions add routes here

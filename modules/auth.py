@@ -22,6 +22,7 @@ import base64
 import binascii
 import hmac
 import json
+import re
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Callable, Iterable
@@ -195,12 +196,60 @@ class AuthMiddleware:
             await self.app(scope, receive, send)
             return
         ok, kind = self.allowed(scope)
-        if ok:
+        if ok and self._login_page(scope, kind):
+            await self.app(scope, receive, _api_info_removed(send))
+        elif ok:
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers 403
         else:
             await _send_401(send, basic=(kind == "api"))
+
+
+    def _login_page(self, scope, kind: str) -> bool:
+        """The UI's index page asked for by someone not logged in: Gradio shows its login form there,
+        but also writes the whole API description of the page into it (every endpoint with its
+        defaults and choices: checkpoint titles and hashes, style names, output folders)."""
+        if kind != "ui" or not self._ui_users or scope["type"] != "http" or scope.get("method") != "GET":
+            return False
+        if (self._under_ui(scope.get("path", "")) or "/") not in ("/", ""):
+            return False
+        cookie = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}.get("cookie")
+        return self.policy.session_user(cookie) is None
+
+
+# Gradio's page template: `<script>window.gradio_api_info = {...};</script>`, the JSON written with `<`
+# escaped, so the first `;</script>` ends it
+_API_INFO = re.compile(rb"(window\.gradio_api_info\s*=\s*).*?(;\s*</script>)", re.DOTALL)
+
+
+def _api_info_removed(send):
+    """A `send` that buffers the page and empties its `gradio_api_info` before passing it on; a page in
+    which the description is present but cannot be cut out is not sent at all (fail closed)."""
+    start: dict | None = None
+    chunks: list[bytes] = []
+
+    async def scrubbing_send(message):
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        body, count = _API_INFO.subn(rb"\1{}\2", b"".join(chunks))
+        status = start["status"]
+        if count == 0 and b"gradio_api_info" in body:
+            body, status = b"login page withheld: its API description could not be removed", 500
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return scrubbing_send
 
 
 def _is_cors_preflight(scope) -> bool:

@@ -9,6 +9,7 @@ active extensions before parsing (or the `extra_preloads` it is given).
 
 import argparse
 import os
+import re
 import sys
 from typing import Callable, Iterable, Sequence
 
@@ -53,6 +54,11 @@ def read_credentials_file(path: str) -> list[tuple[str, str]]:
     """Credentials from a file: user:password entries separated by commas or new lines."""
     with open(path, encoding="utf8") as file:
         return parse_credentials(file.read())
+
+
+def comma_list(text: str | None) -> list[str]:
+    """A comma-separated flag value (--freeze-settings-in-sections, ...) as its stripped, non-empty items."""
+    return [item.strip() for item in (text or "").split(",") if item.strip()]
 
 
 def credentials_argument(text: str) -> str:
@@ -126,6 +132,14 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lowram", action="store_true", help="load checkpoints straight to VRAM")
 
 
+def regex_argument(text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise argparse.ArgumentTypeError(f"not a regular expression: {exc}") from exc
+    return text
+
+
 def _add_server(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     group.add_argument("--listen", action="store_true", help="serve on 0.0.0.0, reachable from the LAN")
@@ -152,8 +166,13 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-log", action="store_true", help="log every API request")
     group.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGINS",
                        help="comma-separated origins allowed by CORS")
-    group.add_argument("--cors-allow-origins-regex", type=str, default=None, metavar="REGEX",
+    group.add_argument("--cors-allow-origins-regex", type=regex_argument, default=None, metavar="REGEX",
                        help="regular expression of origins allowed by CORS")
+    group.add_argument("--allowed-hosts", type=str, action="append", default=[], metavar="NAMES",
+                       help="more Host names to answer besides IP addresses, localhost and (with --listen) this "
+                            "machine's names: comma-separated, '*.example.com' for a domain, '*' for any")
+    group.add_argument("--max-request-size", type=float, default=64, metavar="MIB",
+                       help="largest request body accepted, in MiB (default: 64; 0: no limit)")
     group.add_argument("--timeout-keep-alive", type=int, default=30, metavar="SECONDS",
                        help="HTTP keep-alive timeout (default: 30)")
     group.add_argument("--log-level", "--loglevel", dest="log_level", type=str.upper, default=None,
@@ -169,8 +188,18 @@ def _add_ui_and_extensions(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--disable-extra-extensions", action="store_true",
                        help="load only the built-in extensions")
     group.add_argument("--allow-code", action="store_true", help="allow running custom code from the UI")
-    group.add_argument("--freeze-settings", action="store_true", help="make settings read-only in the UI")
-    group.add_argument("--hide-ui-dir-config", action="store_true", help="hide folder settings in the UI")
+    group.add_argument("--freeze-settings", action="store_true",
+                       help="disable editing of all settings globally (Settings tab, /sdapi/v1/options, "
+                            "override_settings, extensions)")
+    group.add_argument("--freeze-settings-in-sections", type=str, default=None, metavar="SECTIONS",
+                       help='disable editing of the settings in these sections: a comma-separated list of '
+                            'A1111 section ids or section names, such as "saving-images,img2img"')
+    group.add_argument("--freeze-specific-settings", type=str, default=None, metavar="SETTINGS",
+                       help='disable editing of these settings: a comma-separated list of setting names, '
+                            'such as "samples_save,samples_format" (the names in config.json)')
+    group.add_argument("--hide-ui-dir-config", action="store_true",
+                       help="hide folder settings in the UI, and refuse changing the output folders "
+                            "(through the API and override_settings too)")
     group.add_argument("--max-batch-count", type=int, default=16, metavar="N", help="largest batch count in the UI")
     group.add_argument("--skip-load-model-at-start", action="store_true", help="load no checkpoint until one is needed")
     group.add_argument("--no-hashing", action="store_true", help="do not compute sha256 hashes of checkpoints")

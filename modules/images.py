@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from modules.core import image_io, masks, upscaling
+from modules.core import atomic_write, image_io, masks, upscaling
 from modules.core.grid_labels import GridAnnotation, draw_grid_annotations  # noqa: F401  (A1111 names)
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -318,9 +318,8 @@ def save_image_with_geninfo(image: Image.Image, geninfo, filename, extension=Non
 
 
 def _atomically_save(image, geninfo, filename, extension, existing_pnginfo, section) -> None:
-    temp = f"{filename}.writing"
-    save_image_with_geninfo(image, geninfo, temp, extension, existing_pnginfo, section)
-    os.replace(temp, filename)
+    with atomic_write.temporary_path(filename) as temp:  # a name of its own: two saves of one file cannot mix
+        save_image_with_geninfo(image, geninfo, str(temp), extension, existing_pnginfo, section)
 
 
 def save_image(image, path, basename, seed=None, prompt=None, extension="png", info=None, short_filename=False,

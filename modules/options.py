@@ -10,10 +10,10 @@ the UI to build the control the extension asked for.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Callable
 
-from modules.services.options import OptionDef
+from modules.core import atomic_write
+from modules.services.options import DIRECTORY_OPTIONS, OptionDef, OptionRestricted
 from modules.services.options import Options as _Settings
 
 
@@ -114,7 +114,8 @@ def _component_args(info: OptionInfo) -> dict:
 def option_def(info: OptionInfo) -> OptionDef:
     """Easel's definition of an extension's option: label, section name, bounds and choices where
     the component states them (a list filled at run time, `refresh=`, is not enforced)."""
-    section = info.section[1] if isinstance(info.section, (tuple, list)) and len(info.section) > 1 else "Other"
+    pair = isinstance(info.section, (tuple, list)) and len(info.section) > 1
+    section = info.section[1] if pair else "Other"
     args = _component_args(info)
     name = _component_name(info.component).lower()
     choices = None
@@ -126,7 +127,10 @@ def option_def(info: OptionInfo) -> OptionDef:
     if name in ("slider", "number"):
         bounds = {k: args[k] for k in ("minimum", "maximum", "step") if isinstance(args.get(k), (int, float))}
     definition = OptionDef(info.default, info.label or "", section or "Other", choices=choices, **bounds,
-                           component="color" if name == "colorpicker" else None)
+                           component="color" if name == "colorpicker" else None,
+                           section_id=str(info.section[0]) if pair and info.section[0] else None,
+                           # A1111: a control made invisible (component_args=shared.hide_dirs) is restricted
+                           restrict=args.get("visible", True) is False)
     definition.info = info  # the extension's own description, for the Settings tab
     return definition
 
@@ -143,7 +147,7 @@ class Options:
     def __init__(self, settings: _Settings | None = None):
         object.__setattr__(self, "_settings", settings or _Settings(None))
         object.__setattr__(self, "data_labels", {})
-        object.__setattr__(self, "restricted_opts", set())
+        object.__setattr__(self, "restricted_opts", set(DIRECTORY_OPTIONS))  # A1111's; --hide-ui-dir-config locks them
         self._label_builtins()
 
     def bind(self, settings: _Settings) -> None:
@@ -166,8 +170,7 @@ class Options:
                 args = (lambda a, c: lambda: {**a, "choices": list(c())})(args, d.choices)
             elif d.choices:
                 args["choices"] = list(d.choices)
-            info = OptionInfo(d.default, d.label, component_args=args or None,
-                              section=(re.sub(r"[^a-z0-9]+", "_", d.section.lower()).strip("_"), d.section))
+            info = OptionInfo(d.default, d.label, component_args=args or None, section=(d.section_id, d.section))
             info.easel_builtin = True
             self.data_labels[key] = info
 
@@ -198,10 +201,18 @@ class Options:
         info = self.data_labels.get(key)
         if info is not None and info.do_not_save:
             return None
-        self._settings.data[key] = value  # A1111: plain assignment, no checks, no onchange
+        settings = self._settings
+        if key in settings.data or key in settings.defs or info is not None:
+            try:  # the command line's locks hold for extensions too, with A1111's exceptions
+                settings.check_allowed(key, value)
+            except OptionRestricted as exc:
+                raise (AssertionError if exc.frozen else RuntimeError)(str(exc)) from None
+        settings.data[key] = value  # A1111: plain assignment, no other checks, no onchange
 
     def set(self, key, value, is_api=False, run_callbacks=True) -> bool:
-        """Set an option and call its onchange; True when the value changed (A1111)."""
+        """Set an option and call its onchange; True when the value changed (A1111). A value the
+        option cannot hold, or --hide-ui-dir-config's lock: False; a freeze flag's lock: an
+        AssertionError with A1111's message."""
         info = self.data_labels.get(key)
         if info is not None and (info.do_not_save or (is_api and info.restrict_api)):
             return False
@@ -212,8 +223,12 @@ class Options:
             if run_callbacks:
                 changed = self._settings.set(key, value) if key in self._settings.defs else self._assign(key, value)
             else:
-                self._settings.data[key] = self._settings.validate(key, value)
+                self._settings.data[key] = self._settings.check(key, value)
                 changed = True
+        except OptionRestricted as exc:
+            if exc.frozen:
+                raise AssertionError(str(exc)) from None
+            return False
         except (ValueError, RuntimeError):
             return False
         if changed and run_callbacks and info is not None and info.onchange is not None:
@@ -228,7 +243,7 @@ class Options:
         return changed
 
     def _assign(self, key, value) -> bool:
-        self._settings.data[key] = value
+        self._settings.data[key] = self._settings.check(key, value)
         return True
 
     def get_default(self, key):
@@ -242,8 +257,7 @@ class Options:
         if filename is None or self._settings.path is None or str(filename) == str(self._settings.path):
             self._settings.save()
             return
-        with open(filename, "w", encoding="utf8") as file:
-            json.dump(self._settings.data, file, indent=4, ensure_ascii=False)
+        atomic_write.write_text(filename, self._settings.dumps())
 
     def load(self, filename=None) -> None:
         self._settings.load()
@@ -274,6 +288,7 @@ class Options:
         if key in settings.defs:
             settings.defs[key] = definition
             settings.data.setdefault(key, definition.default)
+            settings.repair(key)
         else:
             settings.add(key, definition)
 
@@ -281,7 +296,7 @@ class Options:
         """A1111 sorts the settings into categories; Easel's Settings tab groups by section already."""
 
     def dumpjson(self) -> str:
-        d = dict(self._settings.data)
+        d = self._settings.as_dict()  # strict JSON: no NaN reaches the page
         d["_comments_before"] = {k: v.comment_before for k, v in self.data_labels.items()}
         d["_comments_after"] = {k: v.comment_after for k, v in self.data_labels.items()}
         return json.dumps(d, default=str)

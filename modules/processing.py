@@ -506,6 +506,7 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         return engine.queue.submit(f"{kind} (extension)", process_images, p).result()
     if p.scripts is not None:
         p.scripts.before_process(p)
+    engine.check_overrides(p.override_settings)  # the options' checks and the command line's locks, first
     stored = {k: shared.opts.data.get(k) for k in p.override_settings if k in shared.opts.data}
     try:
         for key, value in p.override_settings.items():  # visible to extensions for this call (A1111)

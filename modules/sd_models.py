@@ -237,7 +237,7 @@ def reload_model_weights(sd_model=None, info: CheckpointInfo | None = None, forc
         model = engine._load(target)
         engine.options.save()
         return model
-    engine.select_checkpoint(target.title)
+    engine.select_checkpoint(target.title, as_setting=False)  # A1111: past --freeze-settings' locks
     return engine.models.model
 
 
@@ -251,15 +251,13 @@ def unload_model_weights(sd_model=None, info=None):
 
 
 def read_metadata_from_safetensors(filename) -> dict[str, Any]:
-    """The __metadata__ of a .safetensors file's JSON header, values that are JSON parsed."""
+    """The __metadata__ of a .safetensors file's JSON header, values that are JSON parsed. A file
+    that is not one raises a ValueError (SafetensorsHeaderError) naming it."""
     import json
 
-    with open(filename, "rb") as file:
-        length = int.from_bytes(file.read(8), "little")
-        header = file.read(length)
-    if not header.startswith(b"{"):
-        raise ValueError(f"{filename} is not a safetensors file")
-    metadata = json.loads(header).get("__metadata__", {}) or {}
+    from modules.core.checkpoint_file import read_safetensors_header
+
+    metadata = read_safetensors_header(filename).metadata
     result = {}
     for key, value in metadata.items():
         if isinstance(value, str) and value[:1] in "{[":

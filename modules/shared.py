@@ -50,7 +50,7 @@ sd_upscalers: list = []
 latent_upscale_default_mode = "Latent"
 latent_upscale_modes: dict = {}
 gradio_theme = None
-restricted_opts: set = set()
+restricted_opts: set = opts.restricted_opts  # A1111's folder options, locked by --hide-ui-dir-config
 config_filename = getattr(cmd_opts, "ui_settings_file", None)
 
 

@@ -3,6 +3,7 @@ the decoding of returned images."""
 
 import base64
 import io
+import json
 
 import requests
 from PIL import Image
@@ -38,3 +39,13 @@ def assert_error(r: requests.Response, field: str, status: tuple[int, ...] = (40
     named = [d for d in details if field in [str(x) for x in d.get("loc", [])]]
     assert named, f"no error detail names {field!r}: {body}"
     return " ".join(str(d["msg"]) for d in details)
+
+
+def strict_json(text: str):
+    """`text` parsed as strict JSON: a NaN, Infinity or -Infinity literal (which Python's json would
+    read, and no other JSON reader does) is an AssertionError."""
+    def refuse(literal):
+        raise AssertionError(f"non-standard JSON literal {literal} in {text[:300]}")
+
+    return json.loads(text, parse_constant=refuse)
+

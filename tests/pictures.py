@@ -17,3 +17,14 @@ def square_mask(size=(64, 64), box=(16, 16, 48, 48)) -> Image.Image:
     mask = Image.new("L", size, 0)
     mask.paste(255, box)
     return mask
+
+
+def picture_base64(width=64, height=64) -> str:
+    """`picture` as a bare base64 PNG, as the API takes images."""
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    picture(width, height).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+

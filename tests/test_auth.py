@@ -275,13 +275,9 @@ def test_public_flags_hides_every_secret_kind():
     assert json.dumps(shown).count("<hidden>") == 3 + len(extra)
 
 
-def test_websocket_without_login_is_closed(tmp_path):
-    """The gate covers websocket routes too (extensions may add them)."""
+def hello_websocket_app():
+    """An app with one websocket route, /ws, that says "hello" (as extensions may add)."""
     from fastapi import FastAPI
-    from starlette.testclient import TestClient
-    from starlette.websockets import WebSocketDisconnect
-
-    from modules import auth
 
     app = FastAPI()
 
@@ -291,6 +287,17 @@ def test_websocket_without_login_is_closed(tmp_path):
         await socket.send_text("hello")
         await socket.close()
 
+    return app
+
+
+def test_websocket_without_login_is_closed(tmp_path):
+    """The gate covers websocket routes too (extensions may add them)."""
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    from modules import auth
+
+    app = hello_websocket_app()
     app.add_middleware(auth.AuthMiddleware, owner=app, policy=auth.AuthPolicy(api_users=[API_LOGIN]))
     client = TestClient(app)
     with pytest.raises(WebSocketDisconnect) as closed:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 from fastapi import APIRouter, FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.routing import BaseRoute, Match, Mount
 
@@ -20,6 +21,7 @@ from . import routes_checkpoints, routes_embeddings, routes_extras, routes_gener
 from . import routes_loras, routes_options, routes_progress, routes_styles
 from . import routes_extensions
 from . import routes_scripts
+from .errors import validation_error
 
 
 def build_router(engine: Engine, cmd_opts: argparse.Namespace | None = None,
@@ -89,6 +91,7 @@ class MethodNotAllowed(BaseRoute):
 
 def mount(app: FastAPI, engine: Engine, cmd_opts: argparse.Namespace | None = None) -> None:
     previews = routes_progress.LivePreviews(engine)
+    app.add_exception_handler(RequestValidationError, validation_error)  # strict JSON, even for a NaN input
     app.include_router(build_router(engine, cmd_opts, previews))
     app.include_router(build_internal_router(engine, previews))
     app.router.routes.append(MethodNotAllowed(app, "/sdapi/"))

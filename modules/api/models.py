@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator
 
+from modules.core.finite import describe, first_non_finite
 from modules.core.types import GenerationRequest, Img2ImgRequest
 
 # core fields the API reaches through A1111's own fields (override_settings, save_images)
@@ -65,8 +66,23 @@ def _core_fields(request_class: type, skip: tuple[str, ...] = (), descriptions: 
 
 
 class _Lenient(BaseModel):
-    # NaN and infinity are no values for any field (they would slip past every bound)
+    # NaN and infinity are no values for any field (they would slip past every bound), nor inside
+    # one (override_settings, script_args, alwayson_scripts): Python's json reads NaN, Infinity and
+    # 1e309 as floats, so they are refused here, naming the field and the place inside it
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        found = first_non_finite(value)
+        if found is not None:
+            where, number = found
+            inside = f" (at {info.field_name}.{where})" if where else ""
+            raise ValueError(f"must be a finite number, got {describe(number)}{inside}")
+        return value
+
+
+_MAX_SIDE = GenerationRequest.field_specs()["width"].maximum
 
 
 _A1111_ONLY: dict[str, Any] = {
@@ -78,23 +94,25 @@ _A1111_ONLY: dict[str, Any] = {
     "tiling": (Optional[bool], None),
     "do_not_save_samples": (Optional[bool], None),
     "do_not_save_grid": (Optional[bool], None),
-    "eta": (Optional[float], None),
-    "denoising_strength": (Optional[float], None),
-    "s_min_uncond": (Optional[float], None),
-    "s_churn": (Optional[float], None),
-    "s_tmax": (Optional[float], None),
-    "s_tmin": (Optional[float], None),
-    "s_noise": (Optional[float], None),
+    # A1111's sampler parameters, bounded by its sliders (accepted for compatibility; a huge value
+    # is refused rather than carried into a job)
+    "eta": (Optional[float], Field(None, ge=0, le=1)),
+    "denoising_strength": (Optional[float], Field(None, ge=0, le=1)),
+    "s_min_uncond": (Optional[float], Field(None, ge=0, le=15)),
+    "s_churn": (Optional[float], Field(None, ge=0, le=100)),
+    "s_tmax": (Optional[float], Field(None, ge=0, le=999)),
+    "s_tmin": (Optional[float], Field(None, ge=0, le=10)),
+    "s_noise": (Optional[float], Field(None, ge=0, le=1.1)),
     "override_settings": (Optional[dict[str, Any]], Field(None, description="Options for this request only.")),
     "override_settings_restore_afterwards": (Optional[bool], Field(True, description=(
         "true: override_settings hold for this request only; false: they stay set afterwards (as in A1111)."))),
     "refiner_checkpoint": (Optional[str], None),
-    "refiner_switch_at": (Optional[float], None),
+    "refiner_switch_at": (Optional[float], Field(None, ge=0, le=1)),
     "disable_extra_networks": (Optional[bool], None),
     "comments": (Optional[dict[str, Any]], None),
     "enable_hr": (Optional[bool], None),
-    "firstphase_width": (Optional[int], None),
-    "firstphase_height": (Optional[int], None),
+    "firstphase_width": (Optional[int], Field(None, ge=0, le=_MAX_SIDE)),
+    "firstphase_height": (Optional[int], Field(None, ge=0, le=_MAX_SIDE)),
     "hr_scale": (Optional[float], None),
     "hr_upscaler": (Optional[str], None),
     "hr_second_pass_steps": (Optional[int], None),

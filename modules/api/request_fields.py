@@ -131,8 +131,11 @@ SETTINGS_FROM_INFOTEXT = {
 }
 
 
-def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any]) -> dict:
-    """Fill `body` (a request model) from its `infotext`, A1111's way; returns the parsed params."""
+def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
+                   allowed: Callable[[str, Any], bool] | None = None) -> dict:
+    """Fill `body` (a request model) from its `infotext`, A1111's way; returns the parsed params.
+    `allowed(option, value)`: False for a setting the command line locks, which the text then
+    does not set (as A1111's UI paste under --freeze-settings)."""
     text = getattr(body, "infotext", None)
     if not text:
         return {}
@@ -163,7 +166,7 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any]) -> dict
             value = convert(raw[key])
         except ValueError as exc:
             raise RequestError("infotext", f"{key}: {exc}") from None
-        if options.get(option) != value:
+        if options.get(option) != value and (allowed is None or allowed(option, value)):
             overrides[option] = value
     body.override_settings = overrides
     return params

@@ -29,7 +29,11 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
                     submit: Callable, img2img: bool) -> Any:
     request = unstyled = None
     try:
-        request_fields.apply_infotext(body, img2img, engine.options.data)  # fills what the request left out
+        # fills what the request left out (a setting the command line locks is not taken from the text)
+        request_fields.apply_infotext(body, img2img, engine.options.data, allowed=engine.options.allows)
+        # every override_settings value against its option and the locks, the ones that become
+        # request fields (sd_model_checkpoint, CLIP_stop_at_last_layers) included
+        engine.check_overrides(body.override_settings)
         unstyled = await build()
         request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
         task_id = body.force_task_id or request_fields.new_task_id("img2img" if img2img else "txt2img")

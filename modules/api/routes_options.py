@@ -1,8 +1,11 @@
 """GET/POST /sdapi/v1/options: every setting under its A1111 name.
 
-POST checks every value first (type, choices, bounds; an unknown key is refused, where A1111
-fails with a KeyError) and sets all or none; `sd_model_checkpoint` loads that checkpoint on the
-worker, after the queued jobs, and a checkpoint that cannot be found or read changes nothing.
+POST checks every value first (type, choices, bounds, NaN and infinity; an unknown key is
+refused, where A1111 fails with a KeyError; then the command line's locks: --freeze-settings,
+--freeze-settings-in-sections, --freeze-specific-settings, --hide-ui-dir-config, with A1111's
+messages) and sets all or none, each refusal a 422 naming the option. `sd_model_checkpoint`
+loads that checkpoint on the worker, after the queued jobs, and a checkpoint that cannot be
+found or read changes nothing. GET always answers strict JSON (see Options.as_dict).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
             if key not in engine.options.defs and key not in engine.options.data:
                 return unprocessable(key, f"unknown option '{key}'")
             try:
-                engine.options.validate(key, value)
+                engine.options.check(key, value)
             except ValueError as exc:
                 return unprocessable(key, str(exc))
         if checkpoint:

@@ -7,19 +7,27 @@
   double a load's peak for nothing.
 - `.ckpt`: opened with `torch.load(weights_only=True)` (memory-mapped where the file
   format allows). Anything that would need full unpickling is refused.
+
+Every file a user drops in a models folder may be anything (an HTML page saved by a failed
+download, a cut-off copy, an empty file): `read_safetensors_header` is the one place a
+.safetensors header is read, bounded by the file's size and `MAX_HEADER_BYTES`, and `probe`
+is the cheap look (header or magic bytes) the folder scans use. Both raise CheckpointError
+naming the file and saying why.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 
 _ST_DTYPES = {
@@ -29,8 +37,125 @@ _ST_DTYPES = {
 }
 
 
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit; real headers are a few MB at most
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+
+
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be read: missing, corrupt or unsafe."""
+
+
+class SafetensorsHeaderError(CheckpointError):
+    """A .safetensors file whose header cannot be read; `reason` says why, the message names the file."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{self.path.name} is not a readable safetensors file: {reason}")
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, dict]  # name -> {"dtype", "shape", "data_offsets"}, each checked
+    metadata: dict  # the header's __metadata__ ({} without one)
+    data_start: int  # where the tensor data begins: 8 + the header's length
+
+
+def _html_hint(first: bytes) -> str:
+    return " (it looks like an HTML page: a failed download?)" if first.lstrip()[:1] == b"<" else ""
+
+
+def _check_entry(name: str, entry, data_size: int) -> str | None:
+    """Why a tensor entry of the header is unusable (None: it is fine)."""
+    if not isinstance(entry, dict):
+        return f"tensor '{name}' is not described by an object (found {type(entry).__name__})"
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in _ST_DTYPES:
+        return f"tensor '{name}' has the unsupported type {dtype!r}"
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        return f"tensor '{name}' has the invalid shape {shape!r}"
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_size):
+        return f"tensor '{name}' has data offsets {offsets!r} outside the file's {data_size} data bytes"
+    if offsets[1] - offsets[0] != math.prod(shape) * _ST_DTYPES[dtype].itemsize:
+        return f"tensor '{name}' has {offsets[1] - offsets[0]} data bytes, its shape {shape} needs another size"
+    return None
+
+
+def parse_safetensors_header(fh: BinaryIO, size: int, path: str | Path) -> SafetensorsHeader:
+    """The checked header of the safetensors data in `fh` (`size` bytes; `path` names it in errors).
+    Reads at most 8 + min(size, MAX_HEADER_BYTES) bytes, whatever the file claims."""
+    first = fh.read(8)
+    if len(first) < 8:
+        raise SafetensorsHeaderError(path, "the file is empty" if not first else f"the file has only {len(first)} bytes")
+    (length,) = struct.unpack("<Q", first)
+    if length > size - 8:
+        raise SafetensorsHeaderError(path, f"its first 8 bytes give a header of {length} bytes, but the file has "
+                                           f"{size} bytes{_html_hint(first)}")
+    if length > MAX_HEADER_BYTES:
+        raise SafetensorsHeaderError(path, f"its header of {length} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    raw = fh.read(length)
+    if len(raw) != length:
+        raise SafetensorsHeaderError(path, "the file ends inside its header (truncated)")
+    try:
+        header = json.loads(raw.decode("utf-8"))  # the format says UTF-8; bytes would let json guess
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise SafetensorsHeaderError(path, f"its header is not JSON ({str(exc)[:120]})") from None
+    if not isinstance(header, dict):
+        raise SafetensorsHeaderError(path, f"its header is a JSON {type(header).__name__}, not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict):
+        raise SafetensorsHeaderError(path, "its __metadata__ is not an object")
+    data_size = size - 8 - length
+    for name, entry in header.items():
+        problem = _check_entry(name, entry, data_size)
+        if problem:
+            raise SafetensorsHeaderError(path, problem)
+    return SafetensorsHeader(header, metadata, 8 + length)
+
+
+def read_safetensors_header(path: str | Path) -> SafetensorsHeader:
+    """The checked header of a .safetensors file; SafetensorsHeaderError naming the file and why."""
+    try:
+        with open(path, "rb") as fh:
+            return parse_safetensors_header(fh, os.fstat(fh.fileno()).st_size, path)
+    except OSError as exc:
+        raise SafetensorsHeaderError(path, f"it cannot be read ({exc.strerror or exc})") from exc
+
+
+def torch_file_problem(first: bytes) -> str | None:
+    """Why a file starting with `first` (its first 4 bytes) cannot be a torch.save file, else None.
+    torch.save writes a zip archive (before torch 1.6, a pickle of protocol 2+); anything else is
+    refused before the unpickler says something misleading about it."""
+    if not first:
+        return "is empty"
+    if first[:4] != b"PK\x03\x04" and first[:1] != b"\x80":
+        return f"is neither a torch zip archive nor a pickle (it starts with {first[:4]!r}){_html_hint(first)}"
+    return None
+
+
+def _check_pickle_magic(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            problem = torch_file_problem(fh.read(4))
+    except OSError as exc:
+        raise CheckpointError(f"{path.name} cannot be read: {exc.strerror or exc}") from exc
+    if problem:
+        raise CheckpointError(f"{path.name} {problem}")
+
+
+def probe(path: str | Path) -> SafetensorsHeader | None:
+    """The cheap look a folder scan takes at a model file: a .safetensors file's header (returned),
+    or a torch file's magic bytes (None). CheckpointError (naming the file) when it cannot be one."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return read_safetensors_header(path)
+    if suffix not in PICKLE_SUFFIXES:
+        raise CheckpointError(f"unsupported checkpoint format '{suffix}' ({path.name})")
+    _check_pickle_magic(path)
+    return None
 
 
 class CheckpointFile:
@@ -43,30 +168,22 @@ class CheckpointFile:
         suffix = self.path.suffix.lower()
         if suffix == ".safetensors":
             self._open_safetensors()
-        elif suffix in (".ckpt", ".pt", ".pth", ".bin"):
+        elif suffix in PICKLE_SUFFIXES:
             self._open_pickle()
         else:
             raise CheckpointError(f"unsupported checkpoint format '{suffix}' ({self.path.name})")
 
     # -- opening -------------------------------------------------------------------------
     def _open_safetensors(self) -> None:
+        header = read_safetensors_header(self.path)  # checked: types, shapes, offsets inside the file
+        self.metadata: dict[str, str] = {k: v for k, v in header.metadata.items() if isinstance(v, str)}
         try:
-            # the library validates the header (offsets, overlaps, sizes) ...
-            with safe_open(str(self.path), framework="pt", device="cpu") as st:
-                self.metadata: dict[str, str] = dict(st.metadata() or {})
-            # ... and we keep the offsets for positioned reads
             self._fh = open(self.path, "rb")
-            (length,) = struct.unpack("<Q", self._fh.read(8))
-            header = json.loads(self._fh.read(length))
-        except (SafetensorError, OSError, ValueError, struct.error) as exc:
-            raise CheckpointError(f"{self.path.name} is not a readable safetensors file: {exc}") from exc
-        header.pop("__metadata__", None)
-        self._data_start = 8 + length
-        self._entries = header
-        unknown = {e["dtype"] for e in header.values()} - _ST_DTYPES.keys()
-        if unknown:
-            raise CheckpointError(f"{self.path.name} uses unsupported tensor types {sorted(unknown)}")
-        self.shapes = {k: tuple(e["shape"]) for k, e in header.items()}
+        except OSError as exc:
+            raise CheckpointError(f"{self.path.name} cannot be read: {exc.strerror or exc}") from exc
+        self._data_start = header.data_start
+        self._entries = header.tensors
+        self.shapes = {k: tuple(e["shape"]) for k, e in header.tensors.items()}
         self._tensors: dict[str, torch.Tensor] | None = None
         self._staging: torch.Tensor | None = None
 
@@ -94,6 +211,7 @@ class CheckpointFile:
     def _open_pickle(self) -> None:
         self._fh = None
         self.metadata = {}
+        _check_pickle_magic(self.path)
         try:
             try:
                 data = torch.load(self.path, map_location="cpu", weights_only=True, mmap=True)

@@ -33,10 +33,13 @@ from typing import Iterable
 
 import torch
 
+from .checkpoint_file import SafetensorsHeaderError, parse_safetensors_header, torch_file_problem
+
 CHUNK_SLOTS = 75  # an embedding must fit in one 75-token chunk
 SDXL_KEYS = ("clip_l", "clip_g")
 TENSOR_FILES = (".pt", ".bin", ".safetensors")
 IMAGE_FILES = (".png",)
+MAX_FILE_BYTES = 128 * 1024 * 1024  # embeddings are KBs (75 SDXL vectors in float32: 0.6 MB); cards a few MB
 PNG_TEXT_KEY = "sd-ti-embedding"
 
 
@@ -141,7 +144,7 @@ def _from_png_text(text: str):
 
 
 def _reader_error(exc: Exception, suffix: str) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
+    text = re.sub(r"\x1b\[[0-9;]*m| ?<_io\.BytesIO object at \w+>", "", str(exc)).strip()  # colours, PIL's repr
     if "Weights only load failed" in text:
         return ("it holds Python objects that need code to load (refused: files are read with "
                 "weights_only); save it as plain tensors or .safetensors")
@@ -162,6 +165,9 @@ def read_embedding_file(path: Path) -> Embedding | None:
     """One file -> an Embedding; None for an image without an embedding (a preview picture).
     Raises EmbeddingFileError (with the reason) for a file that cannot be used."""
     path = Path(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:  # a checkpoint or LoRA put in the wrong folder: not read into memory
+        raise EmbeddingFileError(f"the file has {size} bytes, more than any embedding ({MAX_FILE_BYTES} at most)")
     raw = path.read_bytes()
     if not raw:
         raise EmbeddingFileError("the file is empty")
@@ -172,8 +178,15 @@ def read_embedding_file(path: Path) -> Embedding | None:
         if suffix == ".safetensors":
             import safetensors.torch
 
+            try:  # the same checks and messages as every other .safetensors file
+                parse_safetensors_header(io.BytesIO(raw), len(raw), path)
+            except SafetensorsHeaderError as exc:
+                raise EmbeddingFileError(f"not readable as a safetensors file: {exc.reason}") from exc
             data = safetensors.torch.load(raw)
         elif suffix in (".pt", ".bin"):
+            problem = torch_file_problem(raw[:4])
+            if problem:
+                raise EmbeddingFileError(f"not readable as a torch file: it {problem}")
             data = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
         elif suffix in IMAGE_FILES:
             from PIL import Image

@@ -66,11 +66,16 @@ class Img2ImgSettings:
 
 def default_size(request: Img2ImgRequest, multiple: int = 8) -> tuple[int, int]:
     """Processing size when the request gives none: the first init image's, rounded down to a
-    multiple of ``multiple`` and kept within 64..2048 (A1111's "Resize by 1")."""
+    multiple of ``multiple``, at least 64 (A1111's "Resize by 1"). A picture with a side over
+    MAX_SIDE is refused, not shrunk: the request must say what size it wants."""
     from .types import MAX_SIDE
 
     width, height = request.init_images[0].size
-    snap = lambda v: min(max(v // multiple * multiple, 64), MAX_SIDE)  # noqa: E731
+    if max(width, height) > MAX_SIDE:
+        raise RequestError("init_images", f"the picture is {width}x{height}; its own size is used when width and "
+                                          f"height are not given, and sides over {MAX_SIDE} are not possible: "
+                                          f"give width and height (at most {MAX_SIDE}) to resize it")
+    snap = lambda v: max(v // multiple * multiple, 64)  # noqa: E731
     return snap(width), snap(height)
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import struct
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ import torch
 from torch import nn
 
 from . import extra_networks, lora_formats
-from .checkpoint_file import CheckpointError, CheckpointFile
+from .checkpoint_file import CheckpointError, CheckpointFile, probe, read_safetensors_header
 from .extra_networks import LoraRef
 from .types import RequestError
 
@@ -47,17 +46,9 @@ _METADATA_ORDER = {"ss_sd_model_name": 1, "ss_resolution": 2, "ss_clip_skip": 3,
 
 # ------------------------------------------------------------------------------------------- files
 
-def read_metadata(path: Path) -> dict:
-    """A safetensors header's `__metadata__`, values that hold JSON objects decoded, cover images
-    dropped, A1111's order; {} for other formats or an unreadable header."""
-    if path.suffix.lower() != ".safetensors":
-        return {}
-    try:
-        with open(path, "rb") as fh:
-            (length,) = struct.unpack("<Q", fh.read(8))
-            raw = json.loads(fh.read(length)).get("__metadata__") or {}
-    except (OSError, ValueError, struct.error, AttributeError):
-        return {}
+def metadata_for_display(raw: dict) -> dict:
+    """A safetensors `__metadata__` as A1111 shows it: values that hold JSON objects decoded, cover
+    images dropped, A1111's order."""
     out = {}
     for key, value in raw.items():
         if key == "ssmd_cover_images":
@@ -65,7 +56,7 @@ def read_metadata(path: Path) -> dict:
         if isinstance(value, str) and value.startswith("{"):
             try:
                 value = json.loads(value)
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         out[key] = value
     return dict(sorted(out.items(), key=lambda kv: _METADATA_ORDER.get(kv[0], 999)))
@@ -75,10 +66,9 @@ def file_sha256(path: Path) -> str:
     """A1111's LoRA hash: for .safetensors the sha256 of the tensor data after the header (kohya's
     "addnet" hash, so editing metadata keeps it), for other files the sha256 of the whole file."""
     digest = hashlib.sha256()
+    start = read_safetensors_header(path).data_start if path.suffix.lower() == ".safetensors" else 0
     with open(path, "rb") as fh:
-        if path.suffix.lower() == ".safetensors":
-            (length,) = struct.unpack("<Q", fh.read(8))
-            fh.seek(8 + length)
+        fh.seek(start)
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -93,14 +83,20 @@ class LoraFile:
     path: Path
     metadata: dict = field(default_factory=dict)
     alias: str = ""
+    problem: str | None = None  # why the file cannot be a LoRA (a first look at it: header, magic bytes)
     _sha256: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_path(cls, path: str | Path, name: str | None = None) -> "LoraFile":
+        """Never raises for a bad file: an unreadable one comes back with `problem` set."""
         path = Path(path)
-        metadata = read_metadata(path)
-        alias = metadata.get("ss_output_name")
         name = name or path.stem
+        try:
+            header = probe(path)  # a .safetensors file's header, else None (magic bytes checked)
+        except CheckpointError as exc:
+            return cls(name, path, alias=name, problem=str(exc))
+        metadata = metadata_for_display(header.metadata) if header else {}
+        alias = metadata.get("ss_output_name")
         return cls(name, path, metadata, alias if isinstance(alias, str) and alias else name)
 
     @property
@@ -109,7 +105,7 @@ class LoraFile:
             stored = self.metadata.get("sshs_model_hash")
             try:
                 self._sha256 = stored if isinstance(stored, str) and stored else file_sha256(self.path)
-            except (OSError, struct.error):
+            except (OSError, CheckpointError):
                 return None
         return self._sha256
 

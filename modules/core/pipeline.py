@@ -136,7 +136,9 @@ def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSet
     except ValueError as exc:
         raise RequestError("sampler_name", str(exc)) from exc
     is_img2img = isinstance(request, Img2ImgRequest)
-    native = img2img.default_size(request, model.latent_scale) if is_img2img else model.spec.native_size
+    native = model.spec.native_size
+    if is_img2img and not (request.width and request.height):  # the init picture's own size
+        native = img2img.default_size(request, model.latent_scale)
     width = request.width or native[0]
     height = request.height or native[1]
     count = request.batch_size * request.n_iter

@@ -5,16 +5,22 @@ A1111's naming: `name` is the path relative to its models folder
 (`sub/model`), `title` is `name [shorthash]` once the hash is known, where the short
 hash is the first 10 hex digits of the file's sha256. Hashes are computed on demand
 and cached in cache.json keyed by path, size and mtime.
+
+Every file is listed, as in A1111; one that cannot be a checkpoint (model_files' first look) is
+named in the log with its `problem`, and is not the default while a readable one exists.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+
+from modules.core import atomic_write
+
+from .model_files import FileProbes
 
 EXTENSIONS = (".safetensors", ".ckpt")
 
@@ -25,6 +31,7 @@ class CheckpointInfo:
     name: str
     model_name: str
     sha256: str | None = None
+    problem: str | None = None  # why it cannot be loaded, by a first look at the file (None: looks fine)
 
     @property
     def shorthash(self) -> str | None:
@@ -79,9 +86,7 @@ class HashCache:
     def _save(self) -> None:
         if not self.path:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"hashes": self._data}, indent=1), encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write.write_text(self.path, json.dumps({"hashes": self._data}, indent=1))  # under self._lock
 
 
 class CheckpointRegistry:
@@ -92,6 +97,7 @@ class CheckpointRegistry:
         self.default_name = default_name
         self.builtin = builtin.resolve() if builtin else None
         self._items: dict[str, CheckpointInfo] = {}
+        self._probes = FileProbes("checkpoint")
         self.refresh()
 
     def refresh(self) -> list[CheckpointInfo]:
@@ -105,6 +111,9 @@ class CheckpointRegistry:
                 name = file.relative_to(root).as_posix()
                 info = CheckpointInfo(file, name, name.rsplit(".", 1)[0], self.hashes.cached(file))
                 found.setdefault(name, info)
+        problems = self._probes.check(info.filename for info in found.values())
+        for info in found.values():
+            info.problem = problems.get(info.filename)
         self._items = found
         return self.list()
 
@@ -139,10 +148,11 @@ class CheckpointRegistry:
 
     def default(self) -> CheckpointInfo | None:
         """The one to load at start: the preferred name if present, else the user's first
-        checkpoint, else the built-in model."""
+        readable checkpoint, else the built-in model (else the first file, to report why)."""
         preferred = self.find(self.default_name)
         if preferred:
             return preferred
         items = self.list()
-        users = [i for i in items if i.filename.resolve() != self.builtin]
-        return (users or items or [None])[0]
+        readable = [i for i in items if i.problem is None]
+        users = [i for i in readable if i.filename.resolve() != self.builtin]
+        return (users or readable or items or [None])[0]

@@ -11,7 +11,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from modules.core.img2img import Img2ImgSettings
+from modules.core.checkpoint_file import CheckpointError, probe
+from modules.core.hires import target_size as hires_target_size
+from modules.core.img2img import Img2ImgSettings, default_size
 from modules.core.pipeline import GenerationSettings, generate
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
@@ -91,7 +93,7 @@ class Engine:
     def select_vae(self, choice: str) -> None:
         """Set sd_vae: the VAE is put into the loaded model first (on the worker, after queued
         jobs); a file that does not fit raises a ValueError naming it and nothing changes."""
-        self.options.validate("sd_vae", choice)
+        self.options.check("sd_vae", choice)
 
         def apply() -> None:
             model, info = self.models.model, self.models.info
@@ -111,9 +113,38 @@ class Engine:
         stem = info.model_name.rsplit("/", 1)[-1]
         return f"{stem} [{info.shorthash}]" if info.shorthash else stem
 
-    def select_checkpoint(self, name: str) -> CheckpointInfo:
-        """Load a checkpoint (on the worker, after queued jobs) and remember it."""
+    def _hires_checkpoint(self, name: str) -> CheckpointInfo:
+        """`hr_checkpoint_name`'s checkpoint, looked at before the job starts: a file that cannot be
+        one is a RequestError on that field (not a failure halfway through the job)."""
         info = self.resolve_checkpoint(name)
+        try:
+            probe(info.filename)
+        except CheckpointError as exc:
+            raise RequestError("hr_checkpoint_name", str(exc)) from exc
+        return info
+
+    def _load_hires(self, job_info: CheckpointInfo, name: str | None, vae: str | None):
+        """Load the hires pass's checkpoint (None: the job's own again); a file that fails to load
+        is a RequestError on hr_checkpoint_name."""
+        if name is None:
+            return self._load(job_info, remember=False, vae=vae)
+        info = self._hires_checkpoint(name)
+        try:
+            return self._load(info, remember=False, vae=vae)
+        except RequestError:
+            raise
+        except ValueError as exc:  # CheckpointError, UnsupportedCheckpoint: the file's fault
+            raise RequestError("hr_checkpoint_name", str(exc)) from exc
+
+    def select_checkpoint(self, name: str, as_setting: bool = True) -> CheckpointInfo:
+        """Load a checkpoint (on the worker, after queued jobs) and remember it. `as_setting`: another
+        checkpoint than the selected one is a change of the sd_model_checkpoint setting, which the
+        command line may lock (OptionRestricted); False for an extension's reload_model_weights,
+        which A1111 lets through (it writes the option directly)."""
+        info = self.resolve_checkpoint(name)
+        selected = self.checkpoints.find(self.options.get("sd_model_checkpoint") or "")
+        if as_setting and (selected is None or selected.filename != info.filename):
+            self.options.check_allowed("sd_model_checkpoint", info.title)
         self.queue.submit("load checkpoint", self._load, info).result()
         self.options.save()
         return info
@@ -155,8 +186,8 @@ class Engine:
         for key, value in (overrides or {}).items():
             if key not in self.options.defs:
                 raise RequestError(f"override_settings.{key}", "unknown option")
-            try:
-                checked[key] = self.options.validate(key, value)
+            try:  # the value's checks, then the command line's locks (--freeze-settings, ...)
+                checked[key] = self.options.check(key, value)
             except ValueError as exc:
                 raise RequestError(f"override_settings.{key}", str(exc)) from exc
         return checked
@@ -195,9 +226,8 @@ class Engine:
             add_lora_hashes_to_info=o.get("lora_add_hashes_to_infotext"),
             add_ti_hashes_to_info=o.get("textual_inversion_add_hashes_to_infotext"),
             # the hires checkpoint: through the model cache, never selected; None puts this job's back
-            load_model=lambda name: self._load(info if name is None else self.resolve_checkpoint(name), remember=False,
-                                               vae=o.get("sd_vae")),
-            checkpoint_title=lambda name: self.short_title(self.resolve_checkpoint(name)),
+            load_model=lambda name: self._load_hires(info, name, o.get("sd_vae")),
+            checkpoint_title=lambda name: self.short_title(self._hires_checkpoint(name)),
             img2img=Img2ImgSettings(
                 color_correction=o.get("img2img_color_correction"),
                 mask_weight=o.get("inpainting_mask_weight"),
@@ -224,10 +254,41 @@ class Engine:
         result.job_timestamp = self.state.job_timestamp
         return result
 
+    def check_limits(self, request: GenerationRequest) -> None:
+        """The request's size against the limits (settings max_prompt_length, max_job_pixels); raises
+        a RequestError naming the field. Checked before the job is queued: a 1 MB prompt or a 16384²
+        batch would hold the worker for minutes or exhaust memory."""
+        longest = self.options.get("max_prompt_length") or 0
+        for name in ("prompt", "negative_prompt", "hr_prompt", "hr_negative_prompt"):
+            length = len(getattr(request, name) or "")
+            if longest and length > longest:
+                raise RequestError(name, f"is {length} characters long, over the limit of {longest} "
+                                         "(setting max_prompt_length)")
+        native = (request.width, request.height)
+        if not (request.width and request.height):  # the model's size, or the init picture's (refused if too big)
+            native = default_size(request) if isinstance(request, Img2ImgRequest) else self.native_size()
+        width, height = request.width or native[0], request.height or native[1]
+        largest = self.options.get("max_job_pixels") or 0
+        if not largest:
+            return
+        pixels, at_fault = width * height * request.batch_size, "width"
+        if request.enable_hr:
+            up = hires_target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y)
+            hires_pixels = max(up.upscale_to[0], width) * max(up.upscale_to[1], height) * request.batch_size
+            if pixels <= largest < hires_pixels:
+                at_fault = "hr_resize_x" if request.hr_resize_x or request.hr_resize_y else "hr_scale"
+            pixels = max(pixels, hires_pixels)
+        if at_fault == "width" and request.batch_size > 1 and width * height <= largest:
+            at_fault = "batch_size"
+        if pixels > largest:
+            raise RequestError(at_fault, f"the job is {pixels} pixels (width x height x batch size, at the hires "
+                                         f"size with hires fix), over the limit of {largest} (setting max_job_pixels)")
+
     def submit_txt2img(self, request: GenerationRequest, task_id: str | None = None,
                        overrides: dict | None = None, scripts: ScriptCall | None = None) -> Future:
         """Queue a txt2img job; `overrides` are option values for this job only; `scripts` the
         scripts to run with it (None: none, not even the AlwaysVisible ones)."""
+        self.check_limits(request)
         checked = self.check_overrides(overrides)
         return self.queue.submit("txt2img", self._run, "txt2img", request, checked, scripts, task_id=task_id)
 
@@ -239,6 +300,7 @@ class Engine:
         """Queue an img2img/inpainting job; results go to the img2img output folders."""
         if not isinstance(request, Img2ImgRequest):
             raise TypeError(f"submit_img2img needs an Img2ImgRequest, got {type(request).__name__}")
+        self.check_limits(request)
         checked = self.check_overrides(overrides)
         return self.queue.submit("img2img", self._run, "img2img", request, checked, scripts, task_id=task_id)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from PIL import Image, UnidentifiedImageError
 
-from modules.core import image_io
+from modules.core import atomic_write, image_io
 from modules.core.types import GenerationResult, Img2ImgRequest, RequestError
 
 if TYPE_CHECKING:
@@ -198,9 +198,6 @@ def _write(result: GenerationResult, folder: Path, stem: str, extension: str, qu
     written = []
     for i, (image, text) in enumerate(zip(result.images, result.infotexts), start=1):
         path = folder / (f"{stem}-{i}.{ext}" if several else f"{stem}.{ext}")
-        data = image_io.encode_image(image, ext, text, quality=quality)
-        temp = path.with_name(f".{path.name}.tmp")
-        temp.write_bytes(data)
-        temp.replace(path)
+        atomic_write.write_bytes(path, image_io.encode_image(image, ext, text, quality=quality))
         written.append(path)
     return written

@@ -6,6 +6,10 @@ prompt may use either; an alias that two files share is refused as a name (A1111
 aliases), the file names still work. The first folder wins when two files have the same stem.
 Hashes are computed when a job first needs one (`LoraFile.shorthash`) and kept while the file's
 size and mtime stay the same.
+
+A file that cannot be a LoRA (an HTML page saved by a failed download, a cut-off copy, an empty
+file: its header or magic bytes say so) is not listed; the server log names it once, with the
+reason, and a prompt that asks for it gets that reason back.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ class LoraRegistry:
         self._lock = threading.Lock()
         self._items: dict[str, LoraFile] = {}
         self._aliases: dict[str, LoraFile] = {}
+        self._skipped: dict[str, LoraFile] = {}  # name -> an unreadable file (its `problem` says why)
         self._known: dict[tuple[Path, int, int], LoraFile] = {}  # (path, mtime_ns, size): keeps hashes
         self.refresh()
 
     def refresh(self) -> list[LoraFile]:
         found: dict[str, LoraFile] = {}
+        skipped: dict[str, LoraFile] = {}
         known: dict[tuple[Path, int, int], LoraFile] = {}
         for root in self.dirs:
             if not root.is_dir():
@@ -41,9 +47,13 @@ class LoraRegistry:
                 except OSError:
                     continue
                 stamp = (path.resolve(), st.st_mtime_ns, st.st_size)
-                item = self._known.get(stamp) or LoraFile.from_path(path)
+                item = self._known.get(stamp)
+                if item is None:
+                    item = LoraFile.from_path(path)
+                    if item.problem:  # said once per file version, not on every refresh
+                        print(f"[easel] LoRA {path} skipped: {item.problem}")
                 known[stamp] = item
-                found.setdefault(item.name, item)
+                (skipped if item.problem else found).setdefault(item.name, item)
         aliases: dict[str, LoraFile] = {}
         shared = set()
         for item in found.values():
@@ -55,7 +65,13 @@ class LoraRegistry:
             aliases.pop(alias, None)
         with self._lock:
             self._items, self._aliases, self._known = found, aliases, known
+            self._skipped = {name: item for name, item in skipped.items() if name not in found}
         return self.items()
+
+    def skipped(self) -> list[LoraFile]:
+        """The files left out of the list because they cannot be read (`problem` says why)."""
+        with self._lock:
+            return sorted(self._skipped.values(), key=lambda i: i.name.lower())
 
     def items(self) -> list[LoraFile]:
         with self._lock:
@@ -80,6 +96,10 @@ class LoraRegistry:
         """`find`, or LookupError whose message lists the known names (GenerationSettings.find_lora)."""
         item = self.find(name)
         if item is None:
+            with self._lock:
+                bad = self._skipped.get(name)
+            if bad is not None:
+                raise LookupError(f"LoRA '{name}' cannot be used: {bad.problem}")
             names = self.names()
             known = ", ".join(names[:_SHOWN]) or "none"
             if len(names) > _SHOWN:

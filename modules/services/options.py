@@ -2,16 +2,27 @@
 
 One definition per option (default, label, section, choices); unknown keys in a
 loaded config are kept (extensions' options appear later) but never invented.
+
+Every change goes through `check` (the value's type, bounds and choices, then the command line's
+locks, modules.services.option_locks): the API's POST /options and override_settings, the Settings tab, and extensions'
+`shared.opts` all end up here, so a locked option is refused the same way everywhere. A stored
+value an option cannot hold (NaN, infinity, out of bounds, the wrong type: a hand-edited
+config.json) is replaced by the default when it is read, with a message naming the option.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from modules.core import atomic_write
+from modules.core.finite import describe, first_non_finite, replace_non_finite
+
+from .option_locks import A1111_SECTION_IDS, section_key
+from .option_locks import DIRECTORY_OPTIONS, OptionRestricted, Restrictions  # noqa: F401  (with the options)
 
 
 @dataclass
@@ -23,7 +34,14 @@ class OptionDef:
     minimum: float | None = None
     maximum: float | None = None
     step: float | None = None  # the Settings tab's slider step (a bounded number is a slider)
-    component: str | None = None  # the Settings tab's control when the type does not say it: "color"
+    component: str | None = None  # the Settings tab's control when the type does not say it: "color", "number"
+    section_id: str | None = None  # A1111's id of the section (--freeze-settings-in-sections); None: from the name
+    restrict: bool = False  # a folder or file name on the server: locked by --hide-ui-dir-config
+    kind: type | None = None  # the value's type where the default (None) does not say it
+
+    def __post_init__(self):
+        if self.section_id is None:
+            self.section_id = A1111_SECTION_IDS.get(self.section, section_key(self.section))
 
     def choice_list(self) -> tuple | None:
         return self.choices() if callable(self.choices) else self.choices
@@ -39,17 +57,17 @@ def _defs() -> dict[str, OptionDef]:
         "return_grid": OptionDef(True, "Show grid in gallery", S),
         "jpeg_quality": OptionDef(80, "Quality for saved jpeg and webp images", S, minimum=1, maximum=100),
         "enable_pnginfo": OptionDef(True, "Save text information about generation parameters as chunks to png files", S),
-        "outdir_samples": OptionDef("", "Output directory for images; if empty, defaults to three directories below", "Paths for saving"),
-        "outdir_txt2img_samples": OptionDef("outputs/txt2img-images", "Output directory for txt2img images", "Paths for saving"),
-        "outdir_img2img_samples": OptionDef("outputs/img2img-images", "Output directory for img2img images", "Paths for saving"),
-        "outdir_extras_samples": OptionDef("outputs/extras-images", "Output directory for images from extras tab", "Paths for saving"),
-        "outdir_txt2img_grids": OptionDef("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving"),
-        "outdir_img2img_grids": OptionDef("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving"),
-        "sd_model_checkpoint": OptionDef(None, "Stable Diffusion checkpoint", G),
+        "outdir_samples": OptionDef("", "Output directory for images; if empty, defaults to three directories below", "Paths for saving", restrict=True),
+        "outdir_txt2img_samples": OptionDef("outputs/txt2img-images", "Output directory for txt2img images", "Paths for saving", restrict=True),
+        "outdir_img2img_samples": OptionDef("outputs/img2img-images", "Output directory for img2img images", "Paths for saving", restrict=True),
+        "outdir_extras_samples": OptionDef("outputs/extras-images", "Output directory for images from extras tab", "Paths for saving", restrict=True),
+        "outdir_txt2img_grids": OptionDef("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving", restrict=True),
+        "outdir_img2img_grids": OptionDef("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving", restrict=True),
+        "sd_model_checkpoint": OptionDef(None, "Stable Diffusion checkpoint", G, kind=str),
         "sd_vae": OptionDef("Automatic", "SD VAE", G),
         "emphasis": OptionDef("Original", "Emphasis mode", G, choices=("None", "Ignore", "Original", "No norm")),
         "CLIP_stop_at_last_layers": OptionDef(1, "Clip skip", G, minimum=1, maximum=12),
-        "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0),
+        "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0, maximum=10),
         "add_model_hash_to_info": OptionDef(True, "Add model hash to infotext", "Infotext"),
         "add_model_name_to_info": OptionDef(True, "Add model name to infotext", "Infotext"),
         "add_vae_hash_to_info": OptionDef(True, "Add VAE hash to infotext", "Infotext"),
@@ -58,7 +76,8 @@ def _defs() -> dict[str, OptionDef]:
         "textual_inversion_add_hashes_to_infotext": OptionDef(True, "Add Textual Inversion hashes to infotext", "Extra Networks"),
         "lora_add_hashes_to_infotext": OptionDef(True, "Add Lora hashes to infotext", "Extra Networks"),
         "extra_networks_default_multiplier": OptionDef(1.0, "Default multiplier for extra networks", "Extra Networks", minimum=0.0, maximum=2.0, step=0.01),
-        "eta_noise_seed_delta": OptionDef(0, "Eta noise seed delta", U, minimum=0),
+        # seed + delta seeds a torch generator, which takes at most 2**64 - 1 (seeds go up to 2**32 - 1)
+        "eta_noise_seed_delta": OptionDef(0, "Eta noise seed delta", U, minimum=0, maximum=2**63, component="number"),
         "randn_source": OptionDef("CPU", "Random number generator source", U, choices=("GPU", "CPU", "NV")),
         "live_previews_enable": OptionDef(True, "Show live previews of the created image", P),
         "show_progress_every_n_steps": OptionDef(10, "Live preview display period (steps)", P, minimum=-1, maximum=32),
@@ -73,65 +92,142 @@ def _defs() -> dict[str, OptionDef]:
         "img2img_color_correction": OptionDef(False, "Apply color correction to img2img results to match original colors.", "img2img"),
         "img2img_fix_steps": OptionDef(False, "With img2img, do exactly the amount of steps the slider specifies.", "img2img"),
         "img2img_background_color": OptionDef("#ffffff", "With img2img, fill transparent parts of the input image with this color.", "img2img", component="color"),
+        # what one request may ask for (0: no limit); the API and the UI refuse more with the field named
+        "max_prompt_length": OptionDef(20000, "Longest prompt accepted, in characters (each of the prompts; 0: no limit)", "Limits", minimum=0),
+        "max_job_pixels": OptionDef(2048 * 2048 * 16, "Largest job accepted, in pixels: width x height x batch size, at the hires size with hires fix (0: no limit)", "Limits", minimum=0),
         "img2img_max_input_pixels": OptionDef(4096 * 4096, "Largest init image or mask accepted, in pixels (width x height)", "img2img", minimum=4096),
     }
 
 
 class Options:
-    def __init__(self, path: Path | None, defs: dict[str, OptionDef] | None = None):
+    def __init__(self, path: Path | None, defs: dict[str, OptionDef] | None = None,
+                 restrictions: Restrictions | None = None):
         self.path = path
         self.defs = defs or _defs()
+        self.restrictions = restrictions or Restrictions()
         self.data: dict[str, Any] = {k: d.default for k, d in self.defs.items()}
         self._listeners: dict[str, list[Callable[[], None]]] = {}
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # every change and every save: a save writes one consistent state
         if path is not None and path.is_file():
             self.load()
 
     def load(self) -> None:
         try:
             stored = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # unreadable, not JSON, not text, numbers too long
             # keep defaults; a broken config must not stop the server
             print(f"[options] could not read {self.path}: {exc}; using defaults")
             return
-        if isinstance(stored, dict):
+        if not isinstance(stored, dict):
+            print(f"[options] {self.path} holds no settings (a JSON object); using defaults")
+            return
+        with self._lock:
             self.data.update(stored)
+            for key in stored:
+                self.repair(key)
+
+    def repair(self, key: str) -> None:
+        """Replace a stored value the option cannot hold (NaN, infinity, out of bounds, the wrong
+        type) by its default, saying so; a NaN under a name with no definition yet is dropped.
+        Choices are not checked: what they are may depend on files and extensions present later."""
+        with self._lock:
+            if key not in self.data:
+                return
+            value = self.data[key]
+            try:
+                self.data[key] = self.validate(key, value, choices=False)
+                return
+            except ValueError as exc:
+                reason = exc
+            d = self.defs.get(key)
+            where = self.path.name if self.path is not None else "settings"
+            if d is None:
+                del self.data[key]
+                print(f"[options] {where}: dropped {key} ({reason})")
+            else:
+                self.data[key] = d.default
+                print(f"[options] {where}: {reason}; using the default {d.default!r} instead")
 
     def save(self) -> None:
-        if self.path is None:
+        """Write config.json whole or not at all (a unique temporary file, then a rename), one save
+        at a time. Strict JSON: a NaN that reached `data` directly is written as null (and read
+        back as the default). --freeze-settings: nothing is written (A1111 refuses to save)."""
+        if self.path is None or self.restrictions.freeze_all:
             return
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=4, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, self.path)
+        with self._lock:
+            atomic_write.write_text(self.path, self.dumps())
+
+    def dumps(self) -> str:
+        """config.json's text: the values as strict JSON (a NaN or infinity as null)."""
+        with self._lock:
+            return json.dumps(replace_non_finite(dict(self.data)), indent=4, ensure_ascii=False)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
-    def validate(self, key: str, value: Any) -> Any:
-        """Returns the value coerced to the option's type, or raises ValueError."""
+    def validate(self, key: str, value: Any, choices: bool = True) -> Any:
+        """Returns the value coerced to the option's type, or raises ValueError naming the option.
+        NaN and infinity are never a value, whatever the option (they pass every bound)."""
+        found = first_non_finite(value)
+        if found is not None:
+            where = f" (at {found[0]})" if found[0] else ""
+            raise ValueError(f"option {key} must be a finite number, got {describe(found[1])}{where}")
         d = self.defs.get(key)
         if d is None:
             return value
-        if d.default is not None and value is not None:
-            kind = type(d.default)
-            if kind is float and isinstance(value, int):
-                value = float(value)
+        if d.default is not None and value is None:
+            raise ValueError(f"option {key} needs a value")
+        kind = type(d.default) if d.default is not None else d.kind
+        if kind is not None and value is not None:
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    value = float(value)
+                except OverflowError:
+                    raise ValueError(f"option {key} is too large") from None
             if kind is int and isinstance(value, float) and value.is_integer():
                 value = int(value)
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"option {key} must be {kind.__name__}, got {type(value).__name__}")
-        choices = d.choice_list()
-        if choices and value not in choices:
-            raise ValueError(f"option {key} must be one of {', '.join(map(str, choices))}")
-        if d.minimum is not None and value is not None and value < d.minimum:
+        listed = d.choice_list() if choices else None
+        if listed and value not in listed:
+            raise ValueError(f"option {key} must be one of {', '.join(map(str, listed))}")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if d.minimum is not None and number and value < d.minimum:
             raise ValueError(f"option {key} must be at least {d.minimum}")
-        if d.maximum is not None and value is not None and value > d.maximum:
+        if d.maximum is not None and number and value > d.maximum:
             raise ValueError(f"option {key} must be at most {d.maximum}")
         return value
 
-    def set(self, key: str, value: Any) -> bool:
-        """Set and notify; returns True if the value changed."""
+    def refusal(self, key: str) -> OptionRestricted | None:
+        """Why the command line locks `key` (whatever the value), or None."""
+        return self.restrictions.refusal(key, self.defs.get(key))
+
+    def check_allowed(self, key: str, value: Any) -> None:
+        """Raise OptionRestricted when setting `key` to `value` would change a locked option. The
+        value it already has is no change, and allowed (A1111's `Options.set` returns first)."""
+        if key in self.data and _same(self.data[key], value):
+            return
+        refusal = self.refusal(key)
+        if refusal is not None:
+            raise refusal
+
+    def allows(self, key: str, value: Any) -> bool:
+        try:
+            self.check_allowed(key, value)
+        except OptionRestricted:
+            return False
+        return True
+
+    def check(self, key: str, value: Any) -> Any:
+        """`validate`, then the restrictions: the value to store, or ValueError naming the option
+        (OptionRestricted with A1111's message for a locked one). Every change goes through here."""
         value = self.validate(key, value)
+        self.check_allowed(key, value)
+        return value
+
+    def set(self, key: str, value: Any) -> bool:
+        """Check, set and notify; returns True if the value changed."""
+        value = self.check(key, value)
         with self._lock:
             if self.data.get(key) == value:
                 return False
@@ -146,8 +242,28 @@ class Options:
     def add(self, key: str, definition: OptionDef) -> None:
         if key in self.defs:
             raise ValueError(f"option {key} is already defined")
-        self.defs[key] = definition
-        self.data.setdefault(key, definition.default)
+        with self._lock:
+            self.defs[key] = definition
+            self.data.setdefault(key, definition.default)
+            self.repair(key)  # a value stored before the definition came (config.json)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.data)
+        """Every value, as strict JSON can carry it: a NaN or infinity that reached `data` directly
+        (an extension's write) reads as the option's default, or null."""
+        with self._lock:
+            data = dict(self.data)
+        if first_non_finite(data) is None:
+            return data
+        return {k: (v if first_non_finite(v) is None else
+                    (self.defs[k].default if k in self.defs else replace_non_finite(v)))
+                for k, v in data.items()}
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Equal and of the same kind (True is no 1; 1 and 1.0 are the same number)."""
+    if isinstance(old, bool) or isinstance(new, bool):
+        return type(old) is type(new) and old == new
+    try:
+        return bool(old == new)
+    except Exception:  # noqa: BLE001 - values that cannot be compared are different
+        return False

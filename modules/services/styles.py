@@ -20,14 +20,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
-import os
 import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, TypeVar
 
+from modules.core import atomic_write
 from modules.core.types import RequestError
 
 FIELDS = ("name", "prompt", "negative_prompt")
@@ -253,19 +252,12 @@ class StyleDatabase:
     def _write(self, path: Path) -> None:
         """One file: its styles, in order, through a temporary file; the old one kept as .bak."""
         rows = [s.as_dict() for s in [*self._styles.values(), *self._shadowed] if (s.path or self.default_path) == path]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(suffix=".csv", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8-sig", newline="") as file:
-                writer = csv.DictWriter(file, fieldnames=FIELDS)
-                writer.writeheader()
-                writer.writerows(rows)
-            if path.exists():
-                shutil.copy2(path, path.with_name(path.name + ".bak"))
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        if path.exists():
+            shutil.copy2(path, path.with_name(path.name + ".bak"))
+        with atomic_write.replacing(path, "w", encoding="utf-8-sig", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
         st = path.stat()
         self._stamps[path] = (st.st_mtime_ns, st.st_size)
 

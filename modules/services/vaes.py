@@ -3,6 +3,8 @@
 Looked for: every .pt/.ckpt/.safetensors under the VAE folder (``--vae-dir``, default
 models/VAE), and ``*.vae.pt``/``*.vae.ckpt``/``*.vae.safetensors`` next to the checkpoints.
 A1111 names each by its file name; for two files of one name, the one in the VAE folder wins.
+Every file is listed; one that cannot be a VAE file (model_files' first look) is named in the log,
+and choosing it is refused with that reason.
 
 Choosing the VAE for a checkpoint (A1111's ``sd_vae.resolve_vae`` with its default of "the
 setting overrides per-model preferences"): ``--vae-path`` wins; then a file named in the option;
@@ -20,6 +22,8 @@ from pathlib import Path
 
 from modules.core import vae as core_vae
 from modules.core.model_loader import LoadedModel
+
+from .model_files import FileProbes
 
 VAE_SUFFIXES = (".pt", ".ckpt", ".safetensors")
 AUTOMATIC, NONE = "Automatic", "None"
@@ -41,6 +45,7 @@ class VaeRegistry:
         self.checkpoint_dirs = [Path(d) for d in checkpoint_dirs if d]
         self._lock = threading.Lock()
         self._items: dict[str, VaeFile] = {}
+        self._probes = FileProbes("VAE")
         self.refresh()
 
     def _candidates(self) -> list[Path]:
@@ -57,6 +62,7 @@ class VaeRegistry:
         items: dict[str, VaeFile] = {}
         for path in self._candidates():
             items[path.name] = VaeFile(path.name, path)  # later (VAE folder) wins, as in A1111
+        self._probes.check(v.filename for v in items.values())  # logs the files that cannot be VAEs
         with self._lock:
             self._items = dict(sorted(items.items(), key=lambda kv: _natural_key(kv[0])))
         return self.list()

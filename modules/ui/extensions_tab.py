@@ -173,6 +173,11 @@ class ExtensionsTab:
         if mode not in extensions.DISABLE_ALL_CHOICES:
             return _message(f"Disable all extensions must be one of none, extra, all; got {mode!r}", error=True), \
                 self.table_html(), ""
+        try:  # the command line may lock these (--freeze-settings): its message, nothing changed
+            for key, value in (("disabled_extensions", sorted(set(disabled))), ("disable_all_extensions", mode)):
+                self.options.check(key, value)
+        except ValueError as exc:
+            return _message(str(exc), error=True), self.table_html(), ""
         self.options.set("disabled_extensions", sorted(set(disabled)))
         self.options.set("disable_all_extensions", mode)
         try:

@@ -1,6 +1,8 @@
 """The Settings tab (A1111's): one control per option of `Options.defs`, grouped by section, with
-the option's current value; "Apply settings" checks every changed value with `Options.validate`,
-stores them all or none, and saves config.json.
+the option's current value; "Apply settings" checks every changed value with `Options.check`
+(its type and bounds, then the command line's locks: --freeze-settings and the like, with A1111's
+message naming the option), stores them all or none, and saves config.json. A locked option's
+control is read-only; a folder under --hide-ui-dir-config is not shown (as in A1111).
 
 Element ids are A1111's: the tab `tab_settings`, the button `settings_submit`, the report
 `settings_result`, each control `setting_<option name>`, the hidden `settings_json` (all
@@ -21,7 +23,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from modules.services.options import OptionDef, Options
+from modules.services.options import OptionDef, OptionRestricted, Options
 
 from .generation_tab import error_html
 
@@ -61,11 +63,14 @@ def _extension_component(info, common: dict, value: Any) -> gr.components.Compon
         return None
 
 
-def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component:
+def component_for(key: str, d: OptionDef, value: Any, locked: OptionRestricted | None = None) -> gr.components.Component:
     """The control of one option: an extension's own (OptionInfo), else from its `component`,
     else its choices, else the default's type (a number with both bounds is a slider, other
-    numbers a plain field)."""
-    common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": True}
+    numbers a plain field). `locked`: the command line's refusal of any change: the control is
+    read-only, and hidden for a folder under --hide-ui-dir-config (as A1111)."""
+    common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": locked is None}
+    if locked is not None and not locked.frozen:
+        common["visible"] = False
     info = getattr(d, "info", None)
     if info is not None:
         own = _extension_component(info, common, value)
@@ -83,7 +88,7 @@ def component_for(key: str, d: OptionDef, value: Any) -> gr.components.Component
         return gr.Checkbox(value=value, **common)
     if isinstance(d.default, (int, float)):
         integer = isinstance(d.default, int)
-        if d.minimum is not None and d.maximum is not None:
+        if d.minimum is not None and d.maximum is not None and d.component != "number":
             step = d.step or (1 if integer else 0.01)
             return gr.Slider(d.minimum, d.maximum, step=step, value=value, **common)
         # no bounds handed to Gradio: an out-of-range value reaches Options.validate, whose
@@ -120,9 +125,10 @@ class SettingsTab:
             for section, keys in self.sections().items():
                 with gr.Tab(section, elem_id=f"settings_{_slug(section)}"):
                     for key in keys:
-                        by_key[key] = component_for(key, self.options.defs[key], self.options.get(key))
+                        by_key[key] = component_for(key, self.options.defs[key], self.options.get(key),
+                                                    self.options.refusal(key))
         self.components = [by_key[k] for k in self.keys]
-        # unprocessed: each value reaches `apply` as the page sent it, so Options.validate is the
+        # unprocessed: each value reaches `apply` as the page sent it, so Options.check is the
         # one judge (and names the option), not a component's own bounds
         applied = self.submit.click(self.apply, inputs=self.components, outputs=[self.result, *self.components],
                                     preprocess=False, queue=False)
@@ -133,7 +139,7 @@ class SettingsTab:
 
     def options_json(self) -> str:
         """Every option's value as JSON, A1111's `opts` of the page."""
-        return json.dumps(self.options.as_dict(), default=str)
+        return json.dumps(self.options.as_dict(), default=str, allow_nan=False)
 
     def values(self) -> list:
         """The current value of every option, for the controls (at page load and after Apply)."""
@@ -142,7 +148,10 @@ class SettingsTab:
     def check(self, key: str, value: Any) -> Any:
         if value is None and self.options.defs[key].default is not None:
             raise ValueError(f"option {key} needs a value")
-        return self.options.validate(key, value)
+        try:
+            return self.options.check(key, value)  # the value's checks, then the command line's locks
+        except OptionRestricted as exc:  # "changing settings is disabled" names no option: say which
+            raise ValueError(str(exc) if key in str(exc) else f"{key}: {exc}") from None
 
     def apply(self, *submitted):
         """Validate the changed values; store them all (and save config.json) or, on the first
