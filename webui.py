@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 
+from modules.timer import startup_timer  # first: its clock times the imports below
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -28,6 +30,8 @@ from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options, Restrictions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
+
+startup_timer.record("import torch, diffusers, gradio")
 
 
 def checkpoint_dirs(opts: argparse.Namespace) -> list[Path]:
@@ -52,14 +56,19 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     data.mkdir(parents=True, exist_ok=True)
     policy, notes = choose_policy(opts.use_cpu, opts.no_half, opts.no_half_vae, opts.precision, opts.xformers,
                                   int(opts.device_id) if opts.device_id else None)
-    for note in notes + cmd_args.compatibility_notes(opts):
+    for note in notes:
         print(f"[easel] {note}")
     print(f"[easel] {policy.describe()}")
     options = Options(Path(opts.ui_settings_file), restrictions=restrictions(opts))
     extensions.list_extensions(options.data, opts)  # before any script loads: which extensions are active
+    if getattr(opts, "localizations_dir", None):
+        localization.localizations_dir = opts.localizations_dir
     localization.bind(options)  # the localization option's choices: the files on disk
+    ckpt_file = Path(opts.ckpt).expanduser() if opts.ckpt else None  # A1111: any existing file, listed too
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
-                                  default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file))
+                                  default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file),
+                                  extra_files=[ckpt_file] if ckpt_file and ckpt_file.is_file() else [],
+                                  hashing=not getattr(opts, "no_hashing", False))
     if opts.ckpt:
         info = registry.find(opts.ckpt)
         if info is None:
@@ -75,6 +84,10 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     models = Path(opts.models_dir) if opts.models_dir else data / "models"
     vaes = VaeRegistry([Path(opts.vae_dir) if opts.vae_dir else models / "VAE"], checkpoint_dirs(opts))
     state = JobState()
+    if not getattr(opts, "disable_console_progressbars", True):
+        from modules.services.console_progress import ConsoleProgress
+
+        state.console = ConsoleProgress()
     return Engine(options, registry, ModelCache(policy, on_loaded=_model_loaded), state, WorkQueue(state), data,
                   styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path)
 
@@ -126,12 +139,14 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
     if not opts.nowebui:
         import gradio as gr
 
+        from modules.ui import ui_config
         from modules.ui.app import create_ui
 
         from modules import script_callbacks, shared
 
         script_callbacks.before_ui_callback()
         demo = create_ui(engine, allow_folders=not opts.hide_ui_dir_config)
+        ui_config.apply(demo, opts.ui_config_file)  # A1111's ui-config.json: defaults and limits
         shared.demo = demo
         demo.queue(default_concurrency_limit=None)
         allowed = [str(engine.data_path / "outputs"), *opts.gradio_allowed_path]
@@ -154,20 +169,78 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
     return app
 
 
-def main(opts: argparse.Namespace | None = None) -> None:
+def tls_files(opts: argparse.Namespace) -> tuple[str, str] | None:
+    """(keyfile, certfile) for HTTPS when both are given (else plain HTTP, as A1111); a missing file
+    stops the start with its name."""
+    key, cert = getattr(opts, "tls_keyfile", None), getattr(opts, "tls_certfile", None)
+    if not (key and cert):
+        return None
+    for flag, path in (("--tls-keyfile", key), ("--tls-certfile", cert)):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{flag} {path}: no such file")
+    return key, cert
+
+
+def local_url(opts: argparse.Namespace, https: bool) -> str:
+    """The address printed as Gradio prints it (the host as served, 0.0.0.0 under --listen), with
+    the --subpath the UI is served under."""
+    host = opts.server_name or "127.0.0.1"
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    return f"{'https' if https else 'http'}://{host}:{opts.port}{'' if opts.nowebui else (opts.subpath or '')}"
+
+
+def announce(opts: argparse.Namespace, url: str) -> None:
+    """What launchers wait for, as A1111 prints it once the port accepts connections."""
+    print(f"Running on local URL:  {url}", flush=True)
+    startup_timer.record("start server")
+    print(f"Startup time: {startup_timer.summary()}.", flush=True)
+    if opts.autolaunch and not opts.nowebui and os.environ.get("SD_WEBUI_RESTARTING") != "1":
+        import webbrowser
+
+        webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"))
+
+
+def serve(app: FastAPI, opts: argparse.Namespace) -> None:
+    """Serve until stopped (Ctrl+C, or POST /sdapi/v1/server-stop with --api-server-stop);
+    `announce` runs once the socket listens."""
     import uvicorn
 
-    opts = opts or cmd_args.parse_args()
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:
+                announce(opts, url)
+
+    tls = tls_files(opts)
+    url = local_url(opts, https=tls is not None)
+    config = uvicorn.Config(app, host=opts.server_name or "127.0.0.1", port=opts.port,
+                            timeout_keep_alive=opts.timeout_keep_alive,
+                            timeout_graceful_shutdown=5,  # a stop is not held up by a client that keeps a socket open
+                            log_level=(opts.log_level or "warning").lower(),
+                            ssl_keyfile=tls[0] if tls else None, ssl_certfile=tls[1] if tls else None)
+    server = Server(config)
+    restart.allow_stop(lambda: setattr(server, "should_exit", True))
+    server.run()
+
+
+def main(opts: argparse.Namespace | None = None) -> None:
+    """Serve with `opts` (launch.py parsed them and printed their notes), else the command line's."""
+    if opts is None:
+        opts = cmd_args.parse_args()
+        for note in cmd_args.compatibility_notes(opts):
+            print(f"[easel] {note}")
     engine = build_engine(opts)
+    startup_timer.record("build services")
     start_scripts(engine, opts)
+    startup_timer.record("load scripts")
     if not opts.skip_load_model_at_start:
         engine.load_default_in_background()
     app = create_app(opts, engine)
-    host = opts.server_name or "127.0.0.1"
-    print(f"[easel] serving on http://{host}:{opts.port}" + (" (API only)" if opts.nowebui else ""))
+    startup_timer.record("create ui" if not opts.nowebui else "create api")
     restart.allow_restart()  # this process owns the server: the Extensions tab may restart it
-    uvicorn.run(app, host=host, port=opts.port, timeout_keep_alive=opts.timeout_keep_alive,
-                log_level=(opts.log_level or "warning").lower())
+    serve(app, opts)
+    print("Server stopped.", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import re
 import sys
 from typing import Callable, Iterable, Sequence
 
+from modules import cmd_args_compat
 from modules.paths_internal import data_path
 
 Preload = Callable[[argparse.ArgumentParser], None]
@@ -94,8 +95,11 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
                        help="styles file (may be given more than once; default: DATA_DIR/styles.csv)")
     group.add_argument("--ui-settings-file", type=str, default=None, metavar="FILE",
                        help="settings file (default: DATA_DIR/config.json)")
+    group.add_argument("--localizations-dir", type=str, default=None, metavar="DIR",
+                       help="folder of UI translations (default: the repository's localizations/)")
     group.add_argument("--ui-config-file", type=str, default=None, metavar="FILE",
-                       help="file of UI defaults and limits (default: DATA_DIR/ui-config.json)")
+                       help="A1111's ui-config.json: the UI's default values and slider limits by "
+                            "'tab/label/field' (default: DATA_DIR/ui-config.json; missing keys are added)")
     for kind in ("samples", "txt2img-samples", "img2img-samples", "extras-samples",
                  "grids", "txt2img-grids", "img2img-grids", "save", "init-images"):
         group.add_argument(f"--outdir-{kind}", type=str, default=None, metavar="DIR",
@@ -144,12 +148,18 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     group.add_argument("--listen", action="store_true", help="serve on 0.0.0.0, reachable from the LAN")
     group.add_argument("--server-name", type=str, default=None, metavar="HOST", help="address to serve on")
-    group.add_argument("--port", type=port_number, default=7860, help="port to serve on (default: 7860)")
+    group.add_argument("--port", type=port_number, default=None, metavar="N",
+                       help="port to serve on (default: 7860; 7861 with --nowebui, as in A1111)")
     group.add_argument("--share", action="store_true",
                        help="not available: Easel runs offline and opens no public tunnel (use --listen)")
     group.add_argument("--autolaunch", action="store_true", help="open the UI in the system's browser at start")
     group.add_argument("--theme", type=str, choices=["light", "dark"], default=None, help="UI theme")
-    group.add_argument("--subpath", type=str, default=None, metavar="PATH", help="serve the UI under this path")
+    group.add_argument("--subpath", type=str, default=None, metavar="PATH",
+                       help="serve the UI under this path, as behind a reverse proxy ('sd' or '/sd')")
+    group.add_argument("--tls-keyfile", type=str, default=None, metavar="FILE",
+                       help="serve HTTPS with this private key (PEM); needs --tls-certfile")
+    group.add_argument("--tls-certfile", type=str, default=None, metavar="FILE",
+                       help="serve HTTPS with this certificate (PEM); needs --tls-keyfile")
     group.add_argument("--gradio-auth", type=credentials_argument, default=None, metavar="USER:PASS[,USER2:PASS2]",
                        help="require a login for the UI")
     group.add_argument("--gradio-auth-path", type=str, default=None, metavar="FILE",
@@ -164,6 +174,8 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--api-auth-path", type=str, default=None, metavar="FILE",
                        help="file of API logins: user:password entries, separated by commas or new lines")
     group.add_argument("--api-log", action="store_true", help="log every API request")
+    group.add_argument("--api-server-stop", action="store_true",
+                       help="serve POST /sdapi/v1/server-stop, /server-restart and /server-kill")
     group.add_argument("--cors-allow-origins", type=str, default=None, metavar="ORIGINS",
                        help="comma-separated origins allowed by CORS")
     group.add_argument("--cors-allow-origins-regex", type=regex_argument, default=None, metavar="REGEX",
@@ -202,7 +214,10 @@ def _add_ui_and_extensions(parser: argparse.ArgumentParser) -> None:
                             "(through the API and override_settings too)")
     group.add_argument("--max-batch-count", type=int, default=16, metavar="N", help="largest batch count in the UI")
     group.add_argument("--skip-load-model-at-start", action="store_true", help="load no checkpoint until one is needed")
-    group.add_argument("--no-hashing", action="store_true", help="do not compute sha256 hashes of checkpoints")
+    group.add_argument("--ui-debug-mode", action="store_true", help="same as --skip-load-model-at-start")
+    group.add_argument("--disable-console-progressbars", action="store_true",
+                       help="print no progress bars for generations on the console")
+    group.add_argument("--no-hashing", action="store_true", help="do not compute sha256 hashes of checkpoints (no \"Model hash\" in the infotext)")
     group.add_argument("--disable-safe-unpickle", action="store_true",
                        help=f"{COMPAT_NOTE}; Easel always loads pickles with torch.load(weights_only=True)")
     group.add_argument("--no-download-sd-model", action="store_true",
@@ -222,6 +237,8 @@ def _add_launch(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--skip-torch-cuda-test", action="store_true",
                        help=f"{COMPAT_NOTE}; Easel runs on the CPU when there is no GPU")
     group.add_argument("--exit", action="store_true", help="set up, then stop without starting the UI")
+    group.add_argument("--test-server", action="store_true",
+                       help="start as A1111's tests expect: with the API and without NaN checks")
     group.add_argument("--run-tests", nargs=argparse.REMAINDER, default=None, metavar="PYTEST_ARG",
                        help="set up (with requirements-test.txt) and run pytest on tests/; "
                             "every argument after this one goes to pytest")
@@ -239,6 +256,7 @@ def build_parser(extra_preloads: Iterable[Preload] = ()) -> argparse.ArgumentPar
     _add_server(parser)
     _add_ui_and_extensions(parser)
     _add_launch(parser)
+    cmd_args_compat.add_compat_flags(parser)
     for preload in extra_preloads:
         preload(parser)
     return parser
@@ -271,17 +289,36 @@ def parse_args(argv: Sequence[str] | None = None,
         extra_preloads = extension_preloads(argv)
     parser = build_parser(extra_preloads)
     opts = parser.parse_args(argv)
-    opts.loglevel = opts.log_level  # A1111's attribute name
     if opts.listen and opts.server_name is None:
         opts.server_name = "0.0.0.0"
-    return fill_path_defaults(opts)
+    return fill_path_defaults(apply_implications(opts))
 
 
 def defaults() -> argparse.Namespace:
     """Every flag at its default (what a process that parsed no command line sees)."""
     opts, _unknown = build_parser(()).parse_known_args([])
-    opts.loglevel = opts.log_level
-    return fill_path_defaults(opts)
+    return fill_path_defaults(apply_implications(opts))
+
+
+def normalized_subpath(text: str | None) -> str | None:
+    """--subpath as a route prefix: A1111 takes 'sd' (it adds the '/'), Easel '/sd' too; '/' is none."""
+    path = "/" + (text or "").strip().strip("/")
+    return None if path == "/" else path
+
+
+def apply_implications(opts: argparse.Namespace) -> argparse.Namespace:
+    """What one flag means for others, as in A1111: the API-only server's port, --test-server's
+    set-up (A1111's configure_for_tests: the API on, no NaN check), --ui-debug-mode."""
+    opts.loglevel = opts.log_level  # A1111's attribute name
+    if opts.port is None:
+        opts.port = 7861 if opts.nowebui else 7860
+    opts.subpath = normalized_subpath(opts.subpath)
+    if opts.test_server:
+        opts.api = True
+        opts.disable_nan_check = True
+    if opts.ui_debug_mode:
+        opts.skip_load_model_at_start = True
+    return opts
 
 
 def fill_path_defaults(opts: argparse.Namespace) -> argparse.Namespace:
@@ -298,23 +335,20 @@ def fill_path_defaults(opts: argparse.Namespace) -> argparse.Namespace:
 
 
 def compatibility_notes(opts: argparse.Namespace) -> list[str]:
-    """Messages for flags that Easel accepts but honours differently from A1111."""
-    notes = []
-    if getattr(opts, "share", False):
-        notes.append("--share: sharing through a public tunnel is unavailable (Easel runs offline); "
-                     "use --listen to serve on your LAN instead.")
-    if getattr(opts, "disable_safe_unpickle", False):
-        notes.append("--disable-safe-unpickle: ignored; Easel always loads pickled files with weights_only=True.")
-    if getattr(opts, "no_download_sd_model", False) or getattr(opts, "do_not_download_clip", False):
-        notes.append("Easel never downloads models; the download flags change nothing.")
-    if getattr(opts, "lowvram", False) or getattr(opts, "medvram", False) or getattr(opts, "medvram_sdxl", False):
-        notes.append("--medvram/--lowvram: not implemented yet; the whole model is kept on the device.")
-    if any(getattr(opts, f, False) for f in ("opt_split_attention", "opt_sub_quad_attention", "opt_channelslast")):
-        notes.append("--opt-split-attention/--opt-sub-quad-attention/--opt-channelslast: ignored; "
-                     "Easel uses PyTorch's SDPA attention (or --xformers).")
-    if getattr(opts, "skip_torch_cuda_test", False):
-        notes.append("--skip-torch-cuda-test: not needed; Easel runs on the CPU when there is no GPU.")
+    """One line for each flag given that Easel accepts but honours differently from A1111 (the
+    table in modules/cmd_args_compat.py), and for a half-given TLS set-up."""
+    parser = build_parser(())
+    baseline, _unknown = parser.parse_known_args(["--data-dir", opts.data_dir]
+                                                 + (["--models-dir", opts.models_dir] if opts.models_dir else []))
+    notes = cmd_args_compat.given_notes(parser, opts, fill_path_defaults(apply_implications(baseline)))
+    if bool(getattr(opts, "tls_keyfile", None)) != bool(getattr(opts, "tls_certfile", None)):
+        notes.append("--tls-keyfile/--tls-certfile: TLS needs both files; serving plain HTTP.")
     return notes
+
+
+def markdown_table() -> str:
+    """The flags table of README.md (python -m modules.cmd_args --markdown [--write README.md])."""
+    return cmd_args_compat.markdown_table(build_parser(()))
 
 
 SECRET_FLAGS = ("--gradio-auth", "--api-auth")
@@ -335,3 +369,27 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
         else:
             redacted.append(arg)
     return redacted
+
+
+README_BEGIN = "<!-- flags table: generated by `python -m modules.cmd_args --markdown --write README.md` -->"
+README_END = "<!-- end of flags table -->"
+
+
+def readme_with_table(readme: str) -> str:
+    """README.md's text with the generated flags table between its markers."""
+    start, end = readme.index(README_BEGIN) + len(README_BEGIN), readme.index(README_END)
+    return readme[:start] + "\n" + markdown_table() + readme[end:]
+
+
+if __name__ == "__main__":
+    cli = argparse.ArgumentParser(prog="python -m modules.cmd_args")
+    cli.add_argument("--markdown", action="store_true", required=True, help="print the flags table (Markdown)")
+    cli.add_argument("--write", metavar="README", help="put the table between the markers in this file instead")
+    command = cli.parse_args()
+    if command.write:
+        with open(command.write, encoding="utf8") as file:
+            text = readme_with_table(file.read())
+        with open(command.write, "w", encoding="utf8") as file:
+            file.write(text)
+    else:
+        sys.stdout.write(markdown_table())

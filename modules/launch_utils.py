@@ -6,7 +6,8 @@ Standard library only: this runs on a bare Python before anything is installed.
        Gradio to offline mode, parse the flags (a bad flag stops here with status 2)
     2. outside the venv: create it if missing ($VENV_DIR, default ./venv; '-' = this Python) and
        run launch.py again with the venv's Python
-    3. inside: install requirements.txt (and requirements-test.txt for --run-tests) unless the
+    3. inside: install requirements.txt (and requirements-test.txt, then requirements-test-nodeps.txt
+       with pip's --no-deps, for --run-tests) unless the
        venv already records the same file hash, or the pinned versions are already installed;
        then run the active extensions' install.py files (see run_extensions_installers)
     4. --run-tests: make sure Chromium is there, run pytest; --exit: stop; else webui.main(opts)
@@ -39,6 +40,10 @@ args: argparse.Namespace | None = None  # the parsed flags, once main() has pars
 
 REQUIREMENTS_FILE = os.path.join(script_path, "requirements.txt")
 TEST_REQUIREMENTS_FILE = os.path.join(script_path, "requirements-test.txt")
+# test requirements whose declared dependencies are not needed (and not wanted: k-diffusion declares
+# its whole training stack); their needed dependencies are pinned in requirements-test.txt
+TEST_NO_DEPS_REQUIREMENTS_FILE = os.path.join(script_path, "requirements-test-nodeps.txt")
+NO_DEPS_REQUIREMENTS = frozenset({TEST_NO_DEPS_REQUIREMENTS_FILE})
 STAMP_NAME = "easel-requirements.json"
 CHROMIUM_PATH = "/usr/bin/chromium"
 REEXEC_MARKER = "EASEL_LAUNCHED_IN_VENV"
@@ -313,7 +318,8 @@ def install_requirements(requirements: str, stamp: str | None = None) -> bool:
 
 
 def pip_install_requirements(requirements: str) -> int:
-    return subprocess.run([python, "-m", "pip", "install", "--prefer-binary", "-r", requirements]).returncode
+    no_deps = ["--no-deps"] if os.path.abspath(requirements) in NO_DEPS_REQUIREMENTS else []
+    return subprocess.run([python, "-m", "pip", "install", "--prefer-binary", *no_deps, "-r", requirements]).returncode
 
 
 def pinned_version(requirements: str, package: str) -> str | None:
@@ -532,6 +538,7 @@ def prepare_environment(opts: argparse.Namespace) -> None:
         install_requirements(REQUIREMENTS_FILE)
         if opts.run_tests is not None:
             install_requirements(TEST_REQUIREMENTS_FILE)
+            install_requirements(TEST_NO_DEPS_REQUIREMENTS_FILE)
             problem = ensure_chromium()
             print(f"Chromium: {problem}" if problem else f"Chromium: {CHROMIUM_PATH}", flush=True)
         run_extensions_installers(opts.ui_settings_file, opts)
@@ -573,6 +580,7 @@ def current_args() -> argparse.Namespace:
 
 def main() -> None:
     global args
+    from modules.timer import startup_timer  # its clock starts here, as A1111's
     fold_commandline_args()
     configure_offline_environment()
     from modules import cmd_args
@@ -581,7 +589,7 @@ def main() -> None:
     if not opts.skip_prepare_environment:
         check_python_version(opts)
         enter_venv()  # outside the venv this runs launch.py again inside it and does not return
-    for note in cmd_args.compatibility_notes(opts):
+    for note in cmd_args.compatibility_notes(opts):  # once, here (webui.main prints them when started alone)
         print(note)
     if not opts.skip_prepare_environment:
         prepare_environment(opts)
@@ -591,4 +599,5 @@ def main() -> None:
     if opts.exit:
         print("Exiting because of --exit argument")
         return
+    startup_timer.record("prepare environment")
     start(opts)

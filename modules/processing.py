@@ -449,6 +449,15 @@ class Processed:
         return self.token_merging_ratio_hr if for_hr else self.token_merging_ratio
 
 
+def _uses_step_noise(sampler_name: str) -> bool:
+    from modules.core import samplers
+
+    try:
+        return samplers.is_ancestral(sampler_name)
+    except ValueError:  # a name Easel lacks
+        return False
+
+
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
                     use_main_prompt=False, index=None, all_negative_prompts=None):
     """A1111's infotext of one picture of `p` (the same keys and order the core writes)."""
@@ -465,6 +474,9 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     denoising = getattr(p, "denoising_strength", None)
     if isinstance(p, StableDiffusionProcessingTxt2Img) and not p.enable_hr:
         denoising = None
+    overrides = p.override_settings or {}  # the job's own values, as the core's infotext has them
+    ensd = overrides.get("eta_noise_seed_delta", opts.eta_noise_seed_delta) or 0
+    randn_source = overrides.get("randn_source", opts.randn_source)
     params = {
         "Steps": p.steps,
         "Sampler": p.sampler_name,
@@ -482,6 +494,8 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
                              else f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"),
         "Denoising strength": denoising,
         "Clip skip": None if clip_skip <= 1 else clip_skip,
+        "ENSD": ensd if ensd and _uses_step_noise(p.sampler_name) else None,
+        "RNG": randn_source if randn_source != "GPU" else None,  # A1111's default source goes unnamed
         "Tiling": "True" if p.tiling else None,
         **p.extra_generation_params,
         "Version": program_version() if opts.add_version_to_infotext else None,

@@ -50,3 +50,34 @@ def schedule_restart(submit: Callable[[str, Callable[[], None]], object] | None 
         submit("restart", lambda: restart_program(delay))
     else:
         threading.Thread(target=restart_program, args=(delay,), name="easel-restart", daemon=True).start()
+
+
+_stop: Callable[[], None] | None = None
+
+
+def allow_stop(stop: Callable[[], None]) -> None:
+    """`stop()` ends the server gracefully (webui.main: uvicorn's should_exit); the process then
+    exits with status 0."""
+    global _stop
+    _stop = stop
+
+
+def stop_server() -> bool:
+    """Ask the server to stop (A1111's state.server_command = "stop"); False where this process
+    does not own its server (an app served by a test)."""
+    if _stop is None:
+        return False
+    _stop()
+    return True
+
+
+def kill_program(delay: float = 0.2) -> None:
+    """A1111's stop_program: end the process with status 0 at once (after `delay`, so that the
+    answer of the request that asked for it gets out first)."""
+    def kill():
+        time.sleep(delay)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+    threading.Thread(target=kill, name="easel-kill", daemon=True).start()

@@ -27,7 +27,8 @@ from tests.api_common import BASE, PROCESSED_KEYS, assert_error, decode
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
               "sampling_step", "sampling_steps"}
 SAMPLERS = {"Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-            "DPM++ 2M SDE", "DDIM", "PLMS", "UniPC", "LCM"}
+            "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "Restart", "DDIM", "DDIM CFG++", "PLMS",
+            "UniPC", "LCM"}
 AUTH = ("user", "secret")
 
 
@@ -283,7 +284,7 @@ def test_sd_models_lists_the_checkpoints_with_a1111_fields(server, tiny_checkpoi
 
 def test_samplers_and_schedulers(server):
     samplers = server.get("/sdapi/v1/samplers").json()
-    assert {s["name"] for s in samplers} == SAMPLERS and len(samplers) == 14
+    assert {s["name"] for s in samplers} == SAMPLERS and len(samplers) == len(SAMPLERS)
     assert all(isinstance(s["aliases"], list) and isinstance(s["options"], dict) for s in samplers)
     schedulers = server.get("/sdapi/v1/schedulers").json()
     labels = {s["label"]: s["name"] for s in schedulers}

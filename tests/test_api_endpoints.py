@@ -280,7 +280,8 @@ def test_samplers_and_schedulers_in_a1111_shape(server):
     assert samplers["DPM++ 2M SDE"]["options"] == {"scheduler": "exponential", "brownian_noise": "True"}
     assert samplers["Euler"]["options"] == {}
     schedulers = {s["name"]: s for s in ok_json(server.get("/sdapi/v1/schedulers"))}
-    assert list(schedulers) == ["automatic", "uniform", "karras", "exponential", "sgm_uniform"]
+    assert list(schedulers) == ["automatic", "uniform", "karras", "exponential", "polyexponential", "sgm_uniform",
+                                "kl_optimal", "align_your_steps", "simple", "normal", "ddim", "beta"]
     assert schedulers["karras"] == {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
                                     "need_inner_model": False}
     assert schedulers["uniform"]["need_inner_model"] is True and schedulers["uniform"]["default_rho"] == -1

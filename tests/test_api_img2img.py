@@ -261,7 +261,8 @@ def test_txt2img_hires_fix_returns_the_upscaled_size(server):
     body = {**BASE, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent", "denoising_strength": 0.6,
             "hr_second_pass_steps": 1, "hr_prompt": "a blue cube", "hr_sampler_name": "Euler"}
     images, info, data = txt2img(server, body)
-    assert images[0].size == (96, 96) and (info["width"], info["height"]) == (96, 96)
+    # info's width/height are A1111's p.width/p.height: the first pass's, as the infotext's Size
+    assert images[0].size == (96, 96) and (info["width"], info["height"]) == (64, 64)
     text = info["infotexts"][0]
     for part in ("Size: 64x64", "Denoising strength: 0.6", "Hires upscale: 1.5", "Hires steps: 1",
                  "Hires upscaler: Latent", "Hires prompt: a blue cube", "Hires sampler: Euler"):

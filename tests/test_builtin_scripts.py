@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import numpy as np
 import pytest
@@ -258,8 +259,10 @@ def test_xyz_checkpoint_axis_loads_each_checkpoint_and_puts_the_selected_one_bac
     assert [c["Model"] for c in cells] == ["tiny-sd1", "tiny-sd1-inpainting"]
     assert "Conditional mask weight" in cells[1] and "Conditional mask weight" not in cells[0]
     # the inpainting model was loaded for its cell, then the selected one again, before anything else ran
-    loads = [line for line in server.output()[log_start:].splitlines() if line.startswith("Model loaded:")]
-    assert [line.split()[2] for line in loads][-2:] == ["tiny-sd1-inpainting.safetensors", "tiny-sd1.safetensors"]
+    # found anywhere in a line: the console's progress bars (stderr, merged here) redraw themselves
+    # around it with \r and cursor movements
+    loads = re.findall(r"Model loaded: (\S+)", server.output()[log_start:])
+    assert loads[-2:] == ["tiny-sd1-inpainting.safetensors", "tiny-sd1.safetensors"]
     assert server.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == before
 
 

@@ -49,7 +49,7 @@ def test_images_on_disk_with_a1111_names_and_infotext(tmp_path, sd1):
     lines = info.splitlines()
     assert lines[0] == "a red circle, (blue:1.2)" and lines[1] == "Negative prompt: green, ugly"
     assert lines[2].startswith("Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 1234, "
-                               "Size: 64x64, Model hash: 0123456789, Model: tiny-sd1, Version: easel-test")
+                               "Size: 64x64, Model hash: 0123456789, Model: tiny-sd1, RNG: CPU, Version: easel-test")
     parsed = ParserManager().parse(first)
     assert parsed.full_prompt == "a red circle, (blue:1.2)"
     sampler = parsed.samplers[0]

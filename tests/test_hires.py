@@ -46,7 +46,7 @@ def test_scale_gives_the_upscaled_size_and_a1111_infotext(tmp_path, sd1):
     assert saved.info["parameters"] == text
     assert text.splitlines()[2] == (
         "Steps: 3, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7, Seed: 3, Size: 64x64, "
-        "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, Hires upscale: 2, "
+        "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, RNG: CPU, Hires upscale: 2, "
         "Hires upscaler: Latent, Version: easel-test")
     parsed = parse_infotext(text)
     assert (parsed["Size-1"], parsed["Denoising strength"], parsed["Hires upscale"], parsed["Hires upscaler"]) == (

@@ -77,7 +77,7 @@ def test_same_seed_same_pixels_and_infotext(sd1):
     assert np.abs(px(a.images[0]) - px(c.images[0])).mean() > 0.5
     assert a.infotexts[0].splitlines()[-1] == (
         "Steps: 6, Sampler: DPM++ 2M, Schedule type: Automatic, CFG scale: 7, Seed: 11, Size: 64x64, "
-        "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, Version: easel-test")
+        "Model hash: 0123456789, Model: tiny-sd1, Denoising strength: 0.75, RNG: CPU, Version: easel-test")
 
 
 def test_one_init_image_serves_the_whole_batch_and_size_defaults_to_it(sd1):
@@ -119,7 +119,7 @@ def test_outside_the_blurred_mask_the_output_is_the_input(sd1):
     inside = np.asarray(mask) == 255
     assert np.abs(out[inside] - px(init)[inside]).mean() > 5
     assert result.infotexts[0].splitlines()[-1].endswith(
-        "Denoising strength: 0.75, Mask blur: 4, Masked content: fill, Version: easel-test")
+        "Denoising strength: 0.75, RNG: CPU, Mask blur: 4, Masked content: fill, Version: easel-test")
 
 
 def test_kept_latents_follow_the_init_image_noised_to_each_step(sd1):
@@ -215,7 +215,7 @@ def test_inpainting_checkpoint_gets_the_9_channel_conditioning(sd1_inpainting):
         assert np.array_equal(px(result.images[0])[keep], px(init)[keep])
     inside = np.asarray(mask) == 255
     assert np.abs(px(full.images[0])[inside] - px(half.images[0])[inside]).mean() > 0.5
-    assert "Denoising strength: 0.75, Conditional mask weight: 1.0, Mask blur: 4" in full.infotexts[0]
+    assert "Denoising strength: 0.75, Conditional mask weight: 1.0, RNG: CPU, Mask blur: 4" in full.infotexts[0]
     assert "Conditional mask weight: 0.5" in half.infotexts[0]
 
 

@@ -188,7 +188,7 @@ def test_local_version_labels():
 
 
 def test_repository_requirements_are_exact_pins():
-    for name in ("requirements.txt", "requirements-test.txt"):
+    for name in ("requirements.txt", "requirements-test.txt", "requirements-test-nodeps.txt"):
         for line in launch_utils.read_requirements(os.path.join(REPO, name)):
             assert launch_utils._PIN.match(line), f"{name}: {line!r} is not name==version"
     assert launch_utils.pinned_version(launch_utils.REQUIREMENTS_FILE, "torch") == "2.13.0"

@@ -126,8 +126,8 @@ def test_step_generators_need_the_shape_without_delta():
 
 
 def test_randn_sources():
-    with pytest.raises(ValueError, match="CPU"):
-        rng.create_noise(SHAPE, [1], source="NV")
+    with pytest.raises(ValueError, match="CPU, GPU, NV"):
+        rng.create_noise(SHAPE, [1], source="cuda")
     with pytest.raises(ValueError, match="randn source"):
         rng.step_generators([1], 5, source="cuda")
     # "GPU" puts the generator on the target device; on a CPU-only box that is the CPU one

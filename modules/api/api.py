@@ -21,6 +21,7 @@ from . import routes_checkpoints, routes_embeddings, routes_extras, routes_gener
 from . import routes_loras, routes_options, routes_progress, routes_styles
 from . import routes_extensions
 from . import routes_scripts
+from . import routes_server
 from .errors import validation_error
 
 
@@ -40,6 +41,8 @@ def build_router(engine: Engine, cmd_opts: argparse.Namespace | None = None,
     routes_loras.add_routes(r, engine)
     routes_extensions.add_routes(r, engine)
     routes_scripts.add_routes(r, engine)
+    if getattr(cmd_opts, "api_server_stop", False):
+        routes_server.add_routes(r)
     return r
 
 

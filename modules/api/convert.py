@@ -112,6 +112,8 @@ def processed_info(request: GenerationRequest, result: GenerationResult, index_o
     """The keys of A1111's Processed.js(), which clients validate. `request` is the one before the
     `styles` were applied: A1111's `prompt` is the prompt as sent (`all_prompts` are expanded)."""
     img2img = isinstance(request, Img2ImgRequest)
+    # A1111's p.width/p.height: with hires fix the first pass's size (the infotext's Size), not the image's
+    width, height = result.first_pass_size or (result.width, result.height)
     return {
         "prompt": request.prompt,
         "all_prompts": result.prompts,
@@ -122,8 +124,8 @@ def processed_info(request: GenerationRequest, result: GenerationResult, index_o
         "subseed": result.subseeds[0] if result.subseeds else request.subseed,
         "all_subseeds": result.subseeds,
         "subseed_strength": request.subseed_strength,
-        "width": result.width,
-        "height": result.height,
+        "width": width,
+        "height": height,
         "sampler_name": result.sampler_name,
         "cfg_scale": request.cfg_scale,
         "steps": request.steps,

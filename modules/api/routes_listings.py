@@ -28,14 +28,25 @@ _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     "DPM++ 2S a": {"uses_ensd": "True", "second_order": "True"},
     "DPM++ SDE": {"second_order": "True", "brownian_noise": "True"},
     "DPM++ 2M SDE": {"brownian_noise": "True"},
+    "DPM++ 2M SDE Heun": {"brownian_noise": "True", "solver_type": "heun"},
+    "DPM++ 3M SDE": {"discard_next_to_last_sigma": "True", "brownian_noise": "True"},
+    "DPM fast": {"uses_ensd": "True"},
+    "Restart": {"second_order": "True"},
 }
-# A1111's sd_schedulers rows for the schedule types Easel has: (aliases, default_rho, need_inner_model)
+# A1111 1.10's sd_schedulers rows: (aliases, default_rho, need_inner_model)
 _SCHEDULER_ROWS: dict[str, tuple[list[str] | None, float, bool]] = {
     "automatic": (None, -1, False),
     "uniform": (None, -1, True),
     "karras": (None, 7.0, False),
     "exponential": (None, -1, False),
+    "polyexponential": (None, 1.0, False),
     "sgm_uniform": (["SGMUniform"], -1, True),
+    "kl_optimal": (None, -1, False),
+    "align_your_steps": (None, -1, False),
+    "simple": (None, -1, True),
+    "normal": (None, -1, True),
+    "ddim": (None, -1, True),
+    "beta": (None, -1, True),
 }
 
 

@@ -25,6 +25,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from . import rng
+
 ModelFn = Callable[[Tensor, Tensor, dict], Tensor]
 
 
@@ -224,7 +226,10 @@ def sample(
         raise ValueError(f"init_latents {tuple(init_latents.shape)} and noise {tuple(noise.shape)} differ in shape")
     owner = _check_composition(composition, batch)
     cond_rows = batch if owner is None else len(owner)
-    use_cfg = cfg_scale != 1.0 or composition is not None
+    # CFG++ samplers (DDIM CFG++) scale the guidance down and step with the uncond prediction too
+    needs_uncond = getattr(scheduler, "needs_uncond_prediction", False)
+    use_cfg = cfg_scale != 1.0 or composition is not None or needs_uncond
+    guidance = cfg_scale * getattr(scheduler, "cfg_scale_multiplier", 1.0)
 
     # 2. Timesteps.
     scheduler.set_timesteps(steps, device=noise.device)
@@ -238,9 +243,9 @@ def sample(
         if denoise_steps == 0:
             return init_latents.clone()
         begin = (steps - denoise_steps) * scheduler.order
-        timesteps = timesteps[begin:]
         if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(begin)
+            scheduler.set_begin_index(begin)  # k-diffusion schedulers replan the timesteps from here
+        timesteps = scheduler.timesteps[begin:]
         start = timesteps[:1].repeat(batch)
         latents = scheduler.add_noise(init_latents, noise, start)
         if extra_noise > 0:
@@ -274,13 +279,15 @@ def sample(
         hooks.cfg_denoised(i, x_pred)
         if use_cfg:
             pred_cond, pred_uncond = x_pred[:cond_rows], x_pred[cond_rows:]
-            pred = _combine(pred_cond, pred_uncond, cfg_scale, composition)
+            pred = _combine(pred_cond, pred_uncond, guidance, composition)
         else:
             pred = x_pred
         pred = hooks.cfg_after_cfg(i, pred)
 
         # 5c. Scheduler step.
-        out = scheduler.step(pred, t, latents, **step_kwargs)
+        with rng.step_noise(generators):  # the "NV" source's draws are NVIDIA's Philox numbers
+            uncond_kwargs = {"noise_uncond": pred_uncond} if needs_uncond else {}
+            out = scheduler.step(pred, t, latents, **step_kwargs, **uncond_kwargs)
         latents = hooks.after_step(i, timesteps[i + 1] if i + 1 < total else None, out.prev_sample)
         denoised = getattr(out, "pred_original_sample", None)
         if denoised is None:

@@ -227,7 +227,8 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
     generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=hr_model.device, shape=shape,
                                      source=settings.randn_source)
     scheduler = samplers.build_scheduler(hr.sampler, hr.schedule, prediction_type=hr_model.spec.prediction_type,
-                                         rescale_betas_zero_snr=hr_model.spec.zero_terminal_snr)
+                                         rescale_betas_zero_snr=hr_model.spec.zero_terminal_snr,
+                                         model_family=hr_model.spec.family)
     # Run exactly hr.steps steps from the end of a longer schedule (A1111's hires rule).
     schedule_steps = int(hr.steps / min(hr.denoising_strength, 0.999))
     strength = min(1.0, (hr.steps + 0.5) / schedule_steps)  # int(schedule_steps * strength) == hr.steps

@@ -224,6 +224,8 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Conditional mask weight": p.extra.get("Conditional mask weight"),
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "ENSD": settings.eta_noise_seed_delta if settings.eta_noise_seed_delta and samplers.is_ancestral(p.sampler) else None,
+        # A1111 names the source unless it is its default, "GPU" (Easel's default "CPU" is named too)
+        "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         "Tiling": "True" if request.tiling else None,
     }
     params.update(request.extra)
@@ -295,6 +297,7 @@ def _generate(
     hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale, settings.checkpoint_title)
     if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
         p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
+        result.first_pass_size = (p.width, p.height)
         result.width, result.height = hr.width, hr.height
     extra_noise = settings.img2img.extra_noise  # A1111's img2img_extra_noise: img2img and the hires pass
     if extra_noise > 0 and (job is not None or (hr is not None and hr.denoising_strength > 0)):
@@ -359,7 +362,8 @@ def _generate(
             device=model.device, source=settings.randn_source,
         )
         scheduler = samplers.build_scheduler(p.sampler, p.schedule, prediction_type=model.spec.prediction_type,
-                                             rescale_betas_zero_snr=model.spec.zero_terminal_snr)
+                                             rescale_betas_zero_snr=model.spec.zero_terminal_snr,
+                                             model_family=model.spec.family)
         generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=model.device,
                                          shape=latent_shape, source=settings.randn_source)
 

@@ -5,7 +5,11 @@ alone, so an image's noise does not depend on the batch size or on its position 
 with ``source="CPU"`` (the default) not on the machine either. What A1111 calls the randn source:
 
 * ``"CPU"``: generator on the CPU, noise moved to ``device`` afterwards (reproducible everywhere);
-* ``"GPU"``: generator on ``device`` itself (faster; results differ between CPU/GPU vendors).
+* ``"GPU"``: generator on ``device`` itself (faster; results differ between CPU/GPU vendors). As in
+  A1111, an Apple (mps) device uses the CPU's, and a CPU-only machine the CPU's too;
+* ``"NV"``: NVIDIA's CUDA numbers computed on the CPU (:mod:`.rng_philox`): on any machine a seed's
+  initial noise is the one ``torch.randn`` gives on an NVIDIA card; later draws (the per-step
+  noise) move the Philox offset on by one each, as A1111's NV does.
 
 Variation seeds ("subseeds") blend the image's noise with a second noise by A1111's ``slerp``.
 Seed resize generates the noise at another resolution and pastes it, centred, into the target.
@@ -18,11 +22,15 @@ The noise an ancestral/SDE sampler adds at every step also comes from per-image 
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from contextlib import nullcontext
+from typing import ContextManager, Sequence
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-RANDN_SOURCES = ("CPU", "GPU")
+from .rng_philox import PhiloxRandn
+
+RANDN_SOURCES = ("CPU", "GPU", "NV")
 LATENT_FACTOR = 8  # pixels per latent cell for SD-family VAEs
 MAX_RANDOM_SEED = 4294967294  # A1111 draws -1 seeds from [0, 2**32 - 2)
 
@@ -65,13 +73,63 @@ def _check_source(source: str) -> str:
     return source
 
 
+class NVGenerator(torch.Generator):
+    """A ``torch.Generator`` whose normal draws are NVIDIA's (the ``"NV"`` source).
+
+    It is a real (CPU) generator, so code that passes generators around — diffusers' schedulers
+    included — takes it as one; its ``torch.randn`` draws become Philox draws inside
+    :func:`step_noise`. Anything else drawn from it (``torch.randint``, ``rand``) comes from the
+    CPU generator underneath, seeded with the same seed, so that stays deterministic too.
+    """
+
+    def __new__(cls, seed: int):
+        return super().__new__(cls, "cpu")
+
+    def __init__(self, seed: int):
+        self.manual_seed(int(seed) & 0xFFFFFFFFFFFFFFFF)
+        self.philox = PhiloxRandn(seed)
+
+    def randn(self, shape: Sequence[int]) -> torch.Tensor:
+        """The next draw, float32 on the CPU (each draw, whatever its size, moves the offset by one)."""
+        return torch.from_numpy(self.philox.randn(shape))
+
+
 def _generator(seed: int, device, source: str) -> torch.Generator:
-    gen_device = "cpu" if source == "CPU" else torch.device(device)
+    if source == "NV":
+        return NVGenerator(seed)
+    gen_device = torch.device("cpu" if source == "CPU" else device)
+    if gen_device.type == "mps":  # A1111 draws an Apple GPU's noise on the CPU
+        gen_device = torch.device("cpu")
     return torch.Generator(device=gen_device).manual_seed(int(seed))
 
 
 def _randn(shape: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    if isinstance(generator, NVGenerator):
+        return generator.randn(tuple(shape))
     return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+
+
+class _NVRandn(TorchFunctionMode):
+    """Sends ``torch.randn(..., generator=<NVGenerator>)`` to that generator's Philox draws."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        generator = kwargs.get("generator")
+        if func is not torch.randn or not isinstance(generator, NVGenerator):
+            return func(*args, **kwargs)
+        if kwargs.get("out") is not None:
+            raise NotImplementedError("NV noise cannot be drawn into out=")
+        size = kwargs.get("size", args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+        noise = generator.randn(tuple(int(s) for s in size))
+        return noise.to(device=kwargs.get("device") or "cpu", dtype=kwargs.get("dtype") or torch.get_default_dtype())
+
+
+def step_noise(generators: Sequence[torch.Generator] | None) -> ContextManager:
+    """Where a sampler draws its per-step noise from ``generators`` (its ``scheduler.step``): with
+    ``"NV"`` generators, their ``torch.randn`` draws are NVIDIA's; otherwise nothing changes."""
+    if generators and any(isinstance(g, NVGenerator) for g in generators):
+        return _NVRandn()
+    return nullcontext()
 
 
 def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
@@ -177,6 +235,9 @@ def step_generators(
                 "the generator that drew the initial noise, so that draw must be skipped"
             )
         generator = _generator(seed, device, source)
-        _randn(shape, generator)
+        if isinstance(generator, NVGenerator):
+            generator.philox.skip()  # a Philox draw's size does not move the generator
+        else:
+            _randn(shape, generator)
         generators.append(generator)
     return generators

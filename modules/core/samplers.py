@@ -20,12 +20,19 @@ SGM Uniform    sgm_uniform   ``timestep_spacing="trailing"``
 =============  ============  ==========================================================
 
 "Automatic" follows A1111 1.9+, where it means the sampler's own default: Karras for DPM++ 2M,
-DPM++ SDE, DPM++ 2S a, DPM2 and DPM2 a, Exponential for DPM++ 2M SDE, Uniform for the rest. So
+DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a and Restart, Exponential for DPM++ 2M SDE (Heun) and DPM++ 3M
+SDE, Uniform for the rest. So
 "DPM++ 2M" with "Automatic" makes the same image as A1111's "DPM++ 2M" (which is Karras there).
 
-Unsupported combinations raise ``ValueError`` (DDIM/PLMS/LCM have no sigma-based schedules in
-diffusers; LCM keeps its own skipping schedule). "DPM++ 2S a" has no diffusers scheduler: it is
-implemented below (:class:`DPMPP2SAncestralScheduler`) on the sigmas of ``EulerDiscreteScheduler``,
+The other A1111 1.10 schedule types (Polyexponential, KL Optimal, Align Your Steps, Simple, Normal,
+DDIM, Beta; :mod:`modules.core.sigma_schedules`) run the row's k-diffusion algorithm (``kdiff``,
+:mod:`modules.core.ksampling`), as do the rows without a diffusers scheduler on every schedule
+type: the Brownian-tree SDE samplers (DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE), DPM fast and
+Restart.
+
+Unsupported combinations raise ``ValueError`` (DDIM, DDIM CFG++, PLMS and UniPC are timestep
+samplers, which A1111 runs without a schedule type; LCM keeps its own skipping schedule). "DPM++ 2S a" has no diffusers
+scheduler: it is implemented below (:class:`DPMPP2SAncestralScheduler`) on the sigmas of ``EulerDiscreteScheduler``,
 and "Euler a" gets Karras/Exponential by taking its sigmas from ``EulerDiscreteScheduler`` as well.
 """
 
@@ -43,21 +50,37 @@ from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import ksampling
+from .ddim_cfgpp import DDIMCFGPPScheduler
+from .sigma_schedules import TrainingSigmas
+
 # Stable Diffusion's training noise schedule (SD 1.x, 2.x, XL).
 SD_TRAINING_SCHEDULE = MappingProxyType(
     {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 )
 
+# A1111 1.10's schedule types, in its order (sd_schedulers.schedulers)
 SCHEDULE_TYPES: list[tuple[str, str]] = [
     ("Automatic", "automatic"),
     ("Uniform", "uniform"),
     ("Karras", "karras"),
     ("Exponential", "exponential"),
+    ("Polyexponential", "polyexponential"),
     ("SGM Uniform", "sgm_uniform"),
+    ("KL Optimal", "kl_optimal"),
+    ("Align Your Steps", "align_your_steps"),
+    ("Simple", "simple"),
+    ("Normal", "normal"),
+    ("DDIM", "ddim"),
+    ("Beta", "beta"),
 ]
 _SCHEDULE_LABEL_BY_KEY = {k.lower(): label for label, sid in SCHEDULE_TYPES for k in (label, sid)}
+_SCHEDULE_LABEL_BY_KEY["sgmuniform"] = "SGM Uniform"  # A1111's alias
 _SCHEDULE_ID_BY_LABEL = dict(SCHEDULE_TYPES)
+# the schedule types diffusers' schedulers can be configured for; the rest run on k-diffusion's
+# algorithms (modules.core.ksampling) over modules.core.sigma_schedules
 _ALL_SCHEDULES = frozenset({"uniform", "karras", "exponential", "sgm_uniform"})
+_SIGMA_SCHEDULES = frozenset(sid for _label, sid in SCHEDULE_TYPES[1:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -256,15 +279,30 @@ class DPMPP2SAncestralScheduler:
 class SamplerSpec:
     name: str
     aliases: tuple[str, ...]
-    scheduler: str | type  # a diffusers class name, or a class defined here
+    scheduler: str | type | None  # a diffusers class name, a class defined here, or None (kdiff only)
     options: Mapping = field(default_factory=dict)  # constructor options that make it A1111's
     default_schedule: str = "uniform"  # what "Automatic" means for it (schedule id)
-    schedules: frozenset = _ALL_SCHEDULES  # schedule ids it honours
+    schedules: frozenset = _ALL_SCHEDULES  # schedule ids the diffusers scheduler honours
     stochastic: bool = False  # adds noise at each step (ancestral / SDE / LCM)
     uniform_spacing: str = "linspace"  # k-diffusion style; "leading" for A1111's timestep samplers
     sigma_schedules_via: str = "config"  # "config": use_*_sigmas kwargs; "attribute": sigma_options
+    # k-diffusion algorithm (modules.core.ksampling.ALGORITHMS) for every other schedule type
+    kdiff: str | None = None
+
+    def accepts(self, schedule_id: str) -> bool:
+        if self.scheduler is not None and schedule_id in self.schedules:
+            return True
+        return self.kdiff is not None and schedule_id in _SIGMA_SCHEDULES
+
+    def second_order(self) -> bool:
+        """A1111's ``second_order`` (two model calls a step): prompt schedules count steps twice."""
+        if self.scheduler is None:
+            return ksampling.ALGORITHMS[self.kdiff].order == 2
+        return getattr(self.scheduler_class(), "order", 1) == 2
 
     def scheduler_class(self) -> type:
+        if self.scheduler is None:
+            return ksampling.KSamplerScheduler
         if isinstance(self.scheduler, type):
             return self.scheduler
         import diffusers
@@ -275,23 +313,36 @@ class SamplerSpec:
 _DPMPP = {"solver_order": 2, "solver_type": "midpoint", "lower_order_final": True}
 _ROWS: tuple[SamplerSpec, ...] = (
     SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralAnyScheduleScheduler,
-                stochastic=True, sigma_schedules_via="attribute"),
-    SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler"),
-    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler"),
-    SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler"),
-    SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras"),
+                stochastic=True, sigma_schedules_via="attribute", kdiff="euler_ancestral"),
+    SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler", kdiff="euler"),
+    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler", kdiff="lms"),
+    SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler", kdiff="heun"),
+    SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras", kdiff="dpm_2"),
     SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
-                stochastic=True),
+                stochastic=True, kdiff="dpm_2_ancestral"),
     SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), DPMPP2SAncestralScheduler, default_schedule="karras",
-                stochastic=True),
+                stochastic=True, kdiff="dpmpp_2s_ancestral"),
     SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "dpmsolver++", **_DPMPP}, default_schedule="karras"),
+                {"algorithm_type": "dpmsolver++", **_DPMPP}, default_schedule="karras", kdiff="dpmpp_2m"),
     SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", default_schedule="karras",
-                stochastic=True),
-    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "sde-dpmsolver++", **_DPMPP}, default_schedule="exponential", stochastic=True),
+                stochastic=True, kdiff="dpmpp_sde"),
+    # Brownian-tree SDE samplers: k-diffusion's algorithms on every schedule type (diffusers'
+    # sde-dpmsolver++ draws fresh noise per step instead of A1111's seeded Brownian tree)
+    SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), None, default_schedule="exponential", stochastic=True,
+                kdiff="dpmpp_2m_sde"),
+    SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), None, default_schedule="exponential",
+                stochastic=True, kdiff="dpmpp_2m_sde_heun"),
+    SamplerSpec("DPM++ 3M SDE", ("k_dpmpp_3m_sde",), None, default_schedule="exponential", stochastic=True,
+                kdiff="dpmpp_3m_sde"),
+    # DPM-Solver-fast: ancestral (A1111's eta 1) and, like A1111, blind to the schedule type
+    SamplerSpec("DPM fast", ("k_dpm_fast",), None, stochastic=True, kdiff="dpm_fast"),
+    # A1111's Restart: Heun steps with one or two noisy jumps back up (from 20 steps on)
+    SamplerSpec("Restart", ("restart",), None, default_schedule="karras", stochastic=True, kdiff="restart"),
     SamplerSpec("DDIM", (), "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
                 schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
+    # A1111's "DDIM CFG++": its own timestep grid, guidance / 12.5, the uncond prediction to renoise
+    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), DDIMCFGPPScheduler, schedules=frozenset({"uniform"}),
+                uniform_spacing="leading"),
     SamplerSpec("PLMS", (), "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False},
                 schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
     # A1111's UniPC defaults: order 3, variant bh1, lower order final; like A1111 it stops at the
@@ -308,12 +359,17 @@ def _index(rows) -> dict[str, SamplerSpec]:
     for row in rows:
         for key in (row.name, *row.aliases):
             k = key.lower()
-            if k in by_key:
+            # (a row may repeat its own name as an alias: A1111's Restart has the alias "restart")
+            if by_key.get(k, row) is not row:
                 raise ValueError(f"duplicate sampler name or alias {key!r} ({row.name} and {by_key[k].name})")
             by_key[k] = row
-        unknown = (row.schedules | {row.default_schedule}) - _ALL_SCHEDULES
+        unknown = (row.schedules | {row.default_schedule}) - _SIGMA_SCHEDULES
         if unknown:
             raise ValueError(f"sampler {row.name!r} names unknown schedule ids {sorted(unknown)}")
+        if row.scheduler is None and row.kdiff is None:
+            raise ValueError(f"sampler {row.name!r} names neither a scheduler nor a k-diffusion algorithm")
+        if row.kdiff is not None and row.kdiff not in ksampling.ALGORITHMS:
+            raise ValueError(f"sampler {row.name!r} names unknown k-diffusion algorithm {row.kdiff!r}")
     return by_key
 
 
@@ -363,7 +419,7 @@ def get_spec(sampler_name: str) -> SamplerSpec:
 def supported_schedules(sampler_name: str) -> list[str]:
     """Schedule labels this sampler honours, "Automatic" first."""
     spec = get_spec(sampler_name)
-    return ["Automatic"] + [label for label, sid in SCHEDULE_TYPES[1:] if sid in spec.schedules]
+    return ["Automatic"] + [label for label, sid in SCHEDULE_TYPES[1:] if spec.accepts(sid)]
 
 
 def resolve(sampler_name: str, schedule_type: str | None = None) -> tuple[str, str]:
@@ -384,7 +440,7 @@ def resolve(sampler_name: str, schedule_type: str | None = None) -> tuple[str, s
             )
         schedule = carried
     sid = _SCHEDULE_ID_BY_LABEL[schedule]
-    if sid != "automatic" and sid not in spec.schedules:
+    if sid != "automatic" and not spec.accepts(sid):
         raise ValueError(
             f"sampler {spec.name!r} does not support schedule type {schedule!r}; "
             f"supported: {', '.join(supported_schedules(spec.name))}"
@@ -425,11 +481,15 @@ def build_scheduler(
     prediction_type: str = "epsilon",
     rescale_betas_zero_snr: bool = False,
     options: Mapping | None = None,
+    model_family: str = "sd1",
 ):
     """A fresh scheduler (diffusers API: set_timesteps / timesteps / init_noise_sigma /
     scale_model_input / step / order) for an A1111 sampler and schedule type.
 
     ``options`` override constructor options of the row (e.g. ``{"solver_order": 2}`` for UniPC).
+    Schedule types diffusers cannot do run the row's k-diffusion algorithm
+    (:class:`~modules.core.ksampling.KSamplerScheduler`, options: ``eta``); ``model_family``
+    ("sd1"/"sd2"/"sdxl") picks Align Your Steps' sigmas.
     """
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
@@ -438,6 +498,14 @@ def build_scheduler(
     schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
     if schedule_id == "automatic":
         schedule_id = spec.default_schedule
+    if spec.scheduler is None or schedule_id not in spec.schedules:
+        extra = dict(options or {})
+        refused = sorted(set(extra) - {"eta"})
+        if refused:
+            raise ValueError(f"{name!r} (k-diffusion {spec.kdiff}) does not support {', '.join(refused)}")
+        training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        return ksampling.KSamplerScheduler(spec.kdiff, schedule_id, prediction_type=prediction_type,
+                                           training=training, model_family=model_family, **extra)
 
     cls = spec.scheduler_class()
     # steps_offset 1 as in SD's shipped scheduler config (only "leading" spacing reads it; diffusers'

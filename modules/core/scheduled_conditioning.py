@@ -27,8 +27,7 @@ from . import prompt_parser, samplers
 def schedule_length(steps: int, sampler_name: str) -> int:
     """A1111's ``SamplerData.total_steps``: second-order samplers (two model calls a step; their
     scheduler class has ``order == 2``) count each step twice."""
-    order = getattr(samplers.get_spec(sampler_name).scheduler_class(), "order", 1)
-    return steps * (2 if order == 2 else 1)
+    return steps * (2 if samplers.get_spec(sampler_name).second_order() else 1)
 
 
 def _pad_tokens(context: torch.Tensor, length: int) -> torch.Tensor:

@@ -198,4 +198,6 @@ class GenerationResult:
     extra_generation_params: dict = field(default_factory=dict)
     job_timestamp: str = ""  # set by the job service
     extra_grids: list[Image.Image] = field(default_factory=list)  # more grids after `grid` (scripts: X/Y/Z plot's)
+    # hires fix: the first pass's (width, height), A1111's p.width/p.height; `width`/`height` are the result's
+    first_pass_size: tuple[int, int] | None = None
     grids_from_script: bool = False  # the grids are a script's own result: always returned (A1111's API)

@@ -91,8 +91,10 @@ class HashCache:
 
 class CheckpointRegistry:
     def __init__(self, dirs: list[Path], hashes: HashCache, default_name: str | None = None,
-                 builtin: Path | None = None):
+                 builtin: Path | None = None, extra_files: list[Path] = (), hashing: bool = True):
         self.dirs = [d for d in dirs if d]
+        self.hashing = hashing  # False (--no-hashing): no sha256 of checkpoints, so no "Model hash" either
+        self.extra_files = [Path(f) for f in extra_files]  # --ckpt FILE: listed whatever its folder and suffix
         self.hashes = hashes
         self.default_name = default_name
         self.builtin = builtin.resolve() if builtin else None
@@ -111,6 +113,9 @@ class CheckpointRegistry:
                 name = file.relative_to(root).as_posix()
                 info = CheckpointInfo(file, name, name.rsplit(".", 1)[0], self.hashes.cached(file))
                 found.setdefault(name, info)
+        for file in self.extra_files:
+            if file.is_file() and file.resolve() not in {i.filename.resolve() for i in found.values()}:
+                found.setdefault(file.name, CheckpointInfo(file.resolve(), file.name, file.stem, self.hashes.cached(file)))
         problems = self._probes.check(info.filename for info in found.values())
         for info in found.values():
             info.problem = problems.get(info.filename)
@@ -124,7 +129,7 @@ class CheckpointRegistry:
         return [i.title for i in self.list()]
 
     def ensure_hash(self, info: CheckpointInfo) -> CheckpointInfo:
-        if info.sha256 is None:
+        if info.sha256 is None and self.hashing:
             info.sha256 = self.hashes.sha256(info.filename)
         return info
 
@@ -141,10 +146,13 @@ class CheckpointRegistry:
         for info in self.list():
             if bare in (info.filename.name, info.filename.stem) or (info.shorthash and text in (info.shorthash, info.sha256)):
                 return info
-        path = Path(text)
-        if path.is_file() and path.suffix.lower() in EXTENSIONS:
-            return CheckpointInfo(path.resolve(), path.name, path.stem, self.hashes.cached(path))
-        return None
+        path = Path(text).expanduser()
+        if not path.is_file():
+            return None
+        listed = next((info for info in self.list() if info.filename.resolve() == path.resolve()), None)
+        if listed is not None or path.suffix.lower() not in EXTENSIONS:
+            return listed
+        return CheckpointInfo(path.resolve(), path.name, path.stem, self.hashes.cached(path))
 
     def default(self) -> CheckpointInfo | None:
         """The one to load at start: the preferred name if present, else the user's first

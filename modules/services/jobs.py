@@ -26,6 +26,7 @@ from modules.core.pipeline import JobObserver
 class JobState:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self.console = None  # a ConsoleProgress (console_progress.py) when the server prints progress bars
         self.reset()
 
     def reset(self) -> None:
@@ -55,6 +56,8 @@ class JobState:
             self.job_timestamp = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
 
     def end(self) -> None:
+        if self.console is not None:
+            self.console.end()
         with self._lock:
             self.job = ""
             self.job_count = 0
@@ -113,12 +116,16 @@ class StateObserver(JobObserver):
         s.sampling_steps = steps
         s.skipped = False  # a skip ends one batch only
         s.textinfo = f"Batch {batch_index + 1} out of {batch_count}"
+        if s.console is not None:
+            s.console.begin_batch(batch_index, batch_count, steps)
 
     def on_step(self, step: int, total: int, latents, denoised) -> None:
         self.state.sampling_step = step + 1
         self.state.sampling_steps = total
         self.state.current_latent = denoised if denoised is not None else latents
         self.state.id_live_preview += 1  # a new step image: previews compare this id
+        if self.state.console is not None:
+            self.state.console.step(step, total)
 
     def interrupted(self) -> bool:
         return self.state.interrupted

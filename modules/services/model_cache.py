@@ -21,6 +21,7 @@ from modules.core.model_detection import detect
 from modules.core.model_loader import LoadedModel, load_checkpoint
 
 from .checkpoints import CheckpointInfo
+from .console_progress import console_line
 
 
 def release_memory() -> None:
@@ -62,7 +63,7 @@ class ModelCache:
                     self.info = previous
                 raise
             self.info = info
-            print(f"Model loaded: {info.name} ({self.model.spec.label}) in {self.model.load_seconds:.1f}s")
+            console_line(f"Model loaded: {info.name} ({self.model.spec.label}) in {self.model.load_seconds:.1f}s")
             if self._on_loaded:
                 self._on_loaded(self.model, info)
             return self.model

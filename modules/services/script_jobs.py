@@ -151,6 +151,7 @@ def to_result(processed, p, results: list[GenerationResult], engine) -> Generati
     )
     if last is not None and len(pictures) == len(last.images) and last.images:
         result.width, result.height = last.width, last.height  # hires fix: the second pass's size
+        result.first_pass_size = last.first_pass_size
     result.extra_grids = leading[1:]
     result.grids_from_script = bool(leading)
     result.paths = [path for r in results for path in r.paths]

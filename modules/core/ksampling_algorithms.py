@@ -1,0 +1,334 @@
+"""The sampling algorithms of k-diffusion (and DPM-Solver-fast), as generators over sigmas.
+
+Protocol (see :mod:`modules.core.ksampling`): ``denoised, x_seen = yield x, sigma`` asks for the
+denoiser at ``(x, sigma)``; at a step's start the algorithm continues from ``x_seen`` (what the loop
+really fed the model), at intermediate points from its own ``x``. ``noise(sigma, sigma_next)`` gives
+unit-variance noise for the interval (a Brownian tree or fresh randn). The final latents are the
+generator's return value. Defaults are A1111's: eta 1, s_noise 1, no churn.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def _t(sigma):
+    return -torch.as_tensor(sigma).log()
+
+
+def _sigma(t):
+    return torch.as_tensor(t).neg().exp()
+
+
+def _derivative(x, sigma, denoised):
+    return (x - denoised) / sigma
+
+
+def ancestral_split(sigma, sigma_next, eta: float = 1.0):
+    """(sigma_down, sigma_up): deterministic target and fresh-noise size of an ancestral step."""
+    if not eta:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
+
+
+def euler(x, sigmas, noise):
+    for i in range(len(sigmas) - 1):
+        denoised, x = yield x, sigmas[i]
+        x = x + _derivative(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+    return x
+
+
+def _ancestral_steps(x, sigmas, noise, eta, step_down, noise_on_last: bool):
+    """The frame of the ancestral samplers: ``step_down`` from sigma to sigma_down (Euler when
+    sigma_down is 0), then sigma_up of fresh noise (also on the last step, of size 0, where the
+    k-diffusion sampler draws it there too)."""
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        down, up = ancestral_split(sigma, sigma_next, eta)
+        if down == 0:
+            x = yield from _euler_to(x, sigma, down, denoised)
+        else:
+            x = yield from step_down(x, sigma, down, denoised)
+        if noise_on_last or sigma_next > 0:
+            x = x + noise(sigma, sigma_next) * up
+    return x
+
+
+def _euler_to(x, sigma, target, denoised):
+    """Euler's step: no model call, but a generator like the other step functions."""
+    return x + _derivative(x, sigma, denoised) * (target - sigma)
+    yield  # never reached; its presence makes this a generator
+
+
+def euler_ancestral(x, sigmas, noise, eta: float = 1.0):
+    return (yield from _ancestral_steps(x, sigmas, noise, eta, _euler_to, noise_on_last=False))
+
+
+def _heun_step(x, sigma, sigma_next):
+    """Heun's step from sigma to sigma_next (Euler's when sigma_next is 0)."""
+    denoised, x = yield x, sigma
+    slope = _derivative(x, sigma, denoised)
+    dt = sigma_next - sigma
+    if sigma_next == 0:
+        return x + slope * dt
+    x_trial = x + slope * dt
+    denoised_trial, _ = yield x_trial, sigma_next
+    return x + (slope + _derivative(x_trial, sigma_next, denoised_trial)) / 2 * dt
+
+
+def heun(x, sigmas, noise):
+    for i in range(len(sigmas) - 1):
+        x = yield from _heun_step(x, sigmas[i], sigmas[i + 1])
+    return x
+
+
+def _restart_plan(sigmas) -> list[tuple]:
+    """A1111's Restart recipe: the (sigma, sigma_next) pairs of its Heun steps. From 20 steps on,
+    the main schedule is a Karras one with fewer steps, and at the sigma nearest 0.1 the sampler
+    jumps back to the sigma nearest 2 and walks down a Karras segment again (9 steps once; from 36
+    steps on steps // 4 steps, twice), so the number of steps stays the requested one."""
+    from .sigma_schedules import karras_range
+
+    steps = len(sigmas) - 1
+    restarts = {}
+    if steps >= 20:
+        length, times = (steps // 4, 2) if steps >= 36 else (9, 1)
+        sigmas = karras_range(steps - length * times, float(sigmas[-2]), float(sigmas[0])).to(sigmas.device)
+        restarts = {0.1: (length + 1, times, 2.0)}
+    at_index = {int(torch.argmin((sigmas - at).abs())): plan for at, plan in restarts.items()}
+    pairs = []
+    for i in range(len(sigmas) - 1):
+        pairs.append((sigmas[i], sigmas[i + 1]))
+        if i + 1 in at_index:
+            length, times, top = at_index[i + 1]
+            top_index = int(torch.argmin((sigmas - top).abs()))
+            if top_index < i + 1:
+                # from sigmas[top_index] down to sigmas[i + 1], without the appended 0
+                segment = karras_range(length, float(sigmas[i + 1]), float(sigmas[top_index]))[:-1].to(sigmas.device)
+                pairs.extend(list(zip(segment[:-1], segment[1:])) * times)
+    return pairs
+
+
+def restart(x, sigmas, noise, s_noise: float = 1.0):
+    """A1111's Restart sampler (Xu et al. 2023): Heun steps; before each jump back up, fresh noise
+    lifts the latents from the current sigma to the higher one."""
+    last = None
+    for sigma, sigma_next in _restart_plan(sigmas):
+        if last is not None and last < sigma:
+            x = x + noise(last, sigma) * s_noise * (sigma ** 2 - last ** 2) ** 0.5
+        x = yield from _heun_step(x, sigma, sigma_next)
+        last = sigma_next
+    return x
+
+
+def _dpm_2_step(x, sigma, target, denoised):
+    """DPM2's midpoint step from sigma to target (> 0): yields the midpoint call, returns x."""
+    sigma_mid = sigma.log().lerp(torch.as_tensor(target).log(), 0.5).exp()
+    x_mid = x + _derivative(x, sigma, denoised) * (sigma_mid - sigma)
+    denoised_mid, _ = yield x_mid, sigma_mid
+    return x + _derivative(x_mid, sigma_mid, denoised_mid) * (target - sigma)
+
+
+def dpm_2(x, sigmas, noise):
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = x + _derivative(x, sigma, denoised) * (sigma_next - sigma)
+        else:
+            x = yield from _dpm_2_step(x, sigma, sigma_next, denoised)
+    return x
+
+
+def dpm_2_ancestral(x, sigmas, noise, eta: float = 1.0):
+    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpm_2_step, noise_on_last=True))
+
+
+def _lms_weight(order: int, s: list[float], i: int, j: int) -> float:
+    """Integral over [s_i, s_{i+1}] of the Lagrange basis polynomial of s_{i-j} on s_i..s_{i-order+1}."""
+    from scipy import integrate
+
+    def basis(tau):
+        value = 1.0
+        for k in range(order):
+            if k != j:
+                value *= (tau - s[i - k]) / (s[i - j] - s[i - k])
+        return value
+
+    return integrate.quad(basis, s[i], s[i + 1], epsrel=1e-4)[0]
+
+
+def lms(x, sigmas, noise, order: int = 4):
+    s = [float(v) for v in sigmas]
+    history = []
+    for i in range(len(sigmas) - 1):
+        denoised, x = yield x, sigmas[i]
+        history = (history + [_derivative(x, sigmas[i], denoised)])[-order:]
+        n = min(i + 1, order)
+        x = x + sum(_lms_weight(n, s, i, j) * d for j, d in enumerate(reversed(history)))
+    return x
+
+
+def _dpmpp_2s_step(x, sigma, target, denoised):
+    """DPM-Solver++(2S) from sigma to target through the midpoint in log sigma."""
+    t, t_target = _t(sigma), _t(target)
+    h = t_target - t
+    s = t + h / 2
+    x_mid = (_sigma(s) / _sigma(t)) * x - (-h / 2).expm1() * denoised
+    denoised_mid, _ = yield x_mid, _sigma(s)
+    return (_sigma(t_target) / _sigma(t)) * x - (-h).expm1() * denoised_mid
+
+
+def dpmpp_2s_ancestral(x, sigmas, noise, eta: float = 1.0):
+    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpmpp_2s_step, noise_on_last=False))
+
+
+def dpmpp_2m(x, sigmas, noise):
+    previous = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        t, t_next = _t(sigma), _t(sigma_next)
+        h = t_next - t
+        if previous is None or sigma_next == 0:
+            blend = denoised
+        else:
+            r = (t - _t(sigmas[i - 1])) / h
+            blend = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
+        x = (_sigma(t_next) / _sigma(t)) * x - (-h).expm1() * blend
+        previous = denoised
+    return x
+
+
+def dpmpp_sde(x, sigmas, noise, eta: float = 1.0, r: float = 0.5):
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = x + _derivative(x, sigma, denoised) * (sigma_next - sigma)
+            continue
+        t, t_next = _t(sigma), _t(sigma_next)
+        h = t_next - t
+        s = t + h * r
+        # to the intermediate time s, with noise
+        down, up = ancestral_split(_sigma(t), _sigma(s), eta)
+        s_down = _t(down)
+        x_mid = (_sigma(s_down) / _sigma(t)) * x - (t - s_down).expm1() * denoised
+        x_mid = x_mid + noise(_sigma(t), _sigma(s)) * up
+        denoised_mid, _ = yield x_mid, _sigma(s)
+        # the full step on a blend of both predictions
+        down, up = ancestral_split(_sigma(t), _sigma(t_next), eta)
+        t_down = _t(down)
+        weight = 1 / (2 * r)
+        blend = (1 - weight) * denoised + weight * denoised_mid
+        x = (_sigma(t_down) / _sigma(t)) * x - (t - t_down).expm1() * blend
+        x = x + noise(_sigma(t), _sigma(t_next)) * up
+    return x
+
+
+def dpmpp_2m_sde(x, sigmas, noise, eta: float = 1.0, solver: str = "midpoint"):
+    if solver not in ("midpoint", "heun"):
+        raise ValueError(f"solver must be 'midpoint' or 'heun', not {solver!r}")
+    previous, h_previous = None, None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        if sigma_next == 0:
+            x = denoised
+            previous = denoised
+            continue
+        h = sigma.log() - sigma_next.log()
+        decay = (-h - eta * h).expm1().neg()  # 1 - exp(-(1 + eta) h)
+        x = sigma_next / sigma * (-eta * h).exp() * x + decay * denoised
+        if previous is not None:
+            correction = (denoised - previous) * (h / h_previous)
+            if solver == "heun":
+                x = x + (decay / (-h - eta * h) + 1) * correction
+            else:
+                x = x + 0.5 * decay * correction
+        if eta:
+            x = x + noise(sigma, sigma_next) * sigma_next * (-2 * eta * h).expm1().neg().sqrt()
+        previous, h_previous = denoised, h
+    return x
+
+
+def dpmpp_3m_sde(x, sigmas, noise, eta: float = 1.0):
+    d_1 = d_2 = None  # the last two predictions
+    h_1 = h_2 = None  # and their step sizes
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised, x = yield x, sigma
+        h = None
+        if sigma_next == 0:
+            x = denoised
+        else:
+            h = sigma.log() - sigma_next.log()
+            h_eta = h * (eta + 1)
+            x = torch.exp(-h_eta) * x + (-h_eta).expm1().neg() * denoised
+            phi_2 = h_eta.neg().expm1() / h_eta + 1
+            if h_2 is not None:
+                r0, r1 = h_1 / h, h_2 / h
+                slope_0 = (denoised - d_1) / r0
+                slope_1 = (d_1 - d_2) / r1
+                first = slope_0 + (slope_0 - slope_1) * r0 / (r0 + r1)
+                second = (slope_0 - slope_1) / (r0 + r1)
+                x = x + phi_2 * first - (phi_2 / h_eta - 0.5) * second
+            elif h_1 is not None:
+                x = x + phi_2 * (denoised - d_1) / (h_1 / h)
+            if eta:
+                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt()
+        d_1, d_2 = denoised, d_1
+        h_1, h_2 = h, h_1
+    return x
+
+
+# ---- DPM-Solver-fast (Lu et al. 2022), fixed steps with orders 3, ..., 3, then 2/1 ---------------
+
+def _dpm_solver_step(x, t, t_next, order: int, eps):
+    """One DPM-Solver step of the given order from t to t_next (log-SNR time, t = -log sigma);
+    ``eps`` is the noise prediction at (x, t); yields the extra model calls."""
+    h = t_next - t
+    if order == 1:
+        return x - _sigma(t_next) * h.expm1() * eps
+    r1 = 1 / 2 if order == 2 else 1 / 3
+    s1 = t + r1 * h
+    u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+    denoised_1, _ = yield u1, _sigma(s1)
+    eps_1 = (u1 - denoised_1) / _sigma(s1)
+    if order == 2:
+        return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps)
+    r2 = 2 / 3
+    s2 = t + r2 * h
+    u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
+          - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
+    denoised_2, _ = yield u2, _sigma(s2)
+    eps_2 = (u2 - denoised_2) / _sigma(s2)
+    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+
+
+def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 1.0):
+    """k-diffusion's ``sample_dpm_fast``: ``n`` model calls between sigma_max and sigma_min (it ends
+    at sigma_min, not 0); with eta > 0 each step is ancestral."""
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("DPM fast needs sigma_min and sigma_max > 0")
+    t_start, t_end = _t(torch.tensor(sigma_max)), _t(torch.tensor(sigma_min))
+    m = math.floor(n / 3) + 1
+    times = torch.linspace(float(t_start), float(t_end), m + 1)
+    orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
+    for i, order in enumerate(orders):
+        t, t_next = times[i], times[i + 1]
+        if eta:
+            down, _ = ancestral_split(_sigma(t), _sigma(t_next), eta)
+            t_target = torch.minimum(t_end, _t(down))
+            up = (_sigma(t_next) ** 2 - _sigma(t_target) ** 2) ** 0.5
+        else:
+            t_target, up = t_next, 0.0
+        denoised, x = yield x, _sigma(t)
+        eps = (x - denoised) / _sigma(t)
+        x = yield from _dpm_solver_step(x, t, t_target, order, eps)
+        x = x + up * noise(_sigma(t), _sigma(t_next))
+    return x

@@ -1,0 +1,187 @@
+"""A1111's schedule types as sigma lists, for the samplers of :mod:`modules.core.ksampling`.
+
+Each function takes the step count and a :class:`TrainingSigmas` (the model's discrete noise levels,
+k-diffusion's ``DiscreteSchedule``) and returns a float32 tensor of sigmas, high to low, ending at 0
+(KL Optimal, like A1111, ends at the smallest training sigma instead). ``sigma_min``/``sigma_max``
+are the training range, as A1111 passes them (``model_wrap.sigmas[0]``/``[-1]``). The formulas are
+A1111 1.10's ``sd_schedulers`` and k-diffusion's ``get_sigmas_*`` (defaults: Karras rho 7,
+Polyexponential rho 1, Beta alpha = beta = 0.6); DDIM's list may have a different length than the
+requested step count, as in A1111.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+# Align Your Steps: NVIDIA's published 10-step sigmas (SD 1.5 and SDXL), log-linearly interpolated
+# to other step counts, as A1111 does.
+AYS_SIGMAS = {
+    "sd1": (14.615, 6.475, 3.861, 2.697, 1.886, 1.396, 0.963, 0.652, 0.399, 0.152, 0.029),
+    "sdxl": (14.615, 6.315, 3.771, 2.181, 1.342, 0.862, 0.555, 0.380, 0.234, 0.113, 0.029),
+}
+BETA_ALPHA = 0.6  # A1111's beta_dist_alpha / beta_dist_beta defaults
+BETA_BETA = 0.6
+
+
+class TrainingSigmas:
+    """The model's 1000 training sigmas (ascending) and k-diffusion's sigma <-> t interpolation."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor):
+        ac = alphas_cumprod.to(torch.float32)
+        self.alphas_cumprod = ac
+        self.sigmas = ((1 - ac) / ac) ** 0.5
+        self.log_sigmas = self.sigmas.log()
+
+    @classmethod
+    def from_config(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
+                    beta_schedule: str = "scaled_linear", rescale_betas_zero_snr: bool = False, **_ignored):
+        """Like the LDM/A1111 model: betas in float64, alphas_cumprod stored as float32."""
+        if beta_schedule == "scaled_linear":
+            betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
+        elif beta_schedule == "linear":
+            betas = np.linspace(beta_start, beta_end, num_train_timesteps, dtype=np.float64)
+        else:
+            raise ValueError(f"unsupported beta_schedule {beta_schedule!r}")
+        alphas_cumprod = np.cumprod(1.0 - betas)
+        if rescale_betas_zero_snr:
+            # zero terminal SNR (A1111 rescales the same way); the last sigma would be infinite, so it
+            # is kept just below, as A1111 does with its 4096 cap
+            sqrt_ac = np.sqrt(alphas_cumprod)
+            first, last = sqrt_ac[0], sqrt_ac[-1]
+            sqrt_ac = (sqrt_ac - last) * first / (first - last)
+            alphas_cumprod = sqrt_ac ** 2
+            alphas_cumprod[-1] = 4.8973451890853435e-08
+        return cls(torch.tensor(alphas_cumprod, dtype=torch.float32))
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def sigma_to_t(self, sigma) -> torch.Tensor:
+        log_sigma = torch.as_tensor(sigma, dtype=torch.float32).log()
+        dists = log_sigma - self.log_sigmas[:, None]
+        low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
+        high = low + 1
+        lo, hi = self.log_sigmas[low], self.log_sigmas[high]
+        w = ((lo - log_sigma) / (lo - hi)).clamp(0, 1)
+        t = (1 - w) * low + w * high
+        return t.view(torch.as_tensor(sigma).shape)
+
+    def t_to_sigma(self, t) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32)
+        low, high, w = t.floor().long(), t.ceil().long(), t.frac()
+        return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
+
+
+def _append_zero(sigmas: torch.Tensor) -> torch.Tensor:
+    return torch.cat([sigmas.to(torch.float32), sigmas.new_zeros([1], dtype=torch.float32)])
+
+
+def uniform(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    t = torch.linspace(len(ts.sigmas) - 1, 0, n)
+    return _append_zero(ts.t_to_sigma(t))
+
+
+def karras_range(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022): n sigmas evenly spaced in sigma^(1/rho), then 0."""
+    ramp = torch.linspace(0, 1, n)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def karras(n: int, ts: TrainingSigmas, family: str, rho: float = 7.0) -> torch.Tensor:
+    return karras_range(n, ts.sigma_min, ts.sigma_max, rho)
+
+
+def exponential(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    return _append_zero(torch.linspace(math.log(ts.sigma_max), math.log(ts.sigma_min), n).exp())
+
+
+def polyexponential(n: int, ts: TrainingSigmas, family: str, rho: float = 1.0) -> torch.Tensor:
+    ramp = torch.linspace(1, 0, n) ** rho
+    log_min, log_max = math.log(ts.sigma_min), math.log(ts.sigma_max)
+    return _append_zero(torch.exp(ramp * (log_max - log_min) + log_min))
+
+
+def _t_range(ts: TrainingSigmas) -> tuple[float, float]:
+    return float(ts.sigma_to_t(torch.tensor(ts.sigma_max))), float(ts.sigma_to_t(torch.tensor(ts.sigma_min)))
+
+
+def sgm_uniform(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    start, end = _t_range(ts)
+    return _append_zero(torch.stack([ts.t_to_sigma(t) for t in torch.linspace(start, end, n + 1)[:-1]]))
+
+
+def normal(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    start, end = _t_range(ts)
+    return _append_zero(torch.stack([ts.t_to_sigma(t) for t in torch.linspace(start, end, n)]))
+
+
+def kl_optimal(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    a_min = torch.arctan(torch.tensor(ts.sigma_min))
+    a_max = torch.arctan(torch.tensor(ts.sigma_max))
+    frac = torch.arange(n + 1) / n
+    return torch.tan(frac * a_min + (1.0 - frac) * a_max).to(torch.float32)
+
+
+def align_your_steps(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    knots = AYS_SIGMAS["sdxl" if family == "sdxl" else "sd1"]
+    if n == len(knots):
+        return torch.tensor([*knots, 0.0], dtype=torch.float32)
+    log_rising = np.log(np.asarray(knots[::-1]))
+    rising = np.interp(np.linspace(0, 1, n), np.linspace(0, 1, len(knots)), log_rising)
+    return torch.tensor([*np.exp(rising)[::-1], 0.0], dtype=torch.float32)
+
+
+def simple(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    stride = len(ts.sigmas) / n
+    return torch.tensor([float(ts.sigmas[-(1 + int(i * stride))]) for i in range(n)] + [0.0], dtype=torch.float32)
+
+
+def ddim(n: int, ts: TrainingSigmas, family: str) -> torch.Tensor:
+    stride = max(len(ts.sigmas) // n, 1)
+    picked = [float(ts.sigmas[i]) for i in range(1, len(ts.sigmas), stride)]
+    return torch.tensor(picked[::-1] + [0.0], dtype=torch.float32)
+
+
+def beta(n: int, ts: TrainingSigmas, family: str, alpha: float = BETA_ALPHA, beta_: float = BETA_BETA) -> torch.Tensor:
+    from scipy import stats
+
+    quantiles = [float(stats.beta.ppf(q, alpha, beta_)) for q in 1 - np.linspace(0, 1, n)]
+    lo, hi = ts.sigma_min, ts.sigma_max
+    return torch.tensor([lo + q * (hi - lo) for q in quantiles] + [0.0], dtype=torch.float32)
+
+
+SCHEDULES: Mapping[str, Callable[[int, TrainingSigmas, str], torch.Tensor]] = {
+    "uniform": uniform,
+    "karras": karras,
+    "exponential": exponential,
+    "polyexponential": polyexponential,
+    "sgm_uniform": sgm_uniform,
+    "kl_optimal": kl_optimal,
+    "align_your_steps": align_your_steps,
+    "simple": simple,
+    "normal": normal,
+    "ddim": ddim,
+    "beta": beta,
+}
+
+
+def sigmas_for(schedule_id: str, steps: int, ts: TrainingSigmas, family: str = "sd1",
+               discard_penultimate: bool = False) -> torch.Tensor:
+    """The sigmas of ``steps`` steps; ``discard_penultimate`` (A1111's DPM2 / DPM++ 3M SDE option)
+    plans one step more and drops the next-to-last sigma."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    sigmas = SCHEDULES[schedule_id](steps + (1 if discard_penultimate else 0), ts, family)
+    if discard_penultimate:
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    return sigmas
