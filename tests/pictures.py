@@ -1,5 +1,8 @@
 """Test pictures shared by the img2img tests: real structure (gradients and a square), not noise."""
 
+import base64
+import io
+
 import numpy as np
 from PIL import Image
 
@@ -19,12 +22,14 @@ def square_mask(size=(64, 64), box=(16, 16, 48, 48)) -> Image.Image:
     return mask
 
 
-def picture_base64(width=64, height=64) -> str:
-    """`picture` as a bare base64 PNG, as the API takes images."""
-    import base64
-    import io
 
+def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
     buffer = io.BytesIO()
-    picture(width, height).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
 
+
+def b64(image: Image.Image | bytes, fmt: str = "PNG") -> str:
+    """A picture (or a file's bytes) as bare base64, as the API takes images."""
+    data = image if isinstance(image, bytes) else encoded(image, fmt)
+    return base64.b64encode(data).decode("ascii")

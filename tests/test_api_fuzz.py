@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis.errors import Unsatisfiable  # noqa: E402
 
 from tests.api_common import BASE, strict_json  # noqa: E402
-from tests.pictures import picture_base64  # noqa: E402
+from tests.pictures import b64, picture  # noqa: E402
 
 LOGIN = ("fuzz", "fuzz-pw")
 EXAMPLES = 10  # at most, per operation and per mode (positive, negative)
@@ -131,7 +131,7 @@ RAW_NUMBERS = (*NON_FINITE, str(10 ** 30), str(-10 ** 30))
 
 def _base_bodies() -> dict:
     """A request each operation would accept: a number that gets through validation runs tiny work."""
-    image = picture_base64()
+    image = b64(picture())
     small = {**BASE, "steps": 1}
     return {"/sdapi/v1/txt2img": small, "/sdapi/v1/img2img": {**small, "init_images": [image]},
             "/sdapi/v1/extra-single-image": {"image": image},

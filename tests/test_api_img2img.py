@@ -6,9 +6,7 @@ that inpainting pastes the input back outside the blurred mask."""
 
 from __future__ import annotations
 
-import base64
 import datetime
-import io
 import json
 from pathlib import Path
 
@@ -19,20 +17,10 @@ from PIL import Image
 from modules.core import masks
 
 from tests.api_common import BASE, PROCESSED_KEYS, assert_error, decode
-from tests.pictures import picture, square_mask
+from tests.pictures import b64, encoded, picture, square_mask
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-def encoded(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
-def b64(image: Image.Image | bytes, fmt: str = "PNG") -> str:
-    data = image if isinstance(image, bytes) else encoded(image, fmt)
-    return base64.b64encode(data).decode("ascii")
 
 
 def px(image: Image.Image) -> np.ndarray:

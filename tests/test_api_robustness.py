@@ -31,7 +31,7 @@ import requests
 
 from tests.api_common import BASE, assert_error, decode
 from tests.api_common import strict_json as parse_strict
-from tests.pictures import picture_base64
+from tests.pictures import b64, picture
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "extensions"
 NON_FINITE = ("NaN", "Infinity", "-Infinity", "1e309")
@@ -125,7 +125,7 @@ def locked(tiny_checkpoints, tmp_path_factory):
 def test_non_finite_in_every_numeric_field_is_a_json_422_naming_it(srv, path):
     fields = numeric_fields(srv, path)
     assert len(fields) > 20 and {"cfg_scale", "steps", "seed", "denoising_strength"} <= set(fields)
-    base = {**SMALL, "init_images": [picture_base64()]} if path.endswith("img2img") else SMALL
+    base = {**SMALL, "init_images": [b64(picture())]} if path.endswith("img2img") else SMALL
     for field in fields:
         for literal in NON_FINITE:
             r = post_raw(srv, path, base, field, literal)
@@ -140,7 +140,7 @@ def test_non_finite_in_every_numeric_field_is_a_json_422_naming_it(srv, path):
 
 @pytest.mark.parametrize("path", ["/sdapi/v1/txt2img", "/sdapi/v1/img2img"])
 def test_non_finite_inside_override_settings_and_script_args_is_refused(srv, path):
-    base = {**SMALL, "init_images": [picture_base64()]} if path.endswith("img2img") else SMALL
+    base = {**SMALL, "init_images": [b64(picture())]} if path.endswith("img2img") else SMALL
     options = numeric_options(srv)
     assert {"CLIP_stop_at_last_layers", "eta_noise_seed_delta", "extra_networks_default_multiplier"} <= set(options)
     for key in options:
@@ -238,7 +238,7 @@ def test_hide_ui_dir_config_refuses_output_folders_everywhere(locked, tmp_path):
     r = locked.post("/sdapi/v1/txt2img", json={**SMALL, "save_images": True,
                                                 "override_settings": {"outdir_txt2img_samples": elsewhere}})
     assert MESSAGE_HIDE.format("outdir_txt2img_samples") in assert_error(r, "outdir_txt2img_samples", (422,))
-    r = locked.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [picture_base64()], "save_images": True,
+    r = locked.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(picture())], "save_images": True,
                                                 "override_settings": {"outdir_samples": elsewhere},
                                                 "override_settings_restore_afterwards": False})
     assert MESSAGE_HIDE.format("outdir_samples") in assert_error(r, "outdir_samples", (422,))
@@ -266,7 +266,7 @@ def test_freeze_settings_in_sections_and_specific_settings(locked):
         r = locked.post("/sdapi/v1/options", json={"send_seed": False, key: value})  # all or nothing
         assert (f"not possible to set '{key}' because this setting is frozen with --freeze-specific-settings"
                 in assert_error(r, key, (422,)))
-    r = locked.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [picture_base64()],
+    r = locked.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(picture())],
                                                 "override_settings": {"img2img_extra_noise": 0.5}})
     assert "--freeze-settings-in-sections" in assert_error(r, "img2img_extra_noise", (422,))
     report = assign(locked, "inpainting_mask_weight", 0.5)
@@ -276,7 +276,7 @@ def test_freeze_settings_in_sections_and_specific_settings(locked):
     assert locked.get("/sdapi/v1/options").json() == before
     # an infotext's locked setting is not taken from the text (the rest of the text is)
     unseeded = {k: v for k, v in SMALL.items() if k != "seed"}
-    r = locked.post("/sdapi/v1/img2img", json={**unseeded, "init_images": [picture_base64()], "infotext":
+    r = locked.post("/sdapi/v1/img2img", json={**unseeded, "init_images": [b64(picture())], "infotext":
                                                 "a cat\nSteps: 1, Seed: 77, Noise multiplier: 0.5"})
     assert r.status_code == 200, r.text
     assert json.loads(r.json()["info"])["seed"] == 77

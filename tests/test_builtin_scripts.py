@@ -234,7 +234,7 @@ def test_xyz_seeds_fixed_once_or_kept_random_and_clip_skip_axis(server):
 
 
 def test_xyz_on_img2img_with_the_denoising_axis_and_varied_seeds(server):
-    from tests.test_api_img2img import b64
+    from tests.pictures import b64
 
     body = {**SMALL, "init_images": [b64(picture())], "script_name": "X/Y/Z plot",
             "script_args": xyz_args(x=(I2I_DENOISING, "0.3, 0.6", []), vary_seeds=(True, False, False),
@@ -364,7 +364,7 @@ def test_prompts_from_file_seed_options_and_prompt_position(server):
 # ------------------------------------------------------------------------------------ outpainting
 
 def test_outpainting_script_grows_the_canvas_upwards(server):
-    from tests.test_api_img2img import b64
+    from tests.pictures import b64
 
     body = {**BASE, "init_images": [b64(picture())], "denoising_strength": 0.8,
             "script_name": "Poor man's outpainting", "script_args": [24, 4, 2, ["up"]]}

@@ -270,3 +270,23 @@ def test_websockets_from_other_sites_are_closed():
     for headers in ({"Origin": "http://testserver"}, {}):
         with client.websocket_connect("/ws", headers=headers) as socket:
             assert socket.receive_text() == "hello"
+
+
+def test_the_guard_follows_the_command_line():
+    from modules import cmd_args
+
+    def policy(*argv):
+        return guard.GuardPolicy.from_flags(cmd_args.parse_args(list(argv), extra_preloads=[]))
+
+    custom = policy("--allowed-hosts", "sd.example.org,*.lan.example", "--allowed-hosts", "other.example",
+                    "--max-request-size", "0.5", "--cors-allow-origins", "http://tool.example")
+    for name in ("sd.example.org", "pc.lan.example", "other.example", "localhost", "10.0.0.7"):
+        assert custom.hosts.allows(name), name
+    assert not custom.hosts.allows("evil.example")
+    assert custom.max_body_bytes == 512 * 1024 and custom.cors.allows("http://tool.example")
+    default = policy()
+    assert default.max_body_bytes == 64 * 1024 * 1024 and not default.cors.configured
+    lan_names = [n for n in guard.machine_names() if not (n == "localhost" or n.endswith(".localhost"))]
+    for name in lan_names:  # this machine's names: answered under --listen only
+        assert not default.hosts.allows(name) and policy("--listen").hosts.allows(name), name
+    assert policy("--max-request-size", "0").max_body_bytes is None

@@ -8,8 +8,7 @@ import contextlib
 import time
 
 from tests.api_common import BASE, assert_error, decode
-from tests.test_api_img2img import b64
-from tests.pictures import picture
+from tests.pictures import b64, picture
 
 
 @contextlib.contextmanager
