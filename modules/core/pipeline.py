@@ -8,80 +8,24 @@ and the job observer (progress, interrupt, skip) come in as arguments.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import functools
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
-from . import denoise, hires, image_io, img2img, rng, samplers, tiling
+from . import denoise, hires, image_io, img2img, rng, samplers, saving, tiling
 from . import lora  # <lora:...> networks
 from .conditioning import TextConditioner
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
 from .job_hooks import BatchValues, ImageValues, JobHooks
+from .job_settings import GenerationSettings, JobObserver  # noqa: F401 (public here too)
 from .model_loader import LoadedModel
 from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
-
-
-@dataclass
-class GenerationSettings:
-    """What the options say for this job (A1111 option names in comments)."""
-
-    outdir_samples: Path | None = None  # outdir_txt2img_samples (dated subfolders below it)
-    outdir_grids: Path | None = None  # outdir_txt2img_grids
-    samples_format: str = "png"  # samples_format
-    grid_format: str = "png"  # grid_format
-    save_grid: bool = True  # grid_save
-    return_grid: bool = True  # return_grid
-    jpeg_quality: int = 80  # jpeg_quality
-    clip_skip: int = 1  # CLIP_stop_at_last_layers
-    eta_noise_seed_delta: int = 0  # eta_noise_seed_delta
-    randn_source: str = "CPU"  # randn_source
-    model_name: str = ""
-    model_hash: str | None = None
-    add_model_hash_to_info: bool = True
-    add_model_name_to_info: bool = True
-    vae_name: str | None = None  # the external VAE's file name (sd_vae); None: the checkpoint's own
-    vae_hash: str | None = None
-    add_vae_name_to_info: bool = True  # add_vae_name_to_info
-    add_vae_hash_to_info: bool = True  # add_vae_hash_to_info
-    version: str | None = None  # add_version_to_infotext
-    today: Callable[[], datetime.date] = datetime.date.today
-    img2img: img2img.Img2ImgSettings = field(default_factory=img2img.Img2ImgSettings)  # img2img_*, inpainting_*
-    # Hires checkpoint (A1111 hr_checkpoint_name), provided by the engine: load_model(name) loads it through
-    # the model cache without selecting it, load_model(None) puts the job's own checkpoint back;
-    # checkpoint_title(name) is A1111's short title ("name [hash]"), ValueError for an unknown name.
-    load_model: Callable[[str | None], LoadedModel] | None = None
-    checkpoint_title: Callable[[str], str] | None = None
-    # <lora:name:...> -> its file (None, or LookupError with the known names, for an unknown one);
-    # None here: prompts with LoRA tags are refused
-    find_lora: Callable[[str], "lora.LoraFile | None"] | None = None
-    add_lora_hashes_to_info: bool = True  # lora_add_hashes_to_infotext
-    # textual inversion: services.embeddings.EmbeddingDatabase (for_model(model) -> the usable embeddings)
-    embeddings: object | None = None
-    add_ti_hashes_to_info: bool = True  # textual_inversion_add_hashes_to_infotext
-    emphasis: str = "Original"  # emphasis ("Emphasis mode": None, Ignore, Original, No norm)
-
-
-class JobObserver:
-    """Progress and control for one job; the job service subclasses it."""
-
-    def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None: ...
-
-    def on_step(self, step: int, total: int, latents: torch.Tensor, denoised: torch.Tensor | None) -> None: ...
-
-    def interrupted(self) -> bool:
-        return False
-
-    def skipped(self) -> bool:
-        """True once per skip request: ends the current batch, the job goes on."""
-        return False
 
 
 @dataclass
@@ -431,7 +375,7 @@ def _generate(
             result.negative_prompts.append(values_b.negative_prompts[i])
             result.infotexts.append(text)
             if request.save_images and day_dir is not None and not result.interrupted:
-                path = _save(job_hooks, image, text, day_dir, settings, seed=seed)
+                path = saving.save(job_hooks, image, text, day_dir, settings, seed=seed)
                 result.paths.append(str(path))
         if result.interrupted:
             break
@@ -449,7 +393,7 @@ def _generate(
         result.grid = grid if settings.return_grid else None
         if settings.save_grid and request.save_images and settings.outdir_grids and not result.interrupted:
             grid_dir = image_io.dated_subdir(settings.outdir_grids, settings.today())
-            result.grid_path = str(_save(job_hooks, grid, grid_text, grid_dir, settings, grid=True))
+            result.grid_path = str(saving.save(job_hooks, grid, grid_text, grid_dir, settings, grid=True))
     return result
 
 
@@ -465,24 +409,3 @@ class _PromptNetworks:
         if key not in self._done:
             self._done[key] = lora.prepare(prompt, self.find_lora, field_name)
         return self._done[key]
-
-
-def _save(job_hooks: JobHooks | None, image: Image.Image, text: str, directory: Path, settings: GenerationSettings,
-          *, seed: int | None = None, grid: bool = False) -> Path:
-    """A picture (or the grid) to its numbered file, with the hooks' before/after-save calls."""
-
-    def write(picture: Image.Image, infotext: str) -> Path:
-        if grid:
-            return image_io.save_grid(picture, directory, infotext=infotext, extension=settings.grid_format)
-        return image_io.save_image(picture, directory, seed=seed, infotext=infotext,
-                                   extension=settings.samples_format, jpeg_quality=settings.jpeg_quality)
-
-    if job_hooks is None:
-        return write(image, text)
-    ext = (settings.grid_format if grid else settings.samples_format).lower()
-    number = image_io.next_sequence_number(directory, "grid" if grid else "") if directory.is_dir() else 0
-    expected = directory / (f"grid-{number:04}.{ext}" if grid else f"{number:05}-{seed}.{ext}")
-    image, text = job_hooks.before_save(image, text, expected, grid)
-    path = write(image, text)
-    job_hooks.after_save(image, text, path, grid)
-    return path
