@@ -16,19 +16,24 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 import argparse  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import torch  # noqa: E402
 from fastapi import FastAPI  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
 from modules.core.devices import choose_policy  # noqa: E402
+from modules.script_host import A1111ScriptHost  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
+from modules.services.companions import CompanionFiles  # noqa: E402
 from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
 from modules.services.engine import Engine  # noqa: E402
 from modules.services.jobs import JobState, WorkQueue  # noqa: E402
+from modules.services.hypernetworks import HypernetworkRegistry  # noqa: E402
 from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options, Restrictions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
+from modules.services import upscalers  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
 
 startup_timer.record("import torch, diffusers, gradio")
@@ -81,6 +86,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     styles = StyleDatabase(opts.styles_file or [data / "styles.csv"])  # A1111's default: DATA_DIR/styles.csv
     embeddings = EmbeddingDatabase([Path(opts.embeddings_dir)])  # A1111's default: DATA_DIR/embeddings
     loras = LoraRegistry([Path(opts.lora_dir)])  # A1111's default: models/Lora
+    hypernetworks = HypernetworkRegistry([Path(opts.hypernetwork_dir)])  # A1111's default: models/hypernetworks
     models = Path(opts.models_dir) if opts.models_dir else data / "models"
     vaes = VaeRegistry([Path(opts.vae_dir) if opts.vae_dir else models / "VAE"], checkpoint_dirs(opts))
     state = JobState()
@@ -88,8 +94,17 @@ def build_engine(opts: argparse.Namespace) -> Engine:
         from modules.services.console_progress import ConsoleProgress
 
         state.console = ConsoleProgress()
-    return Engine(options, registry, ModelCache(policy, on_loaded=_model_loaded), state, WorkQueue(state), data,
-                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path)
+    # Flux's separate text encoders and VAE: Forge's models/text_encoder, ComfyUI's models/clip and text_encoders
+    companions = CompanionFiles([models / "text_encoder", models / "text_encoders", models / "clip"],
+                                [Path(opts.vae_dir) if opts.vae_dir else models / "VAE"])
+    cache = ModelCache(policy, on_loaded=_model_loaded, companions=companions)
+    upscalers.install(upscalers.ModelUpscalers(upscalers.folders_for(opts, models), options, policy.device,
+                                               half=policy.unet_dtype != torch.float32,
+                                               interrupted=lambda: state.interrupted))
+    return Engine(options, registry, cache, state, WorkQueue(state), data,
+                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path,
+                  hypernetworks=hypernetworks,
+                  script_host=A1111ScriptHost())  # A1111's script flow: the services never import it
 
 
 def _model_loaded(model, info) -> None:

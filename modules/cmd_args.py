@@ -87,6 +87,10 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
                        help="VAE to use; overrides the setting")
     group.add_argument("--lora-dir", type=str, default=None, metavar="DIR",
                        help="folder of LoRA files (default: MODELS_DIR/Lora)")
+    for flag, folder in (("--esrgan-models-path", "ESRGAN"), ("--realesrgan-models-path", "RealESRGAN"),
+                         ("--swinir-models-path", "SwinIR"), ("--dat-models-path", "DAT")):
+        group.add_argument(flag, type=str, default=None, metavar="DIR",
+                           help=f"folder of {folder} upscaler models (default: MODELS_DIR/{folder})")
     group.add_argument("--embeddings-dir", type=str, default=None, metavar="DIR",
                        help="folder of textual inversion embeddings (default: DATA_DIR/embeddings)")
     group.add_argument("--hypernetwork-dir", type=str, default=None, metavar="DIR",

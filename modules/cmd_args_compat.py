@@ -16,7 +16,8 @@ import json
 from dataclasses import dataclass
 
 IGNORED = "ignored"
-NO_UPSCALERS = "ignored: Easel has no model upscalers or face restorers"
+NO_UPSCALERS = "ignored: Easel has no face restorers"
+OTHER_UPSCALERS = "ignored: Easel reads model upscalers from the ESRGAN, RealESRGAN, SwinIR and DAT folders"
 ATTENTION = "ignored: Easel uses PyTorch's scaled dot product attention (or --xformers)"
 
 
@@ -48,13 +49,9 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--ngrok-options", "json", {}, "not available: Easel runs offline and opens no tunnel"),
     CompatFlag("--codeformer-models-path", "text", None, NO_UPSCALERS),
     CompatFlag("--gfpgan-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--esrgan-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--bsrgan-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--realesrgan-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--dat-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--scunet-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--swinir-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--ldsr-models-path", "text", None, NO_UPSCALERS),
+    CompatFlag("--bsrgan-models-path", "text", None, OTHER_UPSCALERS),
+    CompatFlag("--scunet-models-path", "text", None, OTHER_UPSCALERS),
+    CompatFlag("--ldsr-models-path", "text", None, OTHER_UPSCALERS),
     CompatFlag("--clip-models-path", "text", None, "ignored: Easel never downloads CLIP models"),
     CompatFlag("--lyco-dir-backcompat", "text", None, "ignored: put LyCORIS files in the --lora-dir folder"),
     CompatFlag("--xformers-flash-attention", "switch", False, ATTENTION),

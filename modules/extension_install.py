@@ -122,8 +122,8 @@ def install_from_url(url: str, branch: str | None = None, dirname: str | None = 
         shutil.rmtree(tmpdir, ignore_errors=True)
     print(f"[extensions] installed {url} into {target}", flush=True)
     if run_installer:
-        from modules import launch_utils
+        from modules import installer
 
-        launch_utils.install_extension(target)
+        installer.install_extension(target)
     extensions.list_extensions()
     return target

@@ -8,8 +8,6 @@ server through modules.shared.opts, with A1111's defaults for the ones Easel has
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import math
 import os
 import re
@@ -20,20 +18,20 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from modules.core import atomic_write, image_io, masks, upscaling
+from modules.core import atomic_write, filename_pattern, image_io, masks, upscaling
 from modules.core.grid_labels import GridAnnotation, draw_grid_annotations  # noqa: F401  (A1111 names)
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
 
-invalid_filename_chars = '#<>:"/\\|?*\n\r\t'
+invalid_filename_chars = filename_pattern.INVALID_FILENAME_CHARS
 invalid_filename_prefix = " "
 invalid_filename_postfix = " ."
 re_nonletters = re.compile(r"[\s" + re.escape(string.punctuation) + r"]+")
 re_pattern = re.compile(r"(.*?)(?:\[([^\[\]]+)\]|$)")
 re_pattern_arg = re.compile(r"(.*)<([^>]*)>$")
-max_filename_part_length = 128
-NOTHING_AND_SKIP_PREVIOUS_TEXT = object()
+max_filename_part_length = filename_pattern.MAX_FILENAME_PART_LENGTH
+NOTHING_AND_SKIP_PREVIOUS_TEXT = filename_pattern.SKIP
 
 # A1111's defaults for the saving options Easel's settings do not have
 _DEFAULTS = {
@@ -42,6 +40,8 @@ _DEFAULTS = {
     "enable_pnginfo": True, "jpeg_quality": 80, "webp_lossless": False, "grid_prevent_empty_spots": False,
     "n_rows": -1, "grid_background_color": "#ffffff", "directories_max_prompt_words": 8,
     "date_format": "%Y-%m-%d", "samples_format": "png", "grid_format": "png",
+    "save_images_replace_action": "Replace", "export_for_4chan": True, "img_downscale_threshold": 4.0,
+    "target_side_length": 4000, "CLIP_stop_at_last_layers": 1,
 }
 
 
@@ -80,13 +80,8 @@ def _callbacks():
 
 
 def sanitize_filename_part(text, replace_spaces: bool = True):
-    if text is None:
-        return None
-    if replace_spaces:
-        text = text.replace(" ", "_")
-    text = text.translate({ord(x): "_" for x in invalid_filename_chars})
-    text = text.lstrip(invalid_filename_prefix)[:max_filename_part_length]
-    return text.rstrip(invalid_filename_postfix)
+    return filename_pattern.sanitize_filename_part(text, replace_spaces, max_length=max_filename_part_length,
+                                                   invalid_chars=invalid_filename_chars)
 
 
 # ---- grids ----------------------------------------------------------------------------------------
@@ -135,13 +130,13 @@ def combine_grid(grid: Grid) -> Image.Image:
     for y, h, row in grid.tiles:
         combined_row = Image.new("RGB", (grid.image_w, h))
         for x, w, tile in row:
-            if x == 0:
-                combined_row.paste(tile, (0, 0))
+            if x == 0 or grid.overlap <= 0:  # no overlap (A1111's slider starts at 0): edge to edge
+                combined_row.paste(tile, (x, 0))
                 continue
             combined_row.paste(tile.crop((0, 0, grid.overlap, h)), (x, 0), mask=_ramp(grid.overlap, h, True))
             combined_row.paste(tile.crop((grid.overlap, 0, w, h)), (x + grid.overlap, 0))
-        if y == 0:
-            combined.paste(combined_row, (0, 0))
+        if y == 0 or grid.overlap <= 0:
+            combined.paste(combined_row, (0, y))
             continue
         combined.paste(combined_row.crop((0, 0, combined_row.width, grid.overlap)), (0, y),
                        mask=_ramp(combined_row.width, grid.overlap, False))
@@ -191,7 +186,12 @@ def get_next_sequence_number(path, basename: str = "") -> int:
 
 
 class FilenameGenerator:
-    """A1111's [tag] patterns for file and folder names (the common tags)."""
+    """A1111's [tag] patterns for file and folder names, over modules.core.filename_pattern (every
+    A1111 1.10 tag). `replacements`: tags extensions add (name -> function(self, *args)); they win
+    over the built-in ones, as assigning into A1111's table does."""
+
+    replacements: dict = {}
+    default_time_format = filename_pattern.DEFAULT_TIME_FORMAT
 
     def __init__(self, p, seed, prompt, image, zip=False, basename=""):
         self.p = p
@@ -202,98 +202,50 @@ class FilenameGenerator:
         self.basename = basename
 
     def _p(self, name, default=None):
-        return getattr(self.p, name, default) if self.p is not None else default
+        value = getattr(self.p, name, default) if self.p is not None else default
+        return default if value is None else value
 
-    def prompt_words(self):
-        words = [x for x in re_nonletters.split(self.prompt or "") if x]
-        if not words:
-            words = ["empty"]
-        return sanitize_filename_part(" ".join(words[0:int(_opt("directories_max_prompt_words"))]), replace_spaces=False)
+    def values(self) -> filename_pattern.NameValues:
+        """What the name may use, from `p` and the running server."""
+        from modules.core import saving
 
-    def datetime(self, *args):
-        fmt = args[0] if args and args[0] else "%Y%m%d%H%M%S"
-        try:
-            return sanitize_filename_part(datetime.datetime.now().strftime(fmt), replace_spaces=False)
-        except (ValueError, TypeError):
-            return sanitize_filename_part(datetime.datetime.now().strftime("%Y%m%d%H%M%S"), replace_spaces=False)
-
-    def image_hash(self, *args):
-        length = int(args[0]) if args and args[0] else None
-        return hashlib.sha256(self.image.tobytes()).hexdigest()[0:length] if self.image is not None else None
-
-    def _replacements(self) -> dict:
         p = self._p
         shared = sys.modules.get("modules.shared")
         engine = getattr(shared, "engine", None) if shared is not None else None
-        info = engine.models.info if engine is not None else None
-        return {
-            "seed": lambda: self.seed if self.seed is not None else "",
-            "seed_first": lambda: self.seed if p("batch_size", 1) == 1 else (p("all_seeds") or [self.seed])[0],
-            "seed_last": lambda: NOTHING_AND_SKIP_PREVIOUS_TEXT if p("batch_size", 1) == 1 else (p("all_seeds") or [self.seed])[-1],
-            "steps": lambda: p("steps"),
-            "cfg": lambda: p("cfg_scale"),
-            "width": lambda: self.image.width if self.image is not None else p("width"),
-            "height": lambda: self.image.height if self.image is not None else p("height"),
-            "styles": lambda: sanitize_filename_part(", ".join(p("styles") or []) or "None", replace_spaces=False),
-            "sampler": lambda: sanitize_filename_part(p("sampler_name") or "", replace_spaces=False),
-            "sampler_scheduler": lambda: sanitize_filename_part(f"{p('sampler_name')}_{p('scheduler')}", replace_spaces=False),
-            "scheduler": lambda: sanitize_filename_part(str(p("scheduler")), replace_spaces=False),
-            "model_hash": lambda: getattr(info, "shorthash", None) or "",
-            "model_name": lambda: sanitize_filename_part(info.model_name.rsplit("/", 1)[-1], replace_spaces=False) if info else "",
-            "date": lambda: datetime.datetime.now().strftime(str(_opt("date_format"))),
-            "datetime": self.datetime,
-            "job_timestamp": lambda: p("job_timestamp") or getattr(getattr(shared, "state", None), "job_timestamp", ""),
-            "prompt_hash": lambda *a: hashlib.sha256((self.prompt or "").encode()).hexdigest()[0:int(a[0]) if a and a[0] else None],
-            "negative_prompt_hash": lambda *a: hashlib.sha256((p("negative_prompt") or "").encode()).hexdigest()[0:int(a[0]) if a and a[0] else None],
-            "full_prompt_hash": lambda *a: hashlib.sha256(f"{self.prompt} {p('negative_prompt')}".encode()).hexdigest()[0:int(a[0]) if a and a[0] else None],
-            "prompt": lambda: sanitize_filename_part(self.prompt),
-            "prompt_no_styles": lambda: sanitize_filename_part(self.prompt),
-            "prompt_spaces": lambda: sanitize_filename_part(self.prompt, replace_spaces=False),
-            "prompt_words": self.prompt_words,
-            "negative_prompt": lambda: sanitize_filename_part(p("negative_prompt")),
-            "batch_number": lambda: NOTHING_AND_SKIP_PREVIOUS_TEXT if p("batch_size", 1) == 1 or self.zip else p("batch_index", 0) + 1,
-            "batch_size": lambda: p("batch_size", 1),
-            "generation_number": lambda: NOTHING_AND_SKIP_PREVIOUS_TEXT if p("n_iter", 1) == 1 and p("batch_size", 1) == 1 or self.zip
-            else p("iteration", 0) * p("batch_size", 1) + p("batch_index", 0) + 1,
-            "hasprompt": lambda *a: "".join(x.split("|")[0] if x.split("|")[0].lower() in (self.prompt or "").lower()
-                                            else (x.split("|")[1] if "|" in x else "") for x in a),
-            "clip_skip": lambda: _opt("CLIP_stop_at_last_layers"),
-            "denoising": lambda: p("denoising_strength") if p("denoising_strength") is not None else NOTHING_AND_SKIP_PREVIOUS_TEXT,
-            "user": lambda: p("user") or "",
-            "vae_filename": lambda: "NoneType",
-            "none": lambda: "",
-            "image_hash": self.image_hash,
-            "basename": lambda: self.basename,
-        }
+        info = getattr(getattr(engine, "models", None), "info", None)
+        styles = [s for s in (p("styles") or []) if s]
+        style_db = getattr(shared, "prompt_styles", None) if shared is not None else None
+        try:
+            style_prompts = list(style_db.get_style_prompts(styles)) if style_db is not None and styles else []
+        except Exception:  # noqa: BLE001 - unknown styles: [prompt_no_styles] is the prompt
+            style_prompts = []
+        sampler, schedule = p("sampler_name"), p("scheduler", "Automatic")
+        model_name = info.model_name.rsplit("/", 1)[-1] if info is not None else None
+        return filename_pattern.NameValues(
+            seed=self.seed, prompt=self.prompt, negative_prompt=p("negative_prompt", ""), job_prompt=p("prompt"),
+            all_seeds=list(p("all_seeds", []) or []), styles=styles, style_prompts=style_prompts,
+            steps=p("steps"), cfg_scale=p("cfg_scale"), width=p("width"), height=p("height"),
+            sampler=sampler, scheduler=saving.scheduler_label(sampler, schedule) if sampler else None,
+            model_hash=p("sd_model_hash") or getattr(info, "shorthash", None),
+            model_name=os.path.splitext(model_name)[0] if model_name else None,
+            vae_file=p("sd_vae_name"), clip_skip=_opt("CLIP_stop_at_last_layers"),
+            denoising_strength=p("denoising_strength"), user=p("user"),
+            job_timestamp=p("job_timestamp") or getattr(getattr(shared, "state", None), "job_timestamp", ""),
+            batch_size=p("batch_size", 1), batch_index=p("batch_index", 0), n_iter=p("n_iter", 1),
+            iteration=p("iteration", 0), image=self.image, basename=self.basename, zip=self.zip,
+            max_prompt_words=int(_opt("directories_max_prompt_words")),
+            max_length=max_filename_part_length, invalid_chars=invalid_filename_chars,
+        )
+
+    def prompt_words(self):
+        return self.apply("[prompt_words]")
+
+    def datetime(self, *args):
+        return self.apply("[datetime" + "".join(f"<{a}>" for a in args) + "]")
 
     def apply(self, x: str) -> str:
-        res = ""
-        replacements = self._replacements()
-        for match in re_pattern.finditer(x):
-            text, pattern = match.groups()
-            if pattern is None:
-                res += text
-                continue
-            args = []
-            while True:
-                m = re_pattern_arg.match(pattern)
-                if m is None:
-                    break
-                pattern, arg = m.groups()
-                args.insert(0, arg)
-            fun = replacements.get(pattern.lower())
-            if fun is not None:
-                try:
-                    replacement = fun(*args)
-                except Exception:  # noqa: BLE001 - a bad tag argument leaves the tag as written (A1111)
-                    replacement = None
-                if replacement is NOTHING_AND_SKIP_PREVIOUS_TEXT:
-                    continue
-                if replacement is not None:
-                    res += text + str(replacement)
-                    continue
-            res += f"{text}[{pattern}]"
-        return res
+        extra = {name: (lambda f: lambda *args: f(self, *args))(fun) for name, fun in self.replacements.items()}
+        return filename_pattern.apply(x, self.values(), extra)
 
 
 # ---- saving ------------------------------------------------------------------------------------------
@@ -336,7 +288,7 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     if save_to_dirs is None:
         save_to_dirs = (grid and bool(_opt("grid_save_to_dirs"))) or (not grid and bool(_opt("save_to_dirs")) and not no_prompt)
     if save_to_dirs:
-        dirname = namegen.apply(_opt("directories_filename_pattern") or "[prompt_words]").lstrip(" ").rstrip("\\ /")
+        dirname = filename_pattern.safe_relative(namegen.apply(_opt("directories_filename_pattern") or "[prompt_words]"))
         path = os.path.join(path, dirname)
     os.makedirs(path, exist_ok=True)
     extension = str(extension).lower().lstrip(".")
@@ -362,6 +314,11 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
                     break
         else:
             fullfn = os.path.join(path, f"{file_decoration}.{extension}")
+            if _opt("save_images_replace_action") == "Add number suffix":  # keep the file there: stem-1, stem-2, ...
+                n = 0
+                while os.path.exists(fullfn):
+                    n += 1
+                    fullfn = os.path.join(path, f"{file_decoration}-{n}.{extension}")
     else:
         fullfn = os.path.join(path, f"{forced_filename}.{extension}")
 
@@ -378,6 +335,12 @@ def save_image(image, path, basename, seed=None, prompt=None, extension="png", i
     extra = {k: v for k, v in pnginfo.items() if k != pnginfo_section_name}
     final_extension = os.path.splitext(fullfn)[1].lower().lstrip(".") or extension
     _atomically_save(image, info, fullfn, final_extension, extra, pnginfo_section_name)
+    if _opt("export_for_4chan"):  # a smaller NAME.jpg beside a large picture
+        from modules.core import saving
+
+        saving.export_for_4chan(Path(fullfn), image, info, threshold_mb=float(_opt("img_downscale_threshold")),
+                                side_length=int(_opt("target_side_length")), quality=int(_opt("jpeg_quality")),
+                                replace=_opt("save_images_replace_action") != "Add number suffix")
 
     txt_fullfn = None
     if _opt("save_txt") and info is not None:

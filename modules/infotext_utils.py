@@ -19,6 +19,7 @@ from PIL import Image
 
 from modules.core import infotext as _infotext
 from modules.core.infotext_defaults import parse_generation_parameters as _parse
+from modules.core.sampler_options import INFOTEXT_TO_OPTION as _SAMPLER_PARAMETER_KEYS
 
 # infotext label -> setting name (A1111's older table; new code declares OptionInfo(infotext=...))
 infotext_to_setting_name_mapping: list[tuple[str, str]] = [
@@ -31,6 +32,10 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("RNG", "randn_source"),
     ("Emphasis", "emphasis"),
     ("VAE", "sd_vae"),
+    ("Hires refiner", "hires_fix_refiner_pass"),  # the SDXL refiner's options (OptionInfo infotext= in A1111)
+    ("Refiner switch by sampling steps", "refiner_switch_by_sample_steps"),
+    # A1111's "Sampler parameters" (their OptionInfo infotext names, and the keys A1111 writes)
+    *_SAMPLER_PARAMETER_KEYS.items(),
 ]
 
 paste_fields: dict[str, dict] = {}

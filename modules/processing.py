@@ -29,6 +29,7 @@ from modules import shared
 from modules.core import infotext as core_infotext
 from modules.core import rng as core_rng
 from modules.core.types import GenerationResult
+from modules.core.version import VERSION
 
 opt_C = 4  # noqa: N816 - A1111's names
 opt_f = 8
@@ -48,8 +49,6 @@ def fix_seed(p) -> None:
 
 
 def program_version() -> str | None:
-    from modules.services.engine import VERSION
-
     return VERSION
 
 

@@ -68,6 +68,9 @@ def to_request(p: StableDiffusionProcessing) -> GenerationRequest:
         clip_skip=overrides.get("CLIP_stop_at_last_layers") or None,
         save_images=not p.do_not_save_samples,
         tiling=bool(p.tiling),
+        # the SDXL refiner (A1111's Refiner script sets these on p in setup())
+        refiner_checkpoint=_refiner_name(p.refiner_checkpoint),
+        refiner_switch_at=float(p.refiner_switch_at) if p.refiner_switch_at is not None else None,
     )
     if isinstance(p, StableDiffusionProcessingImg2Img):
         return Img2ImgRequest(
@@ -102,6 +105,26 @@ def to_request(p: StableDiffusionProcessing) -> GenerationRequest:
     return GenerationRequest(**fields)
 
 
+def _refiner_name(name) -> str | None:
+    """p.refiner_checkpoint as the request's field: A1111's "no refiner" spellings are None."""
+    return None if name is None or str(name).strip() in ("", "None", "none") else str(name)
+
+
+def _refiner_info(p: StableDiffusionProcessing, engine):
+    """A1111's p.refiner_checkpoint_info: the refiner's checkpoint, looked up before the scripts'
+    process(); an unknown name stops the job with a RequestError on refiner_checkpoint."""
+    name = _refiner_name(p.refiner_checkpoint)
+    if name is None:
+        return None
+    from modules import sd_models
+
+    info = sd_models.get_closet_checkpoint_match(name)
+    if info is None:
+        known = ", ".join(engine.checkpoints.titles()) or "none"
+        raise RequestError("refiner_checkpoint", f"Could not find checkpoint with name {name}; known: {known}")
+    return info
+
+
 def from_request(request: GenerationRequest, overrides: dict | None = None) -> StableDiffusionProcessing:
     """The `p` of a request from the UI or the API (styles already applied to its prompts)."""
     common = dict(
@@ -113,6 +136,7 @@ def from_request(request: GenerationRequest, overrides: dict | None = None) -> S
         do_not_save_samples=not request.save_images, do_not_save_grid=not request.save_images,  # A1111's API
         denoising_strength=request.denoising_strength,
         override_settings=dict(overrides or {}), extra_generation_params=dict(request.extra),
+        refiner_checkpoint=request.refiner_checkpoint, refiner_switch_at=request.refiner_switch_at,
     )
     if request.checkpoint:
         common["override_settings"]["sd_model_checkpoint"] = request.checkpoint
@@ -195,6 +219,7 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     p.sd_model_hash = info.shorthash
     if p.tiling is None:
         p.tiling = False
+    p.refiner_checkpoint_info = _refiner_info(p, engine)
     if not p.width or not p.height:  # Easel's requests may leave the size to the model / the image
         if is_img2img and p.init_images:
             shape = types.SimpleNamespace(init_images=[_pil(p.init_images[0])])
@@ -265,10 +290,8 @@ def _apply_output_choices(p, settings, engine) -> None:
 
 def describe_model(model, info) -> None:
     """A1111's attributes on shared.sd_model that extensions test (is_sdxl, sd_model_hash, ...)."""
-    family = model.spec.family
-    for name, value in (("is_sdxl", family == "sdxl"), ("is_sd2", family == "sd2"), ("is_sd1", family == "sd1"),
-                        ("is_ssd", False), ("sd_model_hash", info.shorthash), ("sd_checkpoint_info", info),
-                        ("sd_model_checkpoint", str(info.filename))):
+    for name, value in (*model.family.a1111_flags.items(), ("sd_model_hash", info.shorthash),
+                        ("sd_checkpoint_info", info), ("sd_model_checkpoint", str(info.filename))):
         try:
             setattr(model, name, value)
         except Exception:  # noqa: BLE001 - a model type that refuses attributes

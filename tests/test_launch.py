@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from modules import launch_utils
+from modules import installer, launch_utils
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(REPO, "launch.py")
@@ -106,7 +106,7 @@ class FakePip(list):
 @pytest.fixture
 def pip_calls(monkeypatch):
     fake = FakePip()
-    monkeypatch.setattr(launch_utils, "pip_install_requirements", fake)
+    monkeypatch.setattr(installer, "pip_install_requirements", fake)  # install_requirements' own module
     return fake
 
 
@@ -188,7 +188,7 @@ def test_local_version_labels():
 
 
 def test_repository_requirements_are_exact_pins():
-    for name in ("requirements.txt", "requirements-test.txt", "requirements-test-nodeps.txt"):
+    for name in ("requirements.txt", "requirements-nodeps.txt", "requirements-test.txt", "requirements-test-nodeps.txt"):
         for line in launch_utils.read_requirements(os.path.join(REPO, name)):
             assert launch_utils._PIN.match(line), f"{name}: {line!r} is not name==version"
     assert launch_utils.pinned_version(launch_utils.REQUIREMENTS_FILE, "torch") == "2.13.0"

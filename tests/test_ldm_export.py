@@ -269,9 +269,9 @@ def read_safetensors(path):
 def test_fixture_files_exist_small_and_open(tiny_checkpoints):
     names = {p.name for p in tiny_checkpoints.checkpoints_dir.iterdir()}
     assert names == {"tiny-sd1.safetensors", "tiny-sd1.ckpt", "tiny-sd2-v.safetensors", "tiny-sd2-v.yaml",
-                     "tiny-sdxl.safetensors", "tiny-sd1-inpainting.safetensors"}
+                     "tiny-sdxl.safetensors", "tiny-sd1-inpainting.safetensors", "tiny-sdxl-refiner.safetensors"}
     # two 49408 x 64 token embeddings alone are 12.6 MB in fp16: SDXL cannot be under 15 MB
-    limits = {"sd1": 15, "sd1_ckpt": 15, "sd1_inpainting": 15, "sd2_v": 16, "sdxl": 28}
+    limits = {"sd1": 15, "sd1_ckpt": 15, "sd1_inpainting": 15, "sd2_v": 16, "sdxl": 28, "sdxl_refiner": 20}
     for name, path in tiny_checkpoints.paths.items():
         assert path.stat().st_size < limits[name] * MB, name
     sd, _ = read_safetensors(tiny_checkpoints.sd1)

@@ -186,6 +186,41 @@ def test_kohya_delta_is_scale_times_up_at_down(sd1, registry):
     assert torch.allclose(layer.weight - base, want, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["lycoris", "peft"])
+def test_dora_renormalises_to_the_stored_magnitude(sd1, tmp_path, layout):
+    """DoRA: W' = m * (W + s·ΔW) / ||W + s·ΔW|| per input column (LyCORIS / kohya's dora_scale, shape
+    (1, in)) or per output row (PEFT's lora_magnitude_vector, shape (out,)), then times the user's
+    weight as a delta (A1111's apply_weight_decompose)."""
+    layer = sd1.unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.to_q
+    out_dim, in_dim = layer.weight.shape
+    g = torch.Generator().manual_seed(5)
+    up, down = torch.randn(out_dim, RANK, generator=g) * 0.1, torch.randn(RANK, in_dim, generator=g) * 0.1
+    base = layer.weight.detach().clone().float()
+    if layout == "lycoris":
+        key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        magnitude = torch.rand(1, in_dim, generator=g) + 0.5
+        state = {f"{key}.lora_up.weight": up, f"{key}.lora_down.weight": down, f"{key}.alpha": torch.tensor(2.0),
+                 f"{key}.dora_scale": magnitude}
+        scale = 2.0 / RANK
+    else:
+        key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+        magnitude = torch.rand(out_dim, generator=g) + 0.5
+        state = {f"{key}.lora_A.weight": down, f"{key}.lora_B.weight": up, f"{key}.lora_magnitude_vector": magnitude}
+        scale = 1.0
+    path = tmp_path / f"dora_{layout}.safetensors"
+    save_file(state, str(path))
+    file = lora.LoraFile.from_path(path)
+    lora.activate(sd1, lora.prepare(f"<lora:dora_{layout}:0.7>", {f"dora_{layout}": file}.get))
+    merged = base + scale * (up @ down)
+    if layout == "lycoris":
+        renormalised = merged * magnitude / merged.norm(dim=0, keepdim=True)
+    else:
+        renormalised = merged * magnitude[:, None] / merged.norm(dim=1, keepdim=True)
+    assert torch.allclose(layer.weight.float(), base + 0.7 * (renormalised - base), atol=1e-5)
+    lora.deactivate(sd1)
+    assert torch.equal(layer.weight.float(), base)
+
+
 @pytest.mark.parametrize("stem", [s for s in LAYERS if s.startswith("sdxl")])
 def test_sdxl_layouts_reach_both_text_encoders_and_ldm_names(sdxl, registry, stem):
     tensors = read_tensors(registry.find(stem).path)
@@ -369,11 +404,11 @@ def test_unknown_names_and_bad_files_are_request_errors(sd1, sdxl, registry):
     with pytest.raises(RequestError, match="no LoRA folder"):
         generate(GenerationRequest(prompt="<lora:sd1_kohya>", **SMALL), sd1, GenerationSettings())
     dora = load_file(str(registry.find("sd1_peft").path))
-    dora.update({k.replace("lora_A.weight", "dora_scale"): torch.ones(v.shape[1]) for k, v in dora.items()
-                 if k.endswith("lora_A.weight")})
+    dora.update({k.replace("lora_A.weight", "dora_scale"): torch.ones(7) for k, v in dora.items()
+                 if k.endswith("lora_A.weight")})  # a magnitude that fits no side of any weight
     save_file(dora, str(registry.dirs[0] / "sd1_dora.safetensors"))
     try:
-        with pytest.raises(RequestError, match="LoRA 'sd1_dora'.*DoRA"):  # refused rather than applied wrongly
+        with pytest.raises(RequestError, match="LoRA 'sd1_dora'.*DoRA magnitude"):  # refused, base weights kept
             run(sd1, registry, "<lora:sd1_dora>")
     finally:
         (registry.dirs[0] / "sd1_dora.safetensors").unlink()

@@ -14,7 +14,8 @@ from modules.core.conditioning import CHUNK, TextConditioner
 from modules.core.devices import choose_policy
 from modules.core.infotext import parse_infotext
 from modules.core.model_loader import load_checkpoint
-from modules.core.pipeline import GenerationSettings, _unet_call, generate
+from modules.core.model_ops import denoiser
+from modules.core.pipeline import GenerationSettings, generate
 from modules.core.scheduled_conditioning import ScheduledConditioning, schedule_length
 from modules.core.types import GenerationRequest, Img2ImgRequest
 from modules.services.options import Options
@@ -145,7 +146,7 @@ def run_loop(model, conds, sampler="Euler", steps=10, cfg_scale=7.0, batch=1, co
     recorder = Recorder()
     noise = torch.randn((batch, 4, 8, 8), generator=torch.Generator().manual_seed(0))
     scheduler = samplers.build_scheduler(sampler, "Automatic", prediction_type=model.spec.prediction_type)
-    latents = denoise.sample(_unet_call(model), scheduler, noise, conds.cond_for_step, steps=steps,
+    latents = denoise.sample(denoiser(model), scheduler, noise, conds.cond_for_step, steps=steps,
                              cfg_scale=cfg_scale, hooks=recorder,
                              composition=conds.composition if composition is None else composition)
     return recorder.contexts, latents
@@ -250,7 +251,7 @@ def test_bad_compositions_are_refused(sd1):
     scheduler = samplers.build_scheduler("Euler", "Automatic")
     for bad, message in [([[(0, 1.0)], [(1, 1.0)]], "batch of 1"), ([[(1, 1.0)]], "rows 0..0"), ([[]], "no cond")]:
         with pytest.raises(ValueError, match=message):
-            denoise.sample(_unet_call(sd1), scheduler, torch.zeros(1, 4, 8, 8), conds.cond_for_step, steps=2,
+            denoise.sample(denoiser(sd1), scheduler, torch.zeros(1, 4, 8, 8), conds.cond_for_step, steps=2,
                            cfg_scale=7.0, composition=bad)
 
 

@@ -274,7 +274,7 @@ def _inpaint_request(seed: int, **kw) -> Img2ImgRequest:
 def test_on_mask_blend_runs_at_every_inpainting_step_and_can_change_the_blend(runtime, log):
     blended = [runtime.submit_img2img(_inpaint_request(s), scripts=recorder("blend_init")).result() for s in (1, 2)]
     finals = [e["final"] for e in log("on_mask_blend")]
-    assert finals[:4] == [False, False, False, True]  # 4 * 0.9 -> 3 steps, then the final blend
+    assert finals[:5] == [False, False, False, False, True]  # A1111: int(4 * 0.9) + 1 = 4 steps, then the final
     assert all(e["shape"] == [1, 4, 8, 8] and abs(e["mask_sum"] - 1.0) < 1e-6 for e in log("on_mask_blend"))
     plain = [runtime.submit_img2img(_inpaint_request(s), scripts=recorder()).result() for s in (1, 2)]
     left = np.s_[:, :24]

@@ -10,7 +10,8 @@ import torch
 from modules.core import tiling
 from modules.core.devices import choose_policy
 from modules.core.model_loader import load_checkpoint
-from modules.core.pipeline import GenerationSettings, JobObserver, _unet_call, decode_latents, generate
+from modules.core.model_ops import decode_latents, denoiser
+from modules.core.pipeline import GenerationSettings, JobObserver, generate
 from modules.core.types import GenerationRequest, RequestError
 
 POLICY, _ = choose_policy()
@@ -54,7 +55,7 @@ def test_circular_networks_are_shift_equivariant(sd1):
     context = {"context": torch.randn(1, 77, sd1.unet.config.cross_attention_dim,
                                       generator=torch.Generator().manual_seed(1))}
     t = torch.tensor([500.0])
-    unet = _unet_call(sd1)
+    unet = denoiser(sd1)
     with tiling.seamless(sd1):
         eps, eps_shifted = unet(x, t, context), unet(shifted, t, context)
         image = np.asarray(decode_latents(sd1, x)[0], dtype=np.int16)

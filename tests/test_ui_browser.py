@@ -217,6 +217,8 @@ A1111_IDS = ["tab_txt2img", "setting_sd_model_checkpoint", "txt2img_prompt", "tx
 def test_checkpoint_picker_lists_checkpoints_and_sets_native_size(page, server, tiny_checkpoints):
     for elem_id in A1111_IDS:
         expect(page.locator(f"#{elem_id}")).to_have_count(1)
+    expect(page.locator("#txt2img_distilled_cfg_scale")).to_be_hidden()  # Flux dev's only (tests/test_flux.py)
+    expect(page.locator("#txt2img_cfg_scale input[type=number]")).to_have_value("7")
 
     names = open_checkpoint_list(page).all_inner_texts()
     for path in tiny_checkpoints.paths.values():
@@ -242,6 +244,45 @@ def test_checkpoint_picker_lists_checkpoints_and_sets_native_size(page, server, 
         requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"},
                       timeout=120)
     expect(height).to_have_value("512")
+
+
+def test_refiner_accordion_switches_to_the_refiner(page, server, tiny_checkpoints):
+    """A1111's Refiner accordion: open it, pick a checkpoint and the switch point, generate."""
+    refiner = Path(getattr(tiny_checkpoints, "sdxl_refiner", None) or tiny_checkpoints.sdxl)
+    try:
+        r = requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sdxl.safetensors"},
+                          timeout=120)
+        assert r.status_code == 200, r.text
+        page.reload()  # the page's load event shows the SDXL base and its native size
+        expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(re.compile(r"^tiny-sdxl\.safetensors \["))
+        expect(page.locator("#txt2img_height input[type=number]")).to_have_value("1024")
+        expect(page.locator("#txt2img_checkpoint")).to_be_hidden()  # closed: off
+        page.locator("#txt2img_enable").get_by_text("Refiner").first.click()
+        field = page.locator("#txt2img_checkpoint input")
+        field.click()
+        page.locator("#txt2img_checkpoint [role=option]").filter(has_text=refiner.name).first.click()
+        expect(field).to_have_value(re.compile("^" + re.escape(refiner.name)))
+        set_number(page, "txt2img_switch_at", 0.5)
+        fill_job(page, "a red cube", steps=2)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect_idle(page)
+        info = info_text(page)
+        assert re.search(rf"Refiner: {re.escape(refiner.stem)} \[[0-9a-f]{{10}}\]", info), info
+        assert "Refiner switch at: 0.5" in info, info
+
+        # closed again, then the last generation pasted back: open, with its switch point
+        set_number(page, "txt2img_switch_at", 0.3)
+        page.locator("#txt2img_enable").get_by_text("Refiner").first.click()
+        expect(page.locator("#txt2img_switch_at")).to_be_hidden()
+        page.locator("#txt2img_prompt textarea").fill("")
+        page.locator("#txt2img_paste").click()
+        expect(page.locator("#txt2img_switch_at input[type=number]")).to_have_value("0.5")
+        expect(page.locator("#txt2img_switch_at")).to_be_visible()
+        expect(field).to_have_value(re.compile("^" + re.escape(refiner.name)))
+    finally:  # leave the shared server on SD1 even when the page failed
+        requests.post(server.url + "/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"},
+                      timeout=120)
 
 
 def test_invalid_size_is_a_message_and_the_page_keeps_working(page, server):

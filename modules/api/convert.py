@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from modules import script_host
 from modules.core import image_io
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
+from modules.core.version import VERSION
 from modules.services import script_jobs
-from modules.services.engine import VERSION
 
 from . import request_fields
 from .errors import BadImage
@@ -94,7 +95,7 @@ def script_call(body: Any, img2img: bool) -> script_jobs.ScriptCall:
     scripts). Builds the scripts' argument layout on first use: the route runs it off the event loop."""
     call = script_jobs.ScriptCall.from_api(body.script_name, body.script_args, body.alwayson_scripts)
     if not call.empty:  # (an empty call runs the AlwaysVisible scripts with their defaults, if any)
-        call.script_args(script_jobs.runner_for("img2img" if img2img else "txt2img"))
+        call.script_args(script_host.runner_for("img2img" if img2img else "txt2img"))
     return call
 
 

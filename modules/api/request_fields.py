@@ -96,6 +96,10 @@ _SCRIPT_FIELDS: dict[str, tuple[Any, Callable]] = {  # A1111's Sampler and Seed 
     "subseed_strength": ("Variation seed strength", FLOAT),
     "seed_resize_from_w": ("Seed resize from-1", INT),
     "seed_resize_from_h": ("Seed resize from-2", INT),
+    # A1111's Refiner script (both tabs): "Refiner" is a checkpoint title, looked up (find_checkpoint)
+    "refiner_checkpoint": ("Refiner", _text),
+    "refiner_switch_at": ("Refiner switch at", FLOAT),
+    "distilled_cfg_scale": ("Distilled CFG Scale", FLOAT),  # Forge's key (Flux dev), both tabs
 }
 _TXT2IMG_FIELDS: dict[str, tuple[Any, Callable]] = {
     "prompt": ("Prompt", _text),
@@ -128,14 +132,34 @@ SETTINGS_FROM_INFOTEXT = {
     "Extra noise": ("img2img_extra_noise", FLOAT),
     "RNG": ("randn_source", _text),
     "Emphasis": ("emphasis", _text),
+    "Hires refiner": ("hires_fix_refiner_pass", _text),
+    "Refiner switch by sampling steps": ("refiner_switch_by_sample_steps", _flag),
 }
 
 
+def _sampler_parameter_settings() -> dict:
+    """A1111's "Sampler parameters" keys (modules.core.sampler_options.INFOTEXT_TO_OPTION), each
+    converted to its option's type."""
+    import dataclasses
+
+    from modules.core.sampler_options import INFOTEXT_TO_OPTION, SamplerOptions
+
+    kinds = {f.name: type(f.default) for f in dataclasses.fields(SamplerOptions)}
+    convert = {bool: _flag, int: INT, float: FLOAT, str: _text}
+    return {key: (option, convert[kinds[option]]) for key, option in INFOTEXT_TO_OPTION.items()}
+
+
+SETTINGS_FROM_INFOTEXT.update(_sampler_parameter_settings())
+
+
 def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
-                   allowed: Callable[[str, Any], bool] | None = None) -> dict:
+                   allowed: Callable[[str, Any], bool] | None = None,
+                   find_checkpoint: Callable[[str], str | None] | None = None) -> dict:
     """Fill `body` (a request model) from its `infotext`, A1111's way; returns the parsed params.
     `allowed(option, value)`: False for a setting the command line locks, which the text then
-    does not set (as A1111's UI paste under --freeze-settings)."""
+    does not set (as A1111's UI paste under --freeze-settings). `find_checkpoint(text)`: the title
+    of the checkpoint a text names, or None (A1111's get_closet_checkpoint_match): the "Refiner"
+    key goes through it, and a checkpoint not here leaves refiner_checkpoint unset, as in A1111."""
     text = getattr(body, "infotext", None)
     if not text:
         return {}
@@ -149,6 +173,8 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
         if field in given:
             continue
         value = source(params) if callable(source) else params.get(source)
+        if value is not None and field == "refiner_checkpoint" and find_checkpoint is not None:
+            value = find_checkpoint(str(value))
         if value is None:
             continue
         try:

@@ -30,7 +30,8 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
     request = unstyled = None
     try:
         # fills what the request left out (a setting the command line locks is not taken from the text)
-        request_fields.apply_infotext(body, img2img, engine.options.data, allowed=engine.options.allows)
+        request_fields.apply_infotext(body, img2img, engine.options.data, allowed=engine.options.allows,
+                                      find_checkpoint=lambda text: _checkpoint_title(engine, text))
         # every override_settings value against its option and the locks, the ones that become
         # request fields (sd_model_checkpoint, CLIP_stop_at_last_layers) included
         engine.check_overrides(body.override_settings)
@@ -63,6 +64,11 @@ async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[Gen
     # A1111's info: `prompt` as sent, `all_prompts` and the infotexts with the styles applied
     info = convert.processed_info(unstyled, result, first, result.job_timestamp, styles=body.styles)
     return {"images": encoded, "parameters": convert.parameters_echo(body, img2img), "info": json.dumps(info)}
+
+
+def _checkpoint_title(engine: Engine, text: str) -> str | None:
+    info = engine.checkpoints.find(text)
+    return info.title if info is not None else None
 
 
 def add_routes(r: APIRouter, engine: Engine) -> None:

@@ -1,14 +1,16 @@
 """The read-only listings of /sdapi/v1 in A1111's shapes: samplers, schedulers, upscalers, latent
 upscale modes, hypernetworks, face restorers, RealESRGAN models, cmd-flags and memory.
 
-Easel has no hypernetworks, face restorers or RealESRGAN models, so those lists are empty (A1111
-answers the same shapes with entries); clients that probe them get a valid, empty answer.
+Hypernetworks are the files of --hypernetwork-dir. Easel has no face restorers or RealESRGAN models
+yet, so those lists are empty (A1111 answers the same shapes with entries); clients that probe them
+get a valid, empty answer.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter
@@ -111,6 +113,7 @@ def add_routes(r: APIRouter, cmd_opts: argparse.Namespace | None = None) -> None
 
     @r.get("/upscalers", response_model=list[models.UpscalerItem])
     def list_upscalers():
+        upscaling.refresh()  # model files added or removed since the last look
         return [{"name": u.name, "model_name": u.model_name, "model_path": u.model_path, "model_url": u.model_url,
                  "scale": u.scale} for u in upscaling.image_upscalers()]
 
@@ -120,7 +123,11 @@ def add_routes(r: APIRouter, cmd_opts: argparse.Namespace | None = None) -> None
 
     @r.get("/hypernetworks", response_model=list[models.HypernetworkItem])
     def hypernetworks():
-        return []  # hypernetworks are not supported
+        from modules.services.hypernetworks import HypernetworkRegistry
+
+        folder = getattr(cmd_opts, "hypernetwork_dir", None)
+        items = HypernetworkRegistry([Path(folder)] if folder else []).items()
+        return [{"name": name, "path": str(path)} for name, path in items.items()]
 
     @r.get("/face-restorers", response_model=list[models.FaceRestorerItem])
     def face_restorers():
@@ -128,7 +135,9 @@ def add_routes(r: APIRouter, cmd_opts: argparse.Namespace | None = None) -> None
 
     @r.get("/realesrgan-models", response_model=list[models.RealesrganItem])
     def realesrgan_models():
-        return []  # no RealESRGAN models in Easel
+        upscaling.refresh()
+        return [{"name": u.name, "path": u.model_path, "scale": int(u.scale)}
+                for u in upscaling.model_upscalers() if u.kind == "RealESRGAN"]
 
     @r.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:

@@ -47,7 +47,7 @@ class LivePreviews:
             if (options.get("live_previews_enable") and every is not None and every != -1 and latent is not None
                     and model is not None and state.sampling_step - self._step >= every
                     and state.id_live_preview != self._id):
-                self._image = latent_preview(latent, model.spec.family)
+                self._image = latent_preview(latent, model.family.preview_factors)
                 self._step, self._id = state.sampling_step, state.id_live_preview
             return self._id, self._image
 

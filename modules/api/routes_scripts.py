@@ -13,7 +13,7 @@ from typing import Any, Optional
 from fastapi import APIRouter
 from pydantic import BaseModel, Field
 
-from modules.services import script_jobs
+from modules import script_host
 from modules.services.engine import Engine
 
 
@@ -39,7 +39,7 @@ class ScriptInfo(BaseModel):
 
 
 def _names(kind: str) -> list[str]:
-    runner = script_jobs.runner_for(kind)
+    runner = script_host.runner_for(kind)
     runner.ensure_layout()
     return [s.name for s in runner.scripts if s.name is not None]
 
@@ -51,4 +51,4 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
 
     @r.get("/script-info", response_model=list[ScriptInfo])
     def script_info():
-        return script_jobs.describe_scripts("txt2img") + script_jobs.describe_scripts("img2img")
+        return script_host.describe_scripts("txt2img") + script_host.describe_scripts("img2img")

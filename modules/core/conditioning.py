@@ -8,9 +8,9 @@
 - Every token carries a weight from the prompt language (``prompt_parser``); each encoder's
   output is scaled by it as the emphasis mode says (``emphasis``: by default scaled, then the
   mean restored, as A1111 does).
-- SD1 honours CLIP skip (hidden state -n, then the final norm). SD2 reads the
-  penultimate layer + final norm. SDXL concatenates CLIP-L and OpenCLIP-bigG
-  penultimate states and adds the pooled bigG output and size/crop ids.
+- The family (``modules.core.families``) picks each encoder's hidden state (SD1: CLIP skip; SD2 and
+  SDXL: the penultimate layer) and adds what the denoiser needs beside the concatenated context
+  (SDXL: the pooled bigG output and the size/crop ids; the refiner: an aesthetic score).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import torch
 
 from . import emphasis as emphasis_modes
 from . import lora, prompt_parser
+from .conditioning_options import ConditioningOptions
 
 CHUNK = 75
 COMMA_BACKTRACK = 20
@@ -99,18 +100,14 @@ class PromptChunker:
         return chunks
 
 
-def _core(encoder):
-    """transformers 5 flattened CLIPTextModel; the projection model still wraps it."""
-    return encoder.text_model if hasattr(encoder, "text_model") else encoder
-
-
 class TextConditioner:
     """Encodes batches of prompts for one loaded model. Caches the last few results."""
 
     def __init__(self, model, clip_skip: int = 1, emphasis: str = emphasis_modes.ORIGINAL, cache_size: int = 8,
-                 embeddings=None):
+                 embeddings=None, options: ConditioningOptions | None = None):
         self.model = model
-        self.family = model.spec.family
+        self.family = model.family  # which hidden states, which extra tensors (SDXL's pooled text and ids)
+        self.options = options or ConditioningOptions()
         self.clip_skip = max(1, int(clip_skip))
         self.emphasis = emphasis_modes.check(emphasis)  # A1111 option "emphasis"
         # A1111 notes a non-default mode in the infotext once an encoded text has brackets
@@ -138,15 +135,16 @@ class TextConditioner:
                 used = max(used, CHUNK * (len(chunks) - 1) + len(chunks[-1].tokens))
         return used, -(-max(used, 1) // CHUNK) * CHUNK
 
-    def encode(self, prompts: list[str], width: int, height: int) -> dict[str, torch.Tensor]:
+    def encode(self, prompts: list[str], width: int, height: int, negative: bool = False) -> dict[str, torch.Tensor]:
         """Texts (prompt language already resolved to one step: weights, BREAK, no schedules) ->
         batched cond tensors, one row per text. Equal texts are encoded once; A1111's batch
         semantics stay (the "Original" emphasis mean counts each row, shorter texts get empty
-        chunks up to the longest one)."""
+        chunks up to the longest one). ``negative``: these are negative prompts (the SDXL
+        refiner conditions them on the low aesthetic score)."""
         if self.emphasis != emphasis_modes.ORIGINAL and any("(" in p or "[" in p for p in prompts):
             self.emphasis_noted = True
         # the applied LoRAs are part of the key: a job may change them between batches (per-batch prompts)
-        key = (tuple(prompts), width, height, self.clip_skip, self.emphasis, lora.active_key(self.model))
+        key = (tuple(prompts), width, height, negative, self.clip_skip, self.emphasis, lora.active_key(self.model))
         if key in self._cache:
             return self._cache[key]
         unique = list(dict.fromkeys(prompts))
@@ -163,10 +161,10 @@ class TextConditioner:
                 pooled = pool  # A1111 takes the pooled output of the first chunk
         context = torch.cat(outputs, dim=1)
         cond = {"context": context if len(unique) == len(prompts) else context[rows.to(context.device)]}
-        if self.family == "sdxl":
-            ids = torch.tensor([height, width, 0, 0, height, width], dtype=torch.float32)
-            cond["text_embeds"] = pooled if len(unique) == len(prompts) else pooled[rows.to(pooled.device)]
-            cond["time_ids"] = ids.to(pooled.device).repeat(len(prompts), 1)
+        if pooled is not None and len(unique) != len(prompts):
+            pooled = pooled[rows.to(pooled.device)]
+        cond.update(self.family.extra_conditioning(pooled, len(prompts), width, height, negative=negative,
+                                                   options=self.options))
         if len(self._cache) >= self._cache_size:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = cond
@@ -184,7 +182,7 @@ class TextConditioner:
             weights.append([1.0] + c.weights + [1.0] * (pad + 1))
         device = self.model.device
         tokens = torch.tensor(rows, device=device)
-        hiddens, pooled = [], None
+        hiddens, pooleds = [], []
         for index, (encoder, tokenizer) in enumerate(zip(self.model.text_encoders, self.model.tokenizers)):
             ids = tokens
             if tokenizer.pad_token_id != eos:  # OpenCLIP pads after the first EOS with "!"
@@ -196,8 +194,9 @@ class TextConditioner:
                 h, p = self._run_encoder(encoder, ids)
             h = h.float()  # each encoder's output weighted on its own, as A1111's hijack of each one does
             hiddens.append(emphasis_modes.apply(self.emphasis, h, torch.tensor(weights, device=h.device), row_counts))
-            pooled = p if p is not None else pooled
+            pooleds.append(p)
         z = torch.cat(hiddens, dim=-1)
+        pooled = self.family.pooled(pooleds)
         return z, (pooled.float() if pooled is not None else None)
 
     @contextlib.contextmanager
@@ -228,10 +227,4 @@ class TextConditioner:
 
     def _run_encoder(self, encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = encoder(input_ids=ids, output_hidden_states=True)
-        pooled = getattr(out, "text_embeds", None)
-        if self.family == "sdxl":
-            return out.hidden_states[-2], pooled
-        if self.family == "sd1" and self.clip_skip > 1:
-            h = out.hidden_states[-min(self.clip_skip, len(out.hidden_states) - 1)]
-            return _core(encoder).final_layer_norm(h), pooled
-        return out.last_hidden_state, pooled
+        return self.family.context(out, encoder, self.clip_skip), getattr(out, "text_embeds", None)

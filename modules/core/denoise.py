@@ -194,6 +194,8 @@ def sample(
     brownian_seeds: list[int] | None = None,
     composition: list[list[tuple[int, float]]] | None = None,
     extra_noise: float = 0.0,
+    before_step: Callable[[int, Tensor, int], None] | None = None,
+    image_cfg_scale: float | None = None,
 ) -> Tensor:
     """Run the sampler and return the final latents (B, C, H, W).
 
@@ -206,7 +208,11 @@ def sample(
     img2img: pass ``init_latents`` and ``denoising_strength`` < 1; ``extra_noise`` (A1111's
     ``img2img_extra_noise``) adds that much more of the noise on top, in k-diffusion's units (the
     init latents' own scale: ``x0 + sigma * noise + extra_noise * noise``). ``composition``: see the
-    module docstring (AND); None means one cond row per image with weight 1.
+    module docstring (AND); None means one cond row per image with weight 1. ``before_step(i, t,
+    total)`` runs at the top of each iteration, before ``cond_for_step(i)`` (the SDXL refiner
+    switches models there). ``image_cfg_scale`` (instruct-pix2pix, A1111's edit models): a third pass
+    with the uncond text and no picture (``c_concat`` zeros), combined as
+    ``u0 + cfg * (cond - u_img) + image_cfg * (u_img - u0)``.
     """
     hooks = hooks or _NO_HOOKS
 
@@ -225,6 +231,8 @@ def sample(
     if init_latents is not None and init_latents.shape != noise.shape:
         raise ValueError(f"init_latents {tuple(init_latents.shape)} and noise {tuple(noise.shape)} differ in shape")
     owner = _check_composition(composition, batch)
+    if image_cfg_scale is not None and owner is not None:
+        raise ValueError("an edit model's image CFG takes one prompt per picture (no AND)")
     cond_rows = batch if owner is None else len(owner)
     # CFG++ samplers (DDIM CFG++) scale the guidance down and step with the uncond prediction too
     needs_uncond = getattr(scheduler, "needs_uncond_prediction", False)
@@ -257,12 +265,18 @@ def sample(
     # 4. Sources of the per-step noise.
     step_kwargs = _step_kwargs(scheduler, generators, extra_step_kwargs)
     _seed_brownian_noise(scheduler, batch, brownian_seeds, generators)
+    if hasattr(scheduler, "first_model_input"):
+        # k-diffusion samplers may change the latents before their first model call (churn's noise)
+        with rng.step_noise(generators):
+            latents = scheduler.first_model_input(latents, step_kwargs.get("generator"))
 
     # 5. The loop.
     total = len(timesteps)
     for i, t in enumerate(timesteps):
         if hooks.should_stop():
             break
+        if before_step is not None:
+            before_step(i, t, total)
         cond, uncond = cond_for_step(i)
         _check_cond("cond", cond, cond_rows)
         if use_cfg:
@@ -275,13 +289,21 @@ def sample(
         x_in = scheduler.scale_model_input(x, t)
 
         # 5b. Model, then classifier-free guidance.
-        x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner)
-        hooks.cfg_denoised(i, x_pred)
-        if use_cfg:
-            pred_cond, pred_uncond = x_pred[:cond_rows], x_pred[cond_rows:]
-            pred = _combine(pred_cond, pred_uncond, guidance, composition)
+        if image_cfg_scale is not None:  # edit model: cond, uncond (with the picture), uncond without it
+            no_picture = {**uncond, "c_concat": torch.zeros_like(uncond["c_concat"])}
+            x_pred = torch.cat([_predict(model, x_in, t_batch, cond, uncond), model(x_in, t_batch, no_picture)])
+            hooks.cfg_denoised(i, x_pred)
+            pred_cond, pred_uncond, pred_no_picture = x_pred.chunk(3)
+            pred = (pred_no_picture + guidance * (pred_cond - pred_uncond)
+                    + image_cfg_scale * (pred_uncond - pred_no_picture))
         else:
-            pred = x_pred
+            x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner)
+            hooks.cfg_denoised(i, x_pred)
+            if use_cfg:
+                pred_cond, pred_uncond = x_pred[:cond_rows], x_pred[cond_rows:]
+                pred = _combine(pred_cond, pred_uncond, guidance, composition)
+            else:
+                pred = x_pred
         pred = hooks.cfg_after_cfg(i, pred)
 
         # 5c. Scheduler step.

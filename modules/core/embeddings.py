@@ -217,9 +217,8 @@ def unreadable(path: Path, reason: str) -> Embedding:
 def encoder_slots(model) -> list[tuple[str | None, int]]:
     """(key, width) per text encoder: SDXL ("clip_l", w), ("clip_g", w); others (None, w)."""
     widths = [int(e.config.hidden_size) for e in model.text_encoders]
-    if model.spec.family == "sdxl":
-        return list(zip(SDXL_KEYS, widths))
-    return [(None, widths[0])]
+    keys = model.family.embedding_keys
+    return list(zip(keys, widths)) if keys else [(None, widths[0])]
 
 
 def mismatch(embedding: Embedding, slots: list[tuple[str | None, int]]) -> str | None:

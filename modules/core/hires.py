@@ -26,9 +26,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from . import denoise, lora, rng, samplers, tiling, upscaling
-from . import pipeline  # circular on purpose: used at call time only (decode/encode/UNet helpers)
-from .conditioning import TextConditioner
+from . import denoise, lora, model_ops, samplers, sampling_pass, upscaling
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .image_io import to_model_pixels
 from .infotext import plain_number
@@ -191,85 +189,72 @@ def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tens
     if upscaling.is_latent(hr.upscaler):
         x = upscaling.resize_latents(latents, lat_h, lat_w, hr.upscaler)
     else:
-        images = pipeline.decode_latents(model, latents)
+        images = model_ops.decode_latents(model, latents)
         images = [upscaling.upscale_image(im, lat_w * scale, lat_h * scale, hr.upscaler) for im in images]
-        x = pipeline.encode_pixels(hr_model, to_model_pixels(images))
+        x = model_ops.encode_pixels(hr_model, to_model_pixels(images))
     tx, ty = hr.size.truncate
     return x[:, :, ty // 2:x.shape[2] - (ty + 1) // 2, tx // 2:x.shape[3] - (tx + 1) // 2].to(hr_model.device)
 
 
-def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *, seeds: list[int],
-           subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
-           hooks: denoise.DenoiseHooks, prompts: list[str] | None = None,
-           negative_prompts: list[str] | None = None) -> torch.Tensor:
+def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *,
+            seeds: sampling_pass.Seeds, clip_skip: int, hooks: denoise.DenoiseHooks,
+            prompts: list[str] | None = None, negative_prompts: list[str] | None = None,
+            refiner: sampling_pass.RefinerPlan | None = None, conditioning=None) -> sampling_pass.PassResult:
     """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise.
     `prompts`/`negative_prompts`: one per image (A1111's hr_prompts); default: the plan's for all."""
     if hr.denoising_strength == 0:
-        return x
+        return sampling_pass.PassResult(x, hr_model)
     batch, shape = x.shape[0], tuple(x.shape[1:])
-    conditioner = TextConditioner(hr_model, clip_skip=clip_skip, emphasis=settings.emphasis,
-                                  embeddings=settings.embeddings)
     up_w, up_h = hr.size.upscale_to  # A1111 encodes the hires prompts for this size (SDXL)
-    concat = None
-    if hr_model.spec.inpainting:
-        # A1111 (mask weight 1): a fully masked grey picture, as in txt2img
-        concat = pipeline.txt2img_image_conditioning(hr_model, batch, hr.width, hr.height)
     # prompt editing goes on along the first pass's timeline (A1111's hires_steps scheduling)
     first_pass = schedule_length(request.steps, samplers.resolve(request.sampler_name, request.scheduler)[0])
     prompts = [hr.prompt] * batch if prompts is None else prompts
     negative_prompts = [hr.negative_prompt] * batch if negative_prompts is None else negative_prompts
-    conds = ScheduledConditioning(conditioner, prompts, negative_prompts, first_pass,
-                                  up_w, up_h, hires_steps=schedule_length(hr.steps, hr.sampler),
-                                  image_conditioning=concat)
-    hr.used_embeddings.update(conditioner.used_embeddings)
-    noise = rng.create_noise(shape, seeds, subseeds, request.subseed_strength, seed_resize,
-                             device=hr_model.device, source=settings.randn_source)
-    generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=hr_model.device, shape=shape,
-                                     source=settings.randn_source)
-    scheduler = samplers.build_scheduler(hr.sampler, hr.schedule, prediction_type=hr_model.spec.prediction_type,
-                                         rescale_betas_zero_snr=hr_model.spec.zero_terminal_snr,
-                                         model_family=hr_model.spec.family)
+
+    def conds_for(model) -> ScheduledConditioning:
+        conditioner = model.family.conditioner(model, clip_skip=clip_skip, emphasis=settings.emphasis,
+                                               embeddings=settings.embeddings, options=conditioning or settings.conditioning)
+        concat = None
+        if model.spec.inpainting:  # A1111 (mask weight 1): a fully masked grey picture, as in txt2img
+            concat = model_ops.txt2img_image_conditioning(model, batch, hr.width, hr.height)
+        elif model.spec.edit_model:  # instruct-pix2pix without a picture
+            concat = model_ops.edit_image_conditioning(model, None, batch, shape)
+        conds = ScheduledConditioning(conditioner, prompts, negative_prompts, first_pass, up_w, up_h,
+                                      hires_steps=schedule_length(hr.steps, hr.sampler), image_conditioning=concat)
+        hr.used_embeddings.update(conditioner.used_embeddings)
+        return conds
+
     # Run exactly hr.steps steps from the end of a longer schedule (A1111's hires rule).
     schedule_steps = int(hr.steps / min(hr.denoising_strength, 0.999))
     strength = min(1.0, (hr.steps + 0.5) / schedule_steps)  # int(schedule_steps * strength) == hr.steps
-    return denoise.sample(
-        pipeline._unet_call(hr_model), scheduler, noise.to(hr_model.device), conds.cond_for_step,
-        steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
-        init_latents=x, denoising_strength=strength, brownian_seeds=seeds, composition=conds.composition,
-        extra_noise=settings.img2img.extra_noise,
+    return sampling_pass.run(
+        hr_model, settings, sampler=hr.sampler, schedule=hr.schedule, conds_for=conds_for, shape=shape,
+        seeds=seeds, steps=schedule_steps, cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
+        start=lambda noise, scheduler: sampling_pass.Start(init_latents=x, strength=strength,
+                                                          extra_noise=settings.img2img.extra_noise),
     )
 
 
-def second_pass(hr: HiresPlan, request: GenerationRequest, model, settings, latents: torch.Tensor, *,
-                seeds: list[int], subseeds: list[int], seed_resize: tuple[int, int] | None, clip_skip: int,
-                hooks: denoise.DenoiseHooks, refine: bool = True, prompts: list[str] | None = None,
-                negative_prompts: list[str] | None = None,
-                before_decode: Callable[[torch.Tensor], torch.Tensor] | None = None) -> list[Image.Image]:
-    """Upscale one batch's first-pass latents, refine them and decode: the final pictures.
-    ``before_decode`` gets the final latents and returns the ones to decode (A1111's post_sample).
-
-    ``refine=False`` (the batch was skipped) only upscales, like A1111's sampler stopping at once.
-    With ``hr.checkpoint`` the pass runs on that checkpoint, got through ``settings.load_model``;
-    ``settings.load_model(None)`` afterwards puts the job's own checkpoint back (also on errors), so
-    the next batch starts from it again. Seamless tiling (``request.tiling``) is applied to the
-    hires model too; the job's own model is already tiled by the caller.
+def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, settings, latents: torch.Tensor, *,
+                seeds: sampling_pass.Seeds, clip_skip: int, hooks: denoise.DenoiseHooks, refine: bool = True,
+                conditioning=None,
+                prompts: list[str] | None = None, negative_prompts: list[str] | None = None,
+                before_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                refiner: sampling_pass.RefinerPlan | None = None) -> tuple[list[Image.Image], bool]:
+    """Upscale one batch's first-pass latents, refine them and decode: (the final pictures, whether
+    the pass switched to the refiner). ``model`` made the latents (the first pass ended on it);
+    ``hr_model`` runs the pass (the hires checkpoint, or ``model``), already loaded and tiled by the
+    caller; ``refiner``: switch to the SDXL refiner during this pass. ``before_decode`` gets the
+    final latents and returns the ones to decode (A1111's post_sample). ``refine=False`` (the batch
+    was skipped) only upscales, like A1111's sampler stopping at once.
     """
-    hr_model = model
-    if hr.checkpoint is not None:
-        if settings.load_model is None:
-            raise RequestError("hr_checkpoint_name", "another checkpoint for the hires pass is not available here")
-        hr_model = settings.load_model(hr.checkpoint)
-    try:
-        if hr_model.spec.unet_config["out_channels"] != model.spec.unet_config["out_channels"]:
-            raise RequestError("hr_checkpoint_name", "its latents do not match the first checkpoint's")
-        with tiling.seamless(hr_model, request.tiling and hr_model is not model):
-            x = upscale(hr, model, hr_model, latents)
-            if refine:
-                lora.activate(hr_model, hr.loras)
-                x = _refine(hr, request, hr_model, settings, x, seeds=seeds, subseeds=subseeds,
-                            seed_resize=seed_resize, clip_skip=clip_skip, hooks=hooks, prompts=prompts,
-                            negative_prompts=negative_prompts)
-            return pipeline.decode_latents(hr_model, x if before_decode is None else before_decode(x))
-    finally:
-        if hr_model is not model:
-            settings.load_model(None)
+    if hr_model.spec.latent_channels != model.spec.latent_channels:
+        raise RequestError("hr_checkpoint_name", "its latents do not match the first checkpoint's")
+    x = upscale(hr, model, hr_model, latents)
+    final, switched = hr_model, False
+    if refine:
+        lora.activate(hr_model, hr.loras)
+        done = _refine(hr, request, hr_model, settings, x, seeds=seeds, clip_skip=clip_skip, hooks=hooks,
+                       prompts=prompts, negative_prompts=negative_prompts, refiner=refiner, conditioning=conditioning)
+        x, final, switched = done.latents, done.model, done.switched
+    return model_ops.decode_latents(final, x if before_decode is None else before_decode(x)), switched

@@ -42,6 +42,8 @@ __all__ = [
     "encode_image",
     "save_image",
     "save_grid",
+    "save_numbered",
+    "save_as",
     "read_infotext",
     "decode_user_comment",
     "grid_layout",
@@ -280,6 +282,33 @@ def _save_numbered(data: bytes, directory: Path, basename: str, name_for: Callab
                 if _place(temp, final):
                     return final
         raise OSError(f"no free file name in {directory} after 10000 attempts")
+    finally:
+        if temp.exists():
+            temp.unlink()
+
+
+def save_numbered(data: bytes, directory: Path, basename: str, name_for: Callable[[int], str]) -> Path:
+    """Encoded bytes to ``directory/name_for(n)`` for the first free n from A1111's next sequence
+    number (among files named ``basename-…``, or all files without a basename); atomic."""
+    return _save_numbered(data, Path(directory), basename, name_for)
+
+
+def save_as(data: bytes, path: Path, replace: bool = True) -> Path:
+    """Encoded bytes to `path`, atomically. An existing file is replaced, or with ``replace=False``
+    kept, the bytes then going to ``stem-1.ext``, ``stem-2.ext``, … (A1111's "Add number suffix")."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = _write_temp(path.parent, data)
+    try:
+        if replace:
+            os.replace(temp, path)
+            return path
+        with _SAVE_LOCK:
+            for n in range(10_000):
+                final = path if n == 0 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+                if _place(temp, final):
+                    return final
+        raise OSError(f"no free file name for {path} after 10000 attempts")
     finally:
         if temp.exists():
             temp.unlink()

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageColor
 
-from . import color_correction, masks, upscaling
+from . import color_correction, masks, samplers, upscaling
 from .image_io import to_model_pixels, to_rgb_or_rgba
 from .types import Img2ImgRequest, RequestError
 
@@ -89,14 +89,27 @@ def flatten(image: Image.Image, background: str) -> Image.Image:
     return canvas.convert("RGB")
 
 
-def sampler_steps(steps: int, strength: float, fix_steps: bool) -> tuple[int, float]:
-    """(schedule length, strength for the sampler). By default (A1111 ``img2img_fix_steps`` off)
-    int(steps * strength) steps of a ``steps``-long schedule run; with it on, exactly ``steps``
-    steps run, at the end of a schedule of int(steps / strength) steps."""
+def sampler_steps(steps: int, strength: float, fix_steps: bool, kdiffusion: bool = False) -> tuple[int, float]:
+    """(schedule length, strength for the sampler: ``denoise.sample`` runs int(schedule * strength)
+    steps at the end of the schedule). A1111's ``setup_img2img_steps``: with ``img2img_fix_steps``
+    on, exactly ``steps`` steps run, at the end of a schedule of int(steps / strength) steps. Off,
+    the schedule is ``steps`` long and t_enc = int(min(strength, 0.999) * steps); A1111's k-diffusion
+    samplers (``kdiffusion``) run t_enc + 1 steps of it (``sigmas[steps - t_enc - 1:]``: 11 of 20 at
+    strength 0.5), its timestep samplers (DDIM, PLMS, UniPC) t_enc."""
     if not fix_steps or strength <= 0.0 or strength >= 1.0:
-        return steps, strength
+        if not kdiffusion or strength >= 1.0 or strength <= 0.0:  # 0: the init image as it is
+            return steps, strength
+        run = int(min(strength, 0.999) * steps) + 1
+        return steps, min(1.0, (run + 0.5) / steps)  # +0.5: int(steps * s) lands on `run`
     schedule = int(steps / min(strength, 0.999))
     return schedule, min(1.0, (steps + 0.5) / schedule)  # +0.5: int(schedule * s) lands on `steps`
+
+
+def _runs_on_k_diffusion(sampler_name: str) -> bool:
+    try:
+        return samplers.get_spec(sampler_name).kdiff is not None
+    except ValueError:  # refused later, with the field named
+        return False
 
 
 def _check_pixels(image: Image.Image, field_name: str, limit: int) -> None:
@@ -317,7 +330,8 @@ def prepare(
     multiplier = settings.noise_multiplier if request.initial_noise_multiplier is None else request.initial_noise_multiplier
     if multiplier != 1.0:
         infotext["Noise multiplier"] = multiplier
-    schedule, strength = sampler_steps(request.steps, request.denoising_strength, settings.fix_steps)
+    schedule, strength = sampler_steps(request.steps, request.denoising_strength, settings.fix_steps,
+                                       kdiffusion=_runs_on_k_diffusion(request.sampler_name))
     return Img2ImgJob(
         init_latents=latents,
         denoising_strength=request.denoising_strength,

@@ -11,7 +11,9 @@ from typing import Callable
 import torch
 
 from . import img2img, lora
+from .families import ConditioningOptions
 from .model_loader import LoadedModel
+from .sampler_options import SamplerOptions
 
 
 @dataclass
@@ -24,6 +26,10 @@ class GenerationSettings:
     grid_format: str = "png"  # grid_format
     save_grid: bool = True  # grid_save
     return_grid: bool = True  # return_grid
+    grid_only_if_multiple: bool = True  # grid_only_if_multiple
+    grid_rows: int = -1  # n_rows (-1: about square, 0: the batch size)
+    grid_prevent_empty_spots: bool = False  # grid_prevent_empty_spots
+    grid_background: str = "#ffffff"  # grid_background_color
     jpeg_quality: int = 80  # jpeg_quality
     clip_skip: int = 1  # CLIP_stop_at_last_layers
     eta_noise_seed_delta: int = 0  # eta_noise_seed_delta
@@ -52,6 +58,40 @@ class GenerationSettings:
     embeddings: object | None = None
     add_ti_hashes_to_info: bool = True  # textual_inversion_add_hashes_to_infotext
     emphasis: str = "Original"  # emphasis ("Emphasis mode": None, Ignore, Original, No norm)
+    # -- model families and the SDXL refiner ------------------------------------------------------
+    # sdxl_crop_top/left, sdxl_refiner_high/low_aesthetic_score
+    conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
+    hires_fix_refiner_pass: str = "second pass"  # hires_fix_refiner_pass: first pass, second pass, both passes
+    refiner_switch_by_sample_steps: bool = False  # refiner_switch_by_sample_steps
+    # <hypernet:name:strength> -> the file (None, or LookupError with the known names, for an unknown one);
+    # None here: prompts with hypernetwork tags are refused
+    find_hypernetwork: Callable[[str], Path | None] | None = None
+    # --- file names and folders (A1111's "Saving images/grids", "Saving to a directory"; modules.core.saving).
+    # outdir_samples / outdir_grids above are the base folders; the [date] folder below them comes from
+    # directories_filename_pattern when save_to_dirs / grid_save_to_dirs are on.
+    samples_filename_pattern: str = ""  # samples_filename_pattern ("": "[seed]", or "[seed]-[prompt_spaces]")
+    save_images_add_number: bool = True  # save_images_add_number
+    save_images_replace_action: str = "Replace"  # save_images_replace_action ("Replace", "Add number suffix")
+    grid_extended_filename: bool = False  # grid_extended_filename
+    save_to_dirs: bool = True  # save_to_dirs
+    grid_save_to_dirs: bool = True  # grid_save_to_dirs
+    directories_filename_pattern: str = "[date]"  # directories_filename_pattern
+    directories_max_prompt_words: int = 8  # directories_max_prompt_words
+    save_txt: bool = False  # save_txt
+    export_for_4chan: bool = True  # export_for_4chan
+    img_downscale_threshold: float = 4.0  # img_downscale_threshold (MB)
+    target_side_length: int = 4000  # target_side_length (pixels)
+    webp_lossless: bool = False  # webp_lossless
+    # what [styles], [prompt_no_styles], [job_timestamp], [user] say; [datetime] reads now()
+    styles: tuple[str, ...] = ()
+    style_prompts: tuple[str, ...] = ()
+    job_timestamp: str = ""
+    user: str | None = None
+    now: Callable[[], datetime.datetime] = datetime.datetime.now
+    # --- A1111's "Sampler parameters" (eta_ancestral, eta_ddim, s_churn/s_tmin/s_tmax/s_noise, sigma_min,
+    # sigma_max, rho, always_discard_next_to_last_sigma, sgm_noise_multiplier, uni_pc_*, beta_dist_*):
+    # for samplers.build_scheduler(..., options=) and samplers.infotext_params
+    sampler_options: SamplerOptions = field(default_factory=SamplerOptions)
 
 
 class JobObserver:

@@ -30,6 +30,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from . import ksampling_algorithms as algorithms
+from .flow_matching import flow_sigmas
 from .sigma_schedules import TrainingSigmas, sigmas_for
 
 
@@ -102,14 +103,30 @@ ALGORITHMS: dict[str, KAlgorithm] = {
 
 
 class KSamplerScheduler:
-    """A k-diffusion algorithm on the sigmas of one A1111 schedule type (diffusers' scheduler API)."""
+    """A k-diffusion algorithm on the sigmas of one A1111 schedule type (diffusers' scheduler API).
+
+    A1111's sampler parameters (:mod:`modules.core.sampler_options`): ``eta`` and ``algorithm_kwargs``
+    (``s_churn``, ``s_tmin``, ``s_tmax``, ``s_noise``) go to the algorithm where its function takes
+    them; ``schedule_kwargs`` (``sigma_min``, ``sigma_max``, ``rho``, ``alpha``, ``beta``) to the schedule
+    (:func:`~modules.core.sigma_schedules.sigmas_for`); ``discard_penultimate`` overrides the
+    algorithm's own choice; ``sgm_noise_multiplier`` makes txt2img's starting noise
+    sqrt(1 + sigma_max^2) instead of sigma_max.
+    """
 
     def __init__(self, algorithm: str, schedule_id: str, *, prediction_type: str = "epsilon",
-                 training: TrainingSigmas | None = None, model_family: str = "sd1", eta: float = 1.0):
+                 training: TrainingSigmas | None = None, model_family: str = "sd1", eta: float = 1.0,
+                 algorithm_kwargs: dict | None = None, schedule_kwargs: dict | None = None,
+                 discard_penultimate: bool | None = None, sgm_noise_multiplier: bool = False,
+                 flow: tuple | None = None):
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown k-diffusion algorithm {algorithm!r}")
-        if prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
+        if prediction_type not in ("epsilon", "v_prediction", "flow"):
+            raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'flow', not {prediction_type!r}")
+        if (prediction_type == "flow") != (flow is not None):
+            raise ValueError("a flow model's sampler needs its schedule: flow=(FlowShift, latent patches)")
+        # flow models (Flux, SD3; ComfyUI's CONST sampling): x = (1 - sigma) x0 + sigma noise, the model
+        # predicts the velocity, sees sigma * 1000 as its timestep and the latents unscaled
+        self.flow = flow
         self.algorithm = ALGORITHMS[algorithm]
         self.algorithm_name = algorithm
         self.schedule_id = schedule_id
@@ -117,6 +134,11 @@ class KSamplerScheduler:
         self.training = training or TrainingSigmas.from_config()
         self.model_family = model_family
         self.eta = eta
+        self.algorithm_kwargs = dict(algorithm_kwargs or {})
+        self.schedule_kwargs = dict(schedule_kwargs or {})
+        self.discard_penultimate = (self.algorithm.discard_penultimate if discard_penultimate is None
+                                    else bool(discard_penultimate))
+        self.sgm_noise_multiplier = sgm_noise_multiplier
         self.order = self.algorithm.order
         # what callers read of a diffusers scheduler's config
         self.config = SimpleNamespace(prediction_type=prediction_type, num_train_timesteps=len(self.training.sigmas),
@@ -128,8 +150,10 @@ class KSamplerScheduler:
     # ---- plan ---------------------------------------------------------------------------------
     def _run(self, x, sigmas, noise):
         kwargs = dict(self.algorithm.options)
-        if "eta" in inspect.signature(self.algorithm.function).parameters:
+        accepted = inspect.signature(self.algorithm.function).parameters
+        if "eta" in accepted:
             kwargs["eta"] = self.eta  # as A1111 passes its eta to the samplers that take one
+        kwargs.update({k: v for k, v in self.algorithm_kwargs.items() if k in accepted})
         if self.algorithm.uses_sigma_range:
             positive = sigmas[sigmas > 0]
             return self.algorithm.function(x, float(positive.min()), float(sigmas.max()), len(sigmas) - 1,
@@ -149,12 +173,17 @@ class KSamplerScheduler:
 
     def _plan(self, sigmas: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         calls = self._eval_sigmas(sigmas)
+        if self.flow is not None:
+            return calls, (torch.stack(calls) * 1000 if calls else torch.zeros(0))
         ts = self.training.sigma_to_t(torch.stack(calls)) if calls else torch.zeros(0)
         return calls, ts
 
     def set_timesteps(self, num_inference_steps: int, device=None):
-        sigmas = sigmas_for(self.schedule_id, num_inference_steps, self.training, self.model_family,
-                            self.algorithm.discard_penultimate)
+        if self.flow is not None:
+            sigmas = flow_sigmas(*self.flow, num_inference_steps)
+        else:
+            sigmas = sigmas_for(self.schedule_id, num_inference_steps, self.training, self.model_family,
+                                self.discard_penultimate, **self.schedule_kwargs)
         if self.algorithm.uses_sigma_range and self.schedule_id != "uniform":
             # DPM fast ignores the schedule type (A1111 hands it the training range and the steps)
             sigmas = sigmas_for("uniform", num_inference_steps, self.training, self.model_family)
@@ -182,6 +211,8 @@ class KSamplerScheduler:
 
     @property
     def init_noise_sigma(self) -> float:
+        if self.sgm_noise_multiplier:
+            return float((1.0 + self.sigmas[0].double() ** 2) ** 0.5)
         return float(self.sigmas[0])
 
     @property
@@ -196,16 +227,20 @@ class KSamplerScheduler:
         return self._calls[self._begin + self._done]
 
     def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
+        if self.flow is not None:
+            return sample
         sigma = float(self._sigma_now())
         return sample / ((sigma ** 2 + 1) ** 0.5)
 
     def _to_denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
-        if self.prediction_type == "epsilon":
+        if self.prediction_type in ("epsilon", "flow"):  # flow: the velocity is noise - x0
             return sample - sigma * model_output
         return sample / (sigma ** 2 + 1) - model_output * (sigma / (sigma ** 2 + 1) ** 0.5)
 
     def _make_noise(self, sample: torch.Tensor, generator):
         kind = self.algorithm.noise
+        if kind == "none" and self.algorithm_kwargs.get("s_churn"):
+            kind = "randn"  # churn's fresh noise comes from the per-image generators
         if kind == "brownian":
             positive = self.sigmas[self.sigmas > 0]
             return BrownianNoise(sample, positive.min(), self.sigmas.max(), self.noise_sampler_seed)
@@ -214,12 +249,23 @@ class KSamplerScheduler:
                                                           device=sample.device, dtype=sample.dtype)
         return _ZeroNoise()
 
+    def _start(self, sample: torch.Tensor, generator) -> None:
+        sigmas = self.sigmas if self._start_sigmas is None else self._start_sigmas
+        self._noise = self._make_noise(sample, generator)
+        self._gen = self._run(sample, sigmas.to(sample.device), self._noise)
+        self._request = next(self._gen)
+
+    def first_model_input(self, sample: torch.Tensor, generator=None) -> torch.Tensor:
+        """The latents of the first model call, from the starting latents: the same unless the
+        algorithm changes them before its first call (churn adds noise there). The loop calls it once,
+        before the first step, with the generators of ``step``."""
+        if self._gen is None:
+            self._start(sample, generator)
+        return self._request[0]
+
     def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
         if self._gen is None:
-            sigmas = self.sigmas if self._start_sigmas is None else self._start_sigmas
-            self._noise = self._make_noise(sample, generator)
-            self._gen = self._run(sample, sigmas.to(sample.device), self._noise)
-            self._request = next(self._gen)
+            self._start(sample, generator)
         sigma = float(self._request[1])
         denoised = self._to_denoised(model_output, sample, sigma)
         try:
@@ -238,8 +284,8 @@ class KSamplerScheduler:
         sigmas = []
         for value in t.reshape(-1).tolist():
             hits = (planned == value).nonzero()
-            if len(hits) == 0:
-                return self.training.t_to_sigma(t)  # not a planned call: interpolate
+            if len(hits) == 0:  # not a planned call: interpolate
+                return t / 1000 if self.flow is not None else self.training.t_to_sigma(t)
             sigmas.append(self._calls[int(hits[0])])  # equal timesteps have equal sigmas
         return torch.stack(sigmas).view(t.shape)
 
@@ -249,4 +295,6 @@ class KSamplerScheduler:
         sigma = sigma.to(original_samples.device, original_samples.dtype)
         while sigma.ndim < original_samples.ndim:
             sigma = sigma.unsqueeze(-1)
+        if self.flow is not None:
+            return (1 - sigma) * original_samples + sigma * noise
         return original_samples + noise * sigma

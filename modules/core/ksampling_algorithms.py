@@ -4,7 +4,9 @@ Protocol (see :mod:`modules.core.ksampling`): ``denoised, x_seen = yield x, sigm
 denoiser at ``(x, sigma)``; at a step's start the algorithm continues from ``x_seen`` (what the loop
 really fed the model), at intermediate points from its own ``x``. ``noise(sigma, sigma_next)`` gives
 unit-variance noise for the interval (a Brownian tree or fresh randn). The final latents are the
-generator's return value. Defaults are A1111's: eta 1, s_noise 1, no churn.
+generator's return value. Defaults are A1111's: eta 1, s_noise 1, no churn. ``s_noise`` scales the
+fresh noise; ``s_churn``/``s_tmin``/``s_tmax`` (Euler, Heun, DPM2) lift each step's sigma inside
+[s_tmin, s_tmax] to sigma_hat = sigma * (1 + gamma) by adding noise first (Karras et al. 2022, Alg. 2).
 """
 
 from __future__ import annotations
@@ -34,14 +36,31 @@ def ancestral_split(sigma, sigma_next, eta: float = 1.0):
     return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
-def euler(x, sigmas, noise):
+def _churn(x, sigmas, i, noise, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float):
+    """(x, sigma_hat) for step i: with churn, the latents lifted from sigma to sigma_hat by fresh
+    noise. The noise is drawn at every step once churn is on (also where gamma is 0), as k-diffusion
+    draws it, so the per-image generators advance the same way."""
+    sigma = sigmas[i]
+    if not s_churn:
+        return x, sigma
+    gamma = min(s_churn / (len(sigmas) - 1), 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    eps = noise(sigma, sigmas[i + 1]) * s_noise
+    if gamma <= 0:
+        return x, sigma
+    sigma_hat = sigma * (gamma + 1)
+    return x + eps * (sigma_hat ** 2 - sigma ** 2) ** 0.5, sigma_hat
+
+
+def euler(x, sigmas, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+          s_noise: float = 1.0):
     for i in range(len(sigmas) - 1):
-        denoised, x = yield x, sigmas[i]
-        x = x + _derivative(x, sigmas[i], denoised) * (sigmas[i + 1] - sigmas[i])
+        x, sigma = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        denoised, x = yield x, sigma
+        x = x + _derivative(x, sigma, denoised) * (sigmas[i + 1] - sigma)
     return x
 
 
-def _ancestral_steps(x, sigmas, noise, eta, step_down, noise_on_last: bool):
+def _ancestral_steps(x, sigmas, noise, eta, step_down, noise_on_last: bool, s_noise: float = 1.0):
     """The frame of the ancestral samplers: ``step_down`` from sigma to sigma_down (Euler when
     sigma_down is 0), then sigma_up of fresh noise (also on the last step, of size 0, where the
     k-diffusion sampler draws it there too)."""
@@ -54,7 +73,7 @@ def _ancestral_steps(x, sigmas, noise, eta, step_down, noise_on_last: bool):
         else:
             x = yield from step_down(x, sigma, down, denoised)
         if noise_on_last or sigma_next > 0:
-            x = x + noise(sigma, sigma_next) * up
+            x = x + noise(sigma, sigma_next) * s_noise * up
     return x
 
 
@@ -80,9 +99,11 @@ def _heun_step(x, sigma, sigma_next):
     return x + (slope + _derivative(x_trial, sigma_next, denoised_trial)) / 2 * dt
 
 
-def heun(x, sigmas, noise):
+def heun(x, sigmas, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+         s_noise: float = 1.0):
     for i in range(len(sigmas) - 1):
-        x = yield from _heun_step(x, sigmas[i], sigmas[i + 1])
+        x, sigma = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        x = yield from _heun_step(x, sigma, sigmas[i + 1])
     return x
 
 
@@ -133,9 +154,11 @@ def _dpm_2_step(x, sigma, target, denoised):
     return x + _derivative(x_mid, sigma_mid, denoised_mid) * (target - sigma)
 
 
-def dpm_2(x, sigmas, noise):
+def dpm_2(x, sigmas, noise, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf,
+          s_noise: float = 1.0):
     for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        x, sigma = _churn(x, sigmas, i, noise, s_churn, s_tmin, s_tmax, s_noise)
+        sigma_next = sigmas[i + 1]
         denoised, x = yield x, sigma
         if sigma_next == 0:
             x = x + _derivative(x, sigma, denoised) * (sigma_next - sigma)
@@ -144,8 +167,8 @@ def dpm_2(x, sigmas, noise):
     return x
 
 
-def dpm_2_ancestral(x, sigmas, noise, eta: float = 1.0):
-    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpm_2_step, noise_on_last=True))
+def dpm_2_ancestral(x, sigmas, noise, eta: float = 1.0, s_noise: float = 1.0):
+    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpm_2_step, noise_on_last=True, s_noise=s_noise))
 
 
 def _lms_weight(order: int, s: list[float], i: int, j: int) -> float:
@@ -183,8 +206,9 @@ def _dpmpp_2s_step(x, sigma, target, denoised):
     return (_sigma(t_target) / _sigma(t)) * x - (-h).expm1() * denoised_mid
 
 
-def dpmpp_2s_ancestral(x, sigmas, noise, eta: float = 1.0):
-    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpmpp_2s_step, noise_on_last=False))
+def dpmpp_2s_ancestral(x, sigmas, noise, eta: float = 1.0, s_noise: float = 1.0):
+    return (yield from _ancestral_steps(x, sigmas, noise, eta, _dpmpp_2s_step, noise_on_last=False,
+                                        s_noise=s_noise))
 
 
 def dpmpp_2m(x, sigmas, noise):
@@ -204,7 +228,7 @@ def dpmpp_2m(x, sigmas, noise):
     return x
 
 
-def dpmpp_sde(x, sigmas, noise, eta: float = 1.0, r: float = 0.5):
+def dpmpp_sde(x, sigmas, noise, eta: float = 1.0, r: float = 0.5, s_noise: float = 1.0):
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised, x = yield x, sigma
@@ -218,7 +242,7 @@ def dpmpp_sde(x, sigmas, noise, eta: float = 1.0, r: float = 0.5):
         down, up = ancestral_split(_sigma(t), _sigma(s), eta)
         s_down = _t(down)
         x_mid = (_sigma(s_down) / _sigma(t)) * x - (t - s_down).expm1() * denoised
-        x_mid = x_mid + noise(_sigma(t), _sigma(s)) * up
+        x_mid = x_mid + noise(_sigma(t), _sigma(s)) * s_noise * up
         denoised_mid, _ = yield x_mid, _sigma(s)
         # the full step on a blend of both predictions
         down, up = ancestral_split(_sigma(t), _sigma(t_next), eta)
@@ -226,11 +250,11 @@ def dpmpp_sde(x, sigmas, noise, eta: float = 1.0, r: float = 0.5):
         weight = 1 / (2 * r)
         blend = (1 - weight) * denoised + weight * denoised_mid
         x = (_sigma(t_down) / _sigma(t)) * x - (t - t_down).expm1() * blend
-        x = x + noise(_sigma(t), _sigma(t_next)) * up
+        x = x + noise(_sigma(t), _sigma(t_next)) * s_noise * up
     return x
 
 
-def dpmpp_2m_sde(x, sigmas, noise, eta: float = 1.0, solver: str = "midpoint"):
+def dpmpp_2m_sde(x, sigmas, noise, eta: float = 1.0, solver: str = "midpoint", s_noise: float = 1.0):
     if solver not in ("midpoint", "heun"):
         raise ValueError(f"solver must be 'midpoint' or 'heun', not {solver!r}")
     previous, h_previous = None, None
@@ -251,12 +275,12 @@ def dpmpp_2m_sde(x, sigmas, noise, eta: float = 1.0, solver: str = "midpoint"):
             else:
                 x = x + 0.5 * decay * correction
         if eta:
-            x = x + noise(sigma, sigma_next) * sigma_next * (-2 * eta * h).expm1().neg().sqrt()
+            x = x + noise(sigma, sigma_next) * sigma_next * (-2 * eta * h).expm1().neg().sqrt() * s_noise
         previous, h_previous = denoised, h
     return x
 
 
-def dpmpp_3m_sde(x, sigmas, noise, eta: float = 1.0):
+def dpmpp_3m_sde(x, sigmas, noise, eta: float = 1.0, s_noise: float = 1.0):
     d_1 = d_2 = None  # the last two predictions
     h_1 = h_2 = None  # and their step sizes
     for i in range(len(sigmas) - 1):
@@ -280,7 +304,7 @@ def dpmpp_3m_sde(x, sigmas, noise, eta: float = 1.0):
             elif h_1 is not None:
                 x = x + phi_2 * (denoised - d_1) / (h_1 / h)
             if eta:
-                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt()
+                x = x + noise(sigma, sigma_next) * sigma_next * (-2 * h * eta).expm1().neg().sqrt() * s_noise
         d_1, d_2 = denoised, d_1
         h_1, h_2 = h, h_1
     return x
@@ -310,7 +334,7 @@ def _dpm_solver_step(x, t, t_next, order: int, eps):
     return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
 
 
-def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 1.0):
+def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 1.0, s_noise: float = 1.0):
     """k-diffusion's ``sample_dpm_fast``: ``n`` model calls between sigma_max and sigma_min (it ends
     at sigma_min, not 0); with eta > 0 each step is ancestral."""
     if sigma_min <= 0 or sigma_max <= 0:
@@ -330,5 +354,5 @@ def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 
         denoised, x = yield x, _sigma(t)
         eps = (x - denoised) / _sigma(t)
         x = yield from _dpm_solver_step(x, t, t_target, order, eps)
-        x = x + up * noise(_sigma(t), _sigma(t_next))
+        x = x + up * s_noise * noise(_sigma(t), _sigma(t_next))
     return x

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-FAMILIES = ("sd1", "sd2", "sdxl")
+FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -25,6 +25,7 @@ SD1_CLIP_PREFIX = "cond_stage_model.transformer."  # + text_model.…
 SD2_OPENCLIP_PREFIX = "cond_stage_model.model."
 SDXL_CLIP_L_PREFIX = "conditioner.embedders.0.transformer."  # + text_model.…
 SDXL_OPENCLIP_PREFIX = "conditioner.embedders.1.model."
+SDXL_REFINER_OPENCLIP_PREFIX = "conditioner.embedders.0.model."
 
 # OpenCLIP's learned temperature, stored in real SD2 / SDXL files; ln(100) once training clamps it.
 OPENCLIP_LOGIT_SCALE = math.log(100.0)
@@ -385,7 +386,8 @@ def to_ldm_state_dict(
     *,
     include_extras: bool = True,
 ) -> dict[str, torch.Tensor]:
-    """Whole A1111/LDM single-file state dict for `family` in {"sd1", "sd2", "sdxl"}.
+    """Whole A1111/LDM single-file state dict for `family` in FAMILIES (the SDXL refiner's one
+    encoder, OpenCLIP-bigG, is passed as `text_encoder_2`).
 
     Components may be modules or their state dicts; any may be None (left out). For "sd2" the text
     encoder is written as OpenCLIP; pass it with the layer that real files carry but diffusers drops
@@ -397,8 +399,10 @@ def to_ldm_state_dict(
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    if family != "sdxl" and text_encoder_2 is not None:
+    if family not in ("sdxl", "sdxl_refiner") and text_encoder_2 is not None:
         raise ValueError(f"{family} has one text encoder; text_encoder_2 is only for sdxl")
+    if family == "sdxl_refiner" and text_encoder is not None:
+        raise ValueError("the SDXL refiner has only OpenCLIP-bigG: pass it as text_encoder_2")
 
     out: dict[str, torch.Tensor] = {}
     if unet is not None:
@@ -411,6 +415,9 @@ def to_ldm_state_dict(
     elif family == "sd2":
         if text_encoder is not None:
             out.update(_prefixed(SD2_OPENCLIP_PREFIX, openclip_to_ldm(text_encoder, include_logit_scale=include_extras)))
+    elif family == "sdxl_refiner":
+        if text_encoder_2 is not None:
+            out.update(_prefixed(SDXL_REFINER_OPENCLIP_PREFIX, openclip_to_ldm(text_encoder_2, include_logit_scale=include_extras)))
     else:
         if text_encoder is not None:
             out.update(_prefixed(SDXL_CLIP_L_PREFIX, clip_to_ldm(text_encoder, include_position_ids=include_extras)))

@@ -155,9 +155,6 @@ def load_network(path: str | Path) -> LoraNetwork:
             ckpt.close()
     except CheckpointError as exc:
         raise ValueError(str(exc)) from exc
-    if any(k.endswith(".dora_scale") for k in state):
-        # DoRA rescales each merged weight to a trained norm; applying it as plain LoRA would look wrong
-        raise ValueError(f"{path.name} is a DoRA network (dora_scale), which Easel does not apply yet")
     grouped, unknown = lora_formats.group_layers(state)
     layers = {}
     for key, parts in grouped.items():
@@ -252,6 +249,9 @@ class _Targets:
     """Every name a LoRA file may use for a layer of this model -> (part, module)."""
 
     def __init__(self, model):
+        # layers a family's files name differently from the diffusers modules (Flux's fused q/k/v):
+        # flat name -> [(module, first row, end row)] of the file's layer
+        self.fused: dict[str, list[tuple[nn.Module, int, int]]] = model.family.lora_layers(model)
         self.unet_dotted = dict(_weighted_modules(model.unet))
         self.unet_flat = {k.replace(".", "_"): m for k, m in self.unet_dotted.items()}
         self.unet_flat.update({k: m for k, m in self._ldm_names(model.unet).items() if k not in self.unet_flat})
@@ -287,14 +287,21 @@ class _Targets:
         module = tables[index].get(name)
         return ("te", module) if module is not None else None
 
-    def find(self, key: str) -> tuple[str, nn.Module] | None:
+    def find(self, key: str) -> tuple[str, nn.Module | list[tuple[nn.Module, int, int]]] | None:
+        """(part, module) of a file's layer name, or (part, [(module, first row, end row)]) for a
+        layer that is several modules here (its delta's rows split between them)."""
         for prefix, index in (("lora_te1_", 0), ("lora_te2_", 1), ("lora_te_", 0)):
             if key.startswith(prefix):
                 return self._te(index, "flat", key[len(prefix):].removeprefix("text_model_"))
         if key.startswith("lora_unet_"):
-            module = self.unet_flat.get(key[len("lora_unet_"):])
+            name = key[len("lora_unet_"):]
+            if name in self.fused:
+                return "unet", self.fused[name]
+            module = self.unet_flat.get(name)
             return ("unet", module) if module is not None else None
-        key = key.removeprefix("base_model.model.")
+        key = key.removeprefix("base_model.model.").removeprefix("transformer.")  # diffusers' Flux / SD3 LoRAs
+        if key.replace(".", "_") in self.fused:
+            return "unet", self.fused[key.replace(".", "_")]
         for prefix, index in (("text_encoder.", 0), ("text_encoder_2.", 1)):
             if key.startswith(prefix):
                 return self._te(index, "dotted", key[len(prefix):].removeprefix("text_model."))
@@ -370,15 +377,22 @@ def _apply(state: _ModelState, entry: JobEntry) -> None:
             unmatched += 1
             continue
         matched += 1
-        part, module = found
+        part, target = found
         weight = ref.te if part == "te" else ref.unet
         if weight == 0:
             continue
-        param = module.weight
-        delta = layer.delta(param.shape, param.device, ref.dyn)
-        if id(param) not in state.backups:
-            state.backups[id(param)] = (param, param.detach().to("cpu", copy=True))
-        param.copy_((param.float() + weight * delta).to(param.dtype))
+        pieces = target if isinstance(target, list) else [(target, 0, target.weight.shape[0])]
+        first = pieces[0][0].weight
+        shape = torch.Size((pieces[-1][2], *first.shape[1:]))  # the file's layer: all the pieces' rows
+        delta = layer.delta(shape, first.device, ref.dyn)
+        if "dora_scale" in layer.parts:  # DoRA: renormalised against the current weight, then weighted
+            current = torch.cat([module.weight.float() for module, _s, _e in pieces], dim=0)
+            delta = layer.decompose(delta, current)
+        for module, start, end in pieces:
+            param = module.weight
+            if id(param) not in state.backups:
+                state.backups[id(param)] = (param, param.detach().to("cpu", copy=True))
+            param.copy_((param.float() + weight * delta[start:end]).to(param.dtype))
     if matched == 0:
         raise ValueError(f"none of its {unmatched} layers is a layer of this model (made for another model type?)")
     skipped = unmatched + len(entry.network.unknown_keys)

@@ -13,6 +13,10 @@ times ``alpha / rank`` but not times the user's weight):
 - LoKr (``lokr_w1`` or ``lokr_w1_a/b``, ``lokr_w2`` or ``lokr_w2_a/b``, optional ``lokr_t2``):
   ``ΔW = w1 ⊗ w2`` (Kronecker), rank = rows of ``w1_b``, else of ``w2_b``, else no scaling.
 - Full (``diff``): ``ΔW = diff``.
+- DoRA (any of the above with a magnitude ``dora_scale`` / PEFT's ``lora_magnitude_vector``): the
+  merged weight ``W + ΔW`` is renormalised to that magnitude, column by column (per input channel, as
+  LyCORIS stores it; per output channel for a magnitude of the output's length, as PEFT stores it), and
+  the delta is what that makes of ``W`` (A1111's ``apply_weight_decompose``, then the user's weight).
 
 Scale: ``scale`` when the file stores one, else ``alpha / rank`` when both are known, else 1
 (A1111's rule). These are the published formulas; peft / lycoris-lora are not used because they
@@ -39,6 +43,9 @@ _PARTS = [
     (".lokr_w1_a", "lokr_w1_a"), (".lokr_w1_b", "lokr_w1_b"), (".lokr_w1", "lokr_w1"),
     (".lokr_w2_a", "lokr_w2_a"), (".lokr_w2_b", "lokr_w2_b"), (".lokr_w2", "lokr_w2"), (".lokr_t2", "lokr_t2"),
     (".diff", "diff"), (".alpha", "alpha"), (".scale", "scale"),
+    # DoRA: the magnitude (LyCORIS / kohya: per input channel; PEFT: per output channel)
+    (".dora_scale", "dora_scale"), (".lora_magnitude_vector.default.weight", "dora_scale"),
+    (".lora_magnitude_vector.weight", "dora_scale"), (".lora_magnitude_vector", "dora_scale"),
 ]
 # diffusers' first LoRA format: attention processors hold the LoRA of to_q/to_k/to_v/to_out
 _PROCESSOR = re.compile(r"^(.*)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
@@ -135,6 +142,26 @@ class LoraLayer:
         else:
             d = p["diff"]
         return _fit(d, shape, self.key) * self.factor()
+
+    def decompose(self, delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """DoRA: the delta that renormalises ``weight + delta`` to the stored magnitude (unchanged
+        for a layer without one). ``weight`` is the current weight, float32."""
+        magnitude = self.parts.get("dora_scale")
+        if magnitude is None:
+            return delta
+        merged = weight + delta
+        out_dim, in_dim = merged.shape[0], merged.shape[1]
+        m = magnitude.to(merged.device, torch.float32)
+        if m.numel() == out_dim and (m.numel() != in_dim or m.shape[0] == out_dim):  # per output (PEFT)
+            norm = merged.reshape(out_dim, -1).norm(dim=1).reshape(out_dim, *[1] * (merged.ndim - 1))
+            m = m.reshape(out_dim, *[1] * (merged.ndim - 1))
+        elif m.numel() == in_dim:  # per input (LyCORIS / kohya)
+            norm = merged.transpose(0, 1).reshape(in_dim, -1).norm(dim=1).reshape(1, in_dim, *[1] * (merged.ndim - 2))
+            m = m.reshape(1, in_dim, *[1] * (merged.ndim - 2))
+        else:
+            raise ValueError(f"layer {self.key}: a DoRA magnitude of {tuple(magnitude.shape)} fits no side of "
+                             f"the weight {tuple(merged.shape)}")
+        return merged * (m / norm) - weight
 
 
 def _fit(d: torch.Tensor, shape: torch.Size, key: str) -> torch.Tensor:

@@ -2,36 +2,26 @@
 
 Recipe:
 1. open the file lazily and detect the spec from shapes (model_detection);
-2. per component, read only its tensors (already in the target dtype), rename them
-   with diffusers' own LDM converters, build the module on the meta device from the
-   detected config and assign the tensors (no random init, no second copy);
-3. settle what the weights cannot say (SD2 v-prediction), attach tokenizers shipped
-   in the repo.
+2. the family builds its parts (``ModelFamily.load_parts``: modules on the meta device from the
+   detected configs, tensors assigned, no random init; tokenizers shipped in the repo), with
+   companion files for what the checkpoint lacks;
+3. settle what the weights cannot say (SD2 v-prediction), move the parts to the device.
 """
 
 from __future__ import annotations
 
-import functools
-import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
-from diffusers.loaders.single_file_utils import (
-    convert_ldm_clip_checkpoint,
-    convert_ldm_unet_checkpoint,
-    convert_ldm_vae_checkpoint,
-    convert_open_clip_checkpoint,
-)
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-from .checkpoint_file import CheckpointError, CheckpointFile
+from . import families
+from .checkpoint_file import CheckpointFile
 from .devices import DevicePolicy
-from .model_detection import UNET_PREFIX, VAE_PREFIX, ModelSpec, TextEncoderSpec, UnsupportedCheckpoint, detect
-
-TOKENIZER_DIR = Path(__file__).resolve().parents[2] / "models" / "tokenizers" / "clip"
+from .ldm_parts import TOKENIZER_DIR, load_tokenizer  # noqa: F401 (public here too)
+from .model_detection import ModelSpec, detect
 
 
 @dataclass
@@ -40,10 +30,10 @@ class LoadedModel:
 
     path: Path
     spec: ModelSpec
-    unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    unet: torch.nn.Module  # the denoiser network (a UNet; Flux: its transformer), A1111's model.diffusion_model
+    vae: torch.nn.Module  # AutoencoderKL
     text_encoders: list[torch.nn.Module]
-    tokenizers: list[CLIPTokenizer]
+    tokenizers: list  # one per text encoder (CLIP; T5 for Flux)
     policy: DevicePolicy
     load_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -53,75 +43,21 @@ class LoadedModel:
         return self.policy.device
 
     @property
+    def family(self) -> families.ModelFamily:
+        return families.get(self.spec.family)
+
+    @property
+    def size_multiple(self) -> int:
+        """Picture sides must be multiples of this (the VAE's factor, or more for patched latents)."""
+        return self.family.size_multiple or self.latent_scale
+
+    @property
     def latent_scale(self) -> int:
         return 2 ** (len(self.spec.vae_config["block_out_channels"]) - 1)
 
 
-@functools.lru_cache(maxsize=4)
-def load_tokenizer(pad_token: str) -> CLIPTokenizer:
-    if not (TOKENIZER_DIR / "vocab.json").is_file():
-        raise CheckpointError(f"the shipped CLIP tokenizer is missing from {TOKENIZER_DIR}")
-    return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR), pad_token=pad_token, local_files_only=True)
-
-
-def _assign(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    missing, unexpected = module.load_state_dict(state, strict=False, assign=True)
-    # CLIP's position_ids is a non-persistent buffer: not in files, rebuilt below.
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    unexpected = [k for k in unexpected if not k.endswith("position_ids")]
-    if missing or unexpected:
-        detail = f"missing {missing[:5]}" if missing else f"unexpected {unexpected[:5]}"
-        raise UnsupportedCheckpoint(f"{what} weights do not match the detected architecture: {detail}")
-    for name, buf in list(module.named_buffers()):
-        if buf.is_meta:
-            if not name.endswith("position_ids"):
-                raise UnsupportedCheckpoint(f"{what}: buffer {name} has no value")
-            owner = module.get_submodule(name.rsplit(".", 1)[0]) if "." in name else module
-            owner.register_buffer("position_ids", torch.arange(buf.shape[-1]).expand(buf.shape), persistent=False)
-
-
-def _build(cls, config: dict, state: dict[str, torch.Tensor], what: str):
-    """Construct without allocating (meta device), then adopt the loaded tensors."""
-    with torch.device("meta"):
-        module = cls(**config)
-    _assign(module, state, what)
-    return module
-
-
-def _build_unet(ckpt: CheckpointFile, spec: ModelSpec, dtype: torch.dtype) -> UNet2DConditionModel:
-    config = dict(spec.unet_config)
-    state = convert_ldm_unet_checkpoint(ckpt.read_prefix(UNET_PREFIX, dtype), config)
-    return _build(UNet2DConditionModel, config, state, "UNet")
-
-
-def _build_vae(ckpt: CheckpointFile, spec: ModelSpec, dtype: torch.dtype) -> AutoencoderKL:
-    config = dict(spec.vae_config)
-    state = convert_ldm_vae_checkpoint(ckpt.read_prefix(VAE_PREFIX, dtype), config)
-    return _build(AutoencoderKL, config, state, "VAE")
-
-
-def _build_text_encoder(ckpt: CheckpointFile, te: TextEncoderSpec, dtype: torch.dtype) -> torch.nn.Module:
-    config = CLIPTextConfig(**te.config)
-    cls = CLIPTextModelWithProjection if te.with_projection else CLIPTextModel
-    with torch.device("meta"):
-        model = cls(config)
-    tensors = ckpt.read_prefix(te.prefix, dtype)
-    if te.layout == "hf":
-        state = convert_ldm_clip_checkpoint(tensors, remove_prefix=te.prefix)
-    else:
-        state = convert_open_clip_checkpoint(model, tensors, prefix=te.prefix)
-    if te.drop_last_layer:
-        last = te.config["num_hidden_layers"]  # layers are 0..n-1 in the model; index n is the dropped one
-        state = {k: v for k, v in state.items() if not re.search(rf"encoder\.layers\.{last}\.", k)}
-        state.pop("text_projection.weight", None)
-    if not hasattr(model, "text_model"):  # transformers >= 5 flattened CLIPTextModel
-        state = {k.removeprefix("text_model."): v for k, v in state.items()}
-    _assign(model, state, "text encoder")
-    return model
-
-
 @torch.no_grad()
-def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
+def probe_v_prediction(unet) -> bool:
     """A1111's test for SD2 checkpoints without a config: a v-model pulls a constant
     grey latent strongly negative at t=999, an epsilon model does not."""
     p = next(unet.parameters())
@@ -131,18 +67,19 @@ def probe_v_prediction(unet: UNet2DConditionModel) -> bool:
     return (out.float() - x.float()).mean().item() < -1
 
 
-def load_checkpoint(path: str | Path, policy: DevicePolicy) -> LoadedModel:
+def load_checkpoint(path: str | Path, policy: DevicePolicy,
+                    companions: Callable[[str], Path | None] | None = None) -> LoadedModel:
     """Load one single-file checkpoint. Raises CheckpointError / UnsupportedCheckpoint
-    (both ValueError) with a message fit for users."""
+    (both ValueError) with a message fit for users. ``companions(kind)`` finds the files a
+    family may need beside a file that lacks them (Flux: "clip_l", "t5xxl", "vae"), or None."""
     started = time.perf_counter()
     ckpt = CheckpointFile(path)
     try:
         spec = detect(ckpt.shapes, ckpt.metadata, ckpt.yaml_parameterization())
-        unet = _build_unet(ckpt, spec, policy.unet_dtype)
-        vae = _build_vae(ckpt, spec, policy.vae_dtype)
-        encoders = [_build_text_encoder(ckpt, te, policy.text_dtype) for te in spec.text_encoders]
+        parts = families.get(spec.family).load_parts(ckpt, spec, policy, companions or (lambda kind: None))
     finally:
         ckpt.close()
+    spec, unet, vae, encoders = parts.spec, parts.denoiser, parts.vae, parts.text_encoders
 
     if "prediction type undetermined" in spec.notes and spec.unet_config["cross_attention_dim"] == 1024:
         # only meaningful for real-size SD2 weights; small models keep epsilon
@@ -155,5 +92,4 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy) -> LoadedModel:
     if policy.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
         vae.enable_xformers_memory_efficient_attention()
-    tokenizers = [load_tokenizer(te.pad_token) for te in spec.text_encoders]
-    return LoadedModel(Path(path), spec, unet, vae, encoders, tokenizers, policy, time.perf_counter() - started)
+    return LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, time.perf_counter() - started)

@@ -7,23 +7,22 @@ and the job observer (progress, interrupt, skip) come in as arguments.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from dataclasses import dataclass, field
-from typing import Callable
 
-import numpy as np
 import torch
 from PIL import Image
 
-from . import denoise, hires, image_io, img2img, rng, samplers, saving, tiling
+from . import denoise, hires, hypernetwork, image_io, img2img, model_ops, rng, samplers, sampling_pass, saving, tiling
 from . import lora  # <lora:...> networks
-from .conditioning import TextConditioner
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
 from .job_hooks import BatchValues, ImageValues, JobHooks
 from .job_settings import GenerationSettings, JobObserver  # noqa: F401 (public here too)
+from .model_ops import decode_latents, encode_pixels, txt2img_image_conditioning  # noqa: F401 (public here too)
 from .model_loader import LoadedModel
 from .types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 
@@ -99,47 +98,6 @@ def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSet
     )
 
 
-def _unet_call(model: LoadedModel) -> Callable:
-    unet = model.unet
-    dtype = model.policy.unet_dtype
-
-    def call(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        if "c_concat" in cond:
-            x = torch.cat([x, cond["c_concat"]], dim=1)
-        added = None
-        if "text_embeds" in cond:
-            added = {"text_embeds": cond["text_embeds"].to(dtype), "time_ids": cond["time_ids"].to(dtype)}
-        out = unet(x.to(dtype), t, encoder_hidden_states=cond["context"].to(dtype), added_cond_kwargs=added)
-        return out.sample.float()
-
-    return call
-
-
-@torch.no_grad()
-def encode_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> scaled latents; the distribution's mean, so it is deterministic."""
-    vae = model.vae
-    dist = vae.encode(pixels.to(model.device, model.policy.vae_dtype)).latent_dist
-    return dist.mean.float() * vae.config.scaling_factor
-
-
-def txt2img_image_conditioning(model: LoadedModel, batch: int, width: int, height: int) -> torch.Tensor:
-    """What an inpainting UNet sees in txt2img (A1111): everything masked, over a grey image."""
-    grey = torch.zeros(1, 3, height, width)  # 0.5 grey in [-1, 1]
-    latent = encode_pixels(model, grey)
-    mask = torch.ones_like(latent[:, :1])
-    return torch.cat([mask, latent], dim=1).repeat(batch, 1, 1, 1)
-
-
-@torch.no_grad()
-def decode_latents(model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
-    vae = model.vae
-    scaled = latents.to(model.device, model.policy.vae_dtype) / vae.config.scaling_factor
-    pixels = vae.decode(scaled).sample.float()
-    array = ((pixels / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a)) for a in array]
-
-
 def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSettings, index: int,
                     seed: int | None = None, subseed: int | None = None, extra: dict | None = None) -> dict:
     """The settings line in A1111's order. `seed`/`subseed` default to the plan's for `index`;
@@ -195,6 +153,8 @@ def generate(
         except BaseException:
             lora.deactivate(model)  # a failed job leaves the base weights (a finished one keeps its LoRAs)
             raise
+        finally:
+            hypernetwork.deactivate(model)  # hypernetworks hold for the job only
 
 
 @torch.no_grad()
@@ -205,167 +165,277 @@ def _generate(
     observer: JobObserver | None = None,
     job_hooks: JobHooks | None = None,
 ) -> GenerationResult:
-    settings = settings or GenerationSettings()
-    observer = observer or JobObserver()
-    jhooks = job_hooks or JobHooks()  # (`hooks` below is the sampling loop's)
-
-    # 1. validate against the model and resolve defaults
-    p = plan(request, model, settings)
-    if p.width % model.latent_scale or p.height % model.latent_scale:
-        raise RequestError("width", f"width and height must be multiples of {model.latent_scale} for this model")
-    networks = _PromptNetworks(settings.find_lora)  # <lora:...> cut out, files found and read, per prompt
-    networks.get(request.prompt, "prompt")  # an unknown LoRA is refused before any work
-    conditioner = TextConditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
-                                  embeddings=settings.embeddings)
-    unet_call = _unet_call(model)
-    latent_shape = (model.spec.unet_config["out_channels"], p.height // model.latent_scale, p.width // model.latent_scale)
-    seed_resize = (
-        (request.seed_resize_from_w, request.seed_resize_from_h)
-        if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0
-        else None
-    )
-    result = GenerationResult(
-        images=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[], infotexts=[],
-        width=p.width, height=p.height, sampler_name=p.sampler, scheduler=p.schedule,
-        model_name=settings.model_name, model_hash=settings.model_hash, clip_skip=p.clip_skip,
-        vae_name=settings.vae_name, vae_hash=settings.vae_hash,
-    )
-    job = None
-    if isinstance(request, Img2ImgRequest):  # init images, mask, overlays: once for the whole job
-        job = img2img.prepare(request, p.width, p.height, latent_scale=model.latent_scale,
-                              encode=lambda pixels: encode_pixels(model, pixels),
-                              inpainting_model=model.spec.inpainting, settings=settings.img2img)
-        p.extra.update({"Denoising strength": plain_number(job.denoising_strength), **job.infotext})
-    if model.spec.inpainting:
-        p.extra["Conditional mask weight"] = settings.img2img.mask_weight
-    hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale, settings.checkpoint_title)
-    if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
-        p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
-        result.first_pass_size = (p.width, p.height)
-        result.width, result.height = hr.width, hr.height
-    extra_noise = settings.img2img.extra_noise  # A1111's img2img_extra_noise: img2img and the hires pass
-    if extra_noise > 0 and (job is not None or (hr is not None and hr.denoising_strength > 0)):
-        p.extra["Extra noise"] = plain_number(extra_noise)
-    # 1b. the per-image values (A1111's all_prompts, all_seeds, ...); the hooks may replace them
-    count = request.batch_size * request.n_iter
-    values = ImageValues([request.prompt] * count, [request.negative_prompt] * count, list(p.seeds),
-                         list(p.subseeds))
-    if hr is not None:
-        values.hr_prompts, values.hr_negative_prompts = [hr.prompt] * count, [hr.negative_prompt] * count
-    jhooks.job_started(values)
-    values.check(count)
-    # the first prompt of each batch chooses its LoRAs (A1111); the hires prompts' own tags drive the second pass
-    firsts = range(0, count, request.batch_size)
-    used_loras = [networks.get(values.prompts[i], "prompt") for i in firsts]
-    if hr is not None:
-        used_loras += [networks.get(values.hr_prompts[i], "hr_prompt") for i in firsts]
-    lora_hashes = lora.infotext_hashes(*used_loras)
-    if lora_hashes and settings.add_lora_hashes_to_info:  # A1111's "Lora hashes" (names as written)
-        p.extra["Lora hashes"] = lora_hashes
-    result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
-    day_dir = image_io.dated_subdir(settings.outdir_samples, settings.today()) if settings.outdir_samples else None
-
+    job = _Job(request, model, settings or GenerationSettings(), observer or JobObserver(), job_hooks)
+    job.prepare()  # 1. validate, resolve defaults, the per-image values
     for batch in range(request.n_iter):
-        if observer.interrupted():
-            result.interrupted = True
+        if job.observer.interrupted():
+            job.result.interrupted = True
             break
+        with _Borrowed(job) as borrowed:  # other checkpoints this batch loads (hires, refiner)
+            values = job.batch_values(batch)  # 2. this batch's values and LoRAs
+            first = job.first_pass(values, borrowed)  # 3. conditioning, noise, sampling
+            images = job.finish_pass(batch, values, first, borrowed)  # 4. hires fix or decode
+        images = job.pictures(values, images)  # 5. the hooks' and img2img's last changes
+        job.record(batch, values, images)  # 6. infotext, save
+        if job.result.interrupted:
+            break
+    job.grid()  # 7. the grid of the whole job
+    return job.result
+
+
+class _Borrowed:
+    """Checkpoints a batch loads besides the job's (hires checkpoint, SDXL refiner), through
+    ``settings.load_model``: seamless like the job's model while in use, and the job's own checkpoint
+    put back after the batch, also on errors (so each batch starts from it)."""
+
+    def __init__(self, job: "_Job"):
+        self.job = job
+        self.stack = contextlib.ExitStack()
+        self.used = False
+
+    def load(self, name: str, field_name: str) -> LoadedModel:
+        settings = self.job.settings
+        if settings.load_model is None:
+            raise RequestError(field_name, "another checkpoint is not available here")
+        self.used = True
+        try:
+            loaded = settings.load_model(name)
+        except RequestError as exc:  # the loader names the hires field; the refiner has its own
+            raise RequestError(field_name, exc.message) from exc
+        if loaded is not self.job.model:
+            self.stack.enter_context(tiling.seamless(loaded, self.job.request.tiling))
+        return loaded
+
+    def __enter__(self) -> "_Borrowed":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stack.close()
+        if self.used:
+            self.job.settings.load_model(None)
+
+
+@dataclass
+class _FirstPass:
+    latents: torch.Tensor
+    model: LoadedModel  # the model it ended on (the refiner when it switched)
+    stopped: bool  # interrupted or skipped during the pass
+
+
+class _Job:
+    """One generation job's state between its numbered steps (see ``_generate``)."""
+
+    def __init__(self, request, model, settings, observer, job_hooks):
+        self.request, self.model, self.settings, self.observer = request, model, settings, observer
+        self.job_hooks = job_hooks  # None: no layer above (nothing to call, nothing changes)
+        self.hooks = job_hooks or JobHooks()
+        self.networks = _PromptNetworks(settings.find_lora)  # <lora:...> cut out, files read, per prompt
+        self.hypernets = _Hypernets(settings.find_hypernetwork)  # <hypernet:...>, files read once per job
+
+    # 1. validate against the model and resolve defaults ------------------------------------------
+    def prepare(self) -> None:
+        request, model, settings = self.request, self.model, self.settings
+        p = self.p = plan(request, model, settings)
+        if p.width % model.size_multiple or p.height % model.size_multiple:
+            raise RequestError("width", f"width and height must be multiples of {model.size_multiple} for this model")
+        # what the family's prompt encoder reads besides the prompts (SDXL sizes, Flux's distilled guidance)
+        self.conditioning = dataclasses.replace(settings.conditioning, distilled_guidance=request.distilled_cfg_scale)
+        if model.family.uses_distilled_guidance(model):  # Forge's key
+            p.extra["Distilled CFG Scale"] = plain_number(request.distilled_cfg_scale)
+        self.networks.get(request.prompt, "prompt")  # an unknown LoRA is refused before any work
+        self.hypernets.get(request.prompt, "prompt")  # an unknown hypernetwork too
+        self.refiner_title = _refiner_title(request, settings)
+        self.latent_shape = (model.spec.latent_channels, p.height // model.latent_scale,
+                             p.width // model.latent_scale)
+        self.seed_resize = ((request.seed_resize_from_w, request.seed_resize_from_h)
+                            if request.seed_resize_from_w > 0 and request.seed_resize_from_h > 0 else None)
+        self.result = GenerationResult(
+            images=[], seeds=[], subseeds=[], prompts=[], negative_prompts=[], infotexts=[],
+            width=p.width, height=p.height, sampler_name=p.sampler, scheduler=p.schedule,
+            model_name=settings.model_name, model_hash=settings.model_hash, clip_skip=p.clip_skip,
+            vae_name=settings.vae_name, vae_hash=settings.vae_hash,
+        )
+        self.img2img = None
+        if isinstance(request, Img2ImgRequest):  # init images, mask, overlays: once for the whole job
+            self.img2img = img2img.prepare(request, p.width, p.height, latent_scale=model.latent_scale,
+                                           encode=lambda pixels: model_ops.encode_pixels(model, pixels),
+                                           inpainting_model=model.spec.inpainting, settings=settings.img2img)
+            p.extra.update({"Denoising strength": plain_number(self.img2img.denoising_strength), **self.img2img.infotext})
+        if model.spec.inpainting:
+            p.extra["Conditional mask weight"] = settings.img2img.mask_weight
+        # instruct-pix2pix in img2img: A1111's image CFG (a third pass without the picture unless it is 1)
+        self.image_cfg_scale = None
+        if model.spec.edit_model and self.img2img is not None and request.image_cfg_scale is not None:
+            p.extra["Image CFG scale"] = plain_number(request.image_cfg_scale)
+            self.image_cfg_scale = request.image_cfg_scale if request.image_cfg_scale != 1.0 else None
+        hr = self.hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale,
+                                  settings.checkpoint_title)
+        if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
+            p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
+            self.result.first_pass_size = (p.width, p.height)
+            self.result.width, self.result.height = hr.width, hr.height
+        extra_noise = settings.img2img.extra_noise  # A1111's img2img_extra_noise: img2img and the hires pass
+        if extra_noise > 0 and (self.img2img is not None or (hr is not None and hr.denoising_strength > 0)):
+            p.extra["Extra noise"] = plain_number(extra_noise)
+        # the per-image values (A1111's all_prompts, all_seeds, ...); the hooks may replace them
+        count = request.batch_size * request.n_iter
+        values = self.values = ImageValues([request.prompt] * count, [request.negative_prompt] * count,
+                                           list(p.seeds), list(p.subseeds))
+        if hr is not None:
+            values.hr_prompts, values.hr_negative_prompts = [hr.prompt] * count, [hr.negative_prompt] * count
+        self.hooks.job_started(values)
+        values.check(count)
+        # the first prompt of each batch chooses its LoRAs (A1111); the hires prompts' own tags drive the second pass
+        firsts = range(0, count, request.batch_size)
+        used_loras = [self.networks.get(values.prompts[i], "prompt") for i in firsts]
+        if hr is not None:
+            used_loras += [self.networks.get(values.hr_prompts[i], "hr_prompt") for i in firsts]
+        lora_hashes = lora.infotext_hashes(*used_loras)
+        if lora_hashes and settings.add_lora_hashes_to_info:  # A1111's "Lora hashes" (names as written)
+            p.extra["Lora hashes"] = lora_hashes
+        # A1111's sampler parameters ("Eta", "Sigma churn", ...) where it writes them; the hires sampler's too
+        p.extra.update(samplers.infotext_params(p.sampler, p.schedule, settings.sampler_options,
+                                                txt2img=self.img2img is None,
+                                                rescale_betas_zero_snr=model.spec.zero_terminal_snr))
+        if hr is not None and hr.sampler != p.sampler:
+            p.extra.update(samplers.infotext_params(hr.sampler, hr.schedule, settings.sampler_options, txt2img=False,
+                                                    rescale_betas_zero_snr=model.spec.zero_terminal_snr))
+        self.result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
+        self.used_embeddings: dict[str, str] = {}
+        self.samples_dir = settings.outdir_samples  # the folder pattern ([date]) below it: modules.core.saving
+
+    # 2. this batch's values; its LoRAs applied ---------------------------------------------------
+    def batch_values(self, batch: int) -> BatchValues:
+        request, values, hr = self.request, self.values, self.hr
         passes = 1 if hr is None else 2  # A1111 counts the hires pass as a job of its own
-        observer.begin_batch(batch * passes, request.n_iter * passes, request.steps)
+        self.observer.begin_batch(batch * passes, request.n_iter * passes, request.steps)
         lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
         values_b = BatchValues(values.prompts[lo:hi], values.negative_prompts[lo:hi], values.seeds[lo:hi],
                                values.subseeds[lo:hi], index=batch)
         if hr is not None:
             values_b.hr_prompts, values_b.hr_negative_prompts = values.hr_prompts[lo:hi], values.hr_negative_prompts[lo:hi]
-        jhooks.batch_started(values_b)
+        self.hooks.batch_started(values_b)
         values_b.check(request.batch_size, f"batch {batch}")
-        loras = networks.get(values_b.prompts[0], "prompt")
-        lora.activate(model, loras)  # no-op when already applied (the hires pass may have changed them)
-        values_b.prompts = [networks.get(x, "prompt").prompt for x in values_b.prompts]  # the infotext keeps the tags
+        lora.activate(self.model, self.networks.get(values_b.prompts[0], "prompt"))  # no-op when already applied
+        self._activate_hypernets(self.model, values_b.prompts[0], "prompt")
+        self.hr_hypernet_prompt = values_b.hr_prompts[0] if hr is not None else None
+        values_b.prompts = [self.networks.get(x, "prompt").prompt for x in values_b.prompts]  # the infotext keeps the tags
         if hr is not None:
-            hr_loras = networks.get(values_b.hr_prompts[0], "hr_prompt")
-            hr = dataclasses.replace(hr, loras=hr_loras, used_embeddings=hr.used_embeddings)
-            values_b.hr_prompts = [networks.get(x, "hr_prompt").prompt for x in values_b.hr_prompts]
-        jhooks.batch_conditioning(values_b)
+            self.hr = dataclasses.replace(hr, loras=self.networks.get(values_b.hr_prompts[0], "hr_prompt"),
+                                          used_embeddings=hr.used_embeddings)
+            values_b.hr_prompts = [self.networks.get(x, "hr_prompt").prompt for x in values_b.hr_prompts]
+        self.hooks.batch_conditioning(values_b)
         values_b.check(request.batch_size, f"batch {batch}")
+        return values_b
+
+    # 3. the first pass: conditioning for every step, noise from the seeds, the sampling loop ------
+    def first_pass(self, values_b: BatchValues, borrowed: _Borrowed) -> _FirstPass:
+        request, p, settings, job = self.request, self.p, self.settings, self.img2img
         prompts, negatives = values_b.prompts, values_b.negative_prompts
-        seeds, subseeds = values_b.seeds, values_b.subseeds
 
-        # 2. conditioning for every step: prompt editing, alternation and AND from the parsed prompts
-        concat = None
-        if model.spec.inpainting:
-            concat = (job.conditioning(len(prompts), model.device) if job
-                      else txt2img_image_conditioning(model, len(prompts), p.width, p.height))
-        conds = ScheduledConditioning(conditioner, prompts, negatives, schedule_length(request.steps, p.sampler),
-                                      p.width, p.height, image_conditioning=concat)
-        if conditioner.emphasis_noted:  # A1111: a mode other than Original, once an encoded text has brackets
-            p.extra["Emphasis"] = result.extra_generation_params["Emphasis"] = settings.emphasis
+        def conds_for(model: LoadedModel) -> ScheduledConditioning:
+            conditioner = model.family.conditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
+                                                   embeddings=settings.embeddings, options=self.conditioning)
+            concat = None
+            if model.spec.inpainting:
+                concat = (job.conditioning(len(prompts), model.device) if job
+                          else model_ops.txt2img_image_conditioning(model, len(prompts), p.width, p.height))
+            elif model.spec.edit_model:  # instruct-pix2pix: the init picture's latents, unscaled (A1111)
+                concat = model_ops.edit_image_conditioning(model, job.init_latents if job else None, len(prompts),
+                                                           self.latent_shape)
+            conds = ScheduledConditioning(conditioner, prompts, negatives, schedule_length(request.steps, p.sampler),
+                                          p.width, p.height, image_conditioning=concat)
+            if conditioner.emphasis_noted:  # A1111: a mode other than Original, once an encoded text has brackets
+                p.extra["Emphasis"] = self.result.extra_generation_params["Emphasis"] = settings.emphasis
+            self.used_embeddings.update(conditioner.used_embeddings)
+            return conds
 
-        # 3. noise from the seeds, on the CPU by default for reproducibility
-        noise = rng.create_noise(
-            latent_shape, seeds, subseeds, request.subseed_strength, seed_resize,
-            device=model.device, source=settings.randn_source,
-        )
-        scheduler = samplers.build_scheduler(p.sampler, p.schedule, prediction_type=model.spec.prediction_type,
-                                             rescale_betas_zero_snr=model.spec.zero_terminal_snr,
-                                             model_family=model.spec.family)
-        generators = rng.step_generators(seeds, settings.eta_noise_seed_delta, device=model.device,
-                                         shape=latent_shape, source=settings.randn_source)
+        hooks = _LoopHooks(self.observer, self.job_hooks)
+        on_blend = self.hooks.mask_blend if self.job_hooks is not None else None
 
-        # 4. the sampling loop
-        hooks = _LoopHooks(observer, job_hooks)
-        init_latents, strength, schedule_steps = None, 1.0, request.steps
-        on_blend = jhooks.mask_blend if job_hooks is not None else None
-        if job is not None:  # img2img: start from the init latents noised to the first step
-            init_latents = job.start_latents(len(seeds), noise)
+        def img2img_start(noise, scheduler) -> sampling_pass.Start:
+            """img2img: start from the init latents noised to the first step."""
+            init_latents = job.start_latents(len(prompts), noise)
             noise = noise * job.noise_multiplier
             hooks.blend = job.step_blender(scheduler, init_latents, noise, on_blend)
-            strength, schedule_steps = job.sampler_strength, job.schedule_steps
-        latents = denoise.sample(
-            unet_call, scheduler, noise.to(model.device), conds.cond_for_step,
-            steps=schedule_steps, cfg_scale=request.cfg_scale, generators=generators, hooks=hooks,
-            brownian_seeds=seeds,  # A1111 seeds DPM++ SDE's Brownian trees from the image seeds
-            init_latents=init_latents, denoising_strength=strength, composition=conds.composition,
-            extra_noise=extra_noise if job is not None else 0.0,
-        )
+            self._init_latents = init_latents
+            return sampling_pass.Start(init_latents, noise, job.sampler_strength, job.schedule_steps,
+                                       settings.img2img.extra_noise)
+
+        refiner = self._refiner_for(first=True, borrowed=borrowed)
+        done = sampling_pass.run(self.model, settings, sampler=p.sampler, schedule=p.schedule, conds_for=conds_for,
+                                 image_cfg_scale=self.image_cfg_scale,
+                                 shape=self.latent_shape, seeds=self._seeds(values_b), steps=request.steps,
+                                 cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
+                                 start=img2img_start if job is not None else None)
+        latents = done.latents
         if job is not None:
-            latents = job.blend(latents, init_latents, on_blend, final=True)
-        if observer.interrupted():
-            result.interrupted = True
+            latents = job.blend(latents, self._init_latents, on_blend, final=True)
+        if done.switched:
+            self._note_refiner()
+        if self.observer.interrupted():
+            self.result.interrupted = True
+        return _FirstPass(latents, done.model, hooks.stopped)
 
-        # 5. decode, infotext, save (an interrupted, half-denoised batch is shown, not saved)
+    # 4. hires fix (upscale, second pass) or plain decode --------------------------------------------
+    def finish_pass(self, batch: int, values_b: BatchValues, first: _FirstPass, borrowed: _Borrowed) -> list[Image.Image]:
         def sampled(final_latents: torch.Tensor) -> torch.Tensor:  # A1111's post_sample
-            return jhooks.batch_sampled(values_b, final_latents)
+            return self.hooks.batch_sampled(values_b, final_latents)
 
-        if hr is not None and not result.interrupted:  # hires fix: upscale, a second pass at the new size, decode
-            observer.begin_batch(2 * batch + 1, 2 * request.n_iter, hr.steps)
-            jhooks.before_hires(values_b)
-            images = hires.second_pass(hr, request, model, settings, latents, seeds=seeds, subseeds=subseeds,
-                                       seed_resize=seed_resize, clip_skip=p.clip_skip,
-                                       hooks=_LoopHooks(observer, job_hooks), refine=not hooks.stopped,  # skipped:
-                                       prompts=values_b.hr_prompts,  # only upscaled, as in A1111
-                                       negative_prompts=values_b.hr_negative_prompts, before_decode=sampled)
-            result.interrupted = observer.interrupted()
-        else:
-            images = decode_latents(model, sampled(latents))
+        hr = self.hr
+        if hr is None or self.result.interrupted:  # (an interrupted batch with hires is shown, not upscaled)
+            return model_ops.decode_latents(first.model, sampled(first.latents))
+        self.observer.begin_batch(2 * batch + 1, 2 * self.request.n_iter, hr.steps)
+        self.hooks.before_hires(values_b)
+        # the hires checkpoint when there is one, else the model the first pass ended on (A1111)
+        hr_model = borrowed.load(hr.checkpoint, "hr_checkpoint_name") if hr.checkpoint is not None else first.model
+        if hr_model is not self.model:
+            hypernetwork.deactivate(self.model)
+        self._activate_hypernets(hr_model, self.hr_hypernet_prompt, "hr_prompt")  # A1111: the hires prompt's
+        refiner = None
+        if hr.checkpoint is not None or first.model is self.model:  # not already on the refiner
+            refiner = self._refiner_for(first=False, borrowed=borrowed)
+        images, switched = hires.second_pass(
+            hr, self.request, first.model, hr_model, self.settings, first.latents, seeds=self._seeds(values_b),
+            clip_skip=self.p.clip_skip, conditioning=self.conditioning, hooks=_LoopHooks(self.observer, self.job_hooks),
+            refine=not first.stopped,  # skipped: only upscaled, as in A1111
+            prompts=values_b.hr_prompts, negative_prompts=values_b.hr_negative_prompts, before_decode=sampled,
+            refiner=refiner)
+        if switched:
+            self._note_refiner()
+        self.used_embeddings.update(hr.used_embeddings)
+        self.result.interrupted = self.observer.interrupted()
+        return images
+
+    # 5. the pictures' last changes: the hooks, img2img's colour correction and paste-back -----------
+    def pictures(self, values_b: BatchValues, images: list[Image.Image]) -> list[Image.Image]:
+        request, values, batch = self.request, self.values, values_b.index
+        lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
         # A1111: the pictures' own values are the job's again (tags included), as their infotexts show them
         values_b.prompts, values_b.negative_prompts = values.prompts[lo:hi], values.negative_prompts[lo:hi]
-        if job_hooks is not None:
-            images = jhooks.batch_decoded(values_b, images)
-            images = [jhooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
+        if self.job_hooks is not None:
+            images = self.hooks.batch_decoded(values_b, images)
+            images = [self.hooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
             values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
-        if job is not None:  # colour correction, paste back under the original
-            on_overlay = functools.partial(jhooks.mask_overlay, values_b) if job_hooks is not None else None
-            images = job.finish(images, on_overlay)
-        if job_hooks is not None:
-            images = [jhooks.image_composited(values_b, i, image) for i, image in enumerate(images)]
-        used = {**conditioner.used_embeddings, **(hr.used_embeddings if hr is not None else {})}
-        hashes = ti_hashes(used) if settings.add_ti_hashes_to_info else None
+        if self.img2img is not None:  # colour correction, paste back under the original
+            on_overlay = functools.partial(self.hooks.mask_overlay, values_b) if self.job_hooks is not None else None
+            images = self.img2img.finish(images, on_overlay)
+        if self.job_hooks is not None:
+            images = [self.hooks.image_composited(values_b, i, image) for i, image in enumerate(images)]
+        return images
+
+    # 6. infotext, result, files ------------------------------------------------------------------
+    def record(self, batch: int, values_b: BatchValues, images: list[Image.Image]) -> None:
+        request, p, settings, result, values = self.request, self.p, self.settings, self.result, self.values
+        hashes = ti_hashes(self.used_embeddings) if settings.add_ti_hashes_to_info else None
         if hashes:  # A1111's "TI hashes", after the keys known before sampling
             p.extra["TI hashes"] = result.extra_generation_params["TI hashes"] = hashes
+        day_dir = self.samples_dir
         for i, image in enumerate(images):
-            index = lo + i
+            index = batch * request.batch_size + i
             seed, subseed = values_b.seeds[i], values_b.subseeds[i]
-            params = infotext_params(request, p, settings, index, seed=seed, subseed=subseed, extra=jhooks.extra_params())
+            params = infotext_params(request, p, settings, index, seed=seed, subseed=subseed,
+                                     extra=self.hooks.extra_params())
             text = build_infotext(values_b.prompts[i], values_b.negative_prompts[i], params)
             image.info["parameters"] = text
             result.images.append(image)
@@ -375,26 +445,111 @@ def _generate(
             result.negative_prompts.append(values_b.negative_prompts[i])
             result.infotexts.append(text)
             if request.save_images and day_dir is not None and not result.interrupted:
-                path = saving.save(job_hooks, image, text, day_dir, settings, seed=seed)
+                path = saving.save(self.job_hooks, image, text, day_dir, settings, seed=seed, names=saving.name_values(
+                    request, p, settings, prompt=values_b.prompts[i], seed=seed, batch_index=i, iteration=batch,
+                    all_seeds=values.seeds))
                 result.paths.append(str(path))
-        if result.interrupted:
-            break
 
-    # 6. grid of the whole job
-    if len(result.images) > 1 and (settings.return_grid or settings.save_grid):
-        if job_hooks is None:
-            grid = image_io.image_grid(result.images, batch_size=request.batch_size)
-        else:  # the hooks may change the pictures and the layout (A1111's on_image_grid)
-            rows, cols = image_io.grid_layout(len(result.images), None, request.batch_size)
-            pictures, rows, cols = jhooks.grid(list(result.images), rows, cols)
-            grid = image_io.image_grid(pictures, rows=rows)
+    # 7. the grid of the whole job ----------------------------------------------------------------
+    def grid(self) -> None:
+        request, p, settings, result, values = self.request, self.p, self.settings, self.result, self.values
+        if not result.images or not (settings.return_grid or settings.save_grid):
+            return
+        if len(result.images) < 2 and settings.grid_only_if_multiple:
+            return
+        layout = dict(n_rows=settings.grid_rows, prevent_empty_spots=settings.grid_prevent_empty_spots)
+        rows, cols = image_io.grid_layout(len(result.images), None, request.batch_size, **layout)
+        pictures = list(result.images)
+        if self.job_hooks is not None:  # the hooks may change the pictures and the layout (A1111's on_image_grid)
+            pictures, rows, cols = self.hooks.grid(pictures, rows, cols)
+        grid = image_io.image_grid(pictures, rows=rows, background=settings.grid_background)
         grid_text = result.infotexts[0]
         grid.info["parameters"] = grid_text
         result.grid = grid if settings.return_grid else None
         if settings.save_grid and request.save_images and settings.outdir_grids and not result.interrupted:
-            grid_dir = image_io.dated_subdir(settings.outdir_grids, settings.today())
-            result.grid_path = str(saving.save(job_hooks, grid, grid_text, grid_dir, settings, grid=True))
-    return result
+            grid_dir = settings.outdir_grids  # the folder pattern below it: modules.core.saving
+            result.grid_path = str(saving.save(self.job_hooks, grid, grid_text, grid_dir, settings, grid=True, names=saving.name_values(
+                request, p, settings, prompt=values.prompts[0], seed=values.seeds[0], all_seeds=values.seeds)))
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _activate_hypernets(self, model: LoadedModel, prompt: str, field_name: str) -> None:
+        try:
+            hypernetwork.activate(model, self.hypernets.get(prompt, field_name))
+        except hypernetwork.HypernetworkError as exc:
+            raise RequestError(field_name, str(exc)) from exc
+
+    def _seeds(self, values_b: BatchValues) -> sampling_pass.Seeds:
+        return sampling_pass.Seeds(values_b.seeds, values_b.subseeds, self.request.subseed_strength, self.seed_resize)
+
+    def _refiner_for(self, *, first: bool, borrowed: _Borrowed) -> sampling_pass.RefinerPlan | None:
+        """The refiner switch for the first or the hires pass (A1111's hires_fix_refiner_pass)."""
+        if self.refiner_title is None:
+            return None
+        if self.hr is not None:
+            wanted = {"first pass": (True,), "second pass": (False,), "both passes": (True, False)}
+            if first not in wanted.get(self.settings.hires_fix_refiner_pass, (False,)):
+                return None
+        name = self.request.refiner_checkpoint
+        return sampling_pass.RefinerPlan(
+            switch_at=self.request.refiner_switch_at or 0.0,
+            load=lambda: borrowed.load(name, "refiner_checkpoint"),
+            by_steps=self.settings.refiner_switch_by_sample_steps)
+
+    def _note_refiner(self) -> None:
+        """A1111 writes the refiner's keys once it has switched to it."""
+        extra = {}
+        if self.hr is not None and self.settings.hires_fix_refiner_pass != "second pass":
+            extra["Hires refiner"] = self.settings.hires_fix_refiner_pass
+        extra["Refiner"] = self.refiner_title
+        extra["Refiner switch at"] = plain_number(self.request.refiner_switch_at or 0.0)
+        if self.settings.refiner_switch_by_sample_steps:
+            extra["Refiner switch by sampling steps"] = "True"
+        self.p.extra.update(extra)
+        self.result.extra_generation_params.update(extra)
+
+
+class _Hypernets:
+    """Each distinct prompt's <hypernet:...> tags, their files read once per job."""
+
+    def __init__(self, find):
+        self.find = find
+        self._files: dict[str, hypernetwork.Hypernetwork] = {}
+
+    def get(self, prompt: str, field_name: str) -> list[tuple[hypernetwork.Hypernetwork, float]]:
+        try:
+            wanted = hypernetwork.mentioned(prompt)
+        except hypernetwork.HypernetworkError as exc:
+            raise RequestError(field_name, str(exc)) from exc
+        out = []
+        for name, strength in wanted:
+            if name not in self._files:
+                if self.find is None:
+                    raise RequestError(field_name, f"hypernetwork '{name}' cannot be used: no hypernetwork folder")
+                try:
+                    path = self.find(name)
+                except LookupError as exc:
+                    raise RequestError(field_name, str(exc.args[0] if exc.args else exc)) from exc
+                if path is None:
+                    raise RequestError(field_name, f"unknown hypernetwork '{name}'")
+                try:
+                    self._files[name] = hypernetwork.load(path)
+                except hypernetwork.HypernetworkError as exc:
+                    raise RequestError(field_name, f"hypernetwork '{name}': {exc}") from exc
+            out.append((self._files[name], strength))
+        return out
+
+
+def _refiner_title(request: GenerationRequest, settings: GenerationSettings) -> str | None:
+    """A1111's short title of ``refiner_checkpoint`` (None: no refiner); an unknown name is refused."""
+    name = request.refiner_checkpoint
+    if name is None or name.strip() in ("", "None", "none"):
+        return None
+    if settings.checkpoint_title is None:
+        raise RequestError("refiner_checkpoint", "another checkpoint for the refiner is not available here")
+    try:
+        return settings.checkpoint_title(name)
+    except ValueError as exc:
+        raise RequestError("refiner_checkpoint", getattr(exc, "message", str(exc))) from exc
 
 
 class _PromptNetworks:

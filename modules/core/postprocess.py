@@ -48,6 +48,8 @@ class UpscaleSettings:
             raise RequestError("resize_mode", f"must be 0 (scale by) or 1 (scale to), got {self.mode}")
         for field, name in (("upscaler_1", self.upscaler_1), ("upscaler_2", self.upscaler_2)):
             if name not in image_upscaler_names():
+                upscaling.refresh()  # a model file added since the last look
+            if name not in image_upscaler_names():
                 raise RequestError(field, f"unknown upscaler '{name}'; known: {', '.join(image_upscaler_names())}")
         if not 0.0 <= self.upscaler_2_visibility <= 1.0:
             raise RequestError("extras_upscaler_2_visibility", f"must be between 0 and 1, got {self.upscaler_2_visibility}")

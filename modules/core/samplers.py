@@ -38,6 +38,7 @@ and "Euler a" gets Karras/Exponential by taking its sigmas from ``EulerDiscreteS
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from . import ksampling
 from .ddim_cfgpp import DDIMCFGPPScheduler
+from .sampler_options import KPlan, SamplerOptions, kdiff_plan, timestep_infotext
 from .sigma_schedules import TrainingSigmas
 
 # Stable Diffusion's training noise schedule (SD 1.x, 2.x, XL).
@@ -457,6 +459,19 @@ def effective_schedule(sampler_name: str, schedule_type: str | None = None) -> s
     return next(label for label, sid in SCHEDULE_TYPES if sid == default)
 
 
+def visible_sampler_names(hidden=()) -> list[str]:
+    """The sampler names a UI lists: all but ``hidden`` (A1111's ``hide_samplers``; its API still
+    lists every one). Hiding all of them hides none (a dropdown needs a choice)."""
+    hidden = set(hidden or ())
+    return [name for name in SAMPLER_NAMES if name not in hidden] or list(SAMPLER_NAMES)
+
+
+def default_visible_sampler(hidden=()) -> str:
+    """The sampler a UI starts on: DEFAULT_SAMPLER unless hidden, else the first one listed."""
+    visible = visible_sampler_names(hidden)
+    return DEFAULT_SAMPLER if DEFAULT_SAMPLER in visible else visible[0]
+
+
 def is_ancestral(sampler_name: str) -> bool:
     """True when the sampler draws fresh noise at each step (ancestral, SDE, LCM)."""
     return get_spec(sampler_name).stochastic
@@ -474,31 +489,97 @@ def _schedule_config(spec: SamplerSpec, schedule_id: str) -> dict:
     raise AssertionError(schedule_id)
 
 
+def _kdiff_plan(spec: SamplerSpec, schedule: str, options: SamplerOptions | None, training: TrainingSigmas,
+                txt2img: bool = True) -> KPlan:
+    schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
+    # A1111: a sampler's "Automatic" without a schedule of its own takes the model's sigmas and
+    # none of the schedule options
+    schedule_function = not (schedule_id == "automatic" and spec.default_schedule == "uniform")
+    if schedule_id == "automatic":
+        schedule_id = spec.default_schedule
+    return kdiff_plan(spec.kdiff, schedule_id, schedule_function, options, training,
+                      discards_already=ksampling.ALGORITHMS[spec.kdiff].discard_penultimate, txt2img=txt2img)
+
+
+def infotext_params(sampler_name: str, schedule_type: str | None = "Automatic",
+                    options: SamplerOptions | None = None, *, txt2img: bool = True,
+                    rescale_betas_zero_snr: bool = False) -> dict:
+    """The infotext keys A1111 writes for its sampler parameters (``options``) on this sampler and
+    schedule, in its order, only where it writes them ("Eta", "Schedule min sigma", "Sigma churn",
+    "Discard penultimate sigma", "SGM noise multiplier" (``txt2img`` only), "Eta DDIM" ...).
+    See :mod:`modules.core.sampler_options` for the rules."""
+    name, schedule = resolve(sampler_name, schedule_type)
+    spec = _BY_NAME[name]
+    if options is None:
+        return {}
+    if spec.kdiff is None:
+        return timestep_infotext(name, options)
+    rescale = rescale_betas_zero_snr or options.zero_terminal_snr
+    training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale)
+    return dict(_kdiff_plan(spec, schedule, options, training, txt2img).infotext)
+
+
+def _timestep_sampler_config(name: str, options: SamplerOptions) -> dict:
+    """Constructor options from A1111's sampler parameters for the samplers without k-diffusion."""
+    if name == "UniPC":
+        return {"solver_type": options.uni_pc_variant, "solver_order": int(options.uni_pc_order),
+                "lower_order_final": bool(options.uni_pc_lower_order_final)}
+    if name == "DDIM CFG++" and options.eta_ddim:
+        return {"eta": float(options.eta_ddim)}
+    return {}
+
+
 def build_scheduler(
     sampler_name: str,
     schedule_type: str = "Automatic",
     *,
     prediction_type: str = "epsilon",
     rescale_betas_zero_snr: bool = False,
-    options: Mapping | None = None,
+    options: "SamplerOptions | Mapping | None" = None,
     model_family: str = "sd1",
 ):
     """A fresh scheduler (diffusers API: set_timesteps / timesteps / init_noise_sigma /
     scale_model_input / step / order) for an A1111 sampler and schedule type.
 
-    ``options`` override constructor options of the row (e.g. ``{"solver_order": 2}`` for UniPC).
+    ``options``: A1111's sampler parameters (:class:`~modules.core.sampler_options.SamplerOptions`:
+    eta, churn, sigma range, rho, discard, SGM noise, UniPC's ...), or a mapping that overrides
+    constructor options of the row (e.g. ``{"solver_order": 2}`` for UniPC).
     Schedule types diffusers cannot do run the row's k-diffusion algorithm
-    (:class:`~modules.core.ksampling.KSamplerScheduler`, options: ``eta``); ``model_family``
+    (:class:`~modules.core.ksampling.KSamplerScheduler`, mapping options: ``eta``), and so does any
+    k-diffusion sampler whose sampler parameters differ from the defaults; ``model_family``
     ("sd1"/"sd2"/"sdxl") picks Align Your Steps' sigmas.
     """
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
     name, schedule = resolve(sampler_name, schedule_type)
     spec = _BY_NAME[name]
+    sampler_options = options if isinstance(options, SamplerOptions) else None
+    if sampler_options is not None:
+        options = None
+        # A1111's sd_noise_schedule: every sampler on the rescaled schedule (k-diffusion ones on
+        # A1111's own rescale, below)
+        rescale_betas_zero_snr = rescale_betas_zero_snr or sampler_options.zero_terminal_snr
+    plan = None
+    if spec.kdiff is not None and sampler_options is not None:
+        training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        plan = _kdiff_plan(spec, schedule, sampler_options, training)
     schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
     if schedule_id == "automatic":
         schedule_id = spec.default_schedule
-    if spec.scheduler is None or schedule_id not in spec.schedules:
+    if plan is not None and (spec.scheduler is None or schedule_id not in spec.schedules or plan.changes_anything()
+                             or sampler_options.zero_terminal_snr):
+        # A1111's parameters reach k-diffusion's algorithms, not diffusers' schedulers
+        return ksampling.KSamplerScheduler(
+            spec.kdiff, schedule_id, prediction_type=prediction_type, training=training, model_family=model_family,
+            eta=plan.algorithm_kwargs.get("eta", 1.0), algorithm_kwargs=plan.algorithm_kwargs,
+            schedule_kwargs=plan.schedule_kwargs, discard_penultimate=plan.discard_penultimate,
+            sgm_noise_multiplier=plan.sgm_noise_multiplier)
+    if sampler_options is not None and spec.kdiff is None:
+        options = _timestep_sampler_config(name, sampler_options)
+    if spec.scheduler is None or schedule_id not in spec.schedules or (
+            rescale_betas_zero_snr and spec.kdiff is not None
+            and "rescale_betas_zero_snr" not in _constructor_params(spec.scheduler_class())):
+        # (k-diffusion's algorithm also where diffusers' scheduler cannot rescale the schedule)
         extra = dict(options or {})
         refused = sorted(set(extra) - {"eta"})
         if refused:
@@ -517,19 +598,31 @@ def build_scheduler(
         sigma_options = {k: schedule_config.pop(k) for k in ("use_karras_sigmas", "use_exponential_sigmas")
                          if k in schedule_config}
     config.update(schedule_config)
+    accepted = _constructor_params(cls)
     if rescale_betas_zero_snr:
-        config["rescale_betas_zero_snr"] = True
+        if "rescale_betas_zero_snr" in accepted or "trained_betas" not in accepted:
+            config["rescale_betas_zero_snr"] = True
+        else:  # PLMS: the rescaled schedule as explicit betas
+            config["trained_betas"] = _zero_snr_betas()
     if options:
         config.update(options)
 
-    accepted = _constructor_params(cls)
     refused = sorted(k for k in config if k not in accepted)
     if refused:
         raise ValueError(f"{name!r} ({cls.__name__}) does not support {', '.join(refused)}")
     scheduler = cls(**config)
     if sigma_options:
         scheduler.sigma_options = MappingProxyType(sigma_options)
+    if name == "DDIM" and sampler_options is not None and sampler_options.eta_ddim:
+        # diffusers' DDIM takes eta per step: A1111's eta_ddim becomes the step's default
+        scheduler.step = functools.partial(scheduler.step, eta=float(sampler_options.eta_ddim))
     return scheduler
+
+
+def _zero_snr_betas() -> list[float]:
+    """SD's training betas rescaled to zero terminal SNR (A1111's rescale, last alpha_bar 4.9e-8)."""
+    ac = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=True).alphas_cumprod.double()
+    return (1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])).tolist()
 
 
 def _constructor_params(cls: type) -> set[str]:

@@ -41,13 +41,14 @@ class _Rows:
     """Row prompts (no AND left) -> the batched cond dict for any step, built once per combination."""
 
     def __init__(self, conditioner, prompts: list[str], steps: int, width: int, height: int,
-                 hires_steps: int | None, use_old_scheduling: bool, extra: dict[str, torch.Tensor]):
+                 hires_steps: int | None, use_old_scheduling: bool, extra: dict[str, torch.Tensor],
+                 negative: bool = False):
         self.prompts = prompts
         self.distinct = list(dict.fromkeys(prompts))
         self.schedules = prompt_parser.prompt_schedules(self.distinct, steps, hires_steps, use_old_scheduling)
         self._encoded = []  # per distinct prompt: its schedule's texts encoded as one batch (A1111)
         for schedule in self.schedules:
-            cond = conditioner.encode([text for _end, text in schedule], width, height)
+            cond = conditioner.encode([text for _end, text in schedule], width, height, negative=negative)
             self._encoded.append(cond)
         # entries with equal texts (alternation repeats them) share one built dict
         self._same = [[[text for _e, text in schedule].index(text) for _e, text in schedule]
@@ -110,7 +111,7 @@ class ScheduledConditioning:
         common = dict(steps=steps, width=width, height=height, hires_steps=hires_steps,
                       use_old_scheduling=use_old_scheduling)
         self.cond = _Rows(conditioner, row_prompts, extra=cond_extra, **common)
-        self.uncond = _Rows(conditioner, list(negative_prompts), extra=uncond_extra, **common)
+        self.uncond = _Rows(conditioner, list(negative_prompts), extra=uncond_extra, negative=True, **common)
 
     def cond_for_step(self, step: int) -> tuple[dict, dict]:
         return self.cond.at(step), self.uncond.at(step)

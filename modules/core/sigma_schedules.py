@@ -35,6 +35,16 @@ class TrainingSigmas:
         self.alphas_cumprod = ac
         self.sigmas = ((1 - ac) / ac) ** 0.5
         self.log_sigmas = self.sigmas.log()
+        self._range: tuple[float, float] | None = None  # A1111's sigma_min/sigma_max options
+
+    def with_range(self, sigma_min: float | None = None, sigma_max: float | None = None) -> "TrainingSigmas":
+        """The same training sigmas with the range the schedule functions see replaced (A1111's
+        ``sigma_min``/``sigma_max`` options); None keeps the model's end."""
+        view = object.__new__(TrainingSigmas)
+        view.__dict__.update(self.__dict__)
+        view._range = (self.sigma_min if sigma_min is None else float(sigma_min),
+                       self.sigma_max if sigma_max is None else float(sigma_max))
+        return view
 
     @classmethod
     def from_config(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
@@ -59,11 +69,11 @@ class TrainingSigmas:
 
     @property
     def sigma_min(self) -> float:
-        return float(self.sigmas[0])
+        return float(self.sigmas[0]) if self._range is None else self._range[0]
 
     @property
     def sigma_max(self) -> float:
-        return float(self.sigmas[-1])
+        return float(self.sigmas[-1]) if self._range is None else self._range[1]
 
     def sigma_to_t(self, sigma) -> torch.Tensor:
         log_sigma = torch.as_tensor(sigma, dtype=torch.float32).log()
@@ -176,12 +186,24 @@ SCHEDULES: Mapping[str, Callable[[int, TrainingSigmas, str], torch.Tensor]] = {
 
 
 def sigmas_for(schedule_id: str, steps: int, ts: TrainingSigmas, family: str = "sd1",
-               discard_penultimate: bool = False) -> torch.Tensor:
+               discard_penultimate: bool = False, *, sigma_min: float | None = None,
+               sigma_max: float | None = None, rho: float | None = None, alpha: float | None = None,
+               beta: float | None = None) -> torch.Tensor:
     """The sigmas of ``steps`` steps; ``discard_penultimate`` (A1111's DPM2 / DPM++ 3M SDE option)
-    plans one step more and drops the next-to-last sigma."""
+    plans one step more and drops the next-to-last sigma. ``sigma_min``/``sigma_max`` replace the
+    range the schedule functions see, ``rho`` Karras' / Polyexponential's, ``alpha``/``beta`` Beta's
+    (A1111's sampler parameters); a schedule without such a parameter ignores it, as in A1111."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    sigmas = SCHEDULES[schedule_id](steps + (1 if discard_penultimate else 0), ts, family)
+    if sigma_min is not None or sigma_max is not None:
+        ts = ts.with_range(sigma_min, sigma_max)
+    function = SCHEDULES[schedule_id]
+    extra = {}
+    if rho is not None and schedule_id in ("karras", "polyexponential"):
+        extra["rho"] = rho
+    if schedule_id == "beta":
+        extra.update(alpha=BETA_ALPHA if alpha is None else alpha, beta_=BETA_BETA if beta is None else beta)
+    sigmas = function(steps + (1 if discard_penultimate else 0), ts, family, **extra)
     if discard_penultimate:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas

@@ -81,7 +81,13 @@ class GenerationRequest:
     hr_sampler_name: str | None = spec(None, "Hires sampler (None or 'Use same sampler' = the sampler).")
     hr_scheduler: str | None = spec(None, "Hires schedule type (None or 'Use same scheduler' = the schedule type).")
     hr_checkpoint_name: str | None = spec(None, "Hires checkpoint (None or 'Use same checkpoint' = the checkpoint).")
+    # SDXL refiner (A1111 1.6+): another checkpoint takes over part way through sampling; see modules.core.sampling_pass
+    refiner_checkpoint: str | None = spec(None, "Refiner checkpoint (None, '' or 'None' = no refiner).")
+    refiner_switch_at: float | None = spec(None, "Refiner: switch at this share of the sampling (0-1; None = at once).",
+                                           minimum=0.0, maximum=1.0, ui_step=0.01)
     tiling: bool = spec(False, "Seamless tiling: the image wraps around left/right and top/bottom.")
+    distilled_cfg_scale: float = spec(3.5, "Flux dev: the guidance the model was distilled with (Forge's Distilled CFG "
+                                           "Scale); other models ignore it.", minimum=0.0, maximum=30.0, ui_step=0.1)
     extra: dict = field(default_factory=dict, metadata={"spec": FieldSpec("Extra infotext fields (scripts).")})
 
     def __post_init__(self) -> None:

@@ -4,7 +4,9 @@ Latent modes resize the latents directly with ``torch.nn.functional.interpolate`
 ``latent_upscale_modes``: interpolation mode + antialias per name). Image upscalers resize
 decoded pictures; the built-in ones are ``None`` (plain Lanczos resize), ``Lanczos`` and
 ``Nearest`` (scale 4, A1111's ``UpscalerLanczos``/``UpscalerNearest``). Model upscalers (ESRGAN
-and friends) will register more rows later; the API serves ``/sdapi/v1/upscalers`` and
+and friends) are rows too: the service that finds their files (``modules.services.upscalers``)
+passes them in with ``set_model_upscalers`` and may set a ``refresher`` that looks again when a
+name is not known (a file added since). The API serves ``/sdapi/v1/upscalers`` and
 ``/sdapi/v1/latent-upscale-modes`` from ``image_upscalers()`` and ``latent_modes()``.
 """
 
@@ -28,6 +30,10 @@ __all__ = [
     "is_latent",
     "resize_latents",
     "upscale_image",
+    "set_model_upscalers",
+    "model_upscalers",
+    "set_refresher",
+    "refresh",
 ]
 
 
@@ -88,6 +94,7 @@ class Upscaler:
     model_name: str | None = None
     model_path: str | None = None
     model_url: str | None = None
+    kind: str | None = None  # a model upscaler's A1111 family ("ESRGAN", "RealESRGAN", "SwinIR", "DAT")
 
 
 def _resample_step(resample: Image.Resampling) -> Callable[[Image.Image, float], Image.Image]:
@@ -115,12 +122,51 @@ register(Upscaler("Lanczos", scale=4.0, step=_resample_step(LANCZOS)))
 register(Upscaler("Nearest", scale=4.0, step=_resample_step(NEAREST)))
 
 
+_MODEL_NAMES: list[str] = []  # the rows set_model_upscalers put in, in its order
+_refresher: Callable[[], None] | None = None
+
+
+def set_model_upscalers(rows: list[Upscaler]) -> None:
+    """Replace every model upscaler row with ``rows`` (listed after the built-in ones, in the
+    given order). A name taken by a built-in row or twice in ``rows`` is an error; then nothing
+    changes."""
+    taken = [name for name in _REGISTRY if name not in _MODEL_NAMES]
+    seen: set[str] = set()
+    for row in rows:
+        if row.latent or row.step is None:
+            raise ValueError(f"model upscaler '{row.name}' needs an image step")
+        if row.name in taken or row.name in seen:
+            raise ValueError(f"upscaler '{row.name}' is already registered")
+        seen.add(row.name)
+    for name in _MODEL_NAMES:
+        del _REGISTRY[name]
+    _MODEL_NAMES[:] = [row.name for row in rows]
+    _REGISTRY.update((row.name, row) for row in rows)
+
+
+def model_upscalers() -> list[Upscaler]:
+    return [_REGISTRY[name] for name in _MODEL_NAMES]
+
+
+def set_refresher(refresher: Callable[[], None] | None) -> None:
+    """``refresher()`` looks for model files again and calls ``set_model_upscalers``."""
+    global _refresher
+    _refresher = refresher
+
+
+def refresh() -> None:
+    if _refresher is not None:
+        _refresher()
+
+
 def names() -> list[str]:
     """Every name a request may give as ``hr_upscaler`` (latent modes first, as A1111's menu)."""
     return list(_REGISTRY)
 
 
 def get(name: str) -> Upscaler:
+    if name not in _REGISTRY:
+        refresh()  # a model file put in its folder since the last look
     try:
         return _REGISTRY[name]
     except KeyError:

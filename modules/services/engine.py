@@ -12,10 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modules.core.checkpoint_file import CheckpointError, probe
+from modules.core.families import ConditioningOptions
 from modules.core.hires import target_size as hires_target_size
 from modules.core.img2img import Img2ImgSettings, default_size
 from modules.core.pipeline import GenerationSettings, generate
+from modules.core.sampler_options import SamplerOptions
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
+from modules.core.version import VERSION  # noqa: F401  (importable here too, as before)
 
 from .checkpoints import CheckpointInfo, CheckpointRegistry
 from .embeddings import EmbeddingDatabase
@@ -27,8 +30,6 @@ from .options import Options
 from .script_jobs import ScriptCall
 from .styles import StyleDatabase
 from .vaes import VaeRegistry, apply_vae
-
-VERSION = "easel-0.1.0"
 
 
 @dataclass
@@ -42,8 +43,11 @@ class Engine:
     embeddings: EmbeddingDatabase | None = None  # textual-inversion embeddings folder(s); None: no TI
     styles: StyleDatabase | None = None  # prompt styles (styles.csv files); None: no styles
     loras: LoraRegistry | None = None  # LoRA files (--lora-dir); None: <lora:...> is refused
+    hypernetworks: object | None = None  # services.hypernetworks.HypernetworkRegistry; None: <hypernet:...> refused
     vaes: VaeRegistry | None = None  # VAE files (--vae-dir): listed (/sdapi/v1/sd-vae), chosen by sd_vae
     vae_path: str | None = None  # --vae-path: this VAE file always (overrides sd_vae)
+    # A1111's script flow (modules.script_host, from webui.py); None: jobs run without scripts
+    script_host: script_jobs.ScriptHost | None = None
 
     def __post_init__(self):
         if self.vaes is not None:  # sd_vae's choices are the files on disk: "Automatic", "None", names
@@ -207,11 +211,31 @@ class Engine:
             grid_format=o.get("grid_format"),
             save_grid=o.get("grid_save"),
             return_grid=o.get("return_grid"),
+            grid_only_if_multiple=o.get("grid_only_if_multiple"),
+            grid_rows=o.get("n_rows"),
+            grid_prevent_empty_spots=o.get("grid_prevent_empty_spots"),
+            grid_background=o.get("grid_background_color"),
             jpeg_quality=o.get("jpeg_quality"),
             clip_skip=o.get("CLIP_stop_at_last_layers"),
             emphasis=o.get("emphasis"),
+            # file names and folders (A1111's saving options; modules.core.saving)
+            samples_filename_pattern=o.get("samples_filename_pattern"),
+            save_images_add_number=o.get("save_images_add_number"),
+            save_images_replace_action=o.get("save_images_replace_action"),
+            grid_extended_filename=o.get("grid_extended_filename"),
+            save_to_dirs=o.get("save_to_dirs"),
+            grid_save_to_dirs=o.get("grid_save_to_dirs"),
+            directories_filename_pattern=o.get("directories_filename_pattern"),
+            directories_max_prompt_words=o.get("directories_max_prompt_words"),
+            save_txt=o.get("save_txt"),
+            export_for_4chan=o.get("export_for_4chan"),
+            img_downscale_threshold=o.get("img_downscale_threshold"),
+            target_side_length=o.get("target_side_length"),
+            webp_lossless=o.get("webp_lossless"),
+            job_timestamp=self.state.job_timestamp,
             eta_noise_seed_delta=o.get("eta_noise_seed_delta"),
             randn_source=o.get("randn_source"),
+            sampler_options=SamplerOptions.from_options(o.get),  # A1111's "Sampler parameters"
             model_name=info.model_name.rsplit("/", 1)[-1],
             model_hash=info.shorthash,
             add_model_hash_to_info=o.get("add_model_hash_to_info"),
@@ -223,11 +247,19 @@ class Engine:
             version=VERSION if o.get("add_version_to_infotext") else None,
             embeddings=self.embeddings,
             find_lora=self.loras.require if self.loras is not None else None,  # <lora:name> -> file
+            find_hypernetwork=self.hypernetworks.require if self.hypernetworks is not None else None,
             add_lora_hashes_to_info=o.get("lora_add_hashes_to_infotext"),
             add_ti_hashes_to_info=o.get("textual_inversion_add_hashes_to_infotext"),
             # the hires checkpoint: through the model cache, never selected; None puts this job's back
             load_model=lambda name: self._load_hires(info, name, o.get("sd_vae")),
             checkpoint_title=lambda name: self.short_title(self._hires_checkpoint(name)),
+            # SDXL's size/crop conditioning and the refiner (A1111's sdxl_* and refiner options)
+            conditioning=ConditioningOptions(
+                crop_top=int(o.get("sdxl_crop_top", 0)), crop_left=int(o.get("sdxl_crop_left", 0)),
+                high_aesthetic_score=float(o.get("sdxl_refiner_high_aesthetic_score", 6.0)),
+                low_aesthetic_score=float(o.get("sdxl_refiner_low_aesthetic_score", 2.5))),
+            hires_fix_refiner_pass=o.get("hires_fix_refiner_pass", "second pass"),
+            refiner_switch_by_sample_steps=bool(o.get("refiner_switch_by_sample_steps", False)),
             img2img=Img2ImgSettings(
                 color_correction=o.get("img2img_color_correction"),
                 mask_weight=o.get("inpainting_mask_weight"),
@@ -242,8 +274,11 @@ class Engine:
     def _run(self, kind: str, request: GenerationRequest, overrides: dict, scripts=None) -> GenerationResult:
         """On the worker: load the request's checkpoint, generate, stamp the job's timestamp.
         With `scripts` (a script_jobs.ScriptCall) A1111's script flow runs instead."""
-        if scripts is not None and script_jobs.wanted(kind, scripts):
-            result = script_jobs.run_script_job(self, kind, request, overrides, scripts)
+        if scripts is not None and self.script_host is None and not scripts.empty:
+            raise RequestError("script_name", "scripts are not available here (no script host)")
+        if scripts is not None and self.script_host is not None \
+                and script_jobs.wanted(self.script_host.runner_for(kind), scripts):
+            result = self.script_host.run(self, kind, request, overrides, scripts)
             result.job_timestamp = self.state.job_timestamp
             return result
         info = self.resolve_checkpoint(request.checkpoint)
@@ -306,6 +341,16 @@ class Engine:
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()
+
+    def uses_distilled_guidance(self) -> bool:
+        """Whether the loaded model takes a distilled guidance scale (Flux dev): the UI shows its slider."""
+        model = self.models.model
+        return bool(model is not None and model.family.uses_distilled_guidance(model))
+
+    def family_samplers(self) -> tuple[str, ...] | None:
+        """The samplers the loaded model's family runs (None: all of A1111's)."""
+        model = self.models.model
+        return model.family.sampler_names if model is not None else None
 
     def native_size(self) -> tuple[int, int]:
         model = self.models.model

@@ -35,8 +35,10 @@ def release_memory() -> None:
 
 
 class ModelCache:
-    def __init__(self, policy: DevicePolicy, on_loaded: Callable[[LoadedModel, CheckpointInfo], None] | None = None):
+    def __init__(self, policy: DevicePolicy, on_loaded: Callable[[LoadedModel, CheckpointInfo], None] | None = None,
+                 companions: Callable[[str], object] | None = None):
         self.policy = policy
+        self.companions = companions  # text encoders / VAE a checkpoint leaves out (services.companions)
         self.model: LoadedModel | None = None
         self.info: CheckpointInfo | None = None
         self._lock = threading.RLock()
@@ -55,11 +57,11 @@ class ModelCache:
             previous = self.info
             self.unload()
             try:
-                self.model = load_checkpoint(info.filename, self.policy)
+                self.model = load_checkpoint(info.filename, self.policy, self.companions)
             except Exception:
                 release_memory()
                 if previous is not None:  # put the old one back so the server keeps working
-                    self.model = load_checkpoint(previous.filename, self.policy)
+                    self.model = load_checkpoint(previous.filename, self.policy, self.companions)
                     self.info = previous
                 raise
             self.info = info

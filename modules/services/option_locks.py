@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 # A1111's section ids (the first part of its `options_section`), which --freeze-settings-in-sections
 # names; an Easel section not listed here is known by its name with the punctuation dropped
 A1111_SECTION_IDS = {
-    "Saving images": "saving-images", "Paths for saving": "saving-paths", "Stable Diffusion": "sd",
+    "Saving images": "saving-images", "Paths for saving": "saving-paths", "Saving to a directory": "saving-to-dirs",
+    "Stable Diffusion": "sd",
     "Infotext": "infotext", "Extra Networks": "extra_networks", "Sampler parameters": "sampler-params",
     "Live previews": "ui", "User interface": "ui", "img2img": "img2img",
 }

@@ -55,6 +55,11 @@ def _defs() -> dict[str, OptionDef]:
         "grid_save": OptionDef(True, "Always save all generated image grids", S),
         "grid_format": OptionDef("png", "File format for grids", S, choices=("png", "jpg", "jpeg", "webp")),
         "return_grid": OptionDef(True, "Show grid in gallery", S),
+        "grid_only_if_multiple": OptionDef(True, "Do not save grids consisting of one picture", S),
+        "grid_prevent_empty_spots": OptionDef(False, "Prevent empty spots in grid (when set to autodetect)", S),
+        "n_rows": OptionDef(-1, "Grid row count; use -1 for autodetect and 0 for it to be same as batch size", S,
+                            minimum=-1, maximum=16, step=1),
+        "grid_background_color": OptionDef("#ffffff", "Background color for image grids", S, component="color"),
         "jpeg_quality": OptionDef(80, "Quality for saved jpeg and webp images", S, minimum=1, maximum=100),
         "enable_pnginfo": OptionDef(True, "Save text information about generation parameters as chunks to png files", S),
         "outdir_samples": OptionDef("", "Output directory for images; if empty, defaults to three directories below", "Paths for saving", restrict=True),
@@ -68,6 +73,9 @@ def _defs() -> dict[str, OptionDef]:
         "emphasis": OptionDef("Original", "Emphasis mode", G, choices=("None", "Ignore", "Original", "No norm")),
         "CLIP_stop_at_last_layers": OptionDef(1, "Clip skip", G, minimum=1, maximum=12),
         "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0, maximum=10),
+        # the SDXL refiner (A1111 1.10: infotext "Hires refiner"; modules.core.pipeline reads these)
+        "hires_fix_refiner_pass": OptionDef("second pass", "Hires fix: which pass to enable refiner for", G,
+                                            choices=("first pass", "second pass", "both passes")),
         "add_model_hash_to_info": OptionDef(True, "Add model hash to infotext", "Infotext"),
         "add_model_name_to_info": OptionDef(True, "Add model name to infotext", "Infotext"),
         "add_vae_hash_to_info": OptionDef(True, "Add VAE hash to infotext", "Infotext"),
@@ -96,6 +104,69 @@ def _defs() -> dict[str, OptionDef]:
         "max_prompt_length": OptionDef(20000, "Longest prompt accepted, in characters (each of the prompts; 0: no limit)", "Limits", minimum=0),
         "max_job_pixels": OptionDef(2048 * 2048 * 16, "Largest job accepted, in pixels: width x height x batch size, at the hires size with hires fix (0: no limit)", "Limits", minimum=0),
         "img2img_max_input_pixels": OptionDef(4096 * 4096, "Largest init image or mask accepted, in pixels (width x height)", "img2img", minimum=4096),
+        # model upscalers' tiles (A1111's "Upscaling" section; modules.services.upscalers reads them at each run)
+        "ESRGAN_tile": OptionDef(192, "Tile size for ESRGAN upscalers.", "Upscaling", minimum=0, maximum=512, step=16),
+        "ESRGAN_tile_overlap": OptionDef(8, "Tile overlap for ESRGAN upscalers.", "Upscaling", minimum=0, maximum=48, step=1),
+        "DAT_tile": OptionDef(192, "Tile size for DAT upscalers.", "Upscaling", minimum=0, maximum=512, step=16),
+        "DAT_tile_overlap": OptionDef(8, "Tile overlap for DAT upscalers.", "Upscaling", minimum=0, maximum=48, step=1),
+        # --- file names and folders (A1111 1.10's "Saving images/grids", "Paths for saving", "Saving to a
+        # directory"; used by modules.core.saving through GenerationSettings, tags: modules.core.filename_pattern)
+        "samples_filename_pattern": OptionDef("", "Images filename pattern", S, restrict=True),
+        "save_images_add_number": OptionDef(True, "Add number to filename when saving", S),
+        "save_images_replace_action": OptionDef("Replace", "Saving the image to an existing file", S, choices=("Replace", "Add number suffix")),
+        "grid_extended_filename": OptionDef(False, "Add extended info (seed, prompt) to filename when saving grid", S),
+        "webp_lossless": OptionDef(False, "Use lossless compression for webp images", S),
+        "export_for_4chan": OptionDef(True, "Save copy of large images as JPG", S),
+        "img_downscale_threshold": OptionDef(4.0, "File size limit for the above option, MB", S, minimum=0.0, maximum=10000.0,
+                                             component="number"),
+        "target_side_length": OptionDef(4000, "Width/height limit for the above option, in pixels", S, minimum=1, maximum=65535,
+                                        component="number"),
+        "save_txt": OptionDef(False, "Create a text file with infotext next to every generated image", "Infotext"),
+        "outdir_grids": OptionDef("", "Output directory for grids; if empty, defaults to two directories below", "Paths for saving", restrict=True),
+        "save_to_dirs": OptionDef(True, "Save images to a subdirectory", "Saving to a directory"),
+        "grid_save_to_dirs": OptionDef(True, "Save grids to a subdirectory", "Saving to a directory"),
+        "directories_filename_pattern": OptionDef("[date]", "Directory name pattern", "Saving to a directory", restrict=True),
+        "directories_max_prompt_words": OptionDef(8, "Max prompt words for [prompt_words] pattern", "Saving to a directory", minimum=1, maximum=20, step=1),
+        **_sampler_parameter_defs(U),
+        # (sections of their own, last: the Settings tab lists sections in the order they first appear)
+        "sdxl_crop_top": OptionDef(0, "crop top coordinate", "Stable Diffusion XL", component="number", section_id="sdxl",
+                                   minimum=0, maximum=16384),
+        "sdxl_crop_left": OptionDef(0, "crop left coordinate", "Stable Diffusion XL", component="number", section_id="sdxl",
+                                    minimum=0, maximum=16384),
+        "sdxl_refiner_low_aesthetic_score": OptionDef(2.5, "SDXL low aesthetic score", "Stable Diffusion XL",
+                                                      component="number", section_id="sdxl", minimum=0.0, maximum=100.0),
+        "sdxl_refiner_high_aesthetic_score": OptionDef(6.0, "SDXL high aesthetic score", "Stable Diffusion XL",
+                                                       component="number", section_id="sdxl", minimum=0.0, maximum=100.0),
+        "refiner_switch_by_sample_steps": OptionDef(False, "Switch to refiner by sampling steps instead of model timesteps. Old behavior for refiner.", "Compatibility"),
+    }
+
+
+def _sampler_parameter_defs(U: str) -> dict[str, OptionDef]:
+    """A1111 1.10's "Sampler parameters" (modules.core.sampler_options: what each does and when the
+    infotext names it). Not here: ddim_discretize, uni_pc_skip_type and skip_early_cond (not
+    implemented), the "vary_coeff" UniPC variant (likewise)."""
+    from modules.core.samplers import SAMPLER_NAMES
+
+    return {
+        # the UI's sampler lists only (A1111: /sdapi/v1/samplers still lists every sampler)
+        "hide_samplers": OptionDef([], "Hide samplers in user interface", U, choices=tuple(SAMPLER_NAMES), kind=list),
+        "eta_ddim": OptionDef(0.0, "Eta for DDIM", U, minimum=0.0, maximum=1.0, step=0.01),
+        "eta_ancestral": OptionDef(1.0, "Eta for k-diffusion samplers", U, minimum=0.0, maximum=1.0, step=0.01),
+        "s_churn": OptionDef(0.0, "sigma churn", U, minimum=0.0, maximum=100.0, step=0.01),
+        "s_tmin": OptionDef(0.0, "sigma tmin", U, minimum=0.0, maximum=10.0, step=0.01),
+        "s_tmax": OptionDef(0.0, "sigma tmax", U, minimum=0.0, maximum=999.0, step=0.01),
+        "s_noise": OptionDef(1.0, "sigma noise", U, minimum=0.0, maximum=1.1, step=0.001),
+        "sigma_min": OptionDef(0.0, "sigma min", U, minimum=0.0, maximum=1000.0, component="number"),
+        "sigma_max": OptionDef(0.0, "sigma max", U, minimum=0.0, maximum=1000.0, component="number"),
+        "rho": OptionDef(0.0, "rho", U, minimum=0.0, maximum=100.0, component="number"),
+        "always_discard_next_to_last_sigma": OptionDef(False, "Always discard next-to-last sigma", U),
+        "sgm_noise_multiplier": OptionDef(False, "SGM noise multiplier", U),
+        "uni_pc_variant": OptionDef("bh1", "UniPC variant", U, choices=("bh1", "bh2")),
+        "uni_pc_order": OptionDef(3, "UniPC order", U, minimum=1, maximum=50, step=1),
+        "uni_pc_lower_order_final": OptionDef(True, "UniPC lower order final", U),
+        "beta_dist_alpha": OptionDef(0.6, "Beta scheduler - alpha", U, minimum=0.01, maximum=1.0, step=0.01),
+        "beta_dist_beta": OptionDef(0.6, "Beta scheduler - beta", U, minimum=0.01, maximum=1.0, step=0.01),
+        "sd_noise_schedule": OptionDef("Default", "Noise schedule for sampling", U, choices=("Default", "Zero Terminal SNR")),
     }
 
 
@@ -189,7 +260,11 @@ class Options:
             if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ValueError(f"option {key} must be {kind.__name__}, got {type(value).__name__}")
         listed = d.choice_list() if choices else None
-        if listed and value not in listed:
+        if listed and isinstance(value, list):  # several of the choices (hide_samplers)
+            unknown = [v for v in value if v not in listed]
+            if unknown:
+                raise ValueError(f"option {key} takes only {', '.join(map(str, listed))}; not {', '.join(map(str, unknown))}")
+        elif listed and value not in listed:
             raise ValueError(f"option {key} must be one of {', '.join(map(str, listed))}")
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if d.minimum is not None and number and value < d.minimum:

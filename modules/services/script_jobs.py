@@ -3,17 +3,17 @@
 The adapters pass a `ScriptCall` with the request (`Engine.submit_txt2img(..., scripts=call)`):
 the selected script's title (or None) and its arguments, and the AlwaysVisible scripts' arguments
 by title; the UI may instead pass its positional component values (`ScriptCall.from_ui_args`).
-On the worker, `run_script_job` builds A1111's `p` from the request, lets the selected script's
+On the worker, `ScriptHost.run` builds A1111's `p` from the request, lets the selected script's
 `run(p, *args)` do the work (it calls process_images, directly, on this thread), or calls
 `process_images(p)` itself, and turns the `Processed` into the GenerationResult the UI and the API
-render. The scripting façade (modules.scripts, modules.processing) is imported when a script job
-runs, never by the services' own code paths.
+render. That A1111-side work is the `ScriptHost` the composition root hands the engine
+(modules.script_host); this module never imports A1111's facade.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from modules.core.types import GenerationRequest, GenerationResult, RequestError
 
@@ -87,28 +87,14 @@ def _fill(args: list, script, values: list) -> None:
         args[script.args_from + i] = value
 
 
-def runner_for(kind: str):
-    from modules import scripts
+class ScriptHost(Protocol):
+    """What a script job needs from A1111's scripting layer, handed over by webui.py
+    (modules.script_host.A1111ScriptHost): the tab's ScriptRunner, and the job run on the worker."""
 
-    return scripts.scripts_img2img if kind == "img2img" else scripts.scripts_txt2img
+    def runner_for(self, kind: str) -> Any: ...
 
-
-def run_script_job(engine, kind: str, request: GenerationRequest, overrides: dict, call: ScriptCall) -> GenerationResult:
-    """On the worker: A1111's txt2img()/img2img() with `call`'s scripts (see the module docstring)."""
-    from modules import processing, shared
-
-    runner = runner_for(kind)
-    args = call.script_args(runner)
-    p = processing.from_request(request, overrides)
-    shared.state.announced_job_count = None
-    with processing.collect_results() as results:
-        p.scripts = runner
-        p.script_args = args
-        processed = runner.run(p, *p.script_args)
-        if processed is None:
-            processed = processing.process_images(p)
-    p.close()
-    return to_result(processed, p, results, engine)
+    def run(self, engine: Any, kind: str, request: GenerationRequest, overrides: dict,
+            call: ScriptCall) -> GenerationResult: ...
 
 
 def to_result(processed, p, results: list[GenerationResult], engine) -> GenerationResult:
@@ -163,20 +149,13 @@ def to_result(processed, p, results: list[GenerationResult], engine) -> Generati
     return result
 
 
-def describe_scripts(kind: str) -> list[dict[str, Any]]:
-    """A1111's /sdapi/v1/script-info entries of one tab."""
-    runner = runner_for(kind)
-    runner.ensure_layout()
-    return [s.api_info for s in runner.scripts if s.api_info is not None]
-
-
-def wanted(kind: str, call: ScriptCall) -> bool:
-    """Whether a job needs the script flow: a script was chosen, or AlwaysVisible scripts exist
-    (they run on every job, as in A1111). Otherwise the plain generation runs."""
+def wanted(runner, call: ScriptCall) -> bool:
+    """Whether a job needs the script flow: a script was chosen, or AlwaysVisible scripts exist in
+    the tab's `runner` (they run on every job, as in A1111). Otherwise the plain generation runs."""
     if call.positional is not None:
         chosen = call.positional[0] if call.positional else 0
         if chosen not in (0, None, "None", ""):
             return True
     elif call.title and call.title.strip().lower() != "none":
         return True
-    return bool(runner_for(kind).alwayson_scripts) or bool(call.alwayson)
+    return bool(runner.alwayson_scripts) or bool(call.alwayson)

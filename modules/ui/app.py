@@ -22,6 +22,7 @@ from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .paste_params import HINT as PASTE_HINT
 from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
+from .refiner import HINTS as REFINER_HINTS
 from .settings import SettingsTab
 from .styles import HINTS as STYLE_HINTS
 from .txt2img import Txt2ImgTab
@@ -43,7 +44,7 @@ HINTS = {
     "txt2img_send_to_img2img": "Send the selected image to the img2img tab",
     "txt2img_send_to_inpaint": "Send the selected image to img2img's Inpaint tab",
     **{f"{tab}_{name}": text for tab in ("txt2img", "img2img")
-       for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS}.items()},
+       for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS, **REFINER_HINTS}.items()},
 }
 
 
@@ -82,7 +83,12 @@ def page_script() -> str:
 
 
 def _size_fields(tabs: list[GenerationTab]) -> list[gr.components.Component]:
-    return [c for tab in tabs for c in (tab.width, tab.height)]
+    """What follows the loaded model: the sizes, then each tab's family controls (modules.ui.generation_tab)."""
+    return [c for tab in tabs for c in (tab.width, tab.height)] + [c for tab in tabs for c in tab.family_controls()]
+
+
+def _family_updates(tabs: list[GenerationTab], changed: bool) -> list:
+    return [u for tab in tabs for u in tab.family_updates(changed)]
 
 
 def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
@@ -92,15 +98,18 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
         return load(evt.value)
 
     def load(title: str | None):
+        keep = [*keep_sizes, *_family_updates(tabs, changed=False)]
         if not title:
-            return gr.update(), *keep_sizes
+            return gr.update(), *keep
+        distilled_before = engine.uses_distilled_guidance()
         try:
             engine.select_checkpoint(title)
         except Exception as exc:  # noqa: BLE001 - any load failure is the user's message; the old model stays
             gr.Warning(html.escape(f"Could not load {title}: {exc}"), title="Error")
-            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *keep_sizes
-        w, h = engine.native_size()  # the size defaults follow the model
-        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *[w, h] * len(tabs)
+            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *keep
+        w, h = engine.native_size()  # the size defaults follow the model, and the guidance controls its family
+        family = _family_updates(tabs, changed=engine.uses_distilled_guidance() != distilled_before)
+        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *[w, h] * len(tabs), *family
 
     def refresh():
         engine.checkpoints.refresh()
@@ -214,6 +223,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
 
         built_size = (txt2img.width.value, txt2img.height.value)
+        built_distilled = txt2img.distilled_cfg.visible
         keep_sizes = [gr.update()] * (2 * len(tabs))
 
         def on_load():
@@ -226,12 +236,14 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
             # event may land after the user has already typed a size
             w, h = engine.native_size()
             sizes = keep_sizes if (w, h) == built_size else [w, h] * len(tabs)
-            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *sizes
+            family = _family_updates(tabs, changed=engine.uses_distilled_guidance() != built_distilled)
+            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *sizes, *family
 
         demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
         demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)
         for tab in tabs:  # styles saved or files edited since the page was built
             demo.load(tab.styles.current, outputs=tab.styles.dropdown, queue=False)
+            demo.load(tab.sampler_choices, outputs=tab.sampler_lists(), queue=False)  # hide_samplers
         # the page's script gets the options as they are now, for A1111's window.opts
         demo.load(settings.options_json, outputs=settings.json, queue=False).then(
             None, inputs=settings.json, js=page_script(), queue=False)

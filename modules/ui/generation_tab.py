@@ -29,6 +29,7 @@ from modules.services.engine import Engine
 
 from . import paste_params
 from .extra_networks import ExtraNetworksPanel
+from .refiner import RefinerControls
 from .scripts_ui import ScriptsSection
 from .styles import StylesControls
 
@@ -105,6 +106,7 @@ class GenerationTab:
         self.styles = StylesControls(engine, self.tabname)
         self.extra_networks = ExtraNetworksPanel(engine, self.tabname)
         self.scripts = ScriptsSection(self.tabname)  # extensions' and Easel's scripts (modules/scripts.py)
+        self.refiner = RefinerControls(engine, self.tabname)  # A1111's Refiner accordion (build_refiner)
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -131,11 +133,33 @@ class GenerationTab:
 
     def build_sampling(self) -> None:
         with gr.Row():
-            self.sampler = gr.Dropdown(samplers.SAMPLER_NAMES, value=samplers.DEFAULT_SAMPLER, label="Sampling method",
+            hidden = self.hidden_samplers()
+            first = samplers.default_visible_sampler(hidden)
+            self.sampler = gr.Dropdown(samplers.visible_sampler_names(hidden), value=first, label="Sampling method",
                                        elem_id=self._id("sampling"))
-            self.scheduler = gr.Dropdown(schedules_for(samplers.DEFAULT_SAMPLER), value="Automatic", label="Schedule type",
+            self.scheduler = gr.Dropdown(schedules_for(first), value="Automatic", label="Schedule type",
                                          elem_id=self._id("scheduler"))
         self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
+
+    def hidden_samplers(self) -> list[str]:
+        """A1111's hide_samplers: names left out of this page's sampler lists (read when the page is
+        built, as A1111's needs a UI reload)."""
+        options = getattr(self.engine, "options", None)
+        return list(options.get("hide_samplers") or []) if options is not None else []
+
+    def sampler_lists(self) -> list[gr.components.Component]:
+        """The dropdowns that list samplers (hide_samplers applies to them)."""
+        return [self.sampler]
+
+    def sampler_choices(self):
+        """Updates for `sampler_lists` at page load: hide_samplers as it is now, and only the samplers
+        the loaded model's family runs (flow models: Euler, Heun, DPM2, LMS, DPM++ 2M)."""
+        return gr.update(choices=self._sampler_names())
+
+    def _sampler_names(self) -> list[str]:
+        names = samplers.visible_sampler_names(self.hidden_samplers())
+        allowed = self.engine.family_samplers()
+        return names if allowed is None else [n for n in names if n in allowed]
 
     def build_size(self, width: int, height: int) -> None:
         with gr.Row():
@@ -148,7 +172,25 @@ class GenerationTab:
             self.batch_size = slider("batch_size", "Batch size", 1, self._id("batch_size"))
 
     def build_cfg(self) -> None:
-        self.cfg = slider("cfg_scale", "CFG Scale", 7.0, self._id("cfg_scale"))
+        distilled = self.engine.uses_distilled_guidance()
+        self.cfg = slider("cfg_scale", "CFG Scale", 1.0 if distilled else 7.0, self._id("cfg_scale"))
+        # Forge's control for guidance-distilled models (Flux dev): shown while one is loaded
+        self.distilled_cfg = slider("distilled_cfg_scale", "Distilled CFG Scale", 3.5, self._id("distilled_cfg_scale"),
+                                    visible=distilled)
+
+    def family_updates(self, changed: bool) -> list:
+        """The controls that follow the loaded model's family (after a checkpoint load): the distilled
+        CFG slider's visibility, CFG 1 / 7 when the kind of guidance changed, the samplers it runs."""
+        distilled = self.engine.uses_distilled_guidance()
+        cfg = gr.update(value=1.0 if distilled else 7.0) if changed else gr.update()
+        names = self._sampler_names()
+        # a family that runs fewer samplers starts on its first; the user's pick stays where it can
+        restricted = self.engine.family_samplers() is not None
+        sampler = gr.update(choices=names, value=names[0]) if restricted and names else gr.update(choices=names)
+        return [cfg, gr.update(visible=distilled), sampler]
+
+    def family_controls(self) -> list[gr.components.Component]:
+        return [self.cfg, self.distilled_cfg, self.sampler]
 
     def build_seed(self) -> None:
         with gr.Row(elem_id=self._id("seed_row"), elem_classes=["seed-row"]):
@@ -169,6 +211,10 @@ class GenerationTab:
                                           elem_id=self._id("seed_resize_from_w"))
                 self.resize_h = gr.Slider(0, 2048, step=8, value=0, label="Resize seed from height",
                                           elem_id=self._id("seed_resize_from_h"))
+
+    def build_refiner(self) -> None:
+        """A1111's "Refiner" accordion (its section "accordions": after the sampler, with hires fix)."""
+        self.refiner.build()
 
     def build_scripts(self) -> None:
         """The scripts' controls and the "Script" dropdown, at the bottom of the parameters column."""
@@ -194,6 +240,7 @@ class GenerationTab:
         return {
             "prompt": self.prompt, "negative_prompt": self.negative, "sampler_name": self.sampler,
             "scheduler": self.scheduler, "steps": self.steps, "cfg_scale": self.cfg,
+            "distilled_cfg_scale": self.distilled_cfg,
             "n_iter": self.batch_count, "batch_size": self.batch_size, "seed": self.seed,
             "subseed": self.subseed, "subseed_strength": self.subseed_strength,
             "seed_resize_from_w": self.resize_w, "seed_resize_from_h": self.resize_h,
@@ -207,13 +254,14 @@ class GenerationTab:
         own, then its scripts' `infotext_fields` (A1111's paste fields)."""
         return [(self.prompt, "Prompt"), (self.negative, "Negative prompt"), (self.steps, "Steps"),
                 (self.sampler, "Sampler"), (self.scheduler, "Schedule type"), (self.cfg, "CFG scale"),
+                (self.distilled_cfg, "Distilled CFG Scale"),
                 (self.seed, "Seed"), (self.width, "Size-1"), (self.height, "Size-2"),
                 (self.batch_size, "Batch size"), (self.subseed, "Variation seed"),
                 (self.subseed_strength, "Variation seed strength"),
                 (self.resize_w, "Seed resize from-1"), (self.resize_h, "Seed resize from-2")]
 
     def all_paste_fields(self) -> list[paste_params.PasteField]:
-        return self.paste_fields() + self.scripts.infotext_fields()
+        return self.paste_fields() + self.refiner.paste_fields() + self.scripts.infotext_fields()
 
     @staticmethod
     def field_values(values: dict, fields: dict[str, gr.components.Component]) -> dict:
@@ -249,7 +297,7 @@ class GenerationTab:
 
         started = self.generate.click(busy, outputs=buttons, queue=False)
         job = started.then(
-            self.run, inputs=self.inputs() | {self.styles.dropdown} | self.scripts.components(),
+            self.run, inputs=self.inputs() | {self.styles.dropdown} | self.scripts.components() | self.refiner.components(),
             outputs=[self.gallery, self.info, self.result, self.selected],
             concurrency_limit=None, show_progress_on=[self.gallery],
         )
@@ -269,6 +317,8 @@ class GenerationTab:
                             queue=False)
         self.styles.wire(self.prompt, self.negative)
         self.extra_networks.wire()
+        if self.refiner.components():
+            self.refiner.wire()
         paste_params.wire(self.paste, self.prompt, self.result, self.all_paste_fields())
 
     def run(self, values: dict, request: gr.Request, progress=gr.Progress()):

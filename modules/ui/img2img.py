@@ -99,6 +99,7 @@ class Img2ImgTab(GenerationTab):
                 self.resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
                                             label="Resize mode", elem_id="resize_mode")
                 self.build_sampling()
+                self.build_refiner()
                 self._build_resize(width, height)
                 self.build_batch()
                 self.build_cfg()
@@ -199,7 +200,7 @@ class Img2ImgTab(GenerationTab):
                 self.batch_input, self.batch_output, self.batch_masks}
 
     def _job_fields(self, values: dict, *, inpaint: bool) -> dict:
-        fields = self.styled(values, self.field_values(values, self.fields()))
+        fields = self.styled(values, {**self.field_values(values, self.fields()), **self.refiner.request_fields(values)})
         if inpaint:
             fields.update(self.field_values(values, self.inpaint_fields()))
             if "inpaint_full_res" in fields:  # the radio gives the index of "Whole picture"/"Only masked"

@@ -63,6 +63,8 @@ def update_for(component, value) -> dict:
     """The update that puts an infotext value into `component` (no change when it cannot take it)."""
     if value is None:
         return gr.update()
+    if isinstance(value, dict) and value.get("__type__") == "update":  # a key function's own update
+        return value
     try:
         if isinstance(component, gr.Accordion):
             return gr.update(open=_flag(value))

@@ -78,6 +78,8 @@ def component_for(key: str, d: OptionDef, value: Any, locked: OptionRestricted |
             return own
     if d.component == "color":
         return gr.ColorPicker(value=value, **common)
+    if isinstance(d.default, list) and d.choices:  # several of the choices (hide_samplers): A1111's checkboxes
+        return gr.CheckboxGroup(list(d.choice_list()), value=list(value or []), **common)
     if callable(d.choices):  # choices that change (files on disk, e.g. sd_vae): always a dropdown
         return gr.Dropdown(list(d.choice_list()), value=value, **common)
     if d.choices:
@@ -121,7 +123,7 @@ class SettingsTab:
         self.result = gr.HTML(elem_id="settings_result")
         self.json = gr.Textbox(self.options_json(), visible=False, elem_id="settings_json")
         by_key = {}
-        with gr.Tabs(elem_id="settings"):
+        with gr.Tabs(elem_id="settings", overflow_behavior="wrap"):  # every section reachable (no "..." menu)
             for section, keys in self.sections().items():
                 with gr.Tab(section, elem_id=f"settings_{_slug(section)}"):
                     for key in keys:

@@ -22,6 +22,13 @@ HR_DENOISING_DEFAULT = 0.7  # A1111's UI default for the hires pass (its API's i
 class Txt2ImgTab(GenerationTab):
     tabname = "txt2img"
 
+    def sampler_lists(self):
+        return [self.sampler, self.hr_sampler]
+
+    def sampler_choices(self):
+        names = self._sampler_names()
+        return gr.update(choices=names), gr.update(choices=[hires.SAME_SAMPLER, *names])
+
     # -- layout ----------------------------------------------------------------------
     def build(self) -> None:
         width, height = self.engine.native_size()
@@ -30,6 +37,7 @@ class Txt2ImgTab(GenerationTab):
             with gr.Column(elem_id="txt2img_settings"):
                 self.build_sampling()
                 self._build_hires()
+                self.build_refiner()
                 self.build_size(width, height)
                 self.build_batch()
                 self.build_cfg()
@@ -61,7 +69,7 @@ class Txt2ImgTab(GenerationTab):
             with gr.Row(elem_id="txt2img_hires_fix_row3"):
                 self.hr_checkpoint = gr.Dropdown(self._hr_checkpoints(), value=hires.SAME_CHECKPOINT,
                                                  label="Hires checkpoint", elem_id="hr_checkpoint")
-                self.hr_sampler = gr.Dropdown([hires.SAME_SAMPLER, *samplers.SAMPLER_NAMES],
+                self.hr_sampler = gr.Dropdown([hires.SAME_SAMPLER, *samplers.visible_sampler_names(self.hidden_samplers())],
                                               value=hires.SAME_SAMPLER, label="Hires sampling method",
                                               elem_id="hr_sampler")
                 schedules = [label for label, _ in samplers.SCHEDULE_TYPES]
@@ -113,7 +121,8 @@ class Txt2ImgTab(GenerationTab):
         ]
 
     def make_request(self, values: dict) -> GenerationRequest:
-        return GenerationRequest(**self.styled(values, self.field_values(values, self.fields())))
+        fields = {**self.field_values(values, self.fields()), **self.refiner.request_fields(values)}
+        return GenerationRequest(**self.styled(values, fields))
 
     def submit(self, request: GenerationRequest, task_id: str, scripts=None) -> Future:
         if scripts is None:
