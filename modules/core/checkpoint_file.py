@@ -243,6 +243,12 @@ class CheckpointFile:
             tensor = tensor.to(dtype)
         return tensor
 
+    def dtype(self, key: str) -> torch.dtype:
+        """A tensor's dtype without reading its data (the header; a .ckpt's mapped tensor)."""
+        if self._fh is not None:
+            return _ST_DTYPES[self._entries[key]["dtype"]]
+        return self._tensors[key].dtype
+
     def keys_with_prefix(self, prefix: str) -> Iterator[str]:
         return (k for k in self.shapes if k.startswith(prefix))
 

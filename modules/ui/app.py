@@ -20,6 +20,7 @@ from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .paste_params import HINT as PASTE_HINT
+from .merger_tab import MergerTab
 from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
 from .refiner import HINTS as REFINER_HINTS
@@ -210,6 +211,9 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
                 ExtrasTab(engine, allow_folders=allow_folders).build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build()
+            merger = MergerTab(engine)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger.build()
             for interface, title, tab_id in extension_interfaces:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab_{tab_id}"):
                     interface.render()
@@ -219,6 +223,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
                 ExtensionsTab(engine.options, submit=engine.queue.submit).build()
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs)
+        merger.wire(dropdown)
         _wire_send_to(txt2img, img2img, main_tabs)
         pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
 
