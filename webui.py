@@ -33,7 +33,7 @@ from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options, Restrictions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
-from modules.services import upscalers  # noqa: E402
+from modules.services import face_restorers, upscalers  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
 
 startup_timer.record("import torch, diffusers, gradio")
@@ -101,6 +101,8 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     upscalers.install(upscalers.ModelUpscalers(upscalers.folders_for(opts, models), options, policy.device,
                                                half=policy.unet_dtype != torch.float32,
                                                interrupted=lambda: state.interrupted))
+    face_restorers.install(face_restorers.FaceRestorers(face_restorers.folders_for(opts, models), options,
+                                                        policy.device, interrupted=lambda: state.interrupted))
     return Engine(options, registry, cache, state, WorkQueue(state), data,
                   styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path,
                   hypernetworks=hypernetworks,

@@ -91,6 +91,9 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
                          ("--swinir-models-path", "SwinIR"), ("--dat-models-path", "DAT")):
         group.add_argument(flag, type=str, default=None, metavar="DIR",
                            help=f"folder of {folder} upscaler models (default: MODELS_DIR/{folder})")
+    for flag, name, folder in (("--gfpgan-models-path", "GFPGAN", "GFPGAN"), ("--codeformer-models-path", "CodeFormer", "Codeformer")):
+        group.add_argument(flag, type=str, default=None, metavar="DIR",
+                           help=f"folder of {name} face restoration models (default: MODELS_DIR/{folder})")
     group.add_argument("--embeddings-dir", type=str, default=None, metavar="DIR",
                        help="folder of textual inversion embeddings (default: DATA_DIR/embeddings)")
     group.add_argument("--hypernetwork-dir", type=str, default=None, metavar="DIR",

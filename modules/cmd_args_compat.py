@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 
 IGNORED = "ignored"
-NO_UPSCALERS = "ignored: Easel has no face restorers"
+GFPGAN_FOLDER = "ignored: Easel reads GFPGAN models from --gfpgan-models-path (default MODELS_DIR/GFPGAN)"
 OTHER_UPSCALERS = "ignored: Easel reads model upscalers from the ESRGAN, RealESRGAN, SwinIR and DAT folders"
 ATTENTION = "ignored: Easel uses PyTorch's scaled dot product attention (or --xformers)"
 
@@ -38,8 +38,8 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--log-startup", "switch", False, "ignored: the start-up time summary is always printed"),
     CompatFlag("--dump-sysinfo", "switch", False, "not available: Easel writes no sysinfo file; it starts as usual"),
     CompatFlag("--config", "text", None, "ignored: Easel finds the model's configuration from its weights"),
-    CompatFlag("--gfpgan-dir", "text", None, NO_UPSCALERS),
-    CompatFlag("--gfpgan-model", "text", None, NO_UPSCALERS),
+    CompatFlag("--gfpgan-dir", "text", None, GFPGAN_FOLDER),
+    CompatFlag("--gfpgan-model", "text", None, GFPGAN_FOLDER),
     CompatFlag("--no-progressbar-hiding", "switch", False, "ignored: the UI always shows its progress bar"),
     CompatFlag("--textual-inversion-templates-dir", "text", None, "ignored: Easel does not train embeddings"),
     CompatFlag("--always-batch-cond-uncond", "switch", False, "does nothing (in A1111 1.10 too)"),
@@ -47,8 +47,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--ngrok", "text", None, "not available: Easel runs offline and opens no tunnel (use --listen)"),
     CompatFlag("--ngrok-region", "text", "", "does nothing (in A1111 1.10 too)"),
     CompatFlag("--ngrok-options", "json", {}, "not available: Easel runs offline and opens no tunnel"),
-    CompatFlag("--codeformer-models-path", "text", None, NO_UPSCALERS),
-    CompatFlag("--gfpgan-models-path", "text", None, NO_UPSCALERS),
     CompatFlag("--bsrgan-models-path", "text", None, OTHER_UPSCALERS),
     CompatFlag("--scunet-models-path", "text", None, OTHER_UPSCALERS),
     CompatFlag("--ldsr-models-path", "text", None, OTHER_UPSCALERS),

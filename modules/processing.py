@@ -365,7 +365,7 @@ class Processed:
         self.steps = p.steps
         self.batch_size = p.batch_size
         self.restore_faces = p.restore_faces
-        self.face_restoration_model = None
+        self.face_restoration_model = getattr(p, "face_restoration_model", None) if p.restore_faces else None
         self.sd_model_name = p.sd_model_name
         self.sd_model_hash = p.sd_model_hash
         self.sd_vae_name = p.sd_vae_name
@@ -448,13 +448,13 @@ class Processed:
         return self.token_merging_ratio_hr if for_hr else self.token_merging_ratio
 
 
-def _uses_step_noise(sampler_name: str) -> bool:
+def _uses_step_noise(sampler_name: str, eta: float | None = None) -> bool:
+    """A1111's is_sampler_using_eta_noise_seed_delta (eta: the job's, else the eta_ancestral option)."""
     from modules.core import samplers
 
-    try:
-        return samplers.is_ancestral(sampler_name)
-    except ValueError:  # a name Easel lacks
-        return False
+    if eta is None:
+        eta = getattr(shared.opts, "eta_ancestral", 1.0) if shared.opts is not None else 1.0
+    return samplers.uses_ensd(sampler_name, 1.0 if eta is None else eta)
 
 
 def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iteration=0, position_in_batch=0,
@@ -484,6 +484,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
         "CFG scale": plain_number(p.cfg_scale),
         "Image CFG scale": getattr(p, "image_cfg_scale", None),
         "Seed": seed,
+        "Face restoration": (getattr(p, "face_restoration_model", None) or opts.face_restoration_model) if p.restore_faces else None,
         "Size": f"{p.width}x{p.height}",
         "Model hash": p.sd_model_hash if opts.add_model_hash_to_info else None,
         "Model": p.sd_model_name if opts.add_model_name_to_info else None,
@@ -493,7 +494,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
                              else f"{p.seed_resize_from_w}x{p.seed_resize_from_h}"),
         "Denoising strength": denoising,
         "Clip skip": None if clip_skip <= 1 else clip_skip,
-        "ENSD": ensd if ensd and _uses_step_noise(p.sampler_name) else None,
+        "ENSD": ensd if ensd and _uses_step_noise(p.sampler_name, getattr(p, "eta", None)) else None,
         "RNG": randn_source if randn_source != "GPU" else None,  # A1111's default source goes unnamed
         "Tiling": "True" if p.tiling else None,
         **p.extra_generation_params,

@@ -183,6 +183,11 @@ class ScriptHooks(JobHooks):
         return [_to_image(s) for s in batch_params.images]
 
     def image_ready(self, b: BatchValues, position: int, image: Image.Image) -> Image.Image:
+        if self.p.restore_faces:  # A1111: faces first, then the scripts' postprocess_image
+            from modules.services import face_restorers
+
+            name = getattr(self.p, "face_restoration_model", None) or "CodeFormer"
+            image = face_restorers.current().restore(image, name)
         if self.runner is None:
             return image
         self.p.batch_index = position
@@ -207,6 +212,9 @@ class ScriptHooks(JobHooks):
         return pp.image
 
     def extra_params(self) -> dict:
+        if self.p.restore_faces:
+            name = getattr(self.p, "face_restoration_model", None) or "CodeFormer"
+            return {"Face restoration": name, **self.p.extra_generation_params}
         return self.p.extra_generation_params
 
     def before_save(self, image, infotext, path, is_grid):

@@ -219,6 +219,13 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     p.sd_model_hash = info.shorthash
     if p.tiling is None:
         p.tiling = False
+    if p.restore_faces is None:  # A1111: the face_restoration option decides
+        p.restore_faces = bool({**engine.options.data, **overrides}.get("face_restoration"))
+    if p.restore_faces:
+        from modules.services import face_restorers
+
+        p.face_restoration_model = face_restorers.wanted({**engine.options.data, **overrides, "face_restoration": True})
+        face_restorers.check_job({"face_restoration": True, "face_restoration_model": p.face_restoration_model})
     p.refiner_checkpoint_info = _refiner_info(p, engine)
     if not p.width or not p.height:  # Easel's requests may leave the size to the model / the image
         if is_img2img and p.init_images:

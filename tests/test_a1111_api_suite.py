@@ -10,15 +10,15 @@ blank, carry their infotext; `info` and the infotext say the seed, sampler, size
 were asked; the list endpoints answer A1111's field names and types. The code here is Easel's own;
 only the requests are A1111's. The pictures of A1111's `test/test_files` (img2img_basic.png,
 mask_basic.png) are replaced by generated ones of the same role, sent as A1111's conftest sends them
-(`data:image/png;base64,` URLs).
+(`data:image/png;base64,` URLs). A1111's CI downloads GFPGAN and CodeFormer; here random-weight
+ones (tests/face_models.py) are put in the server's models/GFPGAN and models/Codeformer, and
+A1111's two-faces.jpg is replaced by a drawn face.
 
 A1111 test -> Easel issue that brings it (those tests are skipped here, visibly):
 
 | A1111 test                                           | waits for                                       |
 |------------------------------------------------------|-------------------------------------------------|
-| test_txt2img.py::test_txt2img_with_restore_faces_performed | issue 15: face restoration (restore_faces is a 422 today) |
 | test_extras.py::test_interrogate_performed, the /interrogate part | issue 15: interrogation (the extra-single-image request itself passes) |
-| test_face_restorers.py::test_face_restorers[gfpgan, codeformer] | issue 15: GFPGAN / CodeFormer          |
 | test_torch_utils.py::test_get_param[True, False]     | issue 18: A1111 module names for extensions (`modules.torch_utils`) |
 
 Every other test of test_txt2img.py, test_img2img.py, test_extras.py and test_utils.py runs here.
@@ -36,6 +36,7 @@ import requests
 from PIL import Image
 
 from tests.api_common import PROCESSED_KEYS, decode, strict_json
+from tests.face_models import draw_face, write_codeformer, write_gfpgan
 from tests.pictures import b64, picture, square_mask
 from tests.server import free_port
 from tests.test_a1111_command_line import A1111_CI, Started
@@ -48,6 +49,8 @@ def base_url(tiny_checkpoints, tmp_path_factory):
     """Easel started with A1111's CI command line (plus where its files are), as A1111's CI does
     before running its test/ folder; A1111's tests know it as `base_url`."""
     data = tmp_path_factory.mktemp("a1111-suite")
+    write_gfpgan(data / "models")
+    write_codeformer(data / "models")
     server = Started(["launch.py", *A1111_CI, "--data-dir", str(data), "--ckpt-dir",
                       str(tiny_checkpoints.checkpoints_dir), "--ckpt", str(tiny_checkpoints.sd1),
                       "--port", str(free_port())], data / "log")
@@ -242,7 +245,6 @@ def test_txt2img_with_tiling_performed(base_url):
     assert seam < 3 * inside + 1
 
 
-@pytest.mark.skip(reason="issue 15: face restoration (GFPGAN / CodeFormer); restore_faces is a 422 today")
 def test_txt2img_with_restore_faces_performed(base_url):
     body = {**txt2img_request(), "restore_faces": True}
     _, info, data = post(base_url + TXT2IMG, body, 1, (64, 64))
@@ -545,14 +547,13 @@ def test_sd_vae_and_memory(base_url):
 # ------------------------------------------------------------------------------------ not over HTTP
 
 
-@pytest.mark.skip(reason="issue 15: GFPGAN / CodeFormer face restoration")
 @pytest.mark.parametrize("restorer_name", ["gfpgan", "codeformer"])
 def test_face_restorers(base_url, restorer_name):
-    # A1111 calls its restorers in-process on two-faces.jpg; here through Extras, on a picture
-    # that is not blank (a face photo replaces it when the feature comes)
-    payload = {**extras_request(), "upscaler_1": "None", f"{restorer_name}_visibility": 1, "image": data_url(INIT)}
+    # A1111 calls its restorers in-process on two-faces.jpg; here through Extras, on a drawn face
+    face = draw_face(128, scale=0.5)
+    payload = {**extras_request(), "upscaler_1": "None", f"{restorer_name}_visibility": 1, "image": data_url(face)}
     image, _ = _extras(base_url, payload)
-    assert image.size == INIT.size and not np.array_equal(px(image), px(INIT))  # visibly changed
+    assert image.size == face.size and not np.array_equal(px(image), px(face))  # visibly changed
 
 
 @pytest.mark.skip(reason="issue 18: A1111 module names for extensions (modules.torch_utils.get_param)")

@@ -130,8 +130,9 @@ def test_extra_batch_images(server):
 
 
 @pytest.mark.parametrize("change,field,status,hint", [
-    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility", 422, "face restoration"),
-    ({"codeformer_visibility": 1}, "codeformer_visibility", 422, "face restoration"),
+    # no model file in the server's models/GFPGAN, models/Codeformer: the message names the file to put there
+    ({"gfpgan_visibility": 0.5}, "gfpgan_visibility", 422, "GFPGANv1.4.pth"),
+    ({"codeformer_visibility": 1}, "codeformer_visibility", 422, "codeformer-v0.1.0.pth"),
     ({"upscaler_1": "ESRGAN_4x"}, "upscaler_1", 422, "Lanczos"),
     ({"resize_mode": 2}, "resize_mode", 422, "1"),
     ({"upscaling_resize": 0}, "upscaling_resize", 422, "0"),
@@ -323,8 +324,10 @@ def test_sd_vae_and_refresh_vae(server):
 
 
 def test_empty_feature_listings(server):
-    for path in ("hypernetworks", "face-restorers", "realesrgan-models"):
+    for path in ("hypernetworks", "realesrgan-models"):
         assert ok_json(server.get(f"/sdapi/v1/{path}")) == []
+    # A1111 lists its two face restorers whether or not their files are there
+    assert [r["name"] for r in ok_json(server.get("/sdapi/v1/face-restorers"))] == ["CodeFormer", "GFPGAN"]
 
 
 def test_styles_embeddings_loras_listings(server):

@@ -33,3 +33,25 @@ def test_choices_flags_and_text():
 def test_a_component_listed_twice_is_updated_once():
     a, b = gr.Textbox(), gr.Textbox()
     assert unique([(a, "Prompt"), (b, "Negative prompt"), (a, "Other")]) == [(a, "Prompt"), (b, "Negative prompt")]
+
+
+def test_infotext_skip_pasting_leaves_those_keys_out(server):
+    """A1111's infotext_skip_pasting: the API's `infotext` (and the page's paste) disregard them."""
+    import requests
+
+    text = "a red cube\nNegative prompt: blurry\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 4242, Size: 64x64, Clip skip: 2"
+    body = {"infotext": text, "save_images": False}
+    url = server.url + "/sdapi/v1/txt2img"
+    reply = requests.post(url, json=body, timeout=120)
+    assert reply.status_code == 200, reply.text
+    pasted = reply.json()["info"]
+    assert '"seed": 4242' in pasted and "Clip skip: 2" in pasted
+    assert requests.post(server.url + "/sdapi/v1/options", json={"infotext_skip_pasting": ["Seed", "Clip skip"]},
+                         timeout=60).status_code == 200
+    try:
+        skipped = requests.post(url, json=body, timeout=120).json()["info"]
+    finally:
+        requests.post(server.url + "/sdapi/v1/options", json={"infotext_skip_pasting": []}, timeout=60)
+    assert '"seed": 4242' not in skipped and "Clip skip" not in skipped and '"steps": 2' in skipped
+    refused = requests.post(server.url + "/sdapi/v1/options", json={"infotext_skip_pasting": ["Nope"]}, timeout=60)
+    assert refused.status_code == 422 and "infotext_skip_pasting" in refused.text

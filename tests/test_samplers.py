@@ -606,3 +606,12 @@ def test_extra_noise_adds_noise_in_k_diffusion_units(unet, embeds, name):
     # k-diffusion's x_i + 0.5 * noise, in the scheduler's units
     assert torch.allclose(extra.first, plain.first + 0.5 * c0 * noise, atol=1e-5)
     assert torch.equal(zeroed.first, plain.first)  # the hook's noise is what is added
+
+
+def test_uses_ensd_follows_a1111():
+    """A1111 names ENSD in the infotext for its "uses_ensd" samplers only, and not at eta 0; the SDE
+    samplers' Brownian noise comes from the image seeds."""
+    assert {n for n in samplers.SAMPLER_NAMES if samplers.uses_ensd(n)} == {"Euler a", "DPM2 a", "DPM++ 2S a",
+                                                                           "DPM fast"}
+    assert not samplers.uses_ensd("Euler a", eta=0.0) and samplers.uses_ensd("k_euler_a", eta=0.5)
+    assert not samplers.uses_ensd("DPM++ SDE") and not samplers.uses_ensd("no such sampler")

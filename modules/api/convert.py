@@ -10,6 +10,7 @@ from typing import Any
 
 from modules import script_host
 from modules.core import image_io
+from modules.core.infotext import parse_infotext
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 from modules.core.version import VERSION
 from modules.services import script_jobs
@@ -33,8 +34,6 @@ def _common(data: dict[str, Any], fields: list[str]) -> dict[str, Any]:
     """The fields txt2img and img2img share: refusals, A1111's aliases, checkpoint and clip skip
     from override_settings, and save_images (A1111's API default: false). The script fields are
     script_call's."""
-    if data.get("restore_faces"):
-        raise RequestError("restore_faces", "face restoration is not available in this version of Easel")
     kwargs = {k: data[k] for k in fields if data.get(k) is not None}
     kwargs.update(request_fields.sampler_fields(data))  # sampler_name / sampler_index / old combined names
     overrides = data.get("override_settings") or {}
@@ -46,8 +45,12 @@ def _common(data: dict[str, Any], fields: list[str]) -> dict[str, Any]:
 
 
 def job_overrides(body: Any) -> dict[str, Any]:
-    """override_settings minus the ones that became request fields: option values for this job."""
-    return {k: v for k, v in (body.override_settings or {}).items() if k not in OVERRIDE_FIELDS}
+    """override_settings minus the ones that became request fields: option values for this job.
+    restore_faces, when given, is the job's face_restoration option (A1111: None = the option)."""
+    overrides = {k: v for k, v in (body.override_settings or {}).items() if k not in OVERRIDE_FIELDS}
+    if getattr(body, "restore_faces", None) is not None:
+        overrides["face_restoration"] = bool(body.restore_faces)
+    return overrides
 
 
 def to_generation_request(body: Any) -> GenerationRequest:
@@ -115,6 +118,8 @@ def processed_info(request: GenerationRequest, result: GenerationResult, index_o
     img2img = isinstance(request, Img2ImgRequest)
     # A1111's p.width/p.height: with hires fix the first pass's size (the infotext's Size), not the image's
     width, height = result.first_pass_size or (result.width, result.height)
+    # the face restoration hooks write the infotext's key (A1111: p.restore_faces, the option's model)
+    restored_with = (parse_infotext(result.infotexts[0]).get("Face restoration") if result.infotexts else None) or None
     return {
         "prompt": request.prompt,
         "all_prompts": result.prompts,
@@ -131,8 +136,8 @@ def processed_info(request: GenerationRequest, result: GenerationResult, index_o
         "cfg_scale": request.cfg_scale,
         "steps": request.steps,
         "batch_size": request.batch_size,
-        "restore_faces": False,
-        "face_restoration_model": None,
+        "restore_faces": restored_with is not None,
+        "face_restoration_model": restored_with,
         "sd_model_name": result.model_name,
         "sd_model_hash": result.model_hash,
         "sd_vae_name": result.vae_name,

@@ -211,14 +211,14 @@ class ProgressResponse(BaseModel):
     current_task: Optional[str] = None
 
 
-# -- Extras (A1111's ExtrasBaseRequest; face restoration does not exist in Easel) ----------------
+# -- Extras (A1111's ExtrasBaseRequest) -----------------------------------------------------------
 
 class ExtrasBaseRequest(_Lenient):
     resize_mode: Optional[int] = Field(0, ge=0, le=1, description="0: upscale by upscaling_resize; 1: to upscaling_resize_w x upscaling_resize_h.")
     show_extras_results: Optional[bool] = Field(True, description="Accepted for A1111 compatibility; the images are always returned.")
-    gfpgan_visibility: Optional[float] = Field(0, ge=0, le=1, description="Face restoration is not available in Easel: only 0 is accepted.")
-    codeformer_visibility: Optional[float] = Field(0, ge=0, le=1, description="Face restoration is not available in Easel: only 0 is accepted.")
-    codeformer_weight: Optional[float] = Field(0, ge=0, le=1, description="Accepted and unused (no CodeFormer in Easel).")
+    gfpgan_visibility: Optional[float] = Field(0, ge=0, le=1, description="GFPGAN face restoration, blended in by this much (0: off; needs a file in models/GFPGAN).")
+    codeformer_visibility: Optional[float] = Field(0, ge=0, le=1, description="CodeFormer face restoration, blended in by this much (0: off; needs a file in models/Codeformer).")
+    codeformer_weight: Optional[float] = Field(0, ge=0, le=1, description="CodeFormer's fidelity: 0 = the most restoration, 1 = closest to the input.")
     upscaling_resize: Optional[float] = Field(2, gt=0, description="By how much to upscale (resize_mode 0).")
     upscaling_resize_w: Optional[int] = Field(512, ge=1, description="Target width (resize_mode 1).")
     upscaling_resize_h: Optional[int] = Field(512, ge=1, description="Target height (resize_mode 1).")

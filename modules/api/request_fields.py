@@ -165,8 +165,9 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
         return {}
     if not isinstance(text, str):
         raise RequestError("infotext", f"must be text, got {type(text).__name__}")
-    raw = parse_infotext(text)
-    params = parse_generation_parameters(text)
+    skip = list(options.get("infotext_skip_pasting") or [])  # A1111: those keys are not pasted
+    raw = {k: v for k, v in parse_infotext(text).items() if k not in skip}
+    params = {k: v for k, v in parse_generation_parameters(text).items() if k not in skip}
     given = set(body.model_fields_set)
     fields = _SCRIPT_FIELDS if img2img else _TXT2IMG_FIELDS
     for field, (source, convert) in fields.items():

@@ -1,9 +1,9 @@
 """POST /sdapi/v1/extra-single-image, /extra-batch-images and /png-info, in A1111's shapes.
 
 Extras run on the worker queue (job "extras", one job step per image, interrupt stops a batch)
-with the image upscalers of /sdapi/v1/upscalers (modules.core.postprocess). Easel has no face
-restoration: a non-zero gfpgan_visibility or codeformer_visibility is refused with a 422 naming
-it. Results are PNGs carrying the input's `parameters` and A1111's `postprocessing` text.
+with the image upscalers of /sdapi/v1/upscalers (modules.core.postprocess), then GFPGAN and
+CodeFormer face restoration by gfpgan_visibility / codeformer_visibility (a missing model file is a
+422 naming the field, the file and the folder). Results are PNGs carrying the input's `parameters` and A1111's `postprocessing` text.
 Images that are not images are 400, naming the field.
 """
 
@@ -28,10 +28,6 @@ from .errors import server_error, unprocessable
 
 
 def _settings(body: Any) -> postprocess.UpscaleSettings:
-    for field in ("gfpgan_visibility", "codeformer_visibility"):
-        if getattr(body, field):
-            raise RequestError(field, "face restoration (GFPGAN, CodeFormer) is not available in Easel; send 0")
-
     def value(name: str, default: Any) -> Any:
         v = getattr(body, name)
         return default if v is None else v
@@ -40,7 +36,9 @@ def _settings(body: Any) -> postprocess.UpscaleSettings:
         mode=value("resize_mode", 0), upscale_by=value("upscaling_resize", 2.0), width=value("upscaling_resize_w", 512),
         height=value("upscaling_resize_h", 512), crop=value("upscaling_crop", True),
         upscaler_1=value("upscaler_1", "None"), upscaler_2=value("upscaler_2", "None"),
-        upscaler_2_visibility=value("extras_upscaler_2_visibility", 0.0))
+        upscaler_2_visibility=value("extras_upscaler_2_visibility", 0.0),
+        gfpgan_visibility=value("gfpgan_visibility", 0.0), codeformer_visibility=value("codeformer_visibility", 0.0),
+        codeformer_weight=value("codeformer_weight", 0.0))
 
 
 async def _extras(engine: Engine, body: Any, sources: list[tuple[str, str, str]]) -> tuple[list, str]:

@@ -1,9 +1,8 @@
 """The read-only listings of /sdapi/v1 in A1111's shapes: samplers, schedulers, upscalers, latent
 upscale modes, hypernetworks, face restorers, RealESRGAN models, cmd-flags and memory.
 
-Hypernetworks are the files of --hypernetwork-dir. Easel has no face restorers or RealESRGAN models
-yet, so those lists are empty (A1111 answers the same shapes with entries); clients that probe them
-get a valid, empty answer.
+Hypernetworks are the files of --hypernetwork-dir. Face restorers are A1111's two (CodeFormer,
+GFPGAN) with their folders (cmd_dir), listed whether or not a model file is there, as A1111 does.
 """
 
 from __future__ import annotations
@@ -131,7 +130,10 @@ def add_routes(r: APIRouter, cmd_opts: argparse.Namespace | None = None) -> None
 
     @r.get("/face-restorers", response_model=list[models.FaceRestorerItem])
     def face_restorers():
-        return []  # no GFPGAN / CodeFormer in Easel
+        from modules.services import face_restorers
+
+        restorers = face_restorers.current()
+        return [] if restorers is None else restorers.listing()
 
     @r.get("/realesrgan-models", response_model=list[models.RealesrganItem])
     def realesrgan_models():

@@ -40,6 +40,17 @@ _DEFAULTS: tuple[tuple[str, object], ...] = (
 )
 
 
+# The infotext keys a paste reads into controls or settings (A1111's infotext_skip_pasting choices)
+PASTE_KEYS = ("Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", "CFG scale", "Distilled CFG Scale",
+              "Seed", "Size-1", "Size-2", "Batch size", "Variation seed", "Variation seed strength",
+              "Seed resize from-1", "Seed resize from-2", "Denoising strength", "Clip skip", "Tiling",
+              "Hires upscale", "Hires steps", "Hires upscaler", "Hires resize-1", "Hires resize-2",
+              "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt",
+              "Refiner", "Refiner switch at", "Hires refiner", "Image CFG scale", "Mask blur", "Mask mode",
+              "Masked content", "Inpaint area", "Only masked padding", "Conditional mask weight", "ENSD",
+              "Noise multiplier", "Extra noise", "RNG", "Emphasis")
+
+
 def _uses_emphasis(text: str) -> bool:
     return any(weight != 1.0 and chunk != "BREAK" for chunk, weight in parse_prompt_attention(text or ""))
 

@@ -125,7 +125,8 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Denoising strength": p.extra.get("Denoising strength"),
         "Conditional mask weight": p.extra.get("Conditional mask weight"),
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
-        "ENSD": settings.eta_noise_seed_delta if settings.eta_noise_seed_delta and samplers.is_ancestral(p.sampler) else None,
+        "ENSD": (settings.eta_noise_seed_delta if settings.eta_noise_seed_delta
+                 and samplers.uses_ensd(p.sampler, settings.sampler_options.eta_ancestral) else None),
         # A1111 names the source unless it is its default, "GPU" (Easel's default "CPU" is named too)
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         "Tiling": "True" if request.tiling else None,

@@ -41,6 +41,10 @@ class UpscaleSettings:
     upscaler_1: str = "None"  # upscaler_1
     upscaler_2: str = "None"  # upscaler_2
     upscaler_2_visibility: float = 0.0  # extras_upscaler_2_visibility
+    # face restoration after the upscale (A1111's GFPGAN and CodeFormer postprocessing scripts)
+    gfpgan_visibility: float = 0.0  # gfpgan_visibility
+    codeformer_visibility: float = 0.0  # codeformer_visibility
+    codeformer_weight: float = 0.0  # codeformer_weight (A1111's API default; its UI's is 0)
 
     def check(self, max_pixels: int | None = None, source: tuple[int, int] | None = None) -> None:
         """RequestError naming the API field for anything A1111 would trip over (or we cannot do)."""
@@ -51,8 +55,10 @@ class UpscaleSettings:
                 upscaling.refresh()  # a model file added since the last look
             if name not in image_upscaler_names():
                 raise RequestError(field, f"unknown upscaler '{name}'; known: {', '.join(image_upscaler_names())}")
-        if not 0.0 <= self.upscaler_2_visibility <= 1.0:
-            raise RequestError("extras_upscaler_2_visibility", f"must be between 0 and 1, got {self.upscaler_2_visibility}")
+        for field in ("extras_upscaler_2_visibility", "gfpgan_visibility", "codeformer_visibility", "codeformer_weight"):
+            value = getattr(self, field.removeprefix("extras_"))
+            if not 0.0 <= value <= 1.0:
+                raise RequestError(field, f"must be between 0 and 1, got {value}")
         if self.mode == 0 and not self.upscale_by > 0:
             raise RequestError("upscaling_resize", f"must be above 0, got {self.upscale_by}")
         if self.mode == 1 and (self.width < 1 or self.height < 1):

@@ -472,6 +472,20 @@ def default_visible_sampler(hidden=()) -> str:
     return DEFAULT_SAMPLER if DEFAULT_SAMPLER in visible else visible[0]
 
 
+# A1111's "uses_ensd" samplers: the ones whose infotext names the eta noise seed delta
+_USES_ENSD = ("Euler a", "DPM2 a", "DPM++ 2S a", "DPM fast", "DPM adaptive")
+
+
+def uses_ensd(sampler_name: str, eta: float = 1.0) -> bool:
+    """A1111's ``is_sampler_using_eta_noise_seed_delta``: an ancestral-noise sampler with eta not 0
+    (``eta_ancestral``); the SDE samplers' Brownian noise comes from the image seeds, not the delta."""
+    try:
+        name = get_spec(sampler_name).name
+    except ValueError:
+        return False
+    return name in _USES_ENSD and eta != 0
+
+
 def is_ancestral(sampler_name: str) -> bool:
     """True when the sampler draws fresh noise at each step (ancestral, SDE, LCM)."""
     return get_spec(sampler_name).stochastic

@@ -25,7 +25,7 @@ from .embeddings import EmbeddingDatabase
 from .jobs import JobState, StateObserver, WorkQueue
 from .loras import LoraRegistry
 from .model_cache import ModelCache
-from . import script_jobs
+from . import face_restorers, script_jobs
 from .options import Options
 from .script_jobs import ScriptCall
 from .styles import StyleDatabase
@@ -285,7 +285,9 @@ class Engine:
         model = self._load(info, remember=request.checkpoint is None, vae=(overrides or {}).get("sd_vae"))
         if self.embeddings is not None:  # new or changed embedding files count from this job on (A1111)
             self.embeddings.refresh(model)
-        result = generate(request, model, self.settings_for(info, kind, overrides), StateObserver(self.state))
+        restorer = face_restorers.wanted({**self.options.data, **(overrides or {})})
+        hooks = None if restorer is None else face_restorers.FaceRestorationHooks(face_restorers.current(), restorer)
+        result = generate(request, model, self.settings_for(info, kind, overrides), StateObserver(self.state), hooks)
         result.job_timestamp = self.state.job_timestamp
         return result
 
@@ -325,6 +327,7 @@ class Engine:
         scripts to run with it (None: none, not even the AlwaysVisible ones)."""
         self.check_limits(request)
         checked = self.check_overrides(overrides)
+        face_restorers.check_job({**self.options.data, **checked})
         return self.queue.submit("txt2img", self._run, "txt2img", request, checked, scripts, task_id=task_id)
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
@@ -337,6 +340,7 @@ class Engine:
             raise TypeError(f"submit_img2img needs an Img2ImgRequest, got {type(request).__name__}")
         self.check_limits(request)
         checked = self.check_overrides(overrides)
+        face_restorers.check_job({**self.options.data, **checked})
         return self.queue.submit("img2img", self._run, "img2img", request, checked, scripts, task_id=task_id)
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING
 from PIL import Image
 
 from modules.core import image_io, postprocess
+from modules.core.types import RequestError
+
+from . import face_restorers
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -30,9 +33,15 @@ class ExtrasResult:
 
 
 def check(engine: Engine, images: list[tuple[str, Image.Image]], settings: postprocess.UpscaleSettings) -> None:
-    """RequestError naming the field for a setting or a result size the job would trip over."""
+    """RequestError naming the field for a setting or a result size the job would trip over (a
+    face restoration model without its file included)."""
     max_pixels = int((engine.options.get("img_max_size_mp") or 200) * 1_000_000)
     settings.check(max_pixels)
+    for name, visibility in (("GFPGAN", "gfpgan_visibility"), ("CodeFormer", "codeformer_visibility")):
+        if getattr(settings, visibility) > 0:
+            if face_restorers.current() is None:
+                raise RequestError(visibility, "face restoration is not set up in this process")
+            face_restorers.current().check(name, visibility)
     for _, image in images:
         settings.check(max_pixels, image.size)
 
@@ -53,11 +62,27 @@ def _run(engine: Engine, images: list[tuple[str, Image.Image]], settings: postpr
             break
         state.job_no, state.textinfo, state.skipped = i, name or None, False
         upscaled, info = postprocess.upscale(image, settings)
+        upscaled = restore_faces(upscaled, settings, info)
         text = postprocess.infotext(info)
         parameters = image.info.get("parameters") or None
         texts = {"postprocessing": text} if engine.options.get("enable_pnginfo") else {}
         results.append(ExtrasResult(upscaled, text, parameters, texts))
     return results
+
+
+def restore_faces(image: Image.Image, s: postprocess.UpscaleSettings, info: dict) -> Image.Image:
+    """A1111's GFPGAN (order 2000), then CodeFormer (3000) postprocessing, after the upscale (1000):
+    each restores the faces and blends the result in by its visibility."""
+    for name, visibility in (("GFPGAN", s.gfpgan_visibility), ("CodeFormer", s.codeformer_visibility)):
+        if visibility <= 0:
+            continue
+        weight = s.codeformer_weight if name == "CodeFormer" else None
+        restored = face_restorers.current().restore(image, name, weight)
+        image = restored if visibility >= 1 else Image.blend(image, restored.convert(image.mode), visibility)
+        info[f"{name} visibility"] = round(visibility, 3)
+        if name == "CodeFormer":
+            info["CodeFormer weight"] = round(s.codeformer_weight, 3)
+    return image
 
 
 def png_bytes(result: ExtrasResult) -> bytes:

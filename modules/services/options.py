@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modules.core import atomic_write
+from modules.core.infotext_defaults import PASTE_KEYS
 from modules.core.finite import describe, first_non_finite, replace_non_finite
 
 from .option_locks import A1111_SECTION_IDS, section_key
@@ -49,6 +50,7 @@ class OptionDef:
 
 def _defs() -> dict[str, OptionDef]:
     S, G, P, U = "Saving images", "Stable Diffusion", "Live previews", "Sampler parameters"
+    FACES = "Face restoration"
     return {
         "samples_save": OptionDef(True, "Always save all generated images", S),
         "samples_format": OptionDef("png", "File format for images", S, choices=("png", "jpg", "jpeg", "webp")),
@@ -81,6 +83,9 @@ def _defs() -> dict[str, OptionDef]:
         "add_vae_hash_to_info": OptionDef(True, "Add VAE hash to infotext", "Infotext"),
         "add_vae_name_to_info": OptionDef(True, "Add VAE name to infotext", "Infotext"),
         "add_version_to_infotext": OptionDef(True, "Add program version to infotext", "Infotext"),
+        # a paste (↙️, PNG Info's send buttons, the API's `infotext`) leaves these keys out
+        "infotext_skip_pasting": OptionDef([], "Disregard fields from pasted infotext", "Infotext", choices=PASTE_KEYS,
+                                           kind=list),
         "textual_inversion_add_hashes_to_infotext": OptionDef(True, "Add Textual Inversion hashes to infotext", "Extra Networks"),
         "lora_add_hashes_to_infotext": OptionDef(True, "Add Lora hashes to infotext", "Extra Networks"),
         "extra_networks_default_multiplier": OptionDef(1.0, "Default multiplier for extra networks", "Extra Networks", minimum=0.0, maximum=2.0, step=0.01),
@@ -109,6 +114,14 @@ def _defs() -> dict[str, OptionDef]:
         "ESRGAN_tile_overlap": OptionDef(8, "Tile overlap for ESRGAN upscalers.", "Upscaling", minimum=0, maximum=48, step=1),
         "DAT_tile": OptionDef(192, "Tile size for DAT upscalers.", "Upscaling", minimum=0, maximum=512, step=16),
         "DAT_tile_overlap": OptionDef(8, "Tile overlap for DAT upscalers.", "Upscaling", minimum=0, maximum=48, step=1),
+        # A1111's "Face restoration" section (modules.services.face_restorers; restore_faces sets the first per job)
+        "face_restoration": OptionDef(False, "Restore faces", FACES, section_id="face-restoration"),
+        "face_restoration_model": OptionDef("CodeFormer", "Face restoration model", FACES, section_id="face-restoration",
+                                            choices=("CodeFormer", "GFPGAN")),
+        "code_former_weight": OptionDef(0.5, "CodeFormer weight (0 = maximum effect; 1 = minimum effect)", FACES, section_id="face-restoration",
+                                        minimum=0.0, maximum=1.0, step=0.01),
+        "face_restoration_unload": OptionDef(False, "Move face restoration model from VRAM into RAM after processing",
+                                             FACES, section_id="face-restoration"),
         # --- file names and folders (A1111 1.10's "Saving images/grids", "Paths for saving", "Saving to a
         # directory"; used by modules.core.saving through GenerationSettings, tags: modules.core.filename_pattern)
         "samples_filename_pattern": OptionDef("", "Images filename pattern", S, restrict=True),

@@ -20,6 +20,7 @@ from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .paste_params import HINT as PASTE_HINT
+from .prompt_tools import HINTS as PROMPT_TOOL_HINTS
 from .merger_tab import MergerTab
 from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
@@ -45,7 +46,7 @@ HINTS = {
     "txt2img_send_to_img2img": "Send the selected image to the img2img tab",
     "txt2img_send_to_inpaint": "Send the selected image to img2img's Inpaint tab",
     **{f"{tab}_{name}": text for tab in ("txt2img", "img2img")
-       for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS, **REFINER_HINTS}.items()},
+       for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS, **REFINER_HINTS, **PROMPT_TOOL_HINTS}.items()},
 }
 
 
@@ -79,7 +80,9 @@ def page_script() -> str:
     script = (HERE / "page.js").read_text(encoding="utf-8").strip()
     webui_globals = (HERE / "webui_globals.js").read_text(encoding="utf-8")
     args = ", ".join(json.dumps(a) for a in (css, HINTS))
-    extension_args = ", ".join(json.dumps(a) for a in (webui_globals, _extension_files("js"), _extension_files("css")))
+    # Easel's own prompt tools (Ctrl+↑/↓, Generate forever, icons) run first, as A1111's javascript/ files do
+    scripts = [("easel/prompt_tools.js", (HERE / "prompt_tools.js").read_text(encoding="utf-8")), *_extension_files("js")]
+    extension_args = ", ".join(json.dumps(a) for a in (webui_globals, scripts, _extension_files("css")))
     return f"(optsJson) => ({script})({args}, optsJson, {extension_args})"
 
 

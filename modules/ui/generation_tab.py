@@ -29,6 +29,7 @@ from modules.services.engine import Engine
 
 from . import paste_params
 from .extra_networks import ExtraNetworksPanel
+from .prompt_tools import PromptTools
 from .refiner import RefinerControls
 from .scripts_ui import ScriptsSection
 from .styles import StylesControls
@@ -107,6 +108,7 @@ class GenerationTab:
         self.extra_networks = ExtraNetworksPanel(engine, self.tabname)
         self.scripts = ScriptsSection(self.tabname)  # extensions' and Easel's scripts (modules/scripts.py)
         self.refiner = RefinerControls(engine, self.tabname)  # A1111's Refiner accordion (build_refiner)
+        self.prompt_tools = PromptTools(engine, self.tabname)  # token counters, 🗑️ (prompt_tools.py)
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -115,8 +117,10 @@ class GenerationTab:
     def build_toprow(self) -> None:
         with gr.Row(elem_id=self._id("toprow"), elem_classes=["toprow"]):
             with gr.Column(scale=6, elem_id=self._id("prompt_container")):
+                self.prompt_tools.build_counter(negative=False)  # A1111's: just before its box
                 self.prompt = gr.Textbox(label="Prompt", elem_id=self._id("prompt"), lines=3,
                                          placeholder="Prompt (press Ctrl+Enter to generate, Alt+Enter to skip)")
+                self.prompt_tools.build_counter(negative=True)
                 self.negative = gr.Textbox(label="Negative prompt", elem_id=self._id("neg_prompt"), lines=2,
                                            placeholder="Negative prompt")
             with gr.Column(scale=1, min_width=180, elem_id=self._id("actions_column"), elem_classes=["actions"]):
@@ -126,6 +130,7 @@ class GenerationTab:
                     self.skip = gr.Button("Skip", elem_id=self._id("skip"), visible=False)
                 with gr.Row(elem_id=self._id("tools"), elem_classes=["tools-row"]):
                     self.paste = paste_params.build_button(self.tabname)
+                    self.prompt_tools.build_buttons()  # 🗑️
                     self.extra_networks.build_button()
                     self.styles.build_buttons()
                 self.styles.build()
@@ -316,6 +321,7 @@ class GenerationTab:
         self.sampler.change(scheduler_choices, inputs=[self.sampler, self.scheduler], outputs=self.scheduler,
                             queue=False)
         self.styles.wire(self.prompt, self.negative)
+        self.prompt_tools.wire(self.prompt, self.negative, self.steps, self.styles.dropdown)
         self.extra_networks.wire()
         if self.refiner.components():
             self.refiner.wire()

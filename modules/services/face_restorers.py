@@ -1,0 +1,200 @@
+"""GFPGAN and CodeFormer from A1111's folders, and the job hooks that restore faces.
+
+A1111 reads ``models/GFPGAN`` and ``models/Codeformer`` (flags ``--gfpgan-models-path``,
+``--codeformer-models-path``) and downloads ``GFPGANv1.4.pth`` / ``codeformer-v0.1.0.pth`` there
+when missing; Easel never downloads: a missing model is a RequestError naming the file and the
+folder, raised before the job is queued. In a folder, A1111's file name is tried first, then the
+others (``.pth``/``.safetensors``, subfolders too) until one is a model of the right kind.
+
+The options are A1111's: ``face_restoration`` (restore faces in generated pictures; the request
+field ``restore_faces`` sets it for one job), ``face_restoration_model``, ``code_former_weight``,
+``face_restoration_unload`` (move the model back to the CPU after each use).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from modules.core import face_detection, face_restoration
+from modules.core.job_hooks import BatchValues, JobHooks
+from modules.core.types import RequestError
+
+CASCADE = Path(__file__).resolve().parents[2] / "models" / "facedetect" / "haarcascade_frontalface_default.xml"
+
+
+@dataclass(frozen=True)
+class Restorer:
+    name: str  # as A1111 lists it
+    folder_name: str  # under the models folder
+    flag: str  # cmd_opts attribute
+    download_name: str
+    url: str
+
+
+RESTORERS = (  # A1111's order in /sdapi/v1/face-restorers
+    Restorer("CodeFormer", "Codeformer", "codeformer_models_path", "codeformer-v0.1.0.pth",
+             "https://github.com/sczhou/CodeFormer/releases/download/v0.1.0/codeformer.pth"),
+    Restorer("GFPGAN", "GFPGAN", "gfpgan_models_path", "GFPGANv1.4.pth",
+             "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth"),
+)
+NAMES = tuple(r.name for r in RESTORERS)
+SUFFIXES = (".pth", ".safetensors")
+
+
+def folders_for(opts, models_dir: Path) -> dict[str, Path]:
+    """Each restorer's folder: its flag's value, else MODELS_DIR/<folder>."""
+    return {r.name: Path(getattr(opts, r.flag, None) or models_dir / r.folder_name) for r in RESTORERS}
+
+
+class FaceRestorers:
+    """The folders, the model loaded last (one at a time) and the face detector."""
+
+    def __init__(self, folders: dict[str, Path], options=None, device: torch.device | None = None,
+                 interrupted: Callable[[], bool] = lambda: False, cascade: Path = CASCADE, log=print):
+        self.folders = folders
+        self.options = options
+        self.device = device or torch.device("cpu")
+        self.interrupted = interrupted
+        self.cascade_path = cascade
+        self.log = log
+        self.unusable: dict[Path, str] = {}
+        self._lock = threading.Lock()
+        self._loaded: tuple[tuple, face_restoration.FaceModel] | None = None
+
+    def _option(self, key: str, default):
+        value = self.options.get(key, default) if self.options is not None else default
+        return default if value is None else value
+
+    def listing(self) -> list[dict]:
+        """/sdapi/v1/face-restorers: A1111 lists both, files or not; cmd_dir is the folder."""
+        return [{"name": r.name, "cmd_dir": str(self.folders[r.name])} for r in RESTORERS]
+
+    def candidates(self, name: str) -> list[Path]:
+        restorer = _restorer(name)
+        folder = self.folders[name]
+        if not folder.is_dir():
+            return []
+        found = []
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs.sort()
+            found += [Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in SUFFIXES]
+        # A1111's download name first, then names that say what they are, then the rest
+        return sorted(found, key=lambda p: (p.name != restorer.download_name, name.lower() not in p.name.lower()))
+
+    def missing_message(self, name: str) -> str:
+        restorer = _restorer(name)
+        return (f"no {name} model in {self.folders[name]}: put {restorer.download_name} there "
+                f"(A1111 downloads it from {restorer.url}; Easel never downloads)")
+
+    def check(self, name: str, field: str = "face_restoration_model") -> None:
+        """RequestError unless ``name`` is a restorer with a file in its folder."""
+        if name not in NAMES:
+            raise RequestError(field, f"unknown face restoration model '{name}'; known: {', '.join(NAMES)}")
+        if not self.candidates(name):
+            raise RequestError(field, self.missing_message(name))
+
+    def model(self, name: str) -> face_restoration.FaceModel:
+        """The first usable file of ``name``'s folder, built (again only when the file changed)."""
+        reasons = []
+        for path in self.candidates(name):
+            stat = path.stat()
+            key = (str(path), stat.st_size, stat.st_mtime_ns)
+            if self._loaded is not None and self._loaded[0] == key:
+                return self._loaded[1]
+            try:
+                model = face_restoration.build(path, expected=name)
+            except face_restoration.FaceModelError as error:
+                self.unusable[path] = str(error)
+                self.log(f"[easel] face restoration model not usable: {path}: {error}")
+                reasons.append(str(error))
+                continue
+            self._loaded = (key, model)
+            return model
+        if not reasons:
+            raise RequestError("face_restoration_model", self.missing_message(name))
+        raise RequestError("face_restoration_model", f"no usable {name} model in {self.folders[name]}: {'; '.join(reasons)}")
+
+    def restore(self, image: Image.Image, name: str, weight: float | None = None) -> Image.Image:
+        """``image`` with its faces restored by ``name`` (A1111's ``restore_faces``); the model is
+        loaded only when a face is found."""
+        faces = face_restoration.find_faces(image, face_detection.load_cascade(self.cascade_path))
+        if not faces:
+            return image
+        if weight is None:
+            weight = float(self._option("code_former_weight", 0.5))
+        with self._lock:
+            model = self.model(name)
+            model.net.to(self.device)
+            try:
+                return face_restoration.restore(image, model, faces, self.device, weight, self.interrupted)
+            finally:
+                if self._option("face_restoration_unload", False) or self.device.type == "cpu":
+                    model.net.to("cpu")
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+
+    def unload(self) -> None:
+        self._loaded = None
+
+
+def _restorer(name: str) -> Restorer:
+    for restorer in RESTORERS:
+        if restorer.name == name:
+            return restorer
+    raise RequestError("face_restoration_model", f"unknown face restoration model '{name}'; known: {', '.join(NAMES)}")
+
+
+# -- the one instance the composition root installs -------------------------------------------
+
+_current: FaceRestorers | None = None
+
+
+def install(restorers: FaceRestorers | None) -> FaceRestorers | None:
+    global _current
+    _current = restorers
+    return restorers
+
+
+def current() -> FaceRestorers | None:
+    return _current
+
+
+def wanted(options: dict) -> str | None:
+    """The model to restore faces with in a job run with these option values, or None."""
+    if not options.get("face_restoration"):
+        return None
+    return options.get("face_restoration_model") or "CodeFormer"
+
+
+def check_job(options: dict) -> None:
+    """Before queueing: a job that restores faces needs the model's file (RequestError naming it)."""
+    name = wanted(options)
+    if name is None:
+        return
+    if _current is None:
+        raise RequestError("restore_faces", "face restoration is not set up in this process")
+    try:
+        _current.check(name)
+    except RequestError as error:
+        raise RequestError("restore_faces", error.message) from None
+
+
+class FaceRestorationHooks(JobHooks):
+    """A job's pictures with their faces restored right after decoding (A1111's order: before
+    the scripts' postprocess_image, colour correction and paste-back), and the infotext key."""
+
+    def __init__(self, restorers: FaceRestorers, name: str, weight: float | None = None):
+        self.restorers, self.name, self.weight = restorers, name, weight
+
+    def image_ready(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
+        return self.restorers.restore(image, self.name, self.weight)
+
+    def extra_params(self) -> dict:
+        return {"Face restoration": self.name}

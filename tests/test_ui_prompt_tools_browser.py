@@ -1,0 +1,142 @@
+"""The prompt tools in a real browser (Chromium through Playwright) on the shared test server:
+the token counters, Ctrl+↑/↓ weights, 🗑️ clear prompt, Generate forever and the icon buttons
+that render without an emoji font. Jobs are 64x64 with 1 step.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+
+import pytest
+
+from tests.test_ui_browser import (JOB_TIMEOUT_MS, browser, expect_idle, fill_job, page,  # noqa: F401 - fixtures
+                                   saved_images, set_number)
+
+pytest.importorskip("playwright")
+from playwright.sync_api import expect  # noqa: E402
+
+
+def test_token_counter_turns_to_the_next_chunk_past_75_tokens(page):
+    counter = page.locator("#txt2img_token_counter")
+    box = page.locator("#txt2img_prompt textarea")
+    box.fill("cat " * 70)
+    expect(counter).to_have_text("70/75")
+    box.press_sequentially("cat " * 10, delay=5)  # typed: the count follows the keys
+    expect(counter).to_have_text("80/150")
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry, ugly")
+    expect(page.locator("#txt2img_negative_token_counter")).to_have_text("3/75")  # blurry , ugly
+    expect(page.locator("#img2img_token_counter")).to_have_count(1)
+
+
+def test_ctrl_up_and_down_change_the_weight_of_the_word(page):
+    box = page.locator("#txt2img_prompt textarea")
+    box.fill("a cat sitting")
+    box.evaluate("(el) => { el.focus(); el.setSelectionRange(3, 3); }")  # the cursor in "cat"
+    box.press("Control+ArrowUp")
+    expect(box).to_have_value("a (cat:1.1) sitting")
+    box.press("Control+ArrowUp")
+    expect(box).to_have_value("a (cat:1.2) sitting")
+    box.press("Control+ArrowDown")
+    box.press("Control+ArrowDown")
+    expect(box).to_have_value("a cat sitting")
+    box.evaluate("(el) => el.setSelectionRange(2, 13)")  # a selection: "cat sitting"
+    box.press("Control+ArrowDown")
+    expect(box).to_have_value("a (cat sitting:0.9)")
+    box.fill("<lora:x:0.8>")  # an extra network's weight: steps of 0.05
+    box.evaluate("(el) => el.setSelectionRange(3, 3)")
+    box.press("Control+ArrowUp")
+    expect(box).to_have_value("<lora:x:0.85>")
+
+
+def test_clear_prompt_empties_both_boxes_after_confirming(page):
+    page.locator("#txt2img_prompt textarea").fill("a red cube")
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry")
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#txt2img_clear_prompt").click()
+    expect(page.locator("#txt2img_prompt textarea")).to_have_value("")
+    expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("")
+    expect(page.locator("#txt2img_token_counter")).to_have_text("0/75")
+
+
+def test_generate_forever_repeats_until_cancelled(page, server):
+    fill_job(page, "a blue sphere", steps=1)
+    before = len(saved_images(server))
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+    deadline = time.time() + JOB_TIMEOUT_MS / 1000
+    while len(saved_images(server)) < before + 3 and time.time() < deadline:
+        page.wait_for_timeout(200)
+    assert len(saved_images(server)) >= before + 3
+    page.locator("#txt2img_generate:visible, #txt2img_interrupt:visible").first.click(button="right")
+    page.get_by_role("menuitem", name="Cancel generate forever").click()
+    expect_idle(page)
+    done = len(saved_images(server))
+    page.wait_for_timeout(1500)  # nothing starts again
+    assert len(saved_images(server)) == done
+    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+
+
+def test_generate_forever_stops_on_a_failing_job_and_keeps_its_message(page, server):
+    fill_job(page, "never made", steps=1)
+    set_number(page, "txt2img_width", 100, on_step=False)  # not a multiple of 8: every job fails
+    before = len(saved_images(server))
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+    page.wait_for_function("() => !window.easelGenerateForever.running('txt2img')")
+    expect(page.locator("#html_info_txt2img .error")).to_contain_text("multiple of 8")
+    expect_idle(page)
+    assert len(saved_images(server)) == before
+
+
+def test_icon_buttons_draw_their_glyph_without_an_emoji_font(page):
+    from PIL import Image
+
+    button = page.locator("#txt2img_random_seed")
+    expect(button).to_have_attribute("data-easel-icon", "dice")
+    assert button.get_attribute("title")  # A1111's tooltip stays
+    box = button.bounding_box()
+    assert box and box["width"] > 10 and box["height"] > 10
+    glyph = button.evaluate("(el) => { const s = getComputedStyle(el, '::before');"
+                            " return [s.maskImage || s.webkitMaskImage, s.width]; }")
+    assert "data:image/svg+xml" in glyph[0] and float(glyph[1].rstrip("px")) > 0
+    picture = Image.open(io.BytesIO(button.screenshot())).convert("L")
+    low, high = picture.getextrema()
+    assert high - low > 60, "the button shows no glyph"
+    for elem_id in ("txt2img_clear_prompt", "txt2img_style_apply", "refresh_sd_model_checkpoint", "txt2img_paste"):
+        expect(page.locator(f"#{elem_id}")).to_have_attribute("data-easel-icon", re.compile(".+"))
+
+
+
+def test_token_count_runs_the_before_token_counter_callbacks_and_cuts_extra_networks():
+    from types import SimpleNamespace
+
+    from modules import script_callbacks
+    from modules.ui import prompt_tools
+
+    seen = []
+
+    class Conditioner:
+        def __init__(self, model):
+            self.model = model
+
+        def token_count(self, text, steps, is_positive):
+            seen.append((text, steps, is_positive))
+            return len(text.split()), 75
+
+    model = SimpleNamespace(family=SimpleNamespace(conditioner=lambda m, **kw: Conditioner(m)))
+    engine = SimpleNamespace(models=SimpleNamespace(model=model), embeddings=None, styles=None)
+
+    def longer(params):
+        params.prompt += " added words"
+        params.steps = 3
+
+    script_callbacks.on_before_token_counter(longer)
+    try:
+        assert prompt_tools.token_count(engine, "a <lora:x:1> cat", 20, [], is_positive=False) == (4, 75)
+    finally:
+        script_callbacks.remove_callbacks_for_function(longer)
+        prompt_tools._conditioners.clear()
+    assert seen == [("a  cat added words", 3, False)]
+    assert prompt_tools.counter_html(80, 150) == "<span class='gr-box gr-text-input'>80/150</span>"
