@@ -14,7 +14,6 @@ them; ``deactivate`` puts the original processors back.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,10 +69,6 @@ class Hypernetwork:
     name: str
     path: Path
     layers: dict[int, tuple[_Module, _Module]] = field(default_factory=dict)  # width -> (keys, values)
-
-    @property
-    def shorthash(self) -> str:
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:10]
 
 
 def load(path: str | Path) -> Hypernetwork:

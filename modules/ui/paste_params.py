@@ -11,7 +11,7 @@ out of range, a word where a number belongs) is left out or clamped rather than 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import gradio as gr
 

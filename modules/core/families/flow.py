@@ -14,6 +14,7 @@ from .base import ModelFamily
 
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 VAE_MARKER = "decoder.conv_in.weight"
+CLIP_MARKER = "text_model.embeddings.token_embedding.weight"  # a CLIP text encoder in the HF layout
 # A1111 samplers that run on the flow-matching sigmas: Euler (exact), and the deterministic k-diffusion
 # algorithms ComfyUI and Forge also run on flow models (ancestral and SDE ones need other noise rules)
 SAMPLERS = ("Euler", "Heun", "DPM2", "LMS", "DPM++ 2M")

@@ -25,12 +25,11 @@ from .. import flow_matching, flux_layout, ldm_parts, prompt_parser, t5_encoder
 from ..checkpoint_shapes import ModelSpec, Shapes, TextEncoderSpec, UnsupportedCheckpoint, hf_clip_config
 from ..conditioning_options import ConditioningOptions
 from .base import ModelParts, has_prefix
-from .flow import FlowFamily, Sources
+from .flow import CLIP_MARKER, FlowFamily, Sources
 
 CLIP_PREFIX = "text_encoders.clip_l.transformer."
 T5_PREFIX = "text_encoders.t5xxl.transformer."
 VAE_SCALING, VAE_SHIFT = 0.3611, 0.1159
-CLIP_MARKER = "text_model.embeddings.token_embedding.weight"
 COMPANIONS = {"clip_l": "a CLIP-L text encoder (clip_l.safetensors)",
               "t5xxl": "a T5-XXL text encoder (t5xxl_fp16.safetensors or an fp8 one)",
               "flux_vae": "the Flux VAE (ae.safetensors)"}

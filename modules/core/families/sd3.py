@@ -22,12 +22,11 @@ from ..checkpoint_shapes import ModelSpec, Shapes, TextEncoderSpec, UnsupportedC
 from ..conditioning import TextConditioner
 from ..conditioning_options import ConditioningOptions
 from .base import ModelParts, has_prefix
-from .flow import FlowFamily, Sources
+from .flow import CLIP_MARKER, FlowFamily, Sources
 
 PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.", "clip_g": "text_encoders.clip_g.transformer.",
             "t5xxl": "text_encoders.t5xxl.transformer."}
 VAE_SCALING, VAE_SHIFT = 1.5305, 0.0609
-CLIP_MARKER = "text_model.embeddings.token_embedding.weight"
 T5_TOKENS = 256  # diffusers' and ComfyUI's default for SD3
 NO_T5_TOKENS = 77
 COMPANIONS = {"clip_l": "a CLIP-L text encoder (clip_l.safetensors)",
