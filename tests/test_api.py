@@ -27,8 +27,8 @@ from tests.api_common import BASE, PROCESSED_KEYS, assert_error, decode
 STATE_KEYS = {"skipped", "interrupted", "stopping_generation", "job", "job_count", "job_timestamp", "job_no",
               "sampling_step", "sampling_steps"}
 SAMPLERS = {"Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-            "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "Restart", "DDIM", "DDIM CFG++", "PLMS",
-            "UniPC", "LCM"}
+            "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart", "DDIM", "DDIM CFG++",
+            "PLMS", "UniPC", "LCM"}
 AUTH = ("user", "secret")
 
 

@@ -50,9 +50,10 @@ def reference(kd, training, function: str, sigmas, *, brownian=False, randn=Fals
     kd.sampling.torch = _PerImageTorch(gens)
     try:
         fn = getattr(kd.sampling, function)
-        if function == "sample_dpm_fast":
+        if function in ("sample_dpm_fast", "sample_dpm_adaptive"):  # the sigma range (and dpm_fast's steps)
             positive = sigmas[sigmas > 0]
-            return fn(model, x, float(positive.min()), float(sigmas.max()), len(sigmas) - 1, disable=True, **params)
+            steps = (len(sigmas) - 1,) if function == "sample_dpm_fast" else ()
+            return fn(model, x, float(positive.min()), float(sigmas.max()), *steps, disable=True, **params)
         return fn(model, x, sigmas, disable=True, **params)
     finally:
         kd.sampling.torch = saved
@@ -90,6 +91,7 @@ ANCESTRAL = [
     ("DPM++ 2M SDE", "sample_dpmpp_2m_sde", "brownian", True),
     ("DPM++ 3M SDE", "sample_dpmpp_3m_sde", "brownian", True),
     ("DPM fast", "sample_dpm_fast", "randn", True),
+    ("DPM adaptive", "sample_dpm_adaptive", "randn", False),  # A1111 passes it eta, not s_noise
 ]
 
 

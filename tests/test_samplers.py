@@ -338,8 +338,8 @@ def test_euler_a_karras_uses_euler_karras_sigmas():
 def test_registry_lists():
     assert samplers.SAMPLER_NAMES == [
         "Euler a", "Euler", "LMS", "Heun", "DPM2", "DPM2 a", "DPM++ 2S a", "DPM++ 2M", "DPM++ SDE",
-        "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "Restart", "DDIM", "DDIM CFG++", "PLMS",
-        "UniPC", "LCM",
+        "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart", "DDIM",
+        "DDIM CFG++", "PLMS", "UniPC", "LCM",
     ]
     assert samplers.SCHEDULE_TYPES == [
         ("Automatic", "automatic"), ("Uniform", "uniform"), ("Karras", "karras"),
@@ -428,7 +428,7 @@ def test_every_supported_combination_builds():
 def test_is_ancestral():
     assert {n for n in samplers.SAMPLER_NAMES if samplers.is_ancestral(n)} == {
         "Euler a", "DPM2 a", "DPM++ 2S a", "DPM++ SDE", "DPM++ 2M SDE", "DPM++ 2M SDE Heun", "DPM++ 3M SDE",
-        "DPM fast", "Restart", "LCM"}
+        "DPM fast", "DPM adaptive", "Restart", "LCM"}
     assert samplers.is_ancestral("k_euler_a") and not samplers.is_ancestral("DPM++ 2M Karras")
 
 
@@ -612,6 +612,6 @@ def test_uses_ensd_follows_a1111():
     """A1111 names ENSD in the infotext for its "uses_ensd" samplers only, and not at eta 0; the SDE
     samplers' Brownian noise comes from the image seeds."""
     assert {n for n in samplers.SAMPLER_NAMES if samplers.uses_ensd(n)} == {"Euler a", "DPM2 a", "DPM++ 2S a",
-                                                                           "DPM fast"}
+                                                                           "DPM fast", "DPM adaptive"}
     assert not samplers.uses_ensd("Euler a", eta=0.0) and samplers.uses_ensd("k_euler_a", eta=0.5)
     assert not samplers.uses_ensd("DPM++ SDE") and not samplers.uses_ensd("no such sampler")

@@ -46,10 +46,10 @@ def run_reference(kd, training, algorithm, sigmas):
         kwargs["noise_sampler"] = lambda s, s_next: torch.stack(
             [torch.randn(SHAPE[1:], generator=g) for g in gens])
     function = getattr(kd.sampling, "sample_" + algorithm.replace("_heun", ""))
-    if spec.uses_sigma_range:
+    if spec.uses_sigma_range:  # DPM fast takes the step count, DPM adaptive finds its own
         positive = sigmas[sigmas > 0]
-        return function(model, x, float(positive.min()), float(sigmas.max()), len(sigmas) - 1, disable=True,
-                        **kwargs)
+        steps = () if spec.adaptive else (len(sigmas) - 1,)
+        return function(model, x, float(positive.min()), float(sigmas.max()), *steps, disable=True, **kwargs)
     return function(model, x, sigmas, disable=True, **kwargs)
 
 
@@ -193,7 +193,7 @@ def test_schedule_details_match_a1111():
 # Registry routing
 # --------------------------------------------------------------------------------------------
 
-NEW_SAMPLERS = ["DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "Restart"]  # DDIM CFG++: deterministic
+NEW_SAMPLERS = ["DPM++ 2M SDE Heun", "DPM++ 3M SDE", "DPM fast", "DPM adaptive", "Restart"]  # DDIM CFG++: deterministic
 
 
 def test_every_sampler_takes_every_sigma_schedule_it_should():
@@ -213,6 +213,8 @@ def test_new_rows_follow_a1111():
     assert samplers.effective_schedule("DPM++ 2M SDE Heun") == "Exponential"
     assert samplers.effective_schedule("DPM++ 3M SDE") == "Exponential"
     assert samplers.effective_schedule("DPM fast") == "Uniform"
+    assert samplers.resolve("k_dpm_ad", "Karras") == ("DPM adaptive", "Karras")
+    assert samplers.effective_schedule("DPM adaptive") == "Uniform"
     assert samplers.resolve("restart", "Simple") == ("Restart", "Simple")
     assert samplers.effective_schedule("Restart") == "Karras"
     assert samplers.get_spec("Restart").second_order() and not samplers.get_spec("DPM fast").second_order()
@@ -263,6 +265,62 @@ def test_img2img_restarts_on_the_tail_of_the_schedule(kd, training):
     assert float((ours - ref).abs().max()) < TOL
 
 
+class _Recorder(denoise.DenoiseHooks):
+    def __init__(self):
+        self.ends, self.nexts = [], []
+
+    def after_step(self, i, t_next, latents):
+        self.nexts.append(None if t_next is None else float(t_next))
+        return latents
+
+    def step_end(self, i, total, latents, denoised):
+        self.ends.append((i, total))
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_dpm_adaptive_runs_until_its_step_control_is_done(kd, training, eta):
+    """DPM adaptive's model calls are not known before it ends: the loop runs exactly the calls
+    k-diffusion's sample_dpm_adaptive makes (rejected tries included), each hook sees the timestep
+    of the call that follows (None after the last) and the progress total grows past the steps."""
+    scheduler = ksampling.KSamplerScheduler("dpm_adaptive", "uniform", training=training, eta=eta)
+    seen, recorder = [], _Recorder()
+
+    def model(x, t, cond):
+        seen.append(float(t[0]))
+        return eps_model(x, t)
+
+    ours = denoise.sample(model, scheduler, _noise(), lambda i: ({"context": torch.zeros(SHAPE[0], 1, 1)}, None),
+                          steps=STEPS, cfg_scale=1.0, generators=_generators(), hooks=recorder)
+    sigmas = scheduler.sigmas
+    ref_model = kd.external.DiscreteEpsDDPMDenoiser(eps_model, training.alphas_cumprod, quantize=False)
+    gens = _generators()
+    noise = lambda s, s_next: torch.stack([torch.randn(SHAPE[1:], generator=g) for g in gens])  # noqa: E731
+    ref, info = kd.sampling.sample_dpm_adaptive(ref_model, _noise() * sigmas[0], float(sigmas[sigmas > 0].min()),
+                                                float(sigmas.max()), disable=True, eta=eta, noise_sampler=noise,
+                                                return_info=True)
+    assert float((ours - ref).abs().max()) < TOL
+    assert len(seen) == info["nfe"] > STEPS  # the step count does not bound it
+    assert recorder.nexts == seen[1:] + [None]
+    assert [i for i, _ in recorder.ends] == list(range(len(seen)))
+    assert recorder.ends[-1][1] == len(seen) and all(total >= STEPS for _, total in recorder.ends)
+    if eta:
+        assert info["n_reject"] > 0  # this run retries some steps: the retries are model calls too
+
+
+def test_dpm_adaptive_img2img_starts_from_the_tail(kd, training):
+    """A1111's img2img hands DPM adaptive the rest of the schedule's range: [sigma_min, start sigma]."""
+    scheduler = ksampling.KSamplerScheduler("dpm_adaptive", "uniform", training=training, eta=0.0)
+    init = torch.full(SHAPE, 0.3)
+    ours = denoise.sample(lambda x, t, c: eps_model(x, t), scheduler, _noise(),
+                          lambda i: ({"context": torch.zeros(2, 1, 1)}, None), steps=8, cfg_scale=1.0,
+                          init_latents=init, denoising_strength=0.5)
+    tail = scheduler.sigmas[4:]
+    model = kd.external.DiscreteEpsDDPMDenoiser(eps_model, training.alphas_cumprod, quantize=False)
+    ref = kd.sampling.sample_dpm_adaptive(model, init + _noise() * tail[0], float(tail[tail > 0].min()),
+                                          float(tail.max()), disable=True, eta=0.0)
+    assert float((ours - ref).abs().max()) < TOL
+
+
 def test_v_prediction_matches_k_diffusion(kd, training):
     scheduler = ksampling.KSamplerScheduler("dpmpp_2m_sde_heun", "exponential", training=training,
                                             prediction_type="v_prediction")
@@ -286,6 +344,7 @@ def test_v_prediction_matches_k_diffusion(kd, training):
     ("DPM++ 2M SDE Heun", "Automatic"),
     ("DPM++ 3M SDE", "Align Your Steps"),
     ("DPM fast", "Automatic"),
+    ("DPM adaptive", "Automatic"),
     ("Restart", "Normal"),
     ("DDIM CFG++", "Automatic"),
     ("DPM++ 2M SDE", "Beta"),
@@ -330,6 +389,7 @@ def test_api_lists_the_new_samplers_and_schedule_types():
     assert listed["DPM++ 3M SDE"]["options"] == {"scheduler": "exponential", "discard_next_to_last_sigma": "True",
                                                  "brownian_noise": "True"}
     assert listed["DPM fast"] == {"name": "DPM fast", "aliases": ["k_dpm_fast"], "options": {"uses_ensd": "True"}}
+    assert listed["DPM adaptive"] == {"name": "DPM adaptive", "aliases": ["k_dpm_ad"], "options": {"uses_ensd": "True"}}
     assert listed["DDIM CFG++"] == {"name": "DDIM CFG++", "aliases": ["ddim_cfgpp"], "options": {}}
     assert listed["Restart"] == {"name": "Restart", "aliases": ["restart"],
                                  "options": {"scheduler": "karras", "second_order": "True"}}

@@ -32,6 +32,7 @@ _SAMPLER_OPTIONS: dict[str, dict[str, str]] = {
     "DPM++ 2M SDE Heun": {"brownian_noise": "True", "solver_type": "heun"},
     "DPM++ 3M SDE": {"discard_next_to_last_sigma": "True", "brownian_noise": "True"},
     "DPM fast": {"uses_ensd": "True"},
+    "DPM adaptive": {"uses_ensd": "True"},
     "Restart": {"second_order": "True"},
 }
 # A1111 1.10's sd_schedulers rows: (aliases, default_rho, need_inner_model)

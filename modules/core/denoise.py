@@ -6,7 +6,8 @@ run as one batch of 2B when their shapes allow it, otherwise as two calls.
 
 Step numbering: the loop runs once per entry of ``scheduler.timesteps``, i.e. once per model
 evaluation (cond + uncond together). For second-order samplers (Heun, DPM2, DPM2 a, DPM++ SDE,
-DPM++ 2S a) that is ``2 * steps - 1`` iterations, for PLMS ``steps + 1``. Hooks and
+DPM++ 2S a) that is ``2 * steps - 1`` iterations, for PLMS ``steps + 1``; DPM adaptive makes as many
+as its step-size control needs (``total`` then grows as it goes). Hooks and
 ``cond_for_step`` get that iteration index (0-based, counted from where sampling starts, so img2img
 starts at 0 too) and ``total`` is the number of iterations — the same counting A1111 uses for its
 ``sampling_step``/``sampling_steps`` (its CFG denoiser counts model calls).
@@ -164,8 +165,8 @@ def _step_kwargs(scheduler, generators, extra: dict | None) -> dict:
 
 def _seed_brownian_noise(scheduler, batch: int, brownian_seeds, generators) -> None:
     """Brownian-tree SDE samplers (DPM++ SDE) take seeds, not generators: one tree per image."""
-    if not hasattr(scheduler, "noise_sampler_seed"):
-        return
+    if getattr(scheduler, "noise_sampler_seed", False) is False:
+        return  # not a Brownian sampler (k-diffusion schedulers say so with False): leave the generators be
     if brownian_seeds is None and generators is not None:
         brownian_seeds = [
             int(torch.randint(0, 2**62, (), generator=g, device=g.device)) for g in generators
@@ -270,9 +271,9 @@ def sample(
         with rng.step_noise(generators):
             latents = scheduler.first_model_input(latents, step_kwargs.get("generator"))
 
-    # 5. The loop.
-    total = len(timesteps)
+    # 5. The loop (an adaptive sampler's timesteps grow as it goes: see ksampling.OpenTimesteps).
     for i, t in enumerate(timesteps):
+        total = len(timesteps)
         if hooks.should_stop():
             break
         if before_step is not None:
@@ -310,10 +311,11 @@ def sample(
         with rng.step_noise(generators):  # the "NV" source's draws are NVIDIA's Philox numbers
             uncond_kwargs = {"noise_uncond": pred_uncond} if needs_uncond else {}
             out = scheduler.step(pred, t, latents, **step_kwargs, **uncond_kwargs)
-        latents = hooks.after_step(i, timesteps[i + 1] if i + 1 < total else None, out.prev_sample)
+        t_next = timesteps[i + 1] if i + 1 < len(timesteps) else None
+        latents = hooks.after_step(i, t_next, out.prev_sample)
         denoised = getattr(out, "pred_original_sample", None)
         if denoised is None:
             denoised = getattr(out, "denoised", None)
-        hooks.step_end(i, total, latents, denoised)
+        hooks.step_end(i, len(timesteps), latents, denoised)  # (known now if the sampler just ended)
 
     return latents

@@ -81,6 +81,7 @@ class KAlgorithm:
     order: int = 1  # 2: two model calls per step but the last (Heun-like), for img2img's start
     discard_penultimate: bool = False  # A1111's discard_next_to_last_sigma
     uses_sigma_range: bool = False  # DPM fast: only [sigma_min, sigma_max] and the step count
+    adaptive: bool = False  # DPM adaptive: its model calls depend on the model's answers (OpenTimesteps)
     options: tuple = ()  # keyword arguments for the function
 
 
@@ -98,8 +99,40 @@ ALGORITHMS: dict[str, KAlgorithm] = {
     "dpmpp_2m_sde_heun": KAlgorithm(algorithms.dpmpp_2m_sde, noise="brownian", options=(("solver", "heun"),)),
     "dpmpp_3m_sde": KAlgorithm(algorithms.dpmpp_3m_sde, noise="brownian", discard_penultimate=True),
     "dpm_fast": KAlgorithm(algorithms.dpm_fast, noise="randn", uses_sigma_range=True),
+    "dpm_adaptive": KAlgorithm(algorithms.dpm_adaptive, noise="randn", uses_sigma_range=True, adaptive=True),
     "restart": KAlgorithm(algorithms.restart, noise="randn", order=2),
 }
+
+
+class OpenTimesteps:
+    """The timesteps of an adaptive sampler, known one model call ahead (it decides the next call
+    from the model's last answer). Iterating yields each call's timestep as the sampler asks for it
+    and stops when it is done; indexing reaches the calls asked for so far (``[:1]`` is where
+    sampling starts, ``[begin:]`` the sequence itself: it always starts where sampling starts).
+    ``len`` is the calls asked for so far, plus at least one while the sampler runs, and never less
+    than ``estimate`` before that: the loop's progress total."""
+
+    def __init__(self, scheduler: "KSamplerScheduler", estimate: int):
+        self.scheduler = scheduler
+        self.estimate = estimate
+
+    def __len__(self) -> int:
+        known = len(self.scheduler._calls)
+        return known if self.scheduler.finished else max(self.estimate, known + 1)
+
+    def __iter__(self):
+        i = 0
+        while i < len(self.scheduler._calls):
+            yield self.scheduler._timestep_of(i)
+            i += 1
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            if index.stop is None and index.step is None:
+                return self
+            known = range(len(self.scheduler._calls))[index]
+            return torch.stack([self.scheduler._timestep_of(i) for i in known])
+        return self.scheduler._timestep_of(index)
 
 
 class KSamplerScheduler:
@@ -172,7 +205,10 @@ class KSamplerScheduler:
             return calls
 
     def _plan(self, sigmas: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        calls = self._eval_sigmas(sigmas)
+        if self.algorithm.adaptive:  # only the first call is known before sampling
+            calls = [sigmas.max().to(torch.float32)]
+        else:
+            calls = self._eval_sigmas(sigmas)
         if self.flow is not None:
             return calls, (torch.stack(calls) * 1000 if calls else torch.zeros(0))
         ts = self.training.sigma_to_t(torch.stack(calls)) if calls else torch.zeros(0)
@@ -185,13 +221,14 @@ class KSamplerScheduler:
             sigmas = sigmas_for(self.schedule_id, num_inference_steps, self.training, self.model_family,
                                 self.discard_penultimate, **self.schedule_kwargs)
         if self.algorithm.uses_sigma_range and self.schedule_id != "uniform":
-            # DPM fast ignores the schedule type (A1111 hands it the training range and the steps)
+            # DPM fast / adaptive ignore the schedule type (A1111 hands them the training range)
             sigmas = sigmas_for("uniform", num_inference_steps, self.training, self.model_family)
         self.num_inference_steps = num_inference_steps
         self.sigmas = sigmas
         self._device = device
         self._calls, ts = self._plan(sigmas)
-        self.timesteps = ts.to(device)
+        self._call_timesteps = {}
+        self.timesteps = OpenTimesteps(self, num_inference_steps) if self.algorithm.adaptive else ts.to(device)
         self._start_sigmas = None
         self._begin = 0
         self._done = 0
@@ -205,6 +242,9 @@ class KSamplerScheduler:
         step = min(begin_index // self.order, len(self.sigmas) - 2)
         self._start_sigmas = self.sigmas[step:]
         calls, ts = self._plan(self._start_sigmas)
+        if self.algorithm.adaptive:  # the open sequence starts again from the img2img start
+            self._calls, self._call_timesteps, self._begin = calls, {}, 0
+            return
         self._calls = self._calls[:begin_index] + calls
         self.timesteps = torch.cat([self.timesteps[:begin_index].cpu(), ts]).to(self._device)
         self._begin = begin_index
@@ -221,6 +261,19 @@ class KSamplerScheduler:
 
     def __len__(self):
         return len(self.training.sigmas)
+
+    @property
+    def finished(self) -> bool:
+        """The algorithm has returned its final latents."""
+        return self._gen is not None and self._request is None
+
+    def _timestep_of(self, i: int) -> torch.Tensor:
+        """The timestep of model call ``i`` (an adaptive sampler's calls as they come)."""
+        if i not in self._call_timesteps:
+            sigma = self._calls[i]
+            t = sigma * 1000 if self.flow is not None else self.training.sigma_to_t(sigma.reshape(1))[0]
+            self._call_timesteps[i] = t.to(self._device)
+        return self._call_timesteps[i]
 
     # ---- model input / output -----------------------------------------------------------------
     def _sigma_now(self) -> torch.Tensor:
@@ -271,6 +324,8 @@ class KSamplerScheduler:
         try:
             self._request = self._gen.send((denoised, sample))
             prev = self._request[0]
+            if self.algorithm.adaptive:
+                self._calls.append(torch.as_tensor(self._request[1], dtype=torch.float32))
         except StopIteration as done:
             prev, self._request = done.value, None
         self._done += 1
@@ -280,7 +335,10 @@ class KSamplerScheduler:
 
     def _sigma_of(self, t: torch.Tensor) -> torch.Tensor:
         """The sigma of a planned model call with timestep ``t`` (exact), else interpolated."""
-        planned = self.timesteps.cpu()
+        if self.algorithm.adaptive:
+            planned = torch.stack([self._timestep_of(i) for i in range(len(self._calls))]).cpu()
+        else:
+            planned = self.timesteps.cpu()
         sigmas = []
         for value in t.reshape(-1).tolist():
             hits = (planned == value).nonzero()

@@ -356,3 +356,85 @@ def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 
         x = yield from _dpm_solver_step(x, t, t_target, order, eps)
         x = x + up * s_noise * noise(_sigma(t), _sigma(t_next))
     return x
+
+
+class _StepSizeController:
+    """A PID controller for an adaptive ODE step size in log-SNR time (k-diffusion's default gains:
+    integral only). ``propose(error)`` says whether the step just tried is accepted and rescales
+    ``h`` for the next try, with an arctan limiter on the factor."""
+
+    def __init__(self, h: float, pcoeff: float, icoeff: float, dcoeff: float, order: float,
+                 accept_safety: float, eps: float = 1e-8):
+        self.h = h
+        self.b1 = (pcoeff + icoeff + dcoeff) / order
+        self.b2 = -(pcoeff + 2 * dcoeff) / order
+        self.b3 = dcoeff / order
+        self.accept_safety = accept_safety
+        self.eps = eps
+        self.errs: list[float] = []
+
+    def propose(self, error) -> bool:
+        inv = 1 / (float(error) + self.eps)
+        if not self.errs:
+            self.errs = [inv, inv, inv]
+        self.errs[0] = inv
+        factor = self.errs[0] ** self.b1 * self.errs[1] ** self.b2 * self.errs[2] ** self.b3
+        factor = 1 + math.atan(factor - 1)
+        accepted = factor >= self.accept_safety
+        if accepted:
+            self.errs[2], self.errs[1] = self.errs[1], self.errs[0]
+        self.h *= factor
+        return accepted
+
+
+def dpm_adaptive(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 1.0, s_noise: float = 1.0,
+                 order: int = 3, rtol: float = 0.05, atol: float = 0.0078, h_init: float = 0.05,
+                 pcoeff: float = 0.0, icoeff: float = 1.0, dcoeff: float = 0.0, accept_safety: float = 0.81):
+    """k-diffusion's ``sample_dpm_adaptive`` (DPM-Solver-12 / 23 with step-size control): each try
+    takes a lower- and a higher-order step from the same model calls, compares them and accepts the
+    higher one when the error is small enough; the step size follows. The number of model calls is
+    not known before sampling ends (``n``, the step count, is ignored, as in A1111). A rejected try is
+    retried from the same point (its first model call repeated, as k-diffusion does)."""
+    if sigma_min <= 0 or sigma_max <= 0:
+        raise ValueError("DPM adaptive needs sigma_min and sigma_max > 0")
+    if order not in (2, 3):
+        raise ValueError("DPM adaptive's order must be 2 or 3")
+    t_start, t_end = _t(torch.tensor(sigma_max)), _t(torch.tensor(sigma_min))
+    atol_t, rtol_t = torch.tensor(atol), torch.tensor(rtol)
+    controller = _StepSizeController(abs(h_init), pcoeff, icoeff, dcoeff, 1.5 if eta else order, accept_safety)
+    s, x_prev = t_start, x
+    while s < t_end - 1e-5:
+        t = torch.minimum(t_end, s + controller.h)
+        if eta:
+            down, _ = ancestral_split(_sigma(s), _sigma(t), eta)
+            target = torch.minimum(t_end, _t(down))
+            up = (_sigma(t) ** 2 - _sigma(target) ** 2) ** 0.5
+        else:
+            target, up = t, 0.0
+        denoised, x = yield x, _sigma(s)
+        eps = (x - denoised) / _sigma(s)
+        h = target - s
+        r1 = 1 / 2 if order == 2 else 1 / 3
+        s1 = s + r1 * h
+        u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
+        denoised_1, _ = yield u1, _sigma(s1)
+        eps_1 = (u1 - denoised_1) / _sigma(s1)
+        first = x - _sigma(target) * h.expm1() * eps
+        second = first - _sigma(target) / (2 * r1) * h.expm1() * (eps_1 - eps)
+        if order == 2:
+            low, high = first, second
+        else:
+            r2 = 2 / 3
+            s2 = s + r2 * h
+            u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
+                  - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
+            denoised_2, _ = yield u2, _sigma(s2)
+            eps_2 = (u2 - denoised_2) / _sigma(s2)
+            low, high = second, first - _sigma(target) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+        delta = torch.maximum(atol_t, rtol_t * torch.maximum(low.abs(), x_prev.abs()))
+        error = torch.linalg.norm((low - high) / delta) / x.numel() ** 0.5
+        if controller.propose(error):
+            x_prev = low
+            x = high + up * s_noise * noise(_sigma(s), _sigma(t))
+            s = t
+    return x

@@ -77,8 +77,8 @@ CHURN_ALGORITHMS = frozenset({"euler", "heun", "dpm_2"})
 S_NOISE_ALGORITHMS = CHURN_ALGORITHMS | {"dpm_fast", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpmpp_sde",
                                          "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"}
 # the algorithms whose function takes an eta (A1111 passes eta_ancestral to them)
-ETA_ALGORITHMS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpm_fast", "dpmpp_sde",
-                            "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
+ETA_ALGORITHMS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpm_fast", "dpm_adaptive",
+                            "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
 DEFAULT_RHO = {"karras": 7.0, "polyexponential": 1.0}  # sd_schedulers' default_rho (-1: none)
 ZERO_TERMINAL_SNR = "Zero Terminal SNR"
 

@@ -27,8 +27,8 @@ SDE, Uniform for the rest. So
 The other A1111 1.10 schedule types (Polyexponential, KL Optimal, Align Your Steps, Simple, Normal,
 DDIM, Beta; :mod:`modules.core.sigma_schedules`) run the row's k-diffusion algorithm (``kdiff``,
 :mod:`modules.core.ksampling`), as do the rows without a diffusers scheduler on every schedule
-type: the Brownian-tree SDE samplers (DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE), DPM fast and
-Restart.
+type: the Brownian-tree SDE samplers (DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE), DPM fast,
+DPM adaptive and Restart.
 
 Unsupported combinations raise ``ValueError`` (DDIM, DDIM CFG++, PLMS and UniPC are timestep
 samplers, which A1111 runs without a schedule type; LCM keeps its own skipping schedule). "DPM++ 2S a" has no diffusers
@@ -338,6 +338,9 @@ _ROWS: tuple[SamplerSpec, ...] = (
                 kdiff="dpmpp_3m_sde"),
     # DPM-Solver-fast: ancestral (A1111's eta 1) and, like A1111, blind to the schedule type
     SamplerSpec("DPM fast", ("k_dpm_fast",), None, stochastic=True, kdiff="dpm_fast"),
+    # DPM-Solver-23 with step-size control: as many model calls as it needs (the steps are ignored),
+    # on the training sigma range like DPM fast
+    SamplerSpec("DPM adaptive", ("k_dpm_ad",), None, stochastic=True, kdiff="dpm_adaptive"),
     # A1111's Restart: Heun steps with one or two noisy jumps back up (from 20 steps on)
     SamplerSpec("Restart", ("restart",), None, default_schedule="karras", stochastic=True, kdiff="restart"),
     SamplerSpec("DDIM", (), "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
