@@ -1,5 +1,6 @@
 """Shared test set-up: offline hub, repo root importable, session-wide tiny checkpoints."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -11,6 +12,8 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import pytest  # noqa: E402
+
+QUICKSETTINGS = ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"]  # the shared server's
 
 
 @pytest.fixture(scope="session")
@@ -58,5 +61,7 @@ def server(tiny_checkpoints, tmp_path_factory):
     from tests.server import run_server
 
     data = tmp_path_factory.mktemp("server-data")
+    # as many A1111 users have it: the VAE and Clip skip beside the checkpoint picker
+    (data / "config.json").write_text(json.dumps({"quicksettings_list": QUICKSETTINGS}), encoding="utf-8")
     with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1)) as srv:
         yield srv

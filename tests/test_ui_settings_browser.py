@@ -87,3 +87,47 @@ def test_apply_changes_config_and_api_and_refuses_bad_values(page, server, resto
     for options in (stored(server), api_options(server)):
         assert options["img2img_color_correction"] is False
         assert options["img2img_max_input_pixels"] == 1048576
+
+
+def test_quicksettings_list_puts_options_above_the_tabs_and_applies_them_at_once(page, server):
+    """A1111's quicksettings_list (the shared server starts with the VAE and Clip skip in it): their
+    controls are in the top row, not in Settings; a change there is in effect, in config.json and in
+    the API's options at once, without Apply."""
+    from tests.conftest import QUICKSETTINGS
+
+    assert api_options(server)["quicksettings_list"] == QUICKSETTINGS
+    quick = page.locator("#quicksettings")
+    for key in QUICKSETTINGS:
+        expect(quick.locator(f"#setting_{key}")).to_be_visible()
+        expect(page.locator(f"#setting_{key}")).to_have_count(1)  # not also in the Settings tab
+    open_section(page, "settings_user_interface")
+    expect(page.locator("#setting_quicksettings_list")).to_be_visible()
+    page.locator("#tab_txt2img-button").click()
+    clip_skip = quick.locator("#setting_CLIP_stop_at_last_layers input[type=number]")
+    try:
+        clip_skip.fill("2")
+        clip_skip.press("Enter")  # the slider's number field: a finished change (release)
+        clip_skip.blur()
+        for _ in range(100):
+            if stored(server).get("CLIP_stop_at_last_layers") == 2:
+                break
+            page.wait_for_timeout(100)
+        assert stored(server)["CLIP_stop_at_last_layers"] == 2
+        assert api_options(server)["CLIP_stop_at_last_layers"] == 2
+        page.wait_for_function("() => window.opts.CLIP_stop_at_last_layers === 2", timeout=15000)  # the page's opts
+    finally:
+        r = requests.post(server.url + "/sdapi/v1/options", json={"CLIP_stop_at_last_layers": 1}, timeout=120)
+        assert r.status_code == 200, r.text
+
+
+def test_quicksettings_keep_the_checkpoint_first_and_skip_names_that_are_no_option(tmp_path, capsys):
+    from modules.services.options import Options
+    from modules.ui.settings import quicksettings
+
+    options = Options(tmp_path / "config.json")
+    assert quicksettings(options) == ["sd_model_checkpoint"]  # A1111's default
+    options.set("quicksettings_list", ["CLIP_stop_at_last_layers", "no_such_option", "sd_model_checkpoint", "sd_vae"])
+    assert quicksettings(options) == ["sd_model_checkpoint", "CLIP_stop_at_last_layers", "sd_vae"]
+    assert "'no_such_option', which is no option" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="option quicksettings_list must be list"):
+        options.check("quicksettings_list", "sd_vae")

@@ -95,6 +95,11 @@ def _defs() -> dict[str, OptionDef]:
         "live_previews_enable": OptionDef(True, "Show live previews of the created image", P),
         "show_progress_every_n_steps": OptionDef(10, "Live preview display period (steps)", P, minimum=-1, maximum=32),
         "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
+        # A1111's: the options shown above the tabs instead of in Settings (read when the page is built;
+        # the checkpoint picker is always there)
+        "quicksettings_list": OptionDef(["sd_model_checkpoint"], "Quicksettings list (setting entries that appear at "
+                                        "the top of page rather than in settings tab; Reload UI after a change)",
+                                        "User interface", kind=list, component="option_keys"),
         # "None" + the localizations found (the composition root gives it modules.localization.choices)
         "localization": OptionDef("None", "Localization", "User interface", choices=("None",)),
         "img_max_size_mp": OptionDef(200, "Maximum image size, in megapixels", S, minimum=1),

@@ -95,7 +95,7 @@ def _family_updates(tabs: list[GenerationTab], changed: bool) -> list:
     return [u for tab in tabs for u in tab.family_updates(changed)]
 
 
-def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
+def _checkpoint_row(engine: Engine, tabs: list[GenerationTab], settings: SettingsTab) -> gr.Dropdown:
     keep_sizes = [gr.update()] * (2 * len(tabs))
 
     def choose(evt: gr.SelectData):
@@ -124,6 +124,7 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab]) -> gr.Dropdown:
                                elem_id="setting_sd_model_checkpoint", scale=4, allow_custom_value=False,
                                interactive=True)
         refresh_button = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
+        settings.build_quicksettings()  # the rest of quicksettings_list
     # `select`, not `input`: Gradio 6's dropdown sends `input` twice per pick (on the pick and
     # again on blur), which would load a checkpoint twice and report a failure twice
     # `always_last`: a pick made while a load is still pending runs after it (the default,
@@ -225,7 +226,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 ExtensionsTab(engine.options, submit=engine.queue.submit).build()
         with placeholder:
-            dropdown = _checkpoint_row(engine, tabs)
+            dropdown = _checkpoint_row(engine, tabs, settings)
         merger.wire(dropdown)
         _wire_send_to(txt2img, img2img, main_tabs)
         pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
@@ -249,6 +250,8 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
 
         demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
         demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)
+        if settings.quick_components:
+            demo.load(settings.quick_values, outputs=settings.quick_components, queue=False)
         for tab in tabs:  # styles saved or files edited since the page was built
             demo.load(tab.styles.current, outputs=tab.styles.dropdown, queue=False)
             demo.load(tab.sampler_choices, outputs=tab.sampler_lists(), queue=False)  # hide_samplers

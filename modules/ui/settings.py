@@ -6,8 +6,10 @@ control is read-only; a folder under --hide-ui-dir-config is not shown (as in A1
 
 Element ids are A1111's: the tab `tab_settings`, the button `settings_submit`, the report
 `settings_result`, each control `setting_<option name>`, the hidden `settings_json` (all
-values as JSON: the page's `window.opts`, refreshed after Apply). The quicksettings (the
-checkpoint picker above the tabs) are not repeated here: their ids would clash.
+values as JSON: the page's `window.opts`, refreshed after Apply). The quicksettings (A1111's
+`quicksettings_list`: the checkpoint picker and the options the user put there, above the tabs) are
+not repeated here: their ids would clash. Each quicksetting takes effect and is saved as soon as it
+is changed (`apply_one`), as in A1111.
 
 An extension's option (`shared.opts.add_option(key, OptionInfo(...))` in an `on_ui_settings`
 callback, run before this tab is built) gets the control its OptionInfo names
@@ -27,10 +29,35 @@ from modules.services.options import OptionDef, OptionRestricted, Options
 
 from .generation_tab import error_html
 
-__all__ = ["QUICKSETTINGS", "SettingsTab", "component_for"]
+__all__ = ["QUICKSETTINGS", "SettingsTab", "component_for", "quicksettings"]
 
-QUICKSETTINGS = ("sd_model_checkpoint",)
+QUICKSETTINGS = ("sd_model_checkpoint",)  # always above the tabs (the checkpoint picker loads the model)
 MAX_RADIO_CHOICES = 5  # more choices than this become a dropdown
+
+
+def quicksettings(options: Options) -> list[str]:
+    """The options shown above the tabs: the checkpoint picker, then `quicksettings_list`'s defined
+    options in its order (an unknown name is reported and skipped; an extension's option is known
+    once its on_ui_settings callback has run, before the page is built)."""
+    listed = options.get("quicksettings_list") or []
+    keys = list(QUICKSETTINGS)
+    for key in listed if isinstance(listed, list) else []:
+        if key in keys:
+            continue
+        if not isinstance(key, str) or key not in options.defs:
+            print(f"[easel] quicksettings_list names {key!r}, which is no option; it is left out")
+            continue
+        keys.append(key)
+    return keys
+
+
+def _change_events(component: gr.components.Component) -> list[str]:
+    """When a quicksetting applies: a finished change, not every keystroke or slider tick."""
+    if isinstance(component, gr.Slider):
+        return ["release"]
+    if isinstance(component, (gr.Textbox, gr.Number)):
+        return ["submit", "blur"]
+    return ["input"]
 
 
 def _slug(section: str) -> str:
@@ -63,12 +90,14 @@ def _extension_component(info, common: dict, value: Any) -> gr.components.Compon
         return None
 
 
-def component_for(key: str, d: OptionDef, value: Any, locked: OptionRestricted | None = None) -> gr.components.Component:
+def component_for(key: str, d: OptionDef, value: Any, locked: OptionRestricted | None = None,
+                  option_keys: list[str] | None = None, **layout) -> gr.components.Component:
     """The control of one option: an extension's own (OptionInfo), else from its `component`,
     else its choices, else the default's type (a number with both bounds is a slider, other
     numbers a plain field). `locked`: the command line's refusal of any change: the control is
-    read-only, and hidden for a folder under --hide-ui-dir-config (as A1111)."""
-    common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": locked is None}
+    read-only, and hidden for a folder under --hide-ui-dir-config (as A1111). `option_keys`: the
+    names an "option_keys" control (quicksettings_list) offers; `layout`: e.g. scale, min_width."""
+    common = {"label": d.label, "elem_id": f"setting_{key}", "interactive": locked is None, **layout}
     if locked is not None and not locked.frozen:
         common["visible"] = False
     info = getattr(d, "info", None)
@@ -78,6 +107,9 @@ def component_for(key: str, d: OptionDef, value: Any, locked: OptionRestricted |
             return own
     if d.component == "color":
         return gr.ColorPicker(value=value, **common)
+    if d.component == "option_keys":  # names of options, several (an extension's may come later)
+        return gr.Dropdown(list(option_keys or []), value=list(value or []), multiselect=True,
+                           allow_custom_value=True, **common)
     if isinstance(d.default, list) and d.choices:  # several of the choices (hide_samplers): A1111's checkboxes
         return gr.CheckboxGroup(list(d.choice_list()), value=list(value or []), **common)
     if callable(d.choices):  # choices that change (files on disk, e.g. sd_vae): always a dropdown
@@ -107,8 +139,10 @@ class SettingsTab:
     def __init__(self, options: Options, appliers: dict[str, Callable[[Any], None]] | None = None):
         self.options = options
         self.appliers = dict(appliers or {})
-        self.keys = [k for k in options.defs if k not in QUICKSETTINGS]
+        self.quick_keys = quicksettings(options)
+        self.keys = [k for k in options.defs if k not in self.quick_keys]
         self.components: list[gr.components.Component] = []
+        self.quick_components: list[gr.components.Component] = []  # build_quicksettings
 
     def sections(self) -> dict[str, list[str]]:
         """Section -> its option names, both in the order the options were defined."""
@@ -128,7 +162,7 @@ class SettingsTab:
                 with gr.Tab(section, elem_id=f"settings_{_slug(section)}"):
                     for key in keys:
                         by_key[key] = component_for(key, self.options.defs[key], self.options.get(key),
-                                                    self.options.refusal(key))
+                                                    self.options.refusal(key), option_keys=list(self.options.defs))
         self.components = [by_key[k] for k in self.keys]
         # unprocessed: each value reaches `apply` as the page sent it, so Options.check is the
         # one judge (and names the option), not a component's own bounds
@@ -138,6 +172,42 @@ class SettingsTab:
         applied.then(self.options_json, outputs=self.json, queue=False).then(
             None, inputs=self.json, js="(json) => { if (window.easelOptionsChanged) easelOptionsChanged(json); }",
             queue=False)
+
+    def build_quicksettings(self) -> None:
+        """The quicksettings beside the checkpoint picker (inside the page's `#quicksettings` row),
+        each applied and saved when changed; the page's window.opts follows."""
+        for key in self.quick_keys[len(QUICKSETTINGS):]:
+            component = component_for(key, self.options.defs[key], self.options.get(key), self.options.refusal(key),
+                                      option_keys=list(self.options.defs), scale=1, min_width=160)
+            self.quick_components.append(component)
+
+            def apply(value, key=key):
+                return self.apply_one(key, value), self.options_json()
+
+            for event in _change_events(component):
+                getattr(component, event)(apply, inputs=component, outputs=[component, self.json], queue=False).then(
+                    None, inputs=self.json, js="(json) => { if (window.easelOptionsChanged) easelOptionsChanged(json); }",
+                    queue=False)
+
+    def quick_values(self) -> list:
+        return [self.options.get(k) for k in self.quick_keys[len(QUICKSETTINGS):]]
+
+    def apply_one(self, key: str, value: Any):
+        """A quicksetting changed: check it, put it into effect (its applier, e.g. sd_vae), store and
+        save it; refused, the message shows and the control goes back to the stored value."""
+        if value == self.options.get(key):
+            return gr.skip()
+        try:
+            value = self.check(key, value)
+            if key in self.appliers:
+                self.appliers[key](value)
+            else:
+                self.options.set(key, value)
+            self.options.save()
+        except (ValueError, OSError) as exc:
+            gr.Warning(html.escape(str(exc)), title="Setting not changed")
+            return self.options.get(key)
+        return gr.skip()
 
     def options_json(self) -> str:
         """Every option's value as JSON, A1111's `opts` of the page."""
