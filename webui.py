@@ -21,19 +21,21 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
-from modules.core.devices import choose_policy  # noqa: E402
+from modules.core.devices import RunOptions, choose_policy  # noqa: E402
+from modules.core.memory import DeviceMemory, policy_from_flags  # noqa: E402
 from modules.script_host import A1111ScriptHost  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
 from modules.services.companions import CompanionFiles  # noqa: E402
 from modules.services.embeddings import EmbeddingDatabase  # noqa: E402
 from modules.services.engine import Engine  # noqa: E402
 from modules.services.jobs import JobState, WorkQueue  # noqa: E402
+from modules.services.job_registry import JobRegistry  # noqa: E402
 from modules.services.hypernetworks import HypernetworkRegistry  # noqa: E402
 from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
 from modules.services.options import Options, Restrictions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
-from modules.services import face_restorers, upscalers  # noqa: E402
+from modules.services import controlnets, face_restorers, live_previews, upscalers  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
 
 startup_timer.record("import torch, diffusers, gradio")
@@ -97,16 +99,46 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     # Flux's separate text encoders and VAE: Forge's models/text_encoder, ComfyUI's models/clip and text_encoders
     companions = CompanionFiles([models / "text_encoder", models / "text_encoders", models / "clip"],
                                 [Path(opts.vae_dir) if opts.vae_dir else models / "VAE"])
-    cache = ModelCache(policy, on_loaded=_model_loaded, companions=companions)
+    cache = ModelCache(policy, on_loaded=_model_loaded, companions=companions,
+                       memory=_device_memory(opts, policy),
+                       run_options=RunOptions(nan_check=not getattr(opts, "disable_nan_check", False),
+                                              upcast_sampling=bool(getattr(opts, "upcast_sampling", False))))
     upscalers.install(upscalers.ModelUpscalers(upscalers.folders_for(opts, models), options, policy.device,
                                                half=policy.unet_dtype != torch.float32,
                                                interrupted=lambda: state.interrupted))
+    controlnets.install(controlnets.ControlNets(controlnets.folders_for(opts, models), policy.device, policy.unet_dtype))
     face_restorers.install(face_restorers.FaceRestorers(face_restorers.folders_for(opts, models), options,
                                                         policy.device, interrupted=lambda: state.interrupted))
-    return Engine(options, registry, cache, state, WorkQueue(state), data,
-                  styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path,
-                  hypernetworks=hypernetworks,
-                  script_host=A1111ScriptHost())  # A1111's script flow: the services never import it
+    live_previews.set_folder(models / "VAE-approx")  # TAESD decoders for the "TAESD" live previews
+    queue = make_queue(opts, state)
+    engine = Engine(options, registry, cache, state, queue, data,
+                    styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path,
+                    hypernetworks=hypernetworks,
+                    script_host=A1111ScriptHost())  # A1111's script flow: the services never import it
+    if hasattr(queue, "attach"):  # the Ray dispatcher reads the options and checkpoints of this engine
+        queue.attach(engine)
+    return engine
+
+
+def make_queue(opts: argparse.Namespace, state: JobState) -> WorkQueue:
+    """The generation queue: the single worker thread, or with --workers ray / --ray-address a
+    dispatcher over Ray actors (modules.workers; Ray is imported only then)."""
+    jobs = JobRegistry(keep_s=getattr(opts, "job_retention", 3600))
+    if getattr(opts, "workers", "local") == "ray" or getattr(opts, "ray_address", None):
+        from modules.workers.ray_queue import RayWorkQueue
+
+        return RayWorkQueue(state, jobs, opts)
+    return WorkQueue(state, jobs)
+
+
+def _device_memory(opts: argparse.Namespace, policy) -> DeviceMemory:
+    """The owner of device memory: --lowvram / --medvram / --medvram-sdxl, else the automatic choice
+    from the free VRAM and each model's size (no budget on the CPU: everything resident)."""
+    memory = DeviceMemory.for_device(policy.device, policy_from_flags(
+        getattr(opts, "lowvram", False), getattr(opts, "medvram", False), getattr(opts, "medvram_sdxl", False)))
+    if memory.budget_bytes is not None:
+        print(f"[easel] device memory: {memory.budget_bytes / 2**30:.1f} GiB free, policy {memory.policy}")
+    return memory
 
 
 def _model_loaded(model, info) -> None:
@@ -172,6 +204,12 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
         app.router.routes = _RoutesBeforeUi(app.router.routes, ui_mount)
         policy.ui_path = opts.subpath or "/"
         policy.session_user = auth.gradio_session_lookup(ui_mount.app)
+        from modules import file_route  # A1111's /file= (outputs, extension folders, temp files only)
+
+        file_route.mount(app, engine, opts.subpath, list(opts.gradio_allowed_path))
+        from modules.page_head import HeadScripts  # extensions' JS in <head>, before DOMContentLoaded
+
+        app.add_middleware(HeadScripts, ui_path=opts.subpath or "/")
     # one gate in front of everything: API, UI, file routes, docs, and routes added later
     app.add_middleware(auth.AuthMiddleware, owner=app, policy=policy)
     guard = request_guard.GuardPolicy.from_flags(opts)

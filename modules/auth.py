@@ -29,6 +29,8 @@ from typing import Any, Callable, Iterable
 
 from starlette.routing import Match, Mount
 
+from modules.asgi_body import body_rewriter
+
 Credentials = list[tuple[str, str]]
 
 # What Gradio's login page loads before anyone is logged in (checked with a browser): the page, its
@@ -37,7 +39,7 @@ UI_OPEN_EXACT = frozenset({"/", "/login", "/login/", "/logout", "/theme.css", "/
                            "/manifest.json", "/pwa_icon"})
 UI_OPEN_PREFIXES = ("/assets/", "/static/", "/svelte/", "/pwa_icon/")
 
-API_PREFIXES = ("/sdapi/", "/internal/")
+API_PREFIXES = ("/sdapi/", "/internal/", "/easel/")  # /easel/: the job API (modules.api.routes_jobs)
 UI_FILE_PREFIX = "/file="  # Gradio 3's file route, which A1111 pages and extensions link to
 
 
@@ -184,7 +186,7 @@ class AuthMiddleware:
         if basic_login_matches(authorization, self._api_users):
             return True, kind
         path = scope.get("path", "")
-        if self._ui_users and not path.startswith("/sdapi/") and self.policy.session_user(cookie) is not None:
+        if self._ui_users and not path.startswith(("/sdapi/", "/easel/")) and self.policy.session_user(cookie) is not None:
             return True, kind
         return False, kind
 
@@ -226,30 +228,14 @@ _API_INFO = re.compile(rb"(window\.gradio_api_info\s*=\s*).*?(;\s*</script>)", r
 def _api_info_removed(send):
     """A `send` that buffers the page and empties its `gradio_api_info` before passing it on; a page in
     which the description is present but cannot be cut out is not sent at all (fail closed)."""
-    start: dict | None = None
-    chunks: list[bytes] = []
 
-    async def scrubbing_send(message):
-        nonlocal start
-        if message["type"] == "http.response.start":
-            start = message
-            return
-        if message["type"] != "http.response.body":
-            await send(message)
-            return
-        chunks.append(message.get("body", b""))
-        if message.get("more_body", False):
-            return
-        body, count = _API_INFO.subn(rb"\1{}\2", b"".join(chunks))
-        status = start["status"]
+    def scrub(start: dict, body: bytes) -> tuple[int, bytes]:
+        body, count = _API_INFO.subn(rb"\1{}\2", body)
         if count == 0 and b"gradio_api_info" in body:
-            body, status = b"login page withheld: its API description could not be removed", 500
-        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({**start, "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+            return 500, b"login page withheld: its API description could not be removed"
+        return start["status"], body
 
-    return scrubbing_send
+    return body_rewriter(send, scrub)
 
 
 def _is_cors_preflight(scope) -> bool:

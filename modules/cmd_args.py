@@ -18,7 +18,7 @@ from modules.paths_internal import data_path
 
 Preload = Callable[[argparse.ArgumentParser], None]
 
-MEMORY_MODES_NOTE = "not implemented yet, accepted for A1111 compatibility"
+MEMORY_MODES_NOTE = "memory policy (default: chosen from the free VRAM and the model's size)"
 COMPAT_NOTE = "accepted for compatibility with A1111"
 
 
@@ -94,6 +94,8 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
     for flag, name, folder in (("--gfpgan-models-path", "GFPGAN", "GFPGAN"), ("--codeformer-models-path", "CodeFormer", "Codeformer")):
         group.add_argument(flag, type=str, default=None, metavar="DIR",
                            help=f"folder of {name} face restoration models (default: MODELS_DIR/{folder})")
+    group.add_argument("--controlnet-dir", type=str, default=None, metavar="DIR",
+                       help="another folder of ControlNet models (besides MODELS_DIR/ControlNet)")
     group.add_argument("--embeddings-dir", type=str, default=None, metavar="DIR",
                        help="folder of textual inversion embeddings (default: DATA_DIR/embeddings)")
     group.add_argument("--hypernetwork-dir", type=str, default=None, metavar="DIR",
@@ -123,7 +125,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                        help="compute precision: full (fp32), half (fp16) or autocast (fp16 on CUDA; default)")
     group.add_argument("--no-half", action="store_true", help="keep model weights in fp32")
     group.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
-    group.add_argument("--upcast-sampling", action="store_true", help="upcast sampling to fp32 where it matters")
+    group.add_argument("--upcast-sampling", action="store_true", help="with half-precision weights, run the UNet's attention in fp32 (sampling is fp32 already)")
     group.add_argument("--xformers", action="store_true", help="use xformers attention if it is installed")
     group.add_argument("--force-enable-xformers", action="store_true", help="use xformers even if the check fails")
     group.add_argument("--opt-sdp-attention", action="store_true",
@@ -134,7 +136,7 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--opt-sub-quad-attention", action="store_true", help="sub-quadratic attention to save memory")
     group.add_argument("--disable-opt-split-attention", action="store_true", help="use plain attention")
     group.add_argument("--opt-channelslast", action="store_true", help="channels-last memory format for the UNet")
-    group.add_argument("--disable-nan-check", action="store_true", help="do not check images and latents for NaNs")
+    group.add_argument("--disable-nan-check", action="store_true", help="do not check the UNet's and the VAE's outputs for NaNs (and no fp32 VAE retry)")
     group.add_argument("--lowvram", action="store_true",
                        help=f"{MEMORY_MODES_NOTE}: keep only the running part of the model in VRAM (slowest)")
     group.add_argument("--medvram", action="store_true",
@@ -233,6 +235,19 @@ def _add_ui_and_extensions(parser: argparse.ArgumentParser) -> None:
                        help=f"{COMPAT_NOTE}; Easel never downloads models")
 
 
+def _add_jobs(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("jobs and workers")
+    group.add_argument("--job-retention", type=float, default=3600, metavar="SECONDS",
+                       help="keep a finished job's result for the job API (/easel/v1/jobs) this long (default: 3600)")
+    group.add_argument("--workers", type=str, choices=["local", "ray"], default="local",
+                       help="where generations run: 'local', one worker thread (default), or 'ray', one Ray "
+                            "actor per device on a local Ray cluster (installs requirements-ray.txt)")
+    group.add_argument("--ray-address", type=str, default=None, metavar="ADDRESS",
+                       help="run the workers on this Ray cluster (implies --workers ray), e.g. 'ray://host:10001'")
+    group.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                       help="how many Ray workers (default: one per GPU, else 1)")
+
+
 def _add_launch(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("set-up (launch.py)")
     group.add_argument("--skip-prepare-environment", action="store_true",
@@ -262,6 +277,7 @@ def build_parser(extra_preloads: Iterable[Preload] = ()) -> argparse.ArgumentPar
     _add_device(parser)
     _add_server(parser)
     _add_ui_and_extensions(parser)
+    _add_jobs(parser)
     _add_launch(parser)
     cmd_args_compat.add_compat_flags(parser)
     for preload in extra_preloads:

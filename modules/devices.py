@@ -20,8 +20,7 @@ unet_needs_upcast = False
 backends = torch.backends
 
 
-class NansException(Exception):
-    pass
+from modules.core.devices import NansException  # noqa: E402,F401  (the core raises it; extensions catch it here)
 
 
 def _policy():
@@ -120,12 +119,17 @@ def without_autocast(disable: bool = False):
 
 
 def test_for_nans(x: torch.Tensor, where: str) -> None:
-    """Raise NansException when `x` is all NaN (A1111's check after the UNet or the VAE)."""
+    """Raise NansException when `x` is all NaN (A1111's check after the UNet or the VAE), with A1111's
+    message; --disable-nan-check turns it off."""
+    from modules.core.devices import nans_message
+
+    shared = sys.modules.get("modules.shared")
+    if getattr(getattr(shared, "cmd_opts", None), "disable_nan_check", False) is True:
+        return
     if not torch.isnan(x).all():
         return
-    message = "A tensor with all NaNs was produced in Unet." if where == "unet" else \
-        "A tensor with all NaNs was produced in VAE." if where == "vae" else "A tensor with all NaNs was produced."
-    raise NansException(message)
+    policy = _policy()
+    raise NansException(nans_message(where, policy.unet_dtype != torch.float32, policy.vae_dtype != torch.float32))
 
 
 def first_time_calculation() -> None:

@@ -19,7 +19,10 @@ by `modules.ui_components` and the UI builder) teaches Gradio 6 the old spelling
   makes Gradio write a `.pyi` file beside the extension's source, and keeps the properties of its
   Gradio base (elem_id, classes, ...) when its own `__init__` names fewer, and may come from a
   script A1111's loader ran without a registered module (Gradio looks for its source file);
-- a `tooltip=` Gradio 6 lacks is kept as `webui_tooltip` (A1111's attribute) instead of failing.
+- a `tooltip=` Gradio 6 lacks is kept as `webui_tooltip` (A1111's attribute) instead of failing;
+- components an extension makes with `visible=False` are put in the page hidden (`visible="hidden"`),
+  and its tabs render their children from the start (`render_children=True`), as Gradio 3 did:
+  extensions' scripts look those elements up (sd-dynamic-prompts' message boxes).
 
 `component_listeners` is the seam for A1111's `before_component` / `after_component`: every
 Gradio block constructed while `apply()` is in force calls each listener's
@@ -184,6 +187,26 @@ def _constructor_kwargs(cls: type, accepted: set[str], kwargs: dict) -> None:
         _note(f"{name}({key}=...) is a Gradio 3 argument Gradio 6 lacks; left out")
 
 
+def _made_by_extension() -> bool:
+    """Whether the code constructing a component (the first frame outside Gradio and this module)
+    is an extension's. Gradio 3 put an invisible component in the page (hidden); Gradio 6 leaves it
+    out, and extensions' scripts look up their hidden textboxes and buttons to pass messages."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        filename = frame.f_code.co_filename.replace("\\", "/")
+        if "/gradio/" not in filename and not filename.endswith(("/gradio_compat.py", "/ui_components.py")):
+            break
+        frame = frame.f_back
+    if frame is None:
+        return False
+    try:
+        from modules import errors
+
+        return errors.owner_of(frame.f_code.co_filename) is not None
+    except Exception:  # noqa: BLE001 - never fail a constructor over this
+        return False
+
+
 def _wrap_init(cls: type, init: Callable) -> Callable:
     accepted, open_ended = _parameters(init)
 
@@ -193,6 +216,10 @@ def _wrap_init(cls: type, init: Callable) -> Callable:
             _constructor_kwargs(cls, accepted, kwargs)
             if "tooltip" in kwargs and "tooltip" not in accepted:  # A1111 gave every component one
                 self.webui_tooltip = kwargs.pop("tooltip")
+            if kwargs.get("visible") is False and "visible" in accepted and _made_by_extension():
+                kwargs["visible"] = "hidden"  # in the page, not shown: extensions' JS talks through them
+            if "render_children" in accepted and "render_children" not in kwargs and _made_by_extension():
+                kwargs["render_children"] = True  # an extension's tab's elements are in the page from the start
         building = _building.__dict__.setdefault("ids", set())
         outermost = id(self) not in building  # subclass -> base constructors: one announcement
         if not outermost or not component_listeners:

@@ -4,8 +4,8 @@ infotext back into parameters, and the registry of "send to"/paste bindings exte
 `parse_generation_parameters` is the core's reading with A1111's defaults filled in
 (modules.core.infotext_defaults), then the on_infotext_pasted callbacks, then the
 `infotext_skip_pasting` setting. The paste-button registry records what extensions register;
-Easel's own tabs wire their send buttons themselves, so `connect_paste_params_buttons` only
-reports what it was given.
+the UI connects those buttons once the page is built (modules/ui/send_to.py), so
+`connect_paste_params_buttons` has nothing left to do when an extension calls it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("VAE", "sd_vae"),
     ("Hires refiner", "hires_fix_refiner_pass"),  # the SDXL refiner's options (OptionInfo infotext= in A1111)
     ("Refiner switch by sampling steps", "refiner_switch_by_sample_steps"),
+    ("Token merging ratio", "token_merging_ratio"),  # OptionInfo(infotext=...) in A1111
+    ("Token merging ratio hr", "token_merging_ratio_hr"),
     # A1111's "Sampler parameters" (their OptionInfo infotext names, and the keys A1111 writes)
     *_SAMPLER_PARAMETER_KEYS.items(),
 ]
@@ -90,6 +92,7 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     """The infotext `x` as a dict of A1111's keys ("Prompt", "Negative prompt", "Steps", "Size-1",
     ...), the defaults of missing keys filled in; on_infotext_pasted callbacks may change it."""
     res = _parse(x or "")
+    _infer_styles(res)
     if skip_fields is None:
         skip_fields = _option("infotext_skip_pasting", []) or []
     try:
@@ -101,6 +104,16 @@ def parse_generation_parameters(x: str, skip_fields: list[str] | None = None) ->
     for key in skip_fields:
         res.pop(key, None)
     return res
+
+
+def _infer_styles(res: dict) -> None:
+    """A1111's `infotext_styles`: the styles the pasted prompts carry become "Styles array"."""
+    from modules import shared
+    from modules.services.styles import infer_styles
+
+    styles = getattr(shared, "prompt_styles", None)
+    if styles is not None:
+        infer_styles(res, _option("infotext_styles", "Apply if any"), styles.extract_styles_from_prompt)
 
 
 def create_override_settings_dict(text_pairs) -> dict[str, Any]:
@@ -224,8 +237,8 @@ def register_paste_params_button(binding: ParamBinding) -> None:
 
 
 def connect_paste_params_buttons() -> None:
-    """Easel's tabs connect their own send buttons; bindings extensions registered are kept in
-    `registered_param_bindings` and not wired here."""
+    """The page connects the bindings in `registered_param_bindings` when it is built
+    (modules/ui/send_to.py)."""
 
 
 def send_image_and_dimensions(x):

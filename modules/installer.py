@@ -51,8 +51,13 @@ def run(command, desc=None, errdesc=None, custom_env=None, live: bool = True) ->
 
 
 def run_pip(command: str, desc=None, live: bool = True) -> str:
+    """A1111's helper: `pip <command>`; an install runs under Easel's pins (pip_constraints_file),
+    so an extension can add packages but never change the versions Easel runs on."""
     index_url_line = f" --index-url {index_url}" if index_url else ""
-    return run(f'"{python}" -m pip {command} --prefer-binary{index_url_line}',
+    constraint = ""
+    if command.lstrip().startswith("install"):
+        constraint = f' --constraint "{pip_constraints_file()}"'
+    return run(f'"{python}" -m pip {command} --prefer-binary{index_url_line}{constraint}',
                desc=f"Installing {desc}" if desc else None, errdesc=f"Couldn't install {desc or command}", live=live)
 
 
@@ -219,10 +224,12 @@ def install_requirements(requirements: str, stamp: str | None = None) -> bool:
     """Install a requirements file unless it already is; True when pip ran."""
     stamp = stamp_path() if stamp is None else stamp
     name = os.path.basename(requirements)
-    if is_recorded(stamp, requirements):
+    # recorded as installed, but something (an extension's pip call) may have changed a version
+    # since: the installed versions are checked every launch (a few metadata reads)
+    unmet = unmet_requirements(requirements)
+    if is_recorded(stamp, requirements) and not [u for u in unmet if not u.endswith("(not an exact pin)")]:
         print(f"Requirements already installed: {name}")
         return False
-    unmet = unmet_requirements(requirements)
     if not unmet:
         print(f"Requirements already installed: {name} (checked the installed versions)")
         record_installed(stamp, requirements)
@@ -302,6 +309,126 @@ def installer_reason(extension_dir: str, recorded: dict | None) -> str | None:
     return None
 
 
+# Extensions' installers run pip under Easel's pins: PIP_CONSTRAINT names a constraints file made
+# from requirements.txt and requirements-nodeps.txt, so any `pip install` they start (launch.run_pip,
+# subprocess pip, pip.main) may add packages but not change a pinned one (pip reports the conflict
+# and the installer fails, credited to its extension). One that changes a pin anyway (--isolated,
+# another installer) is caught by comparing the pinned packages' versions before and after: they
+# are put back and the extension is named.
+
+PIN_FILES = (REQUIREMENTS_FILE, NO_DEPS_REQUIREMENTS_FILE)
+_constraints_path: str | None = None
+
+
+def easel_pins() -> dict[str, str]:
+    """Package name (lower case) -> pinned version, from Easel's runtime requirements files."""
+    pins: dict[str, str] = {}
+    for path in PIN_FILES:
+        try:
+            lines = read_requirements(path)
+        except OSError:
+            continue
+        for line in lines:
+            match = _PIN.match(line)
+            if match:
+                pins[match.group(1).lower()] = match.group(3)
+    return pins
+
+
+def configured_constraints() -> list[str]:
+    """Constraints files pip is already told about (PIP_CONSTRAINT, the `constraint` of pip's config
+    files), so that Easel's file, which takes PIP_CONSTRAINT's place, keeps them (`-c` lines)."""
+    import configparser
+
+    found = os.environ.get("PIP_CONSTRAINT", "").split()
+    home = os.path.expanduser("~")
+    xdg = os.environ.get("XDG_CONFIG_DIRS", "/etc/xdg").split(os.pathsep)
+    files = [*(os.path.join(d, "pip", "pip.conf") for d in xdg), "/etc/pip.conf",
+             os.path.join(os.environ.get("XDG_CONFIG_HOME", os.path.join(home, ".config")), "pip", "pip.conf"),
+             os.path.join(home, ".pip", "pip.conf"), os.path.join(sys.prefix, "pip.conf"),
+             os.environ.get("PIP_CONFIG_FILE", "")]
+    for path in files:
+        if not path or not os.path.isfile(path):
+            continue
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path, encoding="utf8")
+        except (configparser.Error, OSError, UnicodeDecodeError):
+            continue
+        for section in ("global", "install"):
+            if parser.has_option(section, "constraint"):
+                found += parser.get(section, "constraint").split()
+    return [f for i, f in enumerate(found) if f not in found[:i] and not os.path.basename(f).startswith("easel-pip-constraints")]
+
+
+def pip_constraints_file() -> str:
+    """A pip constraints file holding Easel's pins (written once per process, in the temp folder),
+    and `-c` lines for the constraints pip was given already."""
+    global _constraints_path
+    if _constraints_path is None or not os.path.isfile(_constraints_path):
+        import tempfile
+
+        text = "".join(f"-c {path}\n" for path in configured_constraints())
+        text += "".join(f"{name}=={version}\n" for name, version in sorted(easel_pins().items()))
+        digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+        path = os.path.join(tempfile.gettempdir(), f"easel-pip-constraints-{digest}.txt")
+        with open(path, "w", encoding="utf8") as file:
+            file.write("# Easel's pinned packages: extensions' installers may not change them\n" + text)
+        _constraints_path = path
+    return _constraints_path
+
+
+def installed_pins() -> dict[str, str | None]:
+    """Pinned package -> the version installed now (None: not installed)."""
+    found: dict[str, str | None] = {}
+    for name in easel_pins():
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def changed_pins(before: dict[str, str | None], after: dict[str, str | None]) -> dict[str, tuple]:
+    """name -> (version before, version after) for the pinned packages whose installed version changed."""
+    return {name: (before.get(name), after.get(name)) for name in before if before.get(name) != after.get(name)}
+
+
+def restore_pins(changed: dict[str, tuple]) -> list[str]:
+    """Put the pinned versions back (without touching dependencies); the ones that could not be."""
+    pins = easel_pins()
+    failed = []
+    for name in changed:
+        spec = f"{name}=={pins[name]}"
+        result = subprocess.run([python, "-m", "pip", "install", "--no-deps", "--prefer-binary", spec],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf8",
+                                errors="replace")
+        if result.returncode != 0:
+            failed.append(f"{spec}: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else 'pip failed'}")
+    return failed
+
+
+def guard_pins(name: str, before: dict[str, str | None]) -> bool:
+    """After extension `name`'s installer: restore any pinned package it changed and report it under
+    the extension's name. True when Easel's pins are intact (again)."""
+    from modules import extensions
+
+    changed = changed_pins(before, installed_pins())
+    if not changed:
+        return True
+    listed = ", ".join(f"{pkg} {old or '(none)'} -> {new or '(removed)'}" for pkg, (old, new) in sorted(changed.items()))
+    print(f"[easel] extension {name} changed packages Easel pins: {listed}; putting them back", flush=True)
+    failed = restore_pins(changed)
+    if failed:
+        extensions.report_error(name, f"its installer changed packages Easel pins ({listed}) and these could not "
+                                      f"be put back: {'; '.join(failed)}. Remove or disable the extension; the next "
+                                      "launch installs Easel's requirements again")
+        return False
+    extensions.report_error(name, f"its installer changed packages Easel pins ({listed}); Easel put its "
+                                  "versions back, so the extension may not work as its author intended")
+    return True
+
+
 def run_extension_installer(extension_dir: str) -> bool:
     """Run an extension's install.py with this Python (the launch's own names importable as
     `import launch`), echoing its output. True on success (or when there is none); a failure is
@@ -314,6 +441,8 @@ def run_extension_installer(extension_dir: str) -> bool:
     name = os.path.basename(os.path.normpath(extension_dir))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (script_path, env.get("PYTHONPATH", "")) if p)
+    env["PIP_CONSTRAINT"] = pip_constraints_file()  # it names the constraints configured before, too
+    before = installed_pins()
     tail: list[str] = []
     try:
         process = subprocess.Popen([python, installer], cwd=script_path, env=env, stdout=subprocess.PIPE,
@@ -325,6 +454,7 @@ def run_extension_installer(extension_dir: str) -> bool:
     except OSError as error:
         extensions.disable_for_run(name, f"install.py could not be run: {error}")
         return False
+    guard_pins(name, before)
     if returncode != 0:
         extensions.disable_for_run(name, f"install.py failed (exit code {returncode})", "\n".join(tail))
         return False

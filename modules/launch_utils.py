@@ -174,6 +174,14 @@ def check_python_version(opts: argparse.Namespace) -> None:
         print(f"Note: Easel is tested on Python 3.11; this is {sys.version.split()[0]}.")
 
 
+RAY_REQUIREMENTS_FILE = os.path.join(script_path, "requirements-ray.txt")
+
+
+def wants_ray(opts: argparse.Namespace) -> bool:
+    """Whether the generation workers run on Ray (--workers ray, --ray-address)."""
+    return getattr(opts, "workers", "local") == "ray" or bool(getattr(opts, "ray_address", None))
+
+
 def prepare_environment(opts: argparse.Namespace) -> None:
     print(f"Python {sys.version}")
     print(f"Version: {git_tag()}")
@@ -184,6 +192,8 @@ def prepare_environment(opts: argparse.Namespace) -> None:
         install_torch(opts.reinstall_torch)
         install_requirements(REQUIREMENTS_FILE)
         install_requirements(NO_DEPS_REQUIREMENTS_FILE)
+        if opts.run_tests is not None or wants_ray(opts):  # the Ray workers (tests/test_ray_workers.py)
+            install_requirements(RAY_REQUIREMENTS_FILE)
         if opts.run_tests is not None:
             install_requirements(TEST_REQUIREMENTS_FILE)
             install_requirements(TEST_NO_DEPS_REQUIREMENTS_FILE)

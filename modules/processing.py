@@ -526,13 +526,28 @@ def process_images(p: StableDiffusionProcessing) -> Processed:
         for key, value in p.override_settings.items():  # visible to extensions for this call (A1111)
             if key in engine.options.defs or key in engine.options.data:
                 shared.opts.data[key] = value
-        from modules import processing_run  # imports this module: imported here, at call time
-
-        return processing_run.run(p, engine)
+        return process_images_inner(p)  # looked up at call time: extensions wrap it (A1111)
     finally:
         if p.override_settings_restore_afterwards:
             for key, value in stored.items():
                 shared.opts.data[key] = value
+
+
+def process_images_inner(p: StableDiffusionProcessing) -> Processed:
+    """process_images' work after before_process and the override settings (A1111's name, which
+    extensions such as ControlNet replace with a wrapper of their own)."""
+    from modules import processing_run  # imports this module: imported here, at call time
+
+    return processing_run.run(p, shared.engine)
+
+
+def create_binary_mask(image, round=True):  # noqa: A002 - A1111's argument name
+    """A mask picture -> "L": a picture with transparency gives its alpha channel (thresholded at
+    128 to 0/255 when `round`), any other its grey values (A1111 1.6+)."""
+    if image.mode == "RGBA" and image.getextrema()[-1] != (255, 255):
+        alpha = image.getchannel("A")
+        return alpha.point(lambda x: 255 if x > 128 else 0) if round else alpha
+    return image.convert("L")
 
 
 def __getattr__(name: str):

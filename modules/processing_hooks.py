@@ -91,6 +91,7 @@ class ScriptHooks(JobHooks):
         self._to_p(b)
         if self.runner is not None:
             self.runner.before_process_batch(self.p, **self._kw(b))
+        self._activate_extra_networks()  # with the tags still in the prompts (A1111's order)
         self._from_p(b)
 
     def batch_conditioning(self, b: BatchValues) -> None:
@@ -98,6 +99,25 @@ class ScriptHooks(JobHooks):
         if self.runner is not None:
             self.runner.process_batch(self.p, **self._kw(b))
         self._from_p(b)
+
+    def _activate_extra_networks(self) -> None:
+        """The network types extensions registered (modules.extra_networks), activated with the
+        batch's tags as A1111 does before process_batch; Easel's own LoRA/hypernet are its engine's."""
+        from modules import extra_networks
+
+        p = self.p
+        if getattr(p, "disable_extra_networks", False) or not extra_networks.extra_network_registry:
+            return
+        _, p.extra_network_data = extra_networks.parse_prompts(list(p.prompts))
+        extra_networks.activate(p, p.extra_network_data, builtin=False)
+        p.extra_networks_activated = True
+
+    def deactivate_extra_networks(self) -> None:
+        from modules import extra_networks
+
+        if getattr(self.p, "extra_networks_activated", False):
+            extra_networks.deactivate(self.p, getattr(self.p, "extra_network_data", None), builtin=False)
+            self.p.extra_networks_activated = False
 
     # CFG callbacks (only built when someone listens)
     def cfg_denoiser(self, step, x, t, cond, uncond) -> None:

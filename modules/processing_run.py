@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from modules import shared
+from modules import controlnet_processing, shared
 from modules.core import image_io, samplers
 from modules.core.types import GenerationRequest, Img2ImgRequest, RequestError
 from modules.processing import (Processed, StableDiffusionProcessing, StableDiffusionProcessingImg2Img,
@@ -253,8 +253,12 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
                                      f"n_iter {request.n_iter}: give one per picture")
     settings = engine.settings_for(info, kind, overrides)
     _apply_output_choices(p, settings, engine)
+    settings.control = controlnet_processing.job_for(p)  # the built-in ControlNet's enabled units
     hooks = ScriptHooks(p, model)
-    result = generate(request, model, settings, _observer(engine), hooks)
+    try:
+        result = generate(request, model, settings, _observer(engine), hooks)
+    finally:
+        hooks.deactivate_extra_networks()
     result.job_timestamp = engine.state.job_timestamp
     collected = _job_results.get()
     if collected is not None:

@@ -30,7 +30,7 @@ from typing import Iterable
 from urllib.parse import urlsplit
 
 LOOPBACK_NAMES = ("localhost",)
-JSON_ONLY_PREFIXES = ("/sdapi/", "/internal/")
+JSON_ONLY_PREFIXES = ("/sdapi/", "/internal/", "/easel/")
 BODY_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 MIB = 1024 * 1024

@@ -50,6 +50,8 @@ sd_upscalers: list = []
 latent_upscale_default_mode = "Latent"
 latent_upscale_modes: dict = {}
 gradio_theme = None
+batch_cond_uncond = True  # A1111's old module-level flag (its option of the same name wins where read)
+log = __import__("logging").getLogger("sd")  # A1111's logger extensions write to
 restricted_opts: set = opts.restricted_opts  # A1111's folder options, locked by --hide-ui-dir-config
 config_filename = getattr(cmd_opts, "ui_settings_file", None)
 
@@ -215,16 +217,21 @@ prompt_styles = PromptStyles()
 
 
 class UpscalerData:
-    """One entry of `shared.sd_upscalers` (A1111's fields)."""
+    """One entry of `shared.sd_upscalers` (A1111's fields); `scaler` is the modules.upscaler.Upscaler
+    that upscales with it (`scaler.upscale(image, scale, data_path)`)."""
 
     def __init__(self, name: str, scale: float = 4, model_path: str | None = None, model_url: str | None = None):
+        from modules.upscaler import Upscaler
+
         self.name = name
         self.data_path = model_path
         self.local_data_path = model_path
         self.model_path = model_path
         self.model_url = model_url
         self.scale = scale
-        self.scaler = None
+        self.scaler = Upscaler(name=name)
+        self.scaler.model_path, self.scaler.model_url = model_path, model_url
+        self.scaler.scalers = [self]
         self.model = None
 
     def __repr__(self) -> str:
@@ -279,6 +286,11 @@ def __getattr__(name: str):
         return engine.models.model if engine is not None else None
     if name == "device":
         return _current_device()
+    if name == "mem_mon":  # A1111's memory monitor, made when first asked for
+        from modules import memmon
+
+        globals()["mem_mon"] = memmon.MemUsageMonitor("MemMon", _current_device(), opts)
+        return globals()["mem_mon"]
     raise AttributeError(f"module 'modules.shared' has no attribute '{name}'")
 
 

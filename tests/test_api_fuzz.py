@@ -42,7 +42,7 @@ INT_CAPS = {"width": 64, "height": 64, "steps": 2, "n_iter": 1, "batch_size": 2,
 FLOAT_CAPS = {"hr_scale": 1.5, "upscaling_resize": 2.0}
 
 
-GENERATION = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img")
+GENERATION = ("/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/easel/v1/jobs/txt2img", "/easel/v1/jobs/img2img")
 # left out, these would mean the model's native size and 20 steps: seconds per request on the CPU
 SMALL_DEFAULTS = {"width": 64, "height": 64, "steps": 2}
 
@@ -136,7 +136,8 @@ def _base_bodies() -> dict:
     return {"/sdapi/v1/txt2img": small, "/sdapi/v1/img2img": {**small, "init_images": [image]},
             "/sdapi/v1/extra-single-image": {"image": image},
             "/sdapi/v1/extra-batch-images": {"imageList": [{"data": image, "name": "a.png"}]},
-            "/sdapi/v1/png-info": {"image": image}}
+            "/sdapi/v1/png-info": {"image": image},
+            "/easel/v1/jobs/txt2img": small, "/easel/v1/jobs/img2img": {**small, "init_images": [image]}}
 
 
 def _numeric_fields(spec: dict, operation: dict) -> list[str]:

@@ -27,7 +27,7 @@ import requests
 from fastapi import WebSocket
 from PIL import Image
 
-from tests.server import free_port, run_server
+from tests.server import REPO_ROOT, free_port, run_server
 
 UI_LOGIN = ("anna", "s3cret:x")  # the password may contain ':'
 API_LOGIN = ("bob", "pässwört-api")  # non-ASCII, sent as UTF-8
@@ -88,6 +88,31 @@ def serve_in_process(data: Path, ckpt_dir: Path, *flags: str) -> Iterator[Served
         thread.join(30)
 
 
+def assert_a1111_file_route(srv: Served, get) -> None:
+    """A1111's /file=: outputs (absolute or relative to the data folder) are served; any other path,
+    a way out with `..`, a symlink out of an allowed folder or a hidden file is refused."""
+    data = srv.output_png.parents[2]
+    for path in (f"/file={srv.output_png}", "/file=outputs/txt2img-images/probe.png",
+                 f"/file={srv.output_png}?1234"):
+        r = get(path)
+        assert r.status_code == 200 and r.content == srv.output_png.read_bytes(), path
+    secret = data / "config-secret.txt"
+    secret.write_text("secret")
+    link = srv.output_png.parent / "link.txt"
+    if not link.exists():
+        link.symlink_to(secret)
+    hidden = srv.output_png.parent / ".hidden" / "x.txt"
+    hidden.parent.mkdir(exist_ok=True)
+    hidden.write_text("hidden")
+    for path in (f"/file={secret}", "/file=config-secret.txt", "/file=outputs/%2E%2E/config-secret.txt",  # (clients fold a plain ../)
+                 "/file=outputs/txt2img-images/%2e%2e/%2e%2e/config-secret.txt", "/file=/etc/passwd",
+                 "/file=outputs/txt2img-images/link.txt", f"/file={hidden}", f"/file={REPO_ROOT / 'webui.py'}"):
+        r = get(path)
+        assert r.status_code == 403 and b"secret" not in r.content, (path, r.status_code)
+    assert get("/file=outputs/txt2img-images/missing.png").status_code == 404
+    assert get(f"/file={srv.output_png.parent}").status_code == 404  # a folder is no file
+
+
 def login(srv: Served, user: str, password: str) -> requests.Session:
     """A browser-like session logged in through Gradio's login form."""
     session = requests.Session()
@@ -137,6 +162,7 @@ def test_without_logins_every_route_family_is_open(tiny_checkpoints, tmp_path):
         assert srv.get("/gradio_api/startup-events").status_code == 200
         file = srv.get(f"/gradio_api/file={srv.output_png}")
         assert file.status_code == 200 and file.content == srv.output_png.read_bytes()
+        assert_a1111_file_route(srv, srv.get)
         up = upload(requests, srv.url)
         assert up.status_code == 200 and Path(up.json()[0]).read_bytes() == b"hello easel"
         assert srv.get("/").status_code == 200
@@ -160,6 +186,7 @@ def test_ui_login_guards_every_route_and_the_api_takes_it(tiny_checkpoints, tmp_
             assert_ui_refused(srv.get(path))
         assert_ui_refused(srv.post("/gradio_api/cancel", json={"session_hash": "x", "fn_index": 0, "event_id": "y"}))
         assert_ui_refused(srv.get(f"/gradio_api/file={srv.output_png}"))
+        assert_ui_refused(srv.get(f"/file={srv.output_png}"))  # A1111's file route too
         assert_ui_refused(upload(requests, srv.url))
         # ... and only the login page with what it loads stays open
         assert srv.get("/").status_code == 200
@@ -180,6 +207,7 @@ def test_ui_login_guards_every_route_and_the_api_takes_it(tiny_checkpoints, tmp_
         assert session.get(srv.url + "/gradio_api/startup-events", timeout=30).status_code == 200
         file = session.get(srv.url + f"/gradio_api/file={srv.output_png}", timeout=30)
         assert file.status_code == 200 and file.content == srv.output_png.read_bytes()
+        assert_a1111_file_route(srv, lambda path: session.get(srv.url + path, timeout=30))
         up = upload(session, srv.url)
         assert up.status_code == 200 and Path(up.json()[0]).read_bytes() == b"hello easel"
         # the page's session also opens routes its scripts call (extensions'), but not /sdapi

@@ -88,3 +88,24 @@ def test_batch_from_directory_is_refused_under_hide_ui_dir_config(tab, tmp_path)
     locked = ExtrasTab(tab.engine, allow_folders=False)
     images, info = locked.run(2, None, None, False, 2.0, 64, 64, True, "Lanczos", "None", 0.0, str(tmp_path), "", True)
     assert images == [] and "--hide-ui-dir-config" in info
+
+
+def test_face_restoration_sliders_restore_the_face_and_name_a_missing_model(tab, tmp_path):
+    """A1111's Extras GFPGAN / CodeFormer visibility sliders: with GFPGAN's file in models/GFPGAN the
+    face changes and the postprocessing text says so; CodeFormer without its file is a message
+    naming the field."""
+    from tests.face_models import draw_face, write_gfpgan
+
+    write_gfpgan(tab.engine.data_path / "models")
+    path = tmp_path / "face.png"
+    draw_face(256).save(path)
+    upload = {"path": str(path), "orig_name": path.name}
+    plain, _ = _run(tab, image=upload, by=1.0)
+    restored, info = tab.run(0, upload, None, False, 1.0, 64, 64, True, "Lanczos", "None", 0.0, "", "", True,
+                             1.0, 0.0, 0.0)
+    assert "GFPGAN visibility: 1" in info, info
+    assert restored[0].size == plain[0].size == (256, 256)
+    assert not np.array_equal(np.asarray(restored[0].convert("RGB")), np.asarray(plain[0].convert("RGB")))
+    _, error = tab.run(0, upload, None, False, 1.0, 64, 64, True, "Lanczos", "None", 0.0, "", "", True,
+                       0.0, 1.0, 0.5)
+    assert "codeformer_visibility" in error and "CodeFormer" in error

@@ -127,13 +127,19 @@ def test_met_pins_are_recorded_without_pip(tmp_path, pip_calls):
     assert pip_calls == []
 
 
-def test_recorded_hash_skips_the_version_check(tmp_path, pip_calls):
+def test_recorded_hash_skips_pip_only_while_the_pins_are_installed(tmp_path, pip_calls):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("surely-not-installed-package==1.0\n", encoding="utf8")
+    requirements.write_text(f"{installed('pytest')}\n", encoding="utf8")
     stamp = str(tmp_path / "stamp.json")
     launch_utils.record_installed(stamp, str(requirements))
     assert launch_utils.install_requirements(str(requirements), stamp) is False
     assert pip_calls == []
+    # recorded, but a pin is no longer what is installed (an extension's installer changed it):
+    # pip runs again instead of "Requirements already installed" (issue 18)
+    requirements.write_text("surely-not-installed-package==1.0\n", encoding="utf8")
+    launch_utils.record_installed(stamp, str(requirements))
+    assert launch_utils.install_requirements(str(requirements), stamp) is True
+    assert pip_calls == [str(requirements)]
 
 
 def test_unmet_pins_run_pip_then_record(tmp_path, pip_calls):

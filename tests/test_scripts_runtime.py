@@ -417,7 +417,8 @@ def test_reloading_scripts_drops_the_old_callbacks(runtime, log):
     scripts.load_scripts(extension_list=[recorder_ext])
     assert owned() == before > 10
     assert [e["hook"] for e in log("script_unloaded", "imported")] == ["script_unloaded", "imported"]
-    assert [s.title() for s in scripts.scripts_txt2img.alwayson_scripts] == ["Hook recorder"]
+    # the repository's built-in ControlNet first, then the extension's
+    assert [s.title() for s in scripts.scripts_txt2img.alwayson_scripts] == ["ControlNet", "Hook recorder"]
 
 
 def test_options_added_by_an_extension_are_settings(runtime):

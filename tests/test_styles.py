@@ -230,3 +230,61 @@ def test_img2img_styles_expand_the_prompts(server, server_styles):
     assert parsed["Negative prompt"] == "photo"
     r = server.post("/sdapi/v1/img2img", json=i2i_body(steps=1, styles=["Gone"]))
     assert "Gone" in assert_error(r, "styles", (422,))
+
+
+# ------------------------------------------------------------------------------- infotext_styles
+
+def _db(tmp_path):
+    path = tmp_path / "styles.csv"
+    write_csv(path, [{"name": "Oil", "prompt": "{prompt}, oil painting", "negative_prompt": "photo"},
+                     {"name": "Neon", "prompt": "neon", "negative_prompt": ""}])
+    return StyleDatabase([path])
+
+
+def test_infotext_styles_follow_a1111(tmp_path):
+    from modules.services.styles import infer_styles
+
+    db = _db(tmp_path)
+
+    def params(**extra):
+        return {"Prompt": "a cat, oil painting, neon", "Negative prompt": "ugly, photo", **extra}
+
+    assert infer_styles(params(), "Ignore", db.extract) == params()
+    applied = infer_styles(params(), "Apply if any", db.extract)
+    assert applied["Styles array"] == ["Oil", "Neon"]  # in the order they were applied
+    assert applied["Prompt"] == "a cat" and applied["Negative prompt"] == "ugly"
+    discarded = infer_styles(params(), "Discard", db.extract)
+    assert discarded["Prompt"] == "a cat" and "Styles array" not in discarded
+    plain = {"Prompt": "a dog", "Negative prompt": ""}
+    assert "Styles array" not in infer_styles(dict(plain), "Apply if any", db.extract)
+    assert infer_styles(dict(plain), "Apply", db.extract)["Styles array"] == []  # "Apply" clears the menu
+    # hires prompts with the same styles lose them too (empty: the same as the first pass's)
+    hires = infer_styles(params(**{"Hires prompt": "a cat, oil painting, neon", "Hires negative prompt": "ugly, photo"}),
+                         "Apply if any", db.extract)
+    assert hires["Hires prompt"] == "" and hires["Hires negative prompt"] == "" and hires["Styles array"] == ["Oil", "Neon"]
+    # other styles in the hires prompt: nothing is taken out anywhere
+    mixed = infer_styles(params(**{"Hires prompt": "a cat, oil painting"}), "Apply if any", db.extract)
+    assert mixed["Prompt"] == "a cat, oil painting, neon" and "Styles array" not in mixed
+    # before A1111 1.8.0 the hires prompts never carried styles: only the first pass is read
+    old = infer_styles(params(**{"Hires prompt": "a cat, oil painting", "Version": "v1.7.0"}), "Apply if any",
+                       db.extract)
+    assert old["Styles array"] == ["Oil", "Neon"] and old["Hires prompt"] == "a cat, oil painting"
+
+
+def test_api_infotext_selects_the_styles_it_carries(server, server_styles):
+    text = ("a red cube, oil painting, thick brush strokes\nNegative prompt: blurry, photo\n"
+            "Steps: 2, Sampler: Euler, CFG scale: 7, Seed: 321, Size: 64x64")
+    body = {k: v for k, v in BASE.items() if k not in ("prompt", "negative_prompt")}  # the text gives them
+    r = server.post("/sdapi/v1/txt2img", json={**body, "infotext": text})
+    assert r.status_code == 200, r.text
+    info = json.loads(r.json()["info"])
+    assert info["styles"] == ["Oil painting"]
+    assert info["prompt"] == "a red cube" and info["negative_prompt"] == "blurry"
+    assert parse_infotext(info["infotexts"][0])["Prompt"] == "a red cube, oil painting, thick brush strokes"
+    r = server.post("/sdapi/v1/options", json={"infotext_styles": "Ignore"})
+    assert r.status_code == 200, r.text
+    try:
+        ignored = json.loads(server.post("/sdapi/v1/txt2img", json={**body, "infotext": text}).json()["info"])
+        assert ignored["styles"] == [] and ignored["prompt"] == "a red cube, oil painting, thick brush strokes"
+    finally:
+        server.post("/sdapi/v1/options", json={"infotext_styles": "Apply if any"})

@@ -21,6 +21,8 @@ from . import routes_checkpoints, routes_embeddings, routes_extras, routes_gener
 from . import routes_loras, routes_options, routes_progress, routes_styles
 from . import routes_extensions
 from . import routes_scripts
+from . import routes_controlnet
+from . import routes_jobs
 from . import routes_server
 from .errors import validation_error
 
@@ -97,4 +99,7 @@ def mount(app: FastAPI, engine: Engine, cmd_opts: argparse.Namespace | None = No
     app.add_exception_handler(RequestValidationError, validation_error)  # strict JSON, even for a NaN input
     app.include_router(build_router(engine, cmd_opts, previews))
     app.include_router(build_internal_router(engine, previews))
+    app.include_router(routes_jobs.build_router(engine))  # the asynchronous job API, /easel/v1/jobs
+    app.include_router(routes_controlnet.build_router(engine))  # sd-webui-controlnet's /controlnet/*
     app.router.routes.append(MethodNotAllowed(app, "/sdapi/"))
+    app.router.routes.append(MethodNotAllowed(app, "/easel/"))

@@ -28,6 +28,7 @@ from modules.core import samplers
 from modules.core.infotext_defaults import parse_generation_parameters
 from modules.core.infotext import parse_infotext
 from modules.core.types import RequestError
+from modules.services.styles import infer_styles
 
 from .models import DEFAULT_SAMPLER
 
@@ -134,6 +135,8 @@ SETTINGS_FROM_INFOTEXT = {
     "Emphasis": ("emphasis", _text),
     "Hires refiner": ("hires_fix_refiner_pass", _text),
     "Refiner switch by sampling steps": ("refiner_switch_by_sample_steps", _flag),
+    "Token merging ratio": ("token_merging_ratio", FLOAT),
+    "Token merging ratio hr": ("token_merging_ratio_hr", FLOAT),
 }
 
 
@@ -154,12 +157,15 @@ SETTINGS_FROM_INFOTEXT.update(_sampler_parameter_settings())
 
 def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
                    allowed: Callable[[str, Any], bool] | None = None,
-                   find_checkpoint: Callable[[str], str | None] | None = None) -> dict:
+                   find_checkpoint: Callable[[str], str | None] | None = None,
+                   extract_styles: Callable[[str, str], tuple[list[str], str, str]] | None = None) -> dict:
     """Fill `body` (a request model) from its `infotext`, A1111's way; returns the parsed params.
     `allowed(option, value)`: False for a setting the command line locks, which the text then
     does not set (as A1111's UI paste under --freeze-settings). `find_checkpoint(text)`: the title
     of the checkpoint a text names, or None (A1111's get_closet_checkpoint_match): the "Refiner"
-    key goes through it, and a checkpoint not here leaves refiner_checkpoint unset, as in A1111."""
+    key goes through it, and a checkpoint not here leaves refiner_checkpoint unset, as in A1111.
+    `extract_styles(prompt, negative)`: the styles database's, for A1111's `infotext_styles` (the
+    styles the text's prompts carry go to `styles`, their text out of the prompts)."""
     text = getattr(body, "infotext", None)
     if not text:
         return {}
@@ -168,6 +174,8 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
     skip = list(options.get("infotext_skip_pasting") or [])  # A1111: those keys are not pasted
     raw = {k: v for k, v in parse_infotext(text).items() if k not in skip}
     params = {k: v for k, v in parse_generation_parameters(text).items() if k not in skip}
+    if extract_styles is not None:
+        infer_styles(params, options.get("infotext_styles") or "Apply if any", extract_styles)
     given = set(body.model_fields_set)
     fields = _SCRIPT_FIELDS if img2img else _TXT2IMG_FIELDS
     for field, (source, convert) in fields.items():
@@ -184,6 +192,8 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
             raise RequestError("infotext", f"{source if isinstance(source, str) else field}: {exc}") from None
     if not img2img and "enable_hr" not in given and _enable_hr(raw):
         body.enable_hr = True
+    if isinstance(params.get("Styles array"), list) and "styles" not in given:
+        body.styles = list(params["Styles array"])
 
     overrides = dict(body.override_settings or {})
     for key, (option, convert) in SETTINGS_FROM_INFOTEXT.items():

@@ -9,8 +9,10 @@ answer is a 4xx JSON naming the field, and the queue goes on with the next job.
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
+from concurrent.futures import Future
 from typing import Any, Awaitable, Callable
 
 from fastapi import APIRouter
@@ -25,45 +27,70 @@ from .errors import BadImage, server_error, unprocessable
 log = logging.getLogger(__name__)
 
 
-async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[GenerationRequest]],
-                    submit: Callable, img2img: bool) -> Any:
-    request = unstyled = None
-    try:
-        # fills what the request left out (a setting the command line locks is not taken from the text)
-        request_fields.apply_infotext(body, img2img, engine.options.data, allowed=engine.options.allows,
-                                      find_checkpoint=lambda text: _checkpoint_title(engine, text))
-        # every override_settings value against its option and the locks, the ones that become
-        # request fields (sd_model_checkpoint, CLIP_stop_at_last_layers) included
-        engine.check_overrides(body.override_settings)
-        unstyled = await build()
-        request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
-        task_id = body.force_task_id or request_fields.new_task_id("img2img" if img2img else "txt2img")
-        scripts = await asyncio.to_thread(convert.script_call, body, img2img)  # script_name, alwayson_scripts
-        future = submit(request, task_id=task_id, overrides=convert.job_overrides(body), scripts=scripts)
-        result = await asyncio.wrap_future(future)
-    except RequestError as exc:
+async def submit(engine: Engine, body: Any, build: Callable[[], Awaitable[GenerationRequest]],
+                 submit_job: Callable, img2img: bool) -> tuple[Future, GenerationRequest, str]:
+    """Check and queue the body's job: (its future, the request before styles, its task id). Bad
+    input raises here (RequestError naming the field, ValueError for an unusable checkpoint)."""
+    # fills what the request left out (a setting the command line locks is not taken from the text)
+    request_fields.apply_infotext(body, img2img, engine.options.data, allowed=engine.options.allows,
+                                  find_checkpoint=lambda text: _checkpoint_title(engine, text),
+                                  extract_styles=engine.styles.extract if engine.styles is not None else None)
+    # every override_settings value against its option and the locks, the ones that become
+    # request fields (sd_model_checkpoint, CLIP_stop_at_last_layers) included
+    engine.check_overrides(body.override_settings)
+    unstyled = await build()
+    request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
+    task_id = body.force_task_id or request_fields.new_task_id("img2img" if img2img else "txt2img")
+    scripts = await asyncio.to_thread(convert.script_call, body, img2img)  # script_name, alwayson_scripts
+    future = submit_job(request, task_id=task_id, overrides=convert.job_overrides(body), scripts=scripts)
+    return future, unstyled, task_id
+
+
+def error_answer(exc: BaseException, checkpoint_named: bool, img2img: bool, quiet: bool = False):
+    """The JSON answer for a job that was refused or failed: 4xx naming the field when it is the
+    request's fault, else 500 with the reason."""
+    if isinstance(exc, RequestError):
         status = 400 if isinstance(exc, BadImage) else 422  # images that are not images: 400
         return unprocessable(convert.API_FIELD.get(exc.field, exc.field), exc.message, status)
-    except ValueError as exc:  # an unreadable or unsupported checkpoint file
-        if request is not None and request.checkpoint:
+    if isinstance(exc, ValueError):  # an unreadable or unsupported checkpoint file
+        if checkpoint_named:
             return unprocessable(convert.API_FIELD["checkpoint"], str(exc))
         return server_error(exc, "the selected checkpoint cannot be used")
-    except Exception as exc:  # not the request's fault: say so, with the reason
-        log.exception("%s failed", "img2img" if img2img else "txt2img")
-        return server_error(exc, "generation failed")
-    await request_fields.keep_overrides(engine, body)  # override_settings_restore_afterwards: false
+    # not the request's fault: say so, with the reason
+    if not quiet:
+        log.error("%s failed", "img2img" if img2img else "txt2img", exc_info=exc)
+    return server_error(exc, "generation failed")
+
+
+def answer(engine: Engine, body: Any, unstyled: GenerationRequest | None, result, img2img: bool) -> dict:
+    """A1111's answer for a finished job: images (base64 PNG, grids first), parameters, info."""
     images, first = result.images, 0
     # a plain job's grid only when it is saved and shown (A1111: do_not_save_grid = not save_images);
     # a script's own grids (X/Y/Z plot, prompt matrix) always, as A1111 returns processed.images
+    infotexts = list(result.infotexts)
     if result.grid is not None and (result.grids_from_script or request_fields.grid_wanted(body, engine.options.data)):
         grids = [result.grid, *result.extra_grids]  # a script's further grids (X/Y/Z plot) follow the first
         images, first = [*grids, *images], len(grids)  # A1111: the grids and their infotexts come first
-        result.infotexts = [*(g.info.get("parameters") or result.infotexts[0] for g in grids), *result.infotexts]
+        infotexts = [*(g.info.get("parameters") or infotexts[0] for g in grids), *infotexts]
     send = body.send_images is not False  # null means the default, True
     encoded = [image_io.encode_pil_to_base64(im, "png", im.info.get("parameters")) for im in images] if send else []
     # A1111's info: `prompt` as sent, `all_prompts` and the infotexts with the styles applied
-    info = convert.processed_info(unstyled, result, first, result.job_timestamp, styles=body.styles)
+    shown = copy.copy(result)
+    shown.infotexts = infotexts
+    info = convert.processed_info(unstyled, shown, first, result.job_timestamp, styles=body.styles)
     return {"images": encoded, "parameters": convert.parameters_echo(body, img2img), "info": json.dumps(info)}
+
+
+async def _generate(engine: Engine, body: Any, build: Callable[[], Awaitable[GenerationRequest]],
+                    submit_job: Callable, img2img: bool) -> Any:
+    request = None
+    try:
+        future, request, _ = await submit(engine, body, build, submit_job, img2img)
+        result = await asyncio.wrap_future(future)
+    except Exception as exc:
+        return error_answer(exc, request is not None and bool(request.checkpoint), img2img)
+    await request_fields.keep_overrides(engine, body)  # override_settings_restore_afterwards: false
+    return answer(engine, body, request, result, img2img)
 
 
 def _checkpoint_title(engine: Engine, text: str) -> str | None:

@@ -2,54 +2,22 @@
 task tracking, POST /internal/progress and GET /internal/pending-tasks (by the `force_task_id`
 of a request, or the id the API gave it).
 
-Live previews follow A1111's `state.set_current_image`: with "live_previews_enable" on, a new
-preview is made when `show_progress_every_n_steps` steps have passed since the last one (-1:
-none while sampling); it is the cheap latent-to-RGB approximation of the current step, so a
-poll never costs a VAE decode.
+Live previews: modules/services/live_previews.py (shared with the page).
 """
 
 from __future__ import annotations
 
 import base64
 import io
-import threading
 import time
 
 from fastapi import APIRouter
-from PIL import Image
 
 from modules.core import image_io
-from modules.core.preview import latent_preview
 from modules.services.engine import Engine
+from modules.services.live_previews import LivePreviews
 
 from . import models
-
-
-class LivePreviews:
-    """The current job's preview image and its id, remade every N sampling steps."""
-
-    def __init__(self, engine: Engine):
-        self.engine = engine
-        self._lock = threading.Lock()
-        self._job: tuple | None = None
-        self._step = 0
-        self._id = -1
-        self._image: Image.Image | None = None
-
-    def current(self) -> tuple[int, Image.Image | None]:
-        state, options = self.engine.state, self.engine.options
-        with self._lock:
-            job = (state.task_id, state.job_timestamp, state.job_no)
-            if job != self._job:  # a new job or batch: A1111 starts counting steps again
-                self._job, self._step, self._image, self._id = job, 0, None, -1
-            every = options.get("show_progress_every_n_steps")
-            latent, model = state.current_latent, self.engine.models.model
-            if (options.get("live_previews_enable") and every is not None and every != -1 and latent is not None
-                    and model is not None and state.sampling_step - self._step >= every
-                    and state.id_live_preview != self._id):
-                self._image = latent_preview(latent, model.family.preview_factors)
-                self._step, self._id = state.sampling_step, state.id_live_preview
-            return self._id, self._image
 
 
 def _fraction(state) -> float:

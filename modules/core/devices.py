@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+FP8_CHOICES = ("Disable", "Enable", "Enable for SDXL")  # A1111's fp8_storage
+VAE_TILING_CHOICES = ("Automatic", "Always", "Never")
+
 
 @dataclass(frozen=True)
 class DevicePolicy:
@@ -30,6 +33,50 @@ class DevicePolicy:
             f"device {self.device}, UNet {names[self.unet_dtype]}, text encoder {names[self.text_dtype]}, "
             f"VAE {names[self.vae_dtype]}, attention {self.attention}"
         )
+
+
+@dataclass
+class RunOptions:
+    """What the services set from flags and options and the core reads while it runs a model
+    (one object per model cache, shared by its models; changed between jobs, read during them)."""
+
+    nan_check: bool = True  # A1111's check after the UNet and the VAE; --disable-nan-check: off
+    auto_vae_precision: bool = True  # A1111's auto_vae_precision: a VAE giving NaN retries in fp32
+    vae_tiling: str = "Automatic"  # VAE_TILING_CHOICES: tiles when the picture would not fit
+    vae_tile_size: int = 512  # pixels per tile side (decode); 64 latents
+    vae_tile_overlap: int = 64  # pixels shared by neighbouring tiles, blended
+    fp8_storage: str = "Disable"  # FP8_CHOICES: UNet weights stored in float8_e4m3fn (on load)
+    cache_fp16_weight: bool = False  # keep a 16-bit copy of fp8 weights, LoRA patches it exactly
+    upcast_sampling: bool = False  # --upcast-sampling: half weights, fp32 attention and latents
+
+
+class NansException(Exception):
+    """A1111's ``devices.NansException``: a model part gave nothing but NaN."""
+
+
+def nans_message(where: str, half_unet: bool, half_vae: bool) -> str:
+    """A1111's words for a NaN-only tensor from the UNet (``where="unet"``) or the VAE."""
+    if where == "unet":
+        message = "A tensor with all NaNs was produced in Unet."
+        if half_unet:
+            message += (" This could be either because there's not enough precision to represent the picture, or "
+                        "because your video card does not support half type. Try setting the \"Upcast cross "
+                        "attention layer to float32\" option in Settings > Stable Diffusion or using the --no-half "
+                        "commandline argument to fix this.")
+    elif where == "vae":
+        message = "A tensor with all NaNs was produced in VAE."
+        if half_vae:
+            message += (" This could be because there's not enough precision to represent the picture. Try adding "
+                        "--no-half-vae commandline argument to fix this.")
+    else:
+        message = "A tensor with all NaNs was produced."
+    return message + " Use --disable-nan-check commandline argument to disable this check."
+
+
+VAE_FP32_RETRY_MESSAGE = ("A tensor with all NaNs was produced in VAE.\n"
+                          "Web UI will now convert VAE into 32-bit float and retry.\n"
+                          "To disable this behavior, disable the 'Automatically revert VAE to 32-bit floats' setting.\n"
+                          "To always start with 32-bit VAE, use --no-half-vae commandline flag.")
 
 
 def xformers_available() -> bool:

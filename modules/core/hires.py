@@ -230,6 +230,7 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
     return sampling_pass.run(
         hr_model, settings, sampler=hr.sampler, schedule=hr.schedule, conds_for=conds_for, shape=shape,
         seeds=seeds, steps=schedule_steps, cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
+        token_ratio=settings.token_merging_ratio_hr,
         start=lambda noise, scheduler: sampling_pass.Start(init_latents=x, strength=strength,
                                                           extra_noise=settings.img2img.extra_noise),
     )

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import extra_networks
+from . import extra_networks, memory
 from .checkpoint_file import CheckpointError, probe
 
 ACTIVATIONS = {"relu": nn.ReLU, "leakyrelu": nn.LeakyReLU, "elu": nn.ELU, "swish": nn.Hardswish, "tanh": nn.Tanh,
@@ -111,7 +111,7 @@ class _Processor:
         for network, strength in self.applied:
             pair = network.layers.get(context.shape[-1])
             if pair is not None:
-                keys, values = (m.to(context.device, torch.float32) for m in pair)
+                keys, values = (memory.move(m, context.device, torch.float32) for m in pair)
                 context_k = keys(context_k.float(), strength).to(context.dtype)
                 context_v = values(context_v.float(), strength).to(context.dtype)
         batch = hidden_states.shape[0]

@@ -48,7 +48,7 @@ PASTE_KEYS = ("Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", 
               "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt",
               "Refiner", "Refiner switch at", "Hires refiner", "Image CFG scale", "Mask blur", "Mask mode",
               "Masked content", "Inpaint area", "Only masked padding", "Conditional mask weight", "ENSD",
-              "Noise multiplier", "Extra noise", "RNG", "Emphasis")
+              "Noise multiplier", "Extra noise", "RNG", "Emphasis", "Token merging ratio", "Token merging ratio hr")
 
 
 def _uses_emphasis(text: str) -> bool:

@@ -32,6 +32,11 @@ class GenerationSettings:
     grid_background: str = "#ffffff"  # grid_background_color
     jpeg_quality: int = 80  # jpeg_quality
     clip_skip: int = 1  # CLIP_stop_at_last_layers
+    # token merging (modules.core.token_merging), as A1111's get_token_merging_ratio resolves it: the
+    # first pass's (token_merging_ratio; img2img: token_merging_ratio_img2img when not 0) and the
+    # hires pass's (token_merging_ratio_hr when not 0, else the first pass's)
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_hr: float = 0.0
     eta_noise_seed_delta: int = 0  # eta_noise_seed_delta
     randn_source: str = "CPU"  # randn_source
     model_name: str = ""
@@ -66,6 +71,8 @@ class GenerationSettings:
     # <hypernet:name:strength> -> the file (None, or LookupError with the known names, for an unknown one);
     # None here: prompts with hypernetwork tags are refused
     find_hypernetwork: Callable[[str], Path | None] | None = None
+    # ControlNet units of the job (modules.core.controlnet.ControlJob), put here by the layer above
+    control: object | None = None
     # --- file names and folders (A1111's "Saving images/grids", "Saving to a directory"; modules.core.saving).
     # outdir_samples / outdir_grids above are the base folders; the [date] folder below them comes from
     # directories_filename_pattern when save_to_dirs / grid_save_to_dirs are on.

@@ -31,7 +31,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from . import extra_networks, lora_formats
+from . import extra_networks, fp8, lora_formats
 from .checkpoint_file import CheckpointError, CheckpointFile, probe, read_safetensors_header
 from .extra_networks import LoraRef
 from .types import RequestError
@@ -317,6 +317,7 @@ class _ModelState:
     targets: _Targets
     key: tuple = ()
     backups: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # id -> (param, copy)
+    exact: dict[int, torch.Tensor] = field(default_factory=dict)  # fp8-stored weights: id -> fp32 sum so far
 
 
 def _state(model) -> _ModelState:
@@ -335,6 +336,7 @@ def deactivate(model) -> None:
     for param, backup in state.backups.values():
         param.copy_(backup)
     state.backups.clear()
+    state.exact.clear()
     state.key = ()
 
 
@@ -392,6 +394,13 @@ def _apply(state: _ModelState, entry: JobEntry) -> None:
             param = module.weight
             if id(param) not in state.backups:
                 state.backups[id(param)] = (param, param.detach().to("cpu", copy=True))
+            if fp8.is_stored(module):  # fp8 storage: add up in fp32 from the best weight known, round once
+                exact = state.exact.get(id(param))
+                if exact is None:
+                    exact = state.exact[id(param)] = fp8.exact_weight(module).to(param.device)
+                exact += weight * delta[start:end].to(exact.device)
+                param.copy_(exact.to(param.dtype))
+                continue
             param.copy_((param.float() + weight * delta[start:end]).to(param.dtype))
     if matched == 0:
         raise ValueError(f"none of its {unmatched} layers is a layer of this model (made for another model type?)")

@@ -17,11 +17,15 @@ from typing import Callable
 
 import torch
 
-from . import families
+from . import families, fp8, upcast
 from .checkpoint_file import CheckpointFile
-from .devices import DevicePolicy
+from .devices import DevicePolicy, RunOptions
+from .memory import DeviceMemory
 from .ldm_parts import TOKENIZER_DIR, load_tokenizer  # noqa: F401 (public here too)
 from .model_detection import ModelSpec, detect
+
+
+UPCAST_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # the UNet families (attn1/attn2 layers)
 
 
 @dataclass
@@ -37,6 +41,9 @@ class LoadedModel:
     policy: DevicePolicy
     load_seconds: float = 0.0
     extra: dict = field(default_factory=dict)
+    memory: DeviceMemory | None = None  # the owner of device placement (set by load_checkpoint)
+    run_options: RunOptions = field(default_factory=RunOptions)  # NaN check, VAE precision, tiling
+    memory_policy: str = "all"  # the owner's resolved policy for this model
 
     @property
     def device(self) -> torch.device:
@@ -68,10 +75,13 @@ def probe_v_prediction(unet) -> bool:
 
 
 def load_checkpoint(path: str | Path, policy: DevicePolicy,
-                    companions: Callable[[str], Path | None] | None = None) -> LoadedModel:
+                    companions: Callable[[str], Path | None] | None = None, memory: DeviceMemory | None = None,
+                    run_options: RunOptions | None = None) -> LoadedModel:
     """Load one single-file checkpoint. Raises CheckpointError / UnsupportedCheckpoint
     (both ValueError) with a message fit for users. ``companions(kind)`` finds the files a
-    family may need beside a file that lacks them (Flux: "clip_l", "t5xxl", "vae"), or None."""
+    family may need beside a file that lacks them (Flux: "clip_l", "t5xxl", "vae"), or None.
+    ``memory`` places the parts on the device (None: an owner of its own, everything resident);
+    ``run_options`` (shared, changed between jobs) says how to run them (None: the defaults)."""
     started = time.perf_counter()
     ckpt = CheckpointFile(path)
     try:
@@ -88,8 +98,17 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
 
     for module in (unet, vae, *encoders):
         module.eval().requires_grad_(False)
-        module.to(policy.device)
+    run_options = run_options if run_options is not None else RunOptions()
+    if fp8.wanted(run_options.fp8_storage, spec.family):
+        fp8.store(unet, policy.unet_dtype, keep_copy=run_options.cache_fp16_weight)
     if policy.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
         vae.enable_xformers_memory_efficient_attention()
-    return LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, time.perf_counter() - started)
+    if run_options.upcast_sampling and policy.unet_dtype != torch.float32 and spec.family in UPCAST_FAMILIES:
+        upcast.install(unet)  # --upcast-sampling: half weights, attention in fp32
+    model = LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, 0.0,
+                        memory=memory if memory is not None else DeviceMemory(policy.device),
+                        run_options=run_options)
+    model.memory_policy = model.memory.attach(model)  # the owner moves the parts (nothing else does)
+    model.load_seconds = time.perf_counter() - started
+    return model

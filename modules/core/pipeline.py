@@ -127,6 +127,9 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Clip skip": p.clip_skip if p.clip_skip > 1 else None,
         "ENSD": (settings.eta_noise_seed_delta if settings.eta_noise_seed_delta
                  and samplers.uses_ensd(p.sampler, settings.sampler_options.eta_ancestral) else None),
+        "Token merging ratio": plain_number(settings.token_merging_ratio) if settings.token_merging_ratio else None,
+        "Token merging ratio hr": (plain_number(settings.token_merging_ratio_hr)
+                                   if getattr(request, "enable_hr", False) and settings.token_merging_ratio_hr else None),
         # A1111 names the source unless it is its default, "GPU" (Easel's default "CPU" is named too)
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         "Tiling": "True" if request.tiling else None,
@@ -368,7 +371,8 @@ class _Job:
                                  image_cfg_scale=self.image_cfg_scale,
                                  shape=self.latent_shape, seeds=self._seeds(values_b), steps=request.steps,
                                  cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
-                                 start=img2img_start if job is not None else None)
+                                 start=img2img_start if job is not None else None,
+                                 token_ratio=settings.token_merging_ratio)
         latents = done.latents
         if job is not None:
             latents = job.blend(latents, self._init_latents, on_blend, final=True)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from . import denoise, model_ops, rng
+from . import denoise, model_ops, rng, token_merging
 from .model_loader import LoadedModel
 
 
@@ -56,10 +56,11 @@ class RefinerPlan:
 class _Switch:
     """The loop's model and conditioning, replaced by the refiner's once the switch is due."""
 
-    def __init__(self, model: LoadedModel, conds_for, refiner: RefinerPlan | None):
+    def __init__(self, model: LoadedModel, conds_for, refiner: RefinerPlan | None, residuals=None):
         self.model = model
         self.conds = conds_for(model)
-        self.call = model_ops.denoiser(model)
+        self.residuals = residuals  # ControlNet's, for this model only (the refiner runs without)
+        self.call = model_ops.denoiser(model, residuals)
         self.conds_for = conds_for
         self.refiner = refiner
         self.switched = False
@@ -70,15 +71,19 @@ class _Switch:
         return (999 - round(float(t))) / 1000 >= self.refiner.switch_at
 
     def before_step(self, i: int, t: torch.Tensor, total: int) -> None:
+        if self.residuals is not None:
+            self.residuals.at_step(i, total)
         if self.refiner is None or self.switched or not self.due(i, t, total):
             return
         self.model = self.refiner.load()
         self.conds = self.conds_for(self.model)
+        self.residuals = None
         self.call = model_ops.denoiser(self.model)
         self.switched = True
 
     def cond_for_step(self, i: int):
-        return self.conds.cond_for_step(i)
+        cond, uncond = self.conds.cond_for_step(i)
+        return (cond, uncond) if self.residuals is None else self.residuals.mark(cond, uncond)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         return self.call(x, t, cond)
@@ -95,11 +100,13 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
         conds_for: Callable[[LoadedModel], object], shape: tuple[int, ...], seeds: Seeds, steps: int,
         cfg_scale: float, hooks: denoise.DenoiseHooks,
         start: Callable[[torch.Tensor, object], Start] | None = None,
-        refiner: RefinerPlan | None = None, image_cfg_scale: float | None = None) -> PassResult:
+        refiner: RefinerPlan | None = None, image_cfg_scale: float | None = None,
+        token_ratio: float = 0.0) -> PassResult:
     """Steps 1-4 of the module docstring. ``conds_for(model)`` returns the pass's
     ``ScheduledConditioning`` for that model; ``start(noise, scheduler)`` says where sampling starts
     (None: txt2img). ``settings`` is the job's ``GenerationSettings``. ``image_cfg_scale``: an
-    instruct-pix2pix model's image guidance (its conditioning carries the picture as ``c_concat``)."""
+    instruct-pix2pix model's image guidance (its conditioning carries the picture as ``c_concat``).
+    ``token_ratio``: token merging (A1111's token_merging_ratio*) during the pass."""
     spec = model.spec
     noise = rng.create_noise(shape, seeds.seeds, seeds.subseeds, seeds.subseed_strength, seeds.resize_from,
                              device=model.device, source=settings.randn_source)
@@ -108,15 +115,18 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
                                      source=settings.randn_source)
     begin = start(noise, scheduler) if start is not None else Start()
     steps_run = begin.schedule_steps or steps
-    switch = _Switch(model, conds_for, refiner)
+    control = getattr(settings, "control", None)  # ControlNet units (modules.core.controlnet.ControlJob)
+    switch = _Switch(model, conds_for, refiner, control.for_pass(model, shape) if control is not None else None)
     conds = switch.conds
-    latents = denoise.sample(
-        switch, scheduler, (begin.noise if begin.noise is not None else noise).to(model.device),
-        switch.cond_for_step, steps=steps_run, cfg_scale=cfg_scale, generators=generators, hooks=hooks,
-        brownian_seeds=seeds.seeds,  # A1111 seeds the SDE samplers' Brownian trees from the image seeds
-        init_latents=begin.init_latents, denoising_strength=begin.strength, composition=conds.composition,
-        extra_noise=begin.extra_noise, before_step=switch.before_step if refiner is not None else None,
-        image_cfg_scale=image_cfg_scale,
-    )
+    with token_merging.merging(model.unet, token_ratio):  # ToMe on the pass's own model (not a refiner)
+        latents = denoise.sample(
+            switch, scheduler, (begin.noise if begin.noise is not None else noise).to(model.device),
+            switch.cond_for_step, steps=steps_run, cfg_scale=cfg_scale, generators=generators, hooks=hooks,
+            brownian_seeds=seeds.seeds,  # A1111 seeds the SDE samplers' Brownian trees from the image seeds
+            init_latents=begin.init_latents, denoising_strength=begin.strength, composition=conds.composition,
+            extra_noise=begin.extra_noise,
+            before_step=switch.before_step if refiner is not None or switch.residuals is not None else None,
+            image_cfg_scale=image_cfg_scale,
+        )
     return PassResult(latents, switch.model, switch.switched)
 

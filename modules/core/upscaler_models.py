@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import memory
+
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt")
 SUFFIXES = (*PICKLE_SUFFIXES, ".safetensors")
 
@@ -181,11 +183,11 @@ def run(model: UpscalerModel, image: Image.Image, device: torch.device, half: bo
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
     rgb = np.array(image.convert("RGB"))  # a writable copy: torch.from_numpy shares it
     dtype = run_dtype(model, device, half)
-    model.descriptor.to(device=device, dtype=dtype)
+    memory.move(model.descriptor, device, dtype)  # on the device only for this call
     try:
         out = upscale_array(model, rgb, device, dtype, tile, overlap, interrupted)
     finally:
-        model.descriptor.to(device="cpu", dtype=torch.float32)
+        memory.move(model.descriptor, "cpu", torch.float32)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     size = (image.width * model.scale, image.height * model.scale)

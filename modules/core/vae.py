@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
+from . import memory
 from .checkpoint_file import CheckpointFile
 from .model_loader import LoadedModel
 
@@ -91,24 +92,66 @@ def current_vae_file(model: LoadedModel) -> Path | None:
     return model.extra.get(_FILE)
 
 
-def load_vae(model: LoadedModel, path: str | Path) -> None:
+class VaeStateCache:
+    """A1111's ``sd_vae_checkpoint_cache``: the tensors of the last ``limit`` VAE files read (in RAM,
+    least recently used out first), so switching back to one reads no file. The tensors are shared
+    with the VAE modules made from them, which never change them in place."""
+
+    def __init__(self, limit: int = 0):
+        self.limit = limit
+        self.reads = 0  # files read (a cache hit reads none)
+        self._states: dict[tuple, dict[str, torch.Tensor]] = {}
+
+    def get(self, path: Path, config: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        try:
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size, str(dtype))
+        except OSError:
+            key = None
+        if key is not None and key in self._states:
+            self._states[key] = self._states.pop(key)  # most recently used last
+            return self._states[key]
+        self.reads += 1
+        state = read_vae_file(path, config, dtype)
+        if key is not None and self.limit > 0:
+            self._states[key] = state
+            while len(self._states) > self.limit:
+                self._states.pop(next(iter(self._states)))
+        return state
+
+    def set_limit(self, limit: int) -> None:
+        self.limit = max(0, int(limit))
+        while len(self._states) > self.limit:
+            self._states.pop(next(iter(self._states)))
+
+
+def load_vae(model: LoadedModel, path: str | Path, cache: VaeStateCache | None = None) -> None:
     """Use the VAE in `path` for `model` (no-op if it is already in use). Raises VaeFileError /
-    CheckpointError (ValueErrors naming the file); then the model's VAE is unchanged."""
+    CheckpointError (ValueErrors naming the file); then the model's VAE is unchanged. ``cache``:
+    the VAE files kept in RAM (None: read the file)."""
     path = Path(path)
     if current_vae_file(model) == path:
         return
     own = model.extra.get(_OWN, model.vae)
-    state = read_vae_file(path, own.config, model.policy.vae_dtype)
+    if cache is not None:
+        state = cache.get(path, own.config, model.policy.vae_dtype)
+    else:
+        state = read_vae_file(path, own.config, model.policy.vae_dtype)
     _check(path, state, own)
     with torch.device("meta"):
         vae = AutoencoderKL(**{k: v for k, v in own.config.items() if not k.startswith("_")})
     vae.load_state_dict({k: state[k] for k in own.state_dict()}, strict=True, assign=True)
     vae.eval().requires_grad_(False)
-    vae.to(device=model.device, dtype=model.policy.vae_dtype)
+    memory.move(vae, dtype=model.policy.vae_dtype)
     if model.policy.attention == "xformers":
         vae.enable_xformers_memory_efficient_attention()
+    owner = _owner(model)
+    owner.adopt(vae, like=model.vae)  # placed by the memory owner, where the VAE it replaces was
     if _OWN not in model.extra:
-        model.extra[_OWN] = own.to("cpu")  # kept whole (exact restore), out of device memory
+        owner.forget(own)  # kept whole (exact restore), out of device memory
+        model.extra[_OWN] = own
+    else:
+        owner.forget(model.vae)  # the previous external VAE goes
     model.vae = vae
     model.extra[_FILE] = path
 
@@ -118,4 +161,13 @@ def restore_vae(model: LoadedModel) -> None:
     own = model.extra.pop(_OWN, None)
     model.extra.pop(_FILE, None)
     if own is not None:
-        model.vae = own.to(model.device)
+        owner = _owner(model)
+        owner.adopt(own, like=model.vae)
+        owner.forget(model.vae)
+        model.vae = own
+
+
+def _owner(model: LoadedModel) -> memory.DeviceMemory:
+    if model.memory is None:
+        model.memory = memory.DeviceMemory(model.device)
+    return model.memory

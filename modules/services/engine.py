@@ -75,9 +75,11 @@ class Engine:
         override (A1111's override_settings) does not. `vae`: the job's sd_vae override (None:
         the option's); a VAE file that does not fit is a RequestError on sd_vae."""
         self.checkpoints.ensure_hash(info)
+        if hasattr(self.models, "apply_options"):  # cache limits, VAE precision and tiling, fp8 (Settings)
+            self.models.apply_options(self.options.get)
         model = self.models.load(info)
         try:
-            apply_vae(model, self.vae_file(info, vae))
+            apply_vae(model, self.vae_file(info, vae), getattr(self.models, "vae_cache", None))
         except ValueError as exc:
             raise RequestError("sd_vae", str(exc)) from exc
         if remember:
@@ -102,7 +104,7 @@ class Engine:
         def apply() -> None:
             model, info = self.models.model, self.models.info
             if model is not None and info is not None:
-                apply_vae(model, self.vae_file(info, choice))
+                apply_vae(model, self.vae_file(info, choice), getattr(self.models, "vae_cache", None))
             self.options.set("sd_vae", choice)
 
         self.queue.submit("load VAE", apply).result()
@@ -217,6 +219,7 @@ class Engine:
             grid_background=o.get("grid_background_color"),
             jpeg_quality=o.get("jpeg_quality"),
             clip_skip=o.get("CLIP_stop_at_last_layers"),
+            **_token_merging(o, kind, overrides or {}),
             emphasis=o.get("emphasis"),
             # file names and folders (A1111's saving options; modules.core.saving)
             samples_filename_pattern=o.get("samples_filename_pattern"),
@@ -328,7 +331,7 @@ class Engine:
         self.check_limits(request)
         checked = self.check_overrides(overrides)
         face_restorers.check_job({**self.options.data, **checked})
-        return self.queue.submit("txt2img", self._run, "txt2img", request, checked, scripts, task_id=task_id)
+        return self.queue.submit_job("txt2img", self._run, request, checked, scripts, task_id=task_id)
 
     def txt2img(self, request: GenerationRequest) -> GenerationResult:
         return self.submit_txt2img(request).result()
@@ -341,7 +344,7 @@ class Engine:
         self.check_limits(request)
         checked = self.check_overrides(overrides)
         face_restorers.check_job({**self.options.data, **checked})
-        return self.queue.submit("img2img", self._run, "img2img", request, checked, scripts, task_id=task_id)
+        return self.queue.submit_job("img2img", self._run, request, checked, scripts, task_id=task_id)
 
     def img2img(self, request: Img2ImgRequest) -> GenerationResult:
         return self.submit_img2img(request).result()
@@ -359,3 +362,12 @@ class Engine:
     def native_size(self) -> tuple[int, int]:
         model = self.models.model
         return model.spec.native_size if model else (512, 512)
+
+
+def _token_merging(o: dict, kind: str, overrides: dict) -> dict:
+    """A1111's get_token_merging_ratio: img2img takes token_merging_ratio_img2img unless the request
+    overrides token_merging_ratio itself; the hires pass token_merging_ratio_hr, else the first pass's."""
+    ratio = float(o.get("token_merging_ratio") or 0.0)
+    if kind == "img2img" and "token_merging_ratio" not in overrides:
+        ratio = float(o.get("token_merging_ratio_img2img") or 0.0) or ratio
+    return {"token_merging_ratio": ratio, "token_merging_ratio_hr": float(o.get("token_merging_ratio_hr") or 0.0) or ratio}

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from modules.core import face_detection, face_restoration
+from modules.core import face_detection, face_restoration, memory
 from modules.core.job_hooks import BatchValues, JobHooks
 from modules.core.types import RequestError
 
@@ -131,12 +131,12 @@ class FaceRestorers:
             weight = float(self._option("code_former_weight", 0.5))
         with self._lock:
             model = self.model(name)
-            model.net.to(self.device)
+            memory.move(model.net, self.device)
             try:
                 return face_restoration.restore(image, model, faces, self.device, weight, self.interrupted)
             finally:
                 if self._option("face_restoration_unload", False) or self.device.type == "cpu":
-                    model.net.to("cpu")
+                    memory.move(model.net, "cpu")
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
 

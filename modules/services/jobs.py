@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import datetime
 import itertools
+import os
 import queue
 import threading
 import time
@@ -21,6 +22,8 @@ from typing import Any, Callable
 import torch
 
 from modules.core.pipeline import JobObserver
+
+from .job_registry import QUEUED, JobRegistry
 
 
 class JobState:
@@ -105,8 +108,9 @@ class JobState:
 class StateObserver(JobObserver):
     """Feeds the sampling loop's progress into the shared JobState."""
 
-    def __init__(self, state: JobState):
+    def __init__(self, state: JobState, jobs: JobRegistry | None = None):
         self.state = state
+        self.jobs = jobs if jobs is not None else JobRegistry()  # the generation jobs, for the job API
 
     def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None:
         s = self.state
@@ -137,8 +141,9 @@ class StateObserver(JobObserver):
 class WorkQueue:
     """One worker thread; tasks run strictly one after another, in order."""
 
-    def __init__(self, state: JobState):
+    def __init__(self, state: JobState, jobs: JobRegistry | None = None):
         self.state = state
+        self.jobs = jobs if jobs is not None else JobRegistry()  # the generation jobs, for the job API
         self._queue: queue.Queue = queue.Queue()
         self._ids = itertools.count(1)
         self.pending = 0
@@ -159,6 +164,64 @@ class WorkQueue:
         self._queue.put((name, task_id, fn, args, future))
         return future
 
+    def submit_job(self, kind: str, fn: Callable[..., Any], request: Any, overrides: dict, scripts: Any,
+                   task_id: str | None = None) -> Future:
+        """A generation job: `fn(kind, request, overrides, scripts)` on the worker, recorded in
+        `jobs` under its task id (the job API lists, follows and cancels it)."""
+        task_id = task_id or f"task({next(self._ids)})"
+        record = self.jobs.add(task_id, kind, request)
+        future = self.submit(kind, fn, kind, request, overrides, scripts, task_id=task_id)
+        self.jobs.bind(record, future)
+        return future
+
+    # -- the job API's view of one job ----------------------------------------------------
+    def position(self, job_id: str) -> int | None:
+        """1 for the next task to run (loads and other tasks queued before it count), None when
+        the job is not waiting."""
+        with self._ids_lock:
+            waiting = sorted(self.queued.items(), key=lambda item: item[1])
+        ids = [task for task, _ in waiting]
+        return ids.index(job_id) + 1 if job_id in ids else None
+
+    def cancel_job(self, job_id: str) -> bool:
+        """A queued job is dropped, a running one interrupted (it ends with what it made so far);
+        False when the job has already ended or is unknown."""
+        record = self.jobs.get(job_id)
+        if record is None or record.ended:
+            return False
+        record.cancel_requested = True
+        if record.status == QUEUED and record.future is not None and record.future.cancel():
+            with self._ids_lock:
+                if self.queued.pop(job_id, None) is not None:
+                    self.pending -= 1
+            return True
+        self.interrupt_job(job_id)
+        return True
+
+    def interrupt_job(self, job_id: str) -> None:
+        if self.state.task_id == job_id:
+            self.state.interrupt()
+
+    def live(self, job_id: str) -> dict | None:
+        """The running job's progress (A1111's state fields), None when it is not running here."""
+        state = self.state
+        if state.task_id != job_id or not state.busy:
+            return None
+        frac, eta = state.progress()
+        return {"progress": frac, "eta": eta, "step": state.sampling_step, "steps": state.sampling_steps,
+                "batch": state.job_no, "batch_count": state.job_count, "textinfo": state.textinfo}
+
+    def preview(self, job_id: str, render: Callable[[Any], Any]) -> Any:
+        """The running job's current picture: `render(latent)` of its latest step; None before the
+        first step or when it is not running."""
+        latent = self.state.current_latent if self.state.task_id == job_id else None
+        return render(latent) if latent is not None else None
+
+    def workers(self) -> list[dict]:
+        """The workers and what they do: here the one worker thread of this process."""
+        return [{"name": "local", "pid": os.getpid(), "checkpoint": None, "job": self.state.task_id,
+                 "jobs_done": len(self.finished), "busy_s": None, "replaced": 0}]
+
     def _run(self) -> None:
         while True:
             name, task_id, fn, args, future = self._queue.get()
@@ -167,7 +230,10 @@ class WorkQueue:
                 self.queued.pop(task_id, None)
             if not future.set_running_or_notify_cancel():
                 continue
+            record = self.jobs.mark_running(task_id)
             self.state.begin(name, task_id)
+            if record is not None and record.cancel_requested:  # cancelled as it left the queue
+                self.state.interrupt()
             result, error = None, None
             try:
                 result = fn(*args)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from modules.core import atomic_write
+from modules.core.devices import FP8_CHOICES, VAE_TILING_CHOICES
 from modules.core.infotext_defaults import PASTE_KEYS
 from modules.core.finite import describe, first_non_finite, replace_non_finite
 
@@ -70,11 +71,40 @@ def _defs() -> dict[str, OptionDef]:
         "outdir_extras_samples": OptionDef("outputs/extras-images", "Output directory for images from extras tab", "Paths for saving", restrict=True),
         "outdir_txt2img_grids": OptionDef("outputs/txt2img-grids", "Output directory for txt2img grids", "Paths for saving", restrict=True),
         "outdir_img2img_grids": OptionDef("outputs/img2img-grids", "Output directory for img2img grids", "Paths for saving", restrict=True),
+        # A1111's Save button folder and temporary files (extensions read them: images-browser, ui_common.save_files)
+        "outdir_save": OptionDef("log/images", "Directory for saving images using the Save button", "Paths for saving", restrict=True),
+        "save_selected_only": OptionDef(True, "When using 'Save' button, only save a single selected image", S),
+        # (the 💾 / 🗃️ buttons under the gallery: modules/ui/gallery_buttons.py, ui_common.save_files)
+        "use_save_to_dirs_for_ui": OptionDef(False, "When using \"Save\" button, save images to a subdirectory",
+                                             "Saving to a directory"),
+        "temp_dir": OptionDef("", "Directory for temporary images; leave empty for default", S, restrict=True),
+        "clean_temp_dir_at_start": OptionDef(False, "Cleanup non-default temporary directory when starting webui", S),
         "sd_model_checkpoint": OptionDef(None, "Stable Diffusion checkpoint", G, kind=str),
         "sd_vae": OptionDef("Automatic", "SD VAE", G),
         "emphasis": OptionDef("Original", "Emphasis mode", G, choices=("None", "Ignore", "Original", "No norm")),
         "CLIP_stop_at_last_layers": OptionDef(1, "Clip skip", G, minimum=1, maximum=12),
         "sd_checkpoint_cache": OptionDef(0, "Checkpoints to cache in RAM", G, minimum=0, maximum=10),
+        # the model cache and the VAE (modules.services.model_cache; the engine applies them before each job)
+        "sd_checkpoints_limit": OptionDef(1, "Maximum number of checkpoints loaded at the same time", G,
+                                          minimum=1, maximum=10, step=1),
+        "sd_vae_checkpoint_cache": OptionDef(0, "VAE Checkpoints to cache in RAM", G, minimum=0, maximum=10, step=1),
+        "auto_vae_precision": OptionDef(True, "Automatically revert VAE to 32-bit floats (triggers when a tensor with "
+                                        "NaNs is produced in VAE; disabling the option in this case will result in a "
+                                        "black square image)", G),
+        "vae_tiling": OptionDef("Automatic", "Tiled VAE decode and encode (Automatic: when the picture would not fit "
+                                "in memory)", G, choices=VAE_TILING_CHOICES),
+        # A1111's "Optimizations": read when a checkpoint is loaded (a change reloads it at the next job)
+        "fp8_storage": OptionDef("Disable", "FP8 weight (Use FP8 to store Linear/Conv layers' weight. Require "
+                                 "pytorch>=2.1.0.)", "Optimizations", choices=FP8_CHOICES),
+        "cache_fp16_weight": OptionDef(False, "Cache FP16 weight for LoRA (Cache fp16 weight when enabling FP8, will "
+                                       "increase the quality of LoRA. Use more system ram.)", "Optimizations"),
+        # A1111's token merging (ToMe, modules.core.token_merging), read at each job: 0 is off
+        "token_merging_ratio": OptionDef(0.0, "Token merging ratio (0=disable, higher=faster)", "Optimizations",
+                                         minimum=0.0, maximum=0.9, step=0.1),
+        "token_merging_ratio_img2img": OptionDef(0.0, "Token merging ratio for img2img (only applies if non-zero and "
+                                                 "overrides above)", "Optimizations", minimum=0.0, maximum=0.9, step=0.1),
+        "token_merging_ratio_hr": OptionDef(0.0, "Token merging ratio for high-res pass (only applies if non-zero and "
+                                            "overrides above)", "Optimizations", minimum=0.0, maximum=0.9, step=0.1),
         # the SDXL refiner (A1111 1.10: infotext "Hires refiner"; modules.core.pipeline reads these)
         "hires_fix_refiner_pass": OptionDef("second pass", "Hires fix: which pass to enable refiner for", G,
                                             choices=("first pass", "second pass", "both passes")),
@@ -86,6 +116,9 @@ def _defs() -> dict[str, OptionDef]:
         # a paste (↙️, PNG Info's send buttons, the API's `infotext`) leaves these keys out
         "infotext_skip_pasting": OptionDef([], "Disregard fields from pasted infotext", "Infotext", choices=PASTE_KEYS,
                                            kind=list),
+        # a paste takes the styles' text out of the prompts and selects the styles (modules.services.styles)
+        "infotext_styles": OptionDef("Apply if any", "Infer styles from prompts of pasted infotext", "Infotext",
+                                     choices=("Ignore", "Apply", "Discard", "Apply if any")),
         "textual_inversion_add_hashes_to_infotext": OptionDef(True, "Add Textual Inversion hashes to infotext", "Extra Networks"),
         "lora_add_hashes_to_infotext": OptionDef(True, "Add Lora hashes to infotext", "Extra Networks"),
         "extra_networks_default_multiplier": OptionDef(1.0, "Default multiplier for extra networks", "Extra Networks", minimum=0.0, maximum=2.0, step=0.01),
@@ -94,6 +127,13 @@ def _defs() -> dict[str, OptionDef]:
         "randn_source": OptionDef("CPU", "Random number generator source", U, choices=("GPU", "CPU", "NV")),
         "live_previews_enable": OptionDef(True, "Show live previews of the created image", P),
         "show_progress_every_n_steps": OptionDef(10, "Live preview display period (steps)", P, minimum=-1, maximum=32),
+        # A1111's "Live preview method" (modules.services.live_previews: the two that need no model call)
+        "show_progress_type": OptionDef("Approx NN", "Live preview method (Approx NN and TAESD = fast, need their "
+                                        "files in models/VAE-approx; Approx cheap = super fast but terrible otherwise)",
+                                        P, choices=("Approx NN", "Approx cheap", "TAESD")),
+        # how often the page asks for the newest preview (read when the page is built)
+        "live_preview_refresh_period": OptionDef(1000, "Progressbar and preview update period, in milliseconds", P,
+                                                 minimum=100, maximum=10000, component="number"),
         "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
         # A1111's: the options shown above the tabs instead of in Settings (read when the page is built;
         # the checkpoint picker is always there)

@@ -158,4 +158,16 @@ def wanted(runner, call: ScriptCall) -> bool:
             return True
     elif call.title and call.title.strip().lower() != "none":
         return True
-    return bool(runner.alwayson_scripts) or bool(call.alwayson)
+    return bool(call.alwayson) or any(_alwayson_wanted(s, call) for s in runner.alwayson_scripts)
+
+
+def _alwayson_wanted(script, call: ScriptCall) -> bool:
+    """An AlwaysVisible script runs on every job (A1111), unless it says that the job's arguments give
+    it nothing to do (``wanted_for(args)``: Easel's built-in ControlNet without an enabled unit)."""
+    wanted_for = getattr(script, "wanted_for", None)
+    if wanted_for is None:
+        return True
+    args = []
+    if call.positional is not None and script.args_from is not None and script.args_to is not None:
+        args = call.positional[script.args_from:script.args_to]
+    return bool(wanted_for(args))

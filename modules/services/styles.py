@@ -20,11 +20,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import glob
+import re
 import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from modules.core import atomic_write
 from modules.core.types import RequestError
@@ -75,6 +76,45 @@ def extract_style_text(style_text: str, prompt: str) -> tuple[bool, str]:
         rest = stripped[:len(stripped) - len(text)]
         return True, rest[:-2] if rest.endswith(", ") else rest
     return False, prompt
+
+
+INFOTEXT_STYLES = ("Ignore", "Apply", "Discard", "Apply if any")  # A1111's infotext_styles choices
+_HIRES_STYLES_SINCE = (1, 8, 0)  # infotexts of later versions carry the styles in the hires prompts too
+
+
+def _version(text) -> tuple[int, ...] | None:
+    """A1111's version in an infotext ("v1.7.0-...") as numbers; None for any other."""
+    match = re.match(r"^v(\d+)\.(\d+)\.(\d+)", str(text or ""))
+    return tuple(int(g) for g in match.groups()) if match else None
+
+
+def infer_styles(params: dict, mode: str, extract: Callable[[str, str], tuple[list[str], str, str]]) -> dict:
+    """A1111's `infotext_styles` for a pasted infotext's parameters (in place, and returned): the
+    text of the styles the prompts carry is taken out of them ("Discard", "Apply", "Apply if any";
+    "Ignore" leaves them), and the styles' names go to "Styles array" ("Apply": always, "Apply if
+    any": when one was found). The hires prompts are cut the same way when they carry the same
+    styles (infotexts from A1111 1.8.0 on, and any that names no A1111 version); when they carry
+    others, nothing is changed."""
+    if mode == "Ignore" or mode not in INFOTEXT_STYLES:
+        return params
+    prompt, negative = params.get("Prompt", ""), params.get("Negative prompt", "")
+    found, prompt_no_styles, negative_no_styles = extract(prompt, negative)
+    same = True
+    version = _version(params.get("Version"))
+    if ("Hires prompt" in params or "Hires negative prompt" in params) and (version is None
+                                                                            or version > _HIRES_STYLES_SINCE):
+        hr_prompt = params.get("Hires prompt") or prompt
+        hr_negative = params.get("Hires negative prompt") or negative
+        hr_found, hr_prompt_no_styles, hr_negative_no_styles = extract(hr_prompt, hr_negative)
+        same = hr_found == found
+        if same:
+            params["Hires prompt"] = "" if hr_prompt_no_styles == prompt_no_styles else hr_prompt_no_styles
+            params["Hires negative prompt"] = "" if hr_negative_no_styles == negative_no_styles else hr_negative_no_styles
+    if same:
+        params["Prompt"], params["Negative prompt"] = prompt_no_styles, negative_no_styles
+        if mode == "Apply" or (mode == "Apply if any" and found):
+            params["Styles array"] = found
+    return params
 
 
 def _expand(patterns: list[Path | str]) -> tuple[Path, list[Path]]:

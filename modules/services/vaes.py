@@ -107,10 +107,11 @@ class VaeRegistry:
         return found.filename
 
 
-def apply_vae(model: LoadedModel, vae_file: Path | None) -> None:
+def apply_vae(model: LoadedModel, vae_file: Path | None, cache: core_vae.VaeStateCache | None = None) -> None:
     """Put `vae_file` (None: the checkpoint's own VAE) into the loaded model. A file that does
-    not fit raises a ValueError naming it, and the model keeps its VAE."""
+    not fit raises a ValueError naming it, and the model keeps its VAE. ``cache``: VAE files kept
+    in RAM (sd_vae_checkpoint_cache)."""
     if vae_file is None:
         core_vae.restore_vae(model)
     else:
-        core_vae.load_vae(model, vae_file)
+        core_vae.load_vae(model, vae_file, cache)

@@ -17,6 +17,7 @@ from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
 from .extras_tab import ExtrasTab
 from .extra_networks import HINTS as EXTRA_NETWORK_HINTS
+from .gallery_buttons import HINTS as GALLERY_HINTS
 from .generation_tab import RANDOM_SEED_HINT, REUSE_SEED_HINT, GenerationTab
 from .img2img import IMG2IMG, INPAINT, Img2ImgTab
 from .paste_params import HINT as PASTE_HINT
@@ -24,6 +25,7 @@ from .prompt_tools import HINTS as PROMPT_TOOL_HINTS
 from .merger_tab import MergerTab
 from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
+from . import send_to
 from .refiner import HINTS as REFINER_HINTS
 from .settings import SettingsTab
 from .styles import HINTS as STYLE_HINTS
@@ -43,8 +45,7 @@ HINTS = {
         "interrupt": "Stop the job; what was made so far is shown, not saved",
     }.items()},
     "img2img_detect_image_size_btn": "Auto detect size from the image",
-    "txt2img_send_to_img2img": "Send the selected image to the img2img tab",
-    "txt2img_send_to_inpaint": "Send the selected image to img2img's Inpaint tab",
+    **GALLERY_HINTS,
     **{f"{tab}_{name}": text for tab in ("txt2img", "img2img")
        for name, text in {**STYLE_HINTS, **EXTRA_NETWORK_HINTS, **REFINER_HINTS, **PROMPT_TOOL_HINTS}.items()},
 }
@@ -145,11 +146,10 @@ def _current(engine: Engine) -> str | None:
     return info.title if info else None
 
 
-def _wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, main_tabs: gr.Tabs) -> None:
-    """txt2img's "Send to img2img"/"Send to inpaint": the selected picture, the prompts, the
-    sampler settings and the picture's size go to the img2img tab, which is then shown."""
-    sources = [txt2img.gallery, txt2img.selected, txt2img.prompt, txt2img.negative, txt2img.sampler,
-               txt2img.scheduler, txt2img.steps, txt2img.cfg]
+def _wire_send_to(tabs: list[GenerationTab], img2img: Img2ImgTab, extras: ExtrasTab, main_tabs: gr.Tabs) -> None:
+    """The send-to buttons under txt2img's and img2img's galleries: the selected picture (the first
+    without a selection) goes to img2img (with the tab's prompts, sampler settings and the
+    picture's size), its Inpaint tab, or Extras' single image; that tab is then shown."""
     common = [img2img.prompt, img2img.negative, img2img.sampler, img2img.scheduler, img2img.steps, img2img.cfg,
               img2img.width, img2img.height, main_tabs, img2img.mode_tabs, img2img.mode, img2img.inpaint_controls]
 
@@ -166,8 +166,20 @@ def _wire_send_to(txt2img: Txt2ImgTab, img2img: Img2ImgTab, main_tabs: gr.Tabs) 
                     gr.update(visible=mode != IMG2IMG))
         return send
 
-    txt2img.send_to_img2img.click(sender(IMG2IMG), inputs=sources, outputs=[img2img.init_img, *common], queue=False)
-    txt2img.send_to_inpaint.click(sender(INPAINT), inputs=sources, outputs=[img2img.inpaint, *common], queue=False)
+    def to_extras(gallery, selected):
+        image = _gallery_image(gallery, selected)
+        if image is None:
+            gr.Warning("Generate an image first, then send it", title="Nothing to send")
+            return [gr.update()] * 4
+        return image, gr.Tabs(selected="extras"), gr.Tabs(selected=extras.single_tab_id), extras.single_mode
+
+    for tab in tabs:
+        sources = [tab.gallery, tab.selected, tab.prompt, tab.negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg]
+        # (through the queue, so that "Nothing to send" shows as a toast)
+        tab.send_to_img2img.click(sender(IMG2IMG), inputs=sources, outputs=[img2img.init_img, *common])
+        tab.send_to_inpaint.click(sender(INPAINT), inputs=sources, outputs=[img2img.inpaint, *common])
+        tab.send_to_extras.click(to_extras, inputs=[tab.gallery, tab.selected],
+                                 outputs=[extras.image, main_tabs, extras.mode_tabs, extras.mode])
 
 
 def _gallery_image(gallery, selected: int):
@@ -197,6 +209,7 @@ def create_ui(engine: Engine, *, allow_folders: bool = True) -> gr.Blocks:
 
 def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
     txt2img = Txt2ImgTab(engine)
+    txt2img.allow_folders = allow_folders  # (img2img takes it as an argument)
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
     settings = SettingsTab(engine.options, appliers={"sd_vae": engine.select_vae})
     pnginfo = PngInfoTab()
@@ -212,7 +225,8 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
                 with current_runner("img2img"):
                     img2img.build()
             with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                ExtrasTab(engine, allow_folders=allow_folders).build()
+                extras = ExtrasTab(engine, allow_folders=allow_folders)
+                extras.build()
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 pnginfo.build()
             merger = MergerTab(engine)
@@ -228,8 +242,9 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs, settings)
         merger.wire(dropdown)
-        _wire_send_to(txt2img, img2img, main_tabs)
+        _wire_send_to(tabs, img2img, extras, main_tabs)
         pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
+        send_to.connect(txt2img, img2img, main_tabs, extras)  # the send-to buttons extensions registered
 
         built_size = (txt2img.width.value, txt2img.height.value)
         built_distilled = txt2img.distilled_cfg.visible

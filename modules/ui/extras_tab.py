@@ -60,12 +60,14 @@ class ExtrasTab:
         self.engine = engine
         self.allow_folders = allow_folders  # False under --hide-ui-dir-config
 
+    single_tab_id, single_mode = "single_image", SINGLE  # what the send-to buttons select
+
     def build(self) -> None:
         names = postprocess.image_upscaler_names()
         with gr.Row(equal_height=False):
             with gr.Column(variant="panel"):
                 self.mode = gr.State(SINGLE)
-                with gr.Tabs(elem_id="mode_extras"):
+                with gr.Tabs(elem_id="mode_extras") as self.mode_tabs:
                     with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
                         self.image = gr.Image(label="Source", elem_id="extras_image", type="pil", image_mode="RGBA",
                                               sources=["upload", "clipboard"], format="png")
@@ -97,6 +99,15 @@ class ExtrasTab:
                     self.upscaler_2 = gr.Dropdown(names, value=names[0], label="Upscaler 2", elem_id="extras_upscaler_2")
                     self.visibility = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="Upscaler 2 visibility",
                                                 elem_id="extras_upscaler_2_visibility")
+                # A1111's GFPGAN and CodeFormer postprocessing (0 visibility: off); after the upscale
+                with gr.Row(elem_id="extras_face_restoration"):
+                    self.gfpgan = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="GFPGAN visibility",
+                                            elem_id="extras_gfpgan_visibility")
+                    self.codeformer = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="CodeFormer visibility",
+                                                elem_id="extras_codeformer_visibility")
+                    self.codeformer_weight = gr.Slider(0.0, 1.0, step=0.001, value=0.0,
+                                                       label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
+                                                       elem_id="extras_codeformer_weight")
                 self.generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             with gr.Column(variant="panel"):
                 self.gallery = gr.Gallery(label="Result", elem_id="extras_gallery", columns=4, format="png",
@@ -109,13 +120,13 @@ class ExtrasTab:
         scale_to_tab.select(lambda: True, outputs=self.scale_to, queue=False)
         inputs = [self.mode, self.image, self.files, self.scale_to, self.upscale_by, self.width, self.height,
                   self.crop, self.upscaler_1, self.upscaler_2, self.visibility, self.input_dir, self.output_dir,
-                  self.show_results]
+                  self.show_results, self.gfpgan, self.codeformer, self.codeformer_weight]
         # unprocessed: the uploads are read from their files, which keeps their parameters text
         self.generate.click(self.run, inputs=inputs, outputs=[self.gallery, self.info], concurrency_limit=None,
                             show_progress_on=[self.gallery], preprocess=False)
 
     def run(self, mode, image, files, scale_to, upscale_by, width, height, crop, upscaler_1, upscaler_2, visibility,
-            input_dir="", output_dir="", show_results=True):
+            input_dir="", output_dir="", show_results=True, gfpgan=0.0, codeformer=0.0, codeformer_weight=0.0):
         """Upscale, save, show; a problem is the message in the info box."""
         skipped, target = [], None
         try:
@@ -133,7 +144,8 @@ class ExtrasTab:
             settings = postprocess.UpscaleSettings(
                 mode=1 if scale_to else 0, upscale_by=float(upscale_by), width=int(width), height=int(height),
                 crop=bool(crop), upscaler_1=upscaler_1, upscaler_2=upscaler_2,
-                upscaler_2_visibility=float(visibility))
+                upscaler_2_visibility=float(visibility), gfpgan_visibility=float(gfpgan or 0),
+                codeformer_visibility=float(codeformer or 0), codeformer_weight=float(codeformer_weight or 0))
             results = extras.submit(self.engine, pictures, settings).result()
             paths = extras.save(self.engine, results, target)
         except (ValueError, OSError) as exc:  # RequestError included; OSError: an output folder not writable

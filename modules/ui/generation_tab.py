@@ -20,15 +20,18 @@ import threading
 import time
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 
 from modules.core import samplers
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.services.engine import Engine
+from modules.services.live_previews import LivePreviews
 
 from . import paste_params
 from .extra_networks import ExtraNetworksPanel
+from .gallery_buttons import GalleryButtons
 from .prompt_tools import PromptTools
 from .refiner import RefinerControls
 from .scripts_ui import ScriptsSection
@@ -73,6 +76,7 @@ class Shown:
     infotexts: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     note: str = ""
+    first_image: int = 0  # the gallery entries before it are grids (A1111's index_of_first_image)
 
     @classmethod
     def of(cls, result: GenerationResult) -> "Shown":
@@ -83,7 +87,7 @@ class Shown:
         first_seed = result.seeds[0] if result.seeds else -1
         return cls(images=grids + result.images,
                    infotexts=[first_text] * len(grids) + result.infotexts,
-                   seeds=[first_seed] * len(grids) + result.seeds,
+                   seeds=[first_seed] * len(grids) + result.seeds, first_image=len(grids),
                    note="Interrupted: the images were not saved." if result.interrupted else "")
 
 
@@ -99,6 +103,7 @@ class RunningJob:
 
 class GenerationTab:
     tabname = ""  # "txt2img" / "img2img": the prefix of the element ids and of task ids
+    allow_folders = True  # False under --hide-ui-dir-config (no 📂; img2img: no batch from server folders)
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -109,6 +114,8 @@ class GenerationTab:
         self.scripts = ScriptsSection(self.tabname)  # extensions' and Easel's scripts (modules/scripts.py)
         self.refiner = RefinerControls(engine, self.tabname)  # A1111's Refiner accordion (build_refiner)
         self.prompt_tools = PromptTools(engine, self.tabname)  # token counters, 🗑️ (prompt_tools.py)
+        self.previews = LivePreviews(engine)  # the running job's picture, shown in the gallery
+        self._shown_previews: dict[str, tuple] = {}  # session -> (task id, preview id) its gallery shows
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -167,9 +174,17 @@ class GenerationTab:
         return names if allowed is None else [n for n in names if n in allowed]
 
     def build_size(self, width: int, height: int) -> None:
+        # A1111's layout: the sizes in one column, its ⇅ switch button (`<tab>_res_switch_btn`,
+        # which extensions such as aspect-ratio-helper take over) in the next
         with gr.Row():
-            self.width = slider("width", "Width", width, self._id("width"))
-            self.height = slider("height", "Height", height, self._id("height"))
+            with gr.Column(scale=4, min_width=200):
+                self.width = slider("width", "Width", width, self._id("width"))
+                self.height = slider("height", "Height", height, self._id("height"))
+            with gr.Column(scale=0, min_width=48, elem_id=self._id("dimensions_row"), elem_classes=["dimensions-tools"]):
+                self.res_switch = gr.Button("⇅", elem_id=self._id("res_switch_btn"), min_width=40, scale=0,
+                                            elem_classes=["tool"])
+        self.res_switch.click(None, inputs=[self.width, self.height], outputs=[self.width, self.height],
+                              js="(w, h) => [h, w]", queue=False)
 
     def build_batch(self) -> None:
         with gr.Row():
@@ -229,6 +244,9 @@ class GenerationTab:
         """The gallery, `build_result_buttons` under it, the info box, and the per-page state."""
         self.gallery = gr.Gallery(label="Output", elem_id=self._id("gallery"), columns=4, format="png",
                                   show_label=False, object_fit="contain", height="auto")
+        # while this page's job runs, the gallery shows the picture forming (live_preview_refresh_period)
+        period = max(0.2, float(self.engine.options.get("live_preview_refresh_period") or 1000) / 1000)
+        self.preview_timer = gr.Timer(value=period, active=False)
         self.build_result_buttons()
         self.info = gr.HTML(elem_id=f"html_info_{self.tabname}", elem_classes=["html-info"])
         # per page: what the last job gave (infotext and seed of every gallery entry) and
@@ -237,7 +255,18 @@ class GenerationTab:
         self.selected = gr.State(0)
 
     def build_result_buttons(self) -> None:
-        """Buttons under the gallery (txt2img: send to img2img); none by default."""
+        """A1111's buttons under the gallery: open folder, save, zip, send to img2img / inpaint /
+        Extras (modules/ui/gallery_buttons.py; the page wires the send-to ones)."""
+        self.buttons = GalleryButtons(self.tabname, self.output_folder, self.allow_folders)
+        self.buttons.build()
+        self.send_to_img2img = self.buttons.send_to_img2img
+        self.send_to_inpaint = self.buttons.send_to_inpaint
+        self.send_to_extras = self.buttons.send_to_extras
+
+    def output_folder(self) -> Path:
+        """Where this tab's pictures are saved (outdir_samples, else outdir_<tab>_samples)."""
+        o = self.engine.options
+        return self.engine.data_path / (o.get("outdir_samples") or o.get(f"outdir_{self.tabname}_samples") or "")
 
     # -- what a subclass provides ------------------------------------------------------
     def common_fields(self) -> dict[str, gr.components.Component]:
@@ -263,7 +292,8 @@ class GenerationTab:
                 (self.seed, "Seed"), (self.width, "Size-1"), (self.height, "Size-2"),
                 (self.batch_size, "Batch size"), (self.subseed, "Variation seed"),
                 (self.subseed_strength, "Variation seed strength"),
-                (self.resize_w, "Seed resize from-1"), (self.resize_h, "Seed resize from-2")]
+                (self.resize_w, "Seed resize from-1"), (self.resize_h, "Seed resize from-2"),
+                (self.styles.dropdown, _styles_array)]  # A1111's infotext_styles (infotext_utils)
 
     def all_paste_fields(self) -> list[paste_params.PasteField]:
         return self.paste_fields() + self.refiner.paste_fields() + self.scripts.infotext_fields()
@@ -295,11 +325,12 @@ class GenerationTab:
         buttons = [self.generate, self.interrupt, self.skip]
 
         def busy():
-            return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True)
+            return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True), gr.Timer(active=True)
 
         def idle():
-            return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False)
+            return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=False)
 
+        buttons = [*buttons, self.preview_timer]
         started = self.generate.click(busy, outputs=buttons, queue=False)
         job = started.then(
             self.run, inputs=self.inputs() | {self.styles.dropdown} | self.scripts.components() | self.refiner.components(),
@@ -311,11 +342,13 @@ class GenerationTab:
         job.then(idle, outputs=buttons, queue=False)
         job.failure(idle, outputs=buttons, queue=False)
 
+        self.preview_timer.tick(self.live_preview, outputs=self.gallery, queue=False, show_progress="hidden")
         self.interrupt.click(self.interrupt_job, queue=False)
         self.skip.click(self.skip_job, queue=False)
         self.random_seed.click(lambda: -1, outputs=self.seed, queue=False)
         self.reuse_seed.click(_seed_of, inputs=[self.result, self.selected], outputs=self.seed, queue=False)
         self.gallery.select(_select, inputs=self.result, outputs=[self.info, self.selected], queue=False)
+        self.buttons.wire(self.gallery, self.result, self.selected)
         self.show_extra.change(lambda v: gr.update(visible=v), inputs=self.show_extra, outputs=self.extra_group,
                                queue=False)
         self.sampler.change(scheduler_choices, inputs=[self.sampler, self.scheduler], outputs=self.scheduler,
@@ -341,8 +374,10 @@ class GenerationTab:
             return self.failed(f"{type(exc).__name__}: {exc}")
         separator = "\n" if "\n" in shown.note else " "  # a batch's list of skipped files: one per line
         note = separator.join(filter(None, [shown.note, f"Time taken: {time.time() - started:.1f} s"]))
-        state = {"infotexts": shown.infotexts, "seeds": shown.seeds, "note": note}
-        return shown.images, info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, 0
+        state = {"infotexts": shown.infotexts, "seeds": shown.seeds, "note": note,
+                 "index_of_first_image": shown.first_image}
+        # nothing selected yet (-1): the reuse-seed and send-to buttons take the first entry, Save all of them
+        return shown.images, info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, -1
 
     def run_job(self, request: GenerationRequest, session: str, progress: gr.Progress,
                 describe: str = "", scripts=None) -> GenerationResult:
@@ -406,8 +441,21 @@ class GenerationTab:
             self.engine.state.interrupt()
             return
         own.stop.set()
-        if not own.future.cancel() and self.engine.state.task_id == own.task_id:
-            self.engine.state.interrupt()
+        if not own.future.cancel():  # running: on this process's worker thread, or on a Ray worker
+            self.engine.queue.interrupt_job(own.task_id)
+
+    def live_preview(self, request: gr.Request):
+        """The timer's tick while this page's job runs: the job's newest preview into the gallery,
+        nothing when there is no new one (or previews are off, or the job is still queued)."""
+        own = self._own_job(request)
+        if own is None or own.future.done() or self.engine.state.task_id != own.task_id:
+            return gr.skip()
+        preview_id, image = self.previews.current()
+        session = request.session_hash
+        if image is None or self._shown_previews.get(session) == (own.task_id, preview_id):
+            return gr.skip()
+        self._shown_previews[session] = (own.task_id, preview_id)
+        return [image]
 
     def skip_job(self, request: gr.Request) -> None:
         own = self._own_job(request)
@@ -438,6 +486,12 @@ def _select(result: dict, evt: gr.SelectData):
     if not 0 <= index < len(texts):
         return gr.update(), 0
     return info_html(texts[index], note=result.get("note", "")), index
+
+
+def _styles_array(params: dict):
+    """The styles a pasted infotext's prompts carry ("Styles array"); no change without it."""
+    found = params.get("Styles array")
+    return gr.update(value=list(found)) if isinstance(found, list) else gr.update()
 
 
 def _seed_of(result: dict, selected: int):

@@ -25,14 +25,19 @@
         script.textContent = `${source}\n//# sourceURL=${name}`;
         document.head.appendChild(script);
     };
-    addScript("easel/webui_globals.js", webuiGlobals, false);
+    // files already loaded by <script> tags in the page's <head> (modules/page_head.py, as A1111
+    // loads them: before DOMContentLoaded) are not run a second time
+    const inHead = new Set(window.easelHeadScripts || []);
+    if (!inHead.has("easel/webui_globals.js")) addScript("easel/webui_globals.js", webuiGlobals, false);
     try {  // the values are there for the files' own top-level code; the callbacks come after them
         Object.assign(window.opts, JSON.parse(optsJson || "{}"));
     } catch (e) {
         console.error("options are not JSON", e);
     }
     for (const [name, text] of extensionStyles || []) addStyle(`extension-style-${name}`, text);
-    for (const [name, source] of extensionScripts || []) addScript(name, source, name.endsWith(".mjs"));
+    for (const [name, source] of extensionScripts || []) {
+        if (!inHead.has(name)) addScript(name, source, name.endsWith(".mjs"));
+    }
     window.easelOptionsChanged = (json) => window._easelSetOptions && window._easelSetOptions(json);
     if (window._easelStartWebuiGlobals) {
         window._easelSetOptions(optsJson);

@@ -185,7 +185,8 @@ class SettingsTab:
                 return self.apply_one(key, value), self.options_json()
 
             for event in _change_events(component):
-                getattr(component, event)(apply, inputs=component, outputs=[component, self.json], queue=False).then(
+                # (through the queue: a refusal shows as a toast)
+                getattr(component, event)(apply, inputs=component, outputs=[component, self.json]).then(
                     None, inputs=self.json, js="(json) => { if (window.easelOptionsChanged) easelOptionsChanged(json); }",
                     queue=False)
 

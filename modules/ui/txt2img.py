@@ -84,11 +84,6 @@ class Txt2ImgTab(GenerationTab):
                     placeholder="Negative prompt for hires fix pass.\n"
                                 "Leave empty to use the same negative prompt as in first pass.")
 
-    def build_result_buttons(self) -> None:
-        with gr.Row(elem_id="txt2img_image_buttons", elem_classes=["image-buttons"]):
-            self.send_to_img2img = gr.Button("🖼️ Send to img2img", elem_id="txt2img_send_to_img2img", size="sm")
-            self.send_to_inpaint = gr.Button("🎨️ Send to inpaint", elem_id="txt2img_send_to_inpaint", size="sm")
-
     def _hr_checkpoints(self) -> list[str]:
         return [hires.SAME_CHECKPOINT, *self.engine.checkpoints.titles()]
 

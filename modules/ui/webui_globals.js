@@ -32,6 +32,41 @@ function get_uiCurrentTabContent() {
     return null;
 }
 
+// A1111's hints.js: `titles` maps a button's text or a label's text to its tooltip; extensions add
+// to it (sd-dynamic-prompts: `titles = {...titles, ...}`). Applied on every page change.
+var titles = window.titles || {"\u21c5": "Switch width/height"};
+
+function _easelApplyTitles() {
+    if (typeof titles !== "object" || titles === null) return;
+    const nodes = gradioApp().querySelectorAll("button, label > span, h2, select option, .gradio-button");
+    for (const node of nodes) {
+        if (node.title) continue;
+        const text = (node.textContent || "").trim();
+        const tooltip = titles[text] || (node.value && titles[node.value]);
+        if (tooltip) node.title = tooltip;
+    }
+}
+
+// Gradio 3's DOM paths A1111 extensions select on, aliased onto Gradio 6's: a textbox's textarea
+// was a direct child of its <label> (`#txt2img_prompt > label > textarea`); now it sits one level
+// deeper. querySelector/querySelectorAll/matches/closest read such selectors as descendants.
+(function aliasGradio3Selectors() {
+    if (window._easelSelectorAliases) return;
+    window._easelSelectorAliases = true;
+    const gradio3 = />\s*label\s*>\s*(textarea|input)\b/g;
+    const rewrite = (selector) => (typeof selector === "string" && selector.includes("label")
+        ? selector.replace(gradio3, "> label $1") : selector);
+    for (const proto of [Document.prototype, Element.prototype, DocumentFragment.prototype]) {
+        for (const name of ["querySelector", "querySelectorAll", "matches", "closest"]) {
+            const original = proto[name];
+            if (typeof original !== "function") continue;
+            proto[name] = function(selector, ...rest) {
+                return original.call(this, rewrite(selector), ...rest);
+            };
+        }
+    }
+})();
+
 var uiUpdateCallbacks = [];
 var uiAfterUpdateCallbacks = [];
 var uiLoadedCallbacks = [];
@@ -248,6 +283,7 @@ async function _easelStartWebuiGlobals() {
     }
     window._easelWebuiObserver = new MutationObserver(function(m) {
         _easelCheckLoaded();
+        _easelApplyTitles();
         executeCallbacks(uiUpdateCallbacks, m);
         scheduleAfterUiUpdateCallbacks();
         _easelCheckTab();
@@ -267,6 +303,7 @@ async function _easelStartWebuiGlobals() {
     // on its first mutation
     uiCurrentTab = get_uiCurrentTab();  // the round through the tabs is no tab change
     _easelCheckLoaded();
+    _easelApplyTitles();
     executeCallbacks(uiUpdateCallbacks, []);
     scheduleAfterUiUpdateCallbacks();
 }

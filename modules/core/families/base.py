@@ -142,16 +142,18 @@ class ModelFamily:
         """The UNet's ``added_cond_kwargs`` from a cond dict (None: the UNet takes none)."""
         return None
 
-    def denoiser(self, model) -> Denoiser:
+    def denoiser(self, model, residuals=None) -> Denoiser:
         """``call(x, t, cond)``: the model's raw prediction in float32. Inpainting UNets get the
-        cond's ``c_concat`` (mask + masked picture) beside the latents."""
+        cond's ``c_concat`` (mask + masked picture) beside the latents. ``residuals(x, t, cond)``
+        (ControlNet) gives extra UNet keyword arguments, from the latents without ``c_concat``."""
         unet, dtype = model.unet, model.policy.unet_dtype
 
         def call(x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+            extra = residuals(x, t, cond) if residuals is not None else {}
             if "c_concat" in cond:
                 x = torch.cat([x, cond["c_concat"]], dim=1)
             out = unet(x.to(dtype), t, encoder_hidden_states=cond["context"].to(dtype),
-                       added_cond_kwargs=self.added_cond(cond, dtype))
+                       added_cond_kwargs=self.added_cond(cond, dtype), **extra)
             return out.sample.float()
 
         return call

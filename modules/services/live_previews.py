@@ -1,0 +1,95 @@
+"""The running job's live preview, shared by the page (modules/ui/generation_tab.py) and the API's
+progress routes (modules/api/routes_progress.py).
+
+It follows A1111's `state.set_current_image`: with "live_previews_enable" on, a new preview is made
+when `show_progress_every_n_steps` steps have passed since the last one (-1: none while sampling).
+`show_progress_type` says how ("Live preview method"): "Approx cheap", a linear map of the latents
+to RGB; "Approx NN", A1111's small net (`model.pt`, `vaeapprox-sdxl.pt`; modules/core/approx_nn.py);
+or "TAESD", the tiny autoencoder (`taesd_decoder.pth`, `taesdxl_decoder.pth`; modules/core/taesd.py),
+their files where A1111 keeps them, models/VAE-approx. None touches the model the worker runs (the
+decoders are this service's own); a missing or unusable file is named once in the console and the
+cheap preview is shown instead.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from modules.core import approx_nn, taesd
+from modules.core.preview import latent_preview
+
+from .engine import Engine
+
+METHODS = ("Approx NN", "Approx cheap", "TAESD")  # show_progress_type's choices
+
+
+class _Decoder:
+    def __init__(self, module):
+        self.path = getattr(module, "decoder_path", None) or module.model_path
+        self.load = getattr(module, "load_decoder", None) or module.load
+        self.decode = module.decode
+        self.error = getattr(module, "TaesdError", None) or module.ApproxNNError
+
+
+_DECODERS = {"TAESD": _Decoder(taesd), "Approx NN": _Decoder(approx_nn)}
+_reported: set[str] = set()  # the file problems already named in the console
+_folder: Path | None = None  # models/VAE-approx (the composition root sets it)
+
+
+def set_folder(folder: Path | None) -> None:
+    global _folder
+    _folder = Path(folder) if folder is not None else None
+
+
+class LivePreviews:
+    """The current job's preview image and its id, remade every N sampling steps."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._lock = threading.Lock()
+        self._job: tuple | None = None
+        self._step = 0
+        self._id = -1
+        self._image: Image.Image | None = None
+        self._decoders: dict[Path, torch.nn.Module] = {}
+
+    def _decoder(self, method: str, family: str):
+        """(decode function, its model) for "TAESD" / "Approx NN"; the error names a missing file."""
+        kind = _DECODERS[method]
+        if _folder is None:
+            raise kind.error(f"{method} previews need the models/VAE-approx folder")
+        path = kind.path(_folder, family)
+        if path not in self._decoders:
+            self._decoders[path] = kind.load(path)
+        return kind.decode, self._decoders[path]
+
+    def _render(self, latent: torch.Tensor, model) -> Image.Image:
+        method = self.engine.options.get("show_progress_type")
+        if method in _DECODERS:
+            try:
+                decode, decoder = self._decoder(method, model.spec.family)
+                return decode(decoder, latent)
+            except ValueError as error:  # TaesdError, ApproxNNError: a file missing or unusable
+                if str(error) not in _reported:  # once per server: a poll comes every second
+                    _reported.add(str(error))
+                    print(f"[easel] live preview: {error}; showing Approx cheap instead")
+        return latent_preview(latent, model.family.preview_factors)
+
+    def current(self) -> tuple[int, Image.Image | None]:
+        state, options = self.engine.state, self.engine.options
+        with self._lock:
+            job = (state.task_id, state.job_timestamp, state.job_no)
+            if job != self._job:  # a new job or batch: A1111 starts counting steps again
+                self._job, self._step, self._image, self._id = job, 0, None, -1
+            every = options.get("show_progress_every_n_steps")
+            latent, model = state.current_latent, self.engine.models.model
+            if (options.get("live_previews_enable") and every is not None and every != -1 and latent is not None
+                    and model is not None and state.sampling_step - self._step >= every
+                    and state.id_live_preview != self._id):
+                self._image = self._render(latent, model)
+                self._step, self._id = state.sampling_step, state.id_live_preview
+            return self._id, self._image
