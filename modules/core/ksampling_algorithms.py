@@ -312,26 +312,40 @@ def dpmpp_3m_sde(x, sigmas, noise, eta: float = 1.0, s_noise: float = 1.0):
 
 # ---- DPM-Solver-fast (Lu et al. 2022), fixed steps with orders 3, ..., 3, then 2/1 ---------------
 
-def _dpm_solver_step(x, t, t_next, order: int, eps):
-    """One DPM-Solver step of the given order from t to t_next (log-SNR time, t = -log sigma);
-    ``eps`` is the noise prediction at (x, t); yields the extra model calls."""
+def _ancestral_target(t, t_next, t_end, eta: float):
+    """An ancestral DPM-Solver step in log-SNR time: (where its deterministic part goes, the size of
+    the fresh noise added after it); eta 0: (t_next, 0)."""
+    if not eta:
+        return t_next, 0.0
+    down, _ = ancestral_split(_sigma(t), _sigma(t_next), eta)
+    target = torch.minimum(t_end, _t(down))
+    return target, (_sigma(t_next) ** 2 - _sigma(target) ** 2) ** 0.5
+
+
+def _dpm_solver_pair(x, t, t_next, order: int, eps):
+    """DPM-Solver from t to t_next (log-SNR time, t = -log sigma) from the same model calls:
+    (the lower-order solution, the order-``order`` one). ``eps`` is the noise prediction at (x, t);
+    yields the extra model calls. Order 2 pairs first and second order (r1 = 1/2), order 3 second
+    (r1 = 1/3) and third, as DPM-Solver-12 / 23 compare them."""
     h = t_next - t
+    first = x - _sigma(t_next) * h.expm1() * eps
     if order == 1:
-        return x - _sigma(t_next) * h.expm1() * eps
+        return first, first
     r1 = 1 / 2 if order == 2 else 1 / 3
     s1 = t + r1 * h
     u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
     denoised_1, _ = yield u1, _sigma(s1)
     eps_1 = (u1 - denoised_1) / _sigma(s1)
+    second = first - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps)
     if order == 2:
-        return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / (2 * r1) * h.expm1() * (eps_1 - eps)
+        return first, second
     r2 = 2 / 3
     s2 = t + r2 * h
     u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
           - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
     denoised_2, _ = yield u2, _sigma(s2)
     eps_2 = (u2 - denoised_2) / _sigma(s2)
-    return x - _sigma(t_next) * h.expm1() * eps - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+    return second, first - _sigma(t_next) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
 
 
 def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 1.0, s_noise: float = 1.0):
@@ -345,15 +359,10 @@ def dpm_fast(x, sigma_min: float, sigma_max: float, n: int, noise, eta: float = 
     orders = [3] * (m - 2) + [2, 1] if n % 3 == 0 else [3] * (m - 1) + [n % 3]
     for i, order in enumerate(orders):
         t, t_next = times[i], times[i + 1]
-        if eta:
-            down, _ = ancestral_split(_sigma(t), _sigma(t_next), eta)
-            t_target = torch.minimum(t_end, _t(down))
-            up = (_sigma(t_next) ** 2 - _sigma(t_target) ** 2) ** 0.5
-        else:
-            t_target, up = t_next, 0.0
+        t_target, up = _ancestral_target(t, t_next, t_end, eta)
         denoised, x = yield x, _sigma(t)
         eps = (x - denoised) / _sigma(t)
-        x = yield from _dpm_solver_step(x, t, t_target, order, eps)
+        _, x = yield from _dpm_solver_pair(x, t, t_target, order, eps)
         x = x + up * s_noise * noise(_sigma(t), _sigma(t_next))
     return x
 
@@ -405,32 +414,10 @@ def dpm_adaptive(x, sigma_min: float, sigma_max: float, n: int, noise, eta: floa
     s, x_prev = t_start, x
     while s < t_end - 1e-5:
         t = torch.minimum(t_end, s + controller.h)
-        if eta:
-            down, _ = ancestral_split(_sigma(s), _sigma(t), eta)
-            target = torch.minimum(t_end, _t(down))
-            up = (_sigma(t) ** 2 - _sigma(target) ** 2) ** 0.5
-        else:
-            target, up = t, 0.0
+        target, up = _ancestral_target(s, t, t_end, eta)
         denoised, x = yield x, _sigma(s)
         eps = (x - denoised) / _sigma(s)
-        h = target - s
-        r1 = 1 / 2 if order == 2 else 1 / 3
-        s1 = s + r1 * h
-        u1 = x - _sigma(s1) * (r1 * h).expm1() * eps
-        denoised_1, _ = yield u1, _sigma(s1)
-        eps_1 = (u1 - denoised_1) / _sigma(s1)
-        first = x - _sigma(target) * h.expm1() * eps
-        second = first - _sigma(target) / (2 * r1) * h.expm1() * (eps_1 - eps)
-        if order == 2:
-            low, high = first, second
-        else:
-            r2 = 2 / 3
-            s2 = s + r2 * h
-            u2 = (x - _sigma(s2) * (r2 * h).expm1() * eps
-                  - _sigma(s2) * (r2 / r1) * ((r2 * h).expm1() / (r2 * h) - 1) * (eps_1 - eps))
-            denoised_2, _ = yield u2, _sigma(s2)
-            eps_2 = (u2 - denoised_2) / _sigma(s2)
-            low, high = second, first - _sigma(target) / r2 * (h.expm1() / h - 1) * (eps_2 - eps)
+        low, high = yield from _dpm_solver_pair(x, s, target, order, eps)
         delta = torch.maximum(atol_t, rtol_t * torch.maximum(low.abs(), x_prev.abs()))
         error = torch.linalg.norm((low - high) / delta) / x.numel() ** 0.5
         if controller.propose(error):

@@ -24,18 +24,11 @@ from modules.core.preview import latent_preview
 
 from .engine import Engine
 
-METHODS = ("Approx NN", "Approx cheap", "TAESD")  # show_progress_type's choices
-
-
-class _Decoder:
-    def __init__(self, module):
-        self.path = getattr(module, "decoder_path", None) or module.model_path
-        self.load = getattr(module, "load_decoder", None) or module.load
-        self.decode = module.decode
-        self.error = getattr(module, "TaesdError", None) or module.ApproxNNError
-
-
-_DECODERS = {"TAESD": _Decoder(taesd), "Approx NN": _Decoder(approx_nn)}
+# method -> (file for a family in the folder, load it, decode with it); their errors are ValueErrors
+_DECODERS = {"TAESD": (taesd.decoder_path, taesd.load_decoder, taesd.decode),
+             "Approx NN": (approx_nn.model_path, approx_nn.load, approx_nn.decode)}
+_loaded: dict[Path, torch.nn.Module] = {}  # one decoder per file, shared by the page's tabs and the API
+_loaded_lock = threading.Lock()
 _reported: set[str] = set()  # the file problems already named in the console
 _folder: Path | None = None  # models/VAE-approx (the composition root sets it)
 
@@ -55,17 +48,18 @@ class LivePreviews:
         self._step = 0
         self._id = -1
         self._image: Image.Image | None = None
-        self._decoders: dict[Path, torch.nn.Module] = {}
 
-    def _decoder(self, method: str, family: str):
+    @staticmethod
+    def _decoder(method: str, family: str):
         """(decode function, its model) for "TAESD" / "Approx NN"; the error names a missing file."""
-        kind = _DECODERS[method]
+        path_for, load, decode = _DECODERS[method]
         if _folder is None:
-            raise kind.error(f"{method} previews need the models/VAE-approx folder")
-        path = kind.path(_folder, family)
-        if path not in self._decoders:
-            self._decoders[path] = kind.load(path)
-        return kind.decode, self._decoders[path]
+            raise ValueError(f"{method} previews need the models/VAE-approx folder")
+        path = path_for(_folder, family)
+        with _loaded_lock:
+            if path not in _loaded:
+                _loaded[path] = load(path)
+            return decode, _loaded[path]
 
     def _render(self, latent: torch.Tensor, model) -> Image.Image:
         method = self.engine.options.get("show_progress_type")

@@ -402,6 +402,7 @@ class GenerationTab:
                 with self._jobs_lock:
                     if self._jobs.get(session) is entry:
                         del self._jobs[session]
+                self._shown_previews.pop(session, None)  # (kept per page only while its job runs)
 
     def _show_progress(self, future: Future, task_id: str, progress: gr.Progress, describe: str) -> None:
         state = self.engine.state
