@@ -132,7 +132,8 @@ def _defs() -> dict[str, OptionDef]:
                                         "files in models/VAE-approx; Approx cheap = super fast but terrible otherwise)",
                                         P, choices=("Approx NN", "Approx cheap", "TAESD")),
         # how often the page asks for the newest preview (read when the page is built)
-        "live_preview_refresh_period": OptionDef(1000, "Progressbar and preview update period, in milliseconds", P,
+        "live_preview_refresh_period": OptionDef(1000, "Live preview update period, in milliseconds (read when the page "
+                                                 "is built)", P,
                                                  minimum=100, maximum=10000, component="number"),
         "send_seed": OptionDef(True, "Send seed when sending prompt or image to other interface", "User interface"),
         # A1111's: the options shown above the tabs instead of in Settings (read when the page is built;
