@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import argparse  # noqa: E402
+import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -33,9 +34,9 @@ from modules.services.job_registry import JobRegistry  # noqa: E402
 from modules.services.hypernetworks import HypernetworkRegistry  # noqa: E402
 from modules.services.loras import LoraRegistry  # noqa: E402
 from modules.services.model_cache import ModelCache  # noqa: E402
-from modules.services.options import Options, Restrictions  # noqa: E402
+from modules.services.options import Options, Restrictions, default_definitions  # noqa: E402
 from modules.services.styles import StyleDatabase  # noqa: E402
-from modules.services import controlnets, face_restorers, live_previews, upscalers  # noqa: E402
+from modules.services import controlnets, face_restorers, interrogator, live_previews, upscalers  # noqa: E402
 from modules.services.vaes import VaeRegistry  # noqa: E402
 
 startup_timer.record("import torch, diffusers, gradio")
@@ -66,7 +67,10 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     for note in notes:
         print(f"[easel] {note}")
     print(f"[easel] {policy.describe()}")
-    options = Options(Path(opts.ui_settings_file), restrictions=restrictions(opts))
+    # A1111: --enable-console-prompts is the enable_console_prompts setting's default
+    options = Options(Path(opts.ui_settings_file), restrictions=restrictions(opts), defs=default_definitions(
+        enable_console_prompts=bool(getattr(opts, "enable_console_prompts", False))))
+    show_hidden = lambda: bool(options.get("list_hidden_files", True))  # noqa: E731  (the model lists')
     extensions.list_extensions(options.data, opts)  # before any script loads: which extensions are active
     if getattr(opts, "localizations_dir", None):
         localization.localizations_dir = opts.localizations_dir
@@ -75,7 +79,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
                                   default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file),
                                   extra_files=[ckpt_file] if ckpt_file and ckpt_file.is_file() else [],
-                                  hashing=not getattr(opts, "no_hashing", False))
+                                  hashing=not getattr(opts, "no_hashing", False), show_hidden=show_hidden)
     if opts.ckpt:
         info = registry.find(opts.ckpt)
         if info is None:
@@ -87,28 +91,41 @@ def build_engine(opts: argparse.Namespace) -> Engine:
             options.data[f"outdir_{key}"] = value
     styles = StyleDatabase(opts.styles_file or [data / "styles.csv"])  # A1111's default: DATA_DIR/styles.csv
     embeddings = EmbeddingDatabase([Path(opts.embeddings_dir)])  # A1111's default: DATA_DIR/embeddings
-    loras = LoraRegistry([Path(opts.lora_dir)])  # A1111's default: models/Lora
-    hypernetworks = HypernetworkRegistry([Path(opts.hypernetwork_dir)])  # A1111's default: models/hypernetworks
+    loras = LoraRegistry([Path(opts.lora_dir)], show_hidden)  # A1111's default: models/Lora
+    hypernetworks = HypernetworkRegistry([Path(opts.hypernetwork_dir)], show_hidden)  # default: models/hypernetworks
+    options.defs["sd_hypernetwork"].choices = lambda: ("None", *hypernetworks.items())  # the files there now
+    for refresh in (registry.refresh, loras.refresh):  # a change of list_hidden_files shows at once
+        options.onchange("list_hidden_files", refresh)
     models = Path(opts.models_dir) if opts.models_dir else data / "models"
     vaes = VaeRegistry([Path(opts.vae_dir) if opts.vae_dir else models / "VAE"], checkpoint_dirs(opts))
     state = JobState()
     if not getattr(opts, "disable_console_progressbars", True):
         from modules.services.console_progress import ConsoleProgress
 
-        state.console = ConsoleProgress()
+        state.console = ConsoleProgress(total_bar=lambda: bool(options.get("multiple_tqdm", True)))
     # Flux's separate text encoders and VAE: Forge's models/text_encoder, ComfyUI's models/clip and text_encoders
     companions = CompanionFiles([models / "text_encoder", models / "text_encoders", models / "clip"],
                                 [Path(opts.vae_dir) if opts.vae_dir else models / "VAE"])
-    cache = ModelCache(policy, on_loaded=_model_loaded, companions=companions,
-                       memory=_device_memory(opts, policy),
+    # with Ray workers the GPUs are the actors' (each loads its own copy there); the server's own copy of
+    # the selected checkpoint (the page's model-dependent lists, embeddings) stays in RAM
+    model_policy = choose_policy(["all"], opts.no_half, opts.no_half_vae, opts.precision, False)[0] \
+        if _ray_mode(opts) and policy.device.type != "cpu" else policy
+    cache = ModelCache(model_policy, on_loaded=_model_loaded, companions=companions,
+                       memory=_device_memory(opts, model_policy),
                        run_options=RunOptions(nan_check=not getattr(opts, "disable_nan_check", False),
                                               upcast_sampling=bool(getattr(opts, "upcast_sampling", False))))
     upscalers.install(upscalers.ModelUpscalers(upscalers.folders_for(opts, models), options, policy.device,
                                                half=policy.unet_dtype != torch.float32,
                                                interrupted=lambda: state.interrupted))
-    controlnets.install(controlnets.ControlNets(controlnets.folders_for(opts, models), policy.device, policy.unet_dtype))
+    controlnets.install(controlnets.ControlNets(controlnets.folders_for(opts, models), policy.device, policy.unet_dtype,
+                                                annotator_dir=controlnets.annotator_dir_for(opts, models)))
     face_restorers.install(face_restorers.FaceRestorers(face_restorers.folders_for(opts, models), options,
                                                         policy.device, interrupted=lambda: state.interrupted))
+    interrogators = interrogator.install(interrogator.Interrogators(
+        models, options, policy.device, half=policy.unet_dtype != torch.float32,
+        clip_dir=Path(opts.clip_models_path) if getattr(opts, "clip_models_path", None) else None,
+        categories_dir=data / interrogator.CATEGORIES_FOLDER))
+    options.defs["interrogate_clip_skip_categories"].choices = interrogators.category_types  # the lists there now
     live_previews.set_folder(models / "VAE-approx")  # TAESD decoders for the "TAESD" live previews
     queue = make_queue(opts, state)
     engine = Engine(options, registry, cache, state, queue, data,
@@ -124,11 +141,15 @@ def make_queue(opts: argparse.Namespace, state: JobState) -> WorkQueue:
     """The generation queue: the single worker thread, or with --workers ray / --ray-address a
     dispatcher over Ray actors (modules.workers; Ray is imported only then)."""
     jobs = JobRegistry(keep_s=getattr(opts, "job_retention", 3600))
-    if getattr(opts, "workers", "local") == "ray" or getattr(opts, "ray_address", None):
+    if _ray_mode(opts):
         from modules.workers.ray_queue import RayWorkQueue
 
         return RayWorkQueue(state, jobs, opts)
     return WorkQueue(state, jobs)
+
+
+def _ray_mode(opts: argparse.Namespace) -> bool:
+    return getattr(opts, "workers", "local") == "ray" or bool(getattr(opts, "ray_address", None))
 
 
 def _device_memory(opts: argparse.Namespace, policy) -> DeviceMemory:
@@ -177,7 +198,14 @@ class _RoutesBeforeUi(list):
             super().append(route)
 
 
+def show_warnings(options: Options) -> None:
+    """A1111's show_warnings: Python's UserWarnings on the console, or none of them (set once, as the
+    app is built)."""
+    warnings.filterwarnings("default" if options.get("show_warnings") else "ignore", category=UserWarning)
+
+
 def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
+    show_warnings(engine.options)
     app = FastAPI(title="Easel", docs_url="/docs", redoc_url=None)
     api_users, ui_users = auth.credentials_for(opts)
     if opts.api or opts.nowebui:
@@ -245,18 +273,32 @@ def local_url(opts: argparse.Namespace, https: bool) -> str:
     return f"{'https' if https else 'http'}://{host}:{opts.port}{'' if opts.nowebui else (opts.subpath or '')}"
 
 
-def announce(opts: argparse.Namespace, url: str) -> None:
-    """What launchers wait for, as A1111 prints it once the port accepts connections."""
+def launch_browser(opts: argparse.Namespace, choice: str | None, environ=os.environ) -> bool:
+    """Whether to open the UI in the system's browser at start, as A1111 decides it: --autolaunch or
+    the auto_launch_browser option "Remote" always, "Local" only when the server is not reachable
+    from other computers (--listen, --server-name), "Disable" never. Never after a restart, without
+    the UI, or under CI or pytest (a test server must not open a browser)."""
+    if opts.nowebui or environ.get("SD_WEBUI_RESTARTING") == "1" or environ.get("CI") or \
+            environ.get("PYTEST_CURRENT_TEST"):
+        return False
+    if opts.autolaunch or choice == "Remote":
+        return True
+    return choice == "Local" and not (opts.listen or opts.server_name)
+
+
+def announce(opts: argparse.Namespace, url: str, open_browser: bool = False) -> None:
+    """What launchers wait for, as A1111 prints it once the port accepts connections; then the
+    browser, when `launch_browser` said so."""
     print(f"Running on local URL:  {url}", flush=True)
     startup_timer.record("start server")
     print(f"Startup time: {startup_timer.summary()}.", flush=True)
-    if opts.autolaunch and not opts.nowebui and os.environ.get("SD_WEBUI_RESTARTING") != "1":
+    if open_browser:
         import webbrowser
 
         webbrowser.open(url.replace("0.0.0.0", "127.0.0.1"))
 
 
-def serve(app: FastAPI, opts: argparse.Namespace) -> None:
+def serve(app: FastAPI, opts: argparse.Namespace, open_browser: bool = False) -> None:
     """Serve until stopped (Ctrl+C, or POST /sdapi/v1/server-stop with --api-server-stop);
     `announce` runs once the socket listens."""
     import uvicorn
@@ -265,7 +307,7 @@ def serve(app: FastAPI, opts: argparse.Namespace) -> None:
         async def startup(self, sockets=None):
             await super().startup(sockets)
             if self.started:
-                announce(opts, url)
+                announce(opts, url, open_browser)
 
     tls = tls_files(opts)
     url = local_url(opts, https=tls is not None)
@@ -294,7 +336,7 @@ def main(opts: argparse.Namespace | None = None) -> None:
     app = create_app(opts, engine)
     startup_timer.record("create ui" if not opts.nowebui else "create api")
     restart.allow_restart()  # this process owns the server: the Extensions tab may restart it
-    serve(app, opts)
+    serve(app, opts, launch_browser(opts, engine.options.get("auto_launch_browser")))
     print("Server stopped.", flush=True)
 
 

@@ -456,6 +456,16 @@ def image_diff(a, b) -> float:
     return float(np.abs(np.asarray(a).astype(np.float32) - np.asarray(b).astype(np.float32)).mean())
 
 
+def image_psnr(a, b) -> float:
+    """PSNR (dB) of picture a against b (0-255; inf when identical): the bf16-default bar is 30 dB."""
+    import math
+
+    import numpy as np
+
+    mse = float(((np.asarray(a).astype(np.float64) - np.asarray(b).astype(np.float64)) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
 PAIRS = {"fp32": [("ours-fp32", "ref-fp32")], "bf16": [("ours-bf16", "ref-bf16"), ("ours-bf16", "ref-fp32")]}
 
 
@@ -472,7 +482,7 @@ def print_tables(results: dict, sizes, steps: int, pairs) -> None:
                   f"{med([x.total for x in r]):7.2f} {1000 * med([(x.loop - x.unet) / steps for x in r]):16.1f}")
     print("\n== ratio ours/reference (<1: ours faster). per-step: median over every (repetition, step) of the paired"
           " step-time ratio; loop/total/text/vae: median of per-repetition ratios")
-    print(f"{'size':>5} {'pair':24} {'per-step':>8} {'loop':>6} {'total':>6} {'text':>6} {'vae':>6}   image mean |Δ| (0-255)")
+    print(f"{'size':>5} {'pair':24} {'per-step':>8} {'loop':>6} {'total':>6} {'text':>6} {'vae':>6}   image mean |Δ| (0-255), PSNR")
     for size in sizes:
         for a, b in pairs:
             ra, rb = results[size][a], results[size][b]
@@ -484,7 +494,8 @@ def print_tables(results: dict, sizes, steps: int, pairs) -> None:
             step_ratios = [x / y for i in range(n) for x, y in zip(ra[i].steps, rb[i].steps)]
             diff = image_diff(ra[0].image, rb[0].image)
             print(f"{size:>5} {a + ' / ' + b:24} {med(step_ratios):8.3f} {ratio(lambda x: x.loop):6.3f} "
-                  f"{ratio(lambda x: x.total):6.3f} {ratio(lambda x: x.text):6.3f} {ratio(lambda x: x.vae):6.3f}   {diff:.2f}")
+                  f"{ratio(lambda x: x.total):6.3f} {ratio(lambda x: x.text):6.3f} {ratio(lambda x: x.vae):6.3f}   {diff:.2f}, "
+                  f"{image_psnr(ra[0].image, rb[0].image):.1f} dB")
 
 
 def print_load_table(probes: dict[str, list[dict]]) -> None:

@@ -94,8 +94,13 @@ def _add_paths(parser: argparse.ArgumentParser) -> None:
     for flag, name, folder in (("--gfpgan-models-path", "GFPGAN", "GFPGAN"), ("--codeformer-models-path", "CodeFormer", "Codeformer")):
         group.add_argument(flag, type=str, default=None, metavar="DIR",
                            help=f"folder of {name} face restoration models (default: MODELS_DIR/{folder})")
+    group.add_argument("--clip-models-path", type=str, default=None, metavar="DIR",
+                       help="folder of OpenAI's CLIP ViT-L-14.pt for Interrogate CLIP (default: MODELS_DIR/CLIP)")
     group.add_argument("--controlnet-dir", type=str, default=None, metavar="DIR",
                        help="another folder of ControlNet models (besides MODELS_DIR/ControlNet)")
+    group.add_argument("--controlnet-annotator-models-path", type=str, default=None, metavar="DIR",
+                       help="folder of ControlNet preprocessors' annotator files, <folder>/<file> as "
+                            "sd-webui-controlnet's annotator/downloads (default: MODELS_DIR/ControlNetPreprocessor)")
     group.add_argument("--embeddings-dir", type=str, default=None, metavar="DIR",
                        help="folder of textual inversion embeddings (default: DATA_DIR/embeddings)")
     group.add_argument("--hypernetwork-dir", type=str, default=None, metavar="DIR",

@@ -68,7 +68,10 @@ def job_for(p) -> ControlJob | None:
         from modules.processing_run import _pil
 
         init = _pil(init)
+    hires = bool(getattr(p, "enable_hr", False)) and not getattr(p, "init_images", None)  # txt2img's hires fix
     job, infotext = controlnets.prepare_job(units, width=int(p.width), height=int(p.height), init_image=init,
-                                            init_mask=getattr(p, "image_mask", None))
+                                            init_mask=getattr(p, "image_mask", None),
+                                            hires_height=int(getattr(p, "hr_upscale_to_y", 0) or 0) if hires else None,
+                                            model=getattr(p, "sd_model", None))  # Control-LoRAs build on it
     p.extra_generation_params.update(infotext)
     return job

@@ -263,6 +263,23 @@ def _run_git_commit_time(path: str) -> int | None:
     return int(text) if result.returncode == 0 and text.isdigit() else None
 
 
+UPDATE_TIMEOUT = 60  # seconds for one extension's `git fetch`
+_update_checks: dict[str, tuple] = {}  # realpath -> (commit, status, can_update, update_error) of the last check
+
+
+def _git(path: str, *args: str, timeout: float = 10) -> subprocess.CompletedProcess:
+    """Run git in `path` (no shell; hooks and fsmonitor off, never a password prompt); a git that
+    is missing or too slow comes back as a failed run with the reason in stderr."""
+    command = ["git", "-c", "core.hooksPath=" + os.devnull, "-c", "core.fsmonitor=false", "-C", path, *args]
+    env = dict(os.environ, GIT_TERMINAL_PROMPT="0")
+    try:
+        return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+    except FileNotFoundError:
+        return subprocess.CompletedProcess(command, 127, "", "git is not installed")
+    except subprocess.TimeoutExpired:
+        return subprocess.CompletedProcess(command, 124, "", f"git took longer than {timeout:g} seconds")
+
+
 def read_git_info(path: str) -> dict[str, Any] | None:
     """remote, branch, commit_hash, commit_date of the git checkout at `path`; None if it is not one."""
     git_dir = _git_dir(path)
@@ -305,6 +322,7 @@ class Extension:
         self.branch: str | None = None
         self.remote: str | None = None
         self.have_info_from_repo = False
+        self.update_error: str | None = None  # why the last check for updates could not tell
         self.disabled_reason: str | None = _disabled_for_run.get(name)
 
     def __repr__(self) -> str:
@@ -335,7 +353,37 @@ class Extension:
             self.commit_date = info["commit_date"]
             self.version = self.commit_hash[:8]
             self.status = "unknown"
+            checked = _update_checks.get(os.path.realpath(self.path))
+            if checked and checked[0] == self.commit_hash:  # the last check still holds for this commit
+                self.status, self.can_update, self.update_error = checked[1:]
         self.have_info_from_repo = True
+
+    def check_updates(self) -> None:
+        """A1111's check for updates: `git fetch` the remote, then compare HEAD with the fetched
+        branch. Sets `status` to "latest", "behind HEAD" or "unknown (remote error)" (then
+        `update_error` says why: offline, a remote that is gone), and `can_update`. Only git runs,
+        with no hooks, no terminal prompt and a time limit; nothing of the extension is executed.
+        The result is remembered for this folder and commit, so the rescanned table shows it."""
+        self.read_info_from_repo()
+        if not self.remote:
+            return
+        self.can_update, self.update_error = False, None
+        ref = f"refs/remotes/origin/{self.branch}" if self.branch else "refs/remotes/origin/HEAD"
+        fetched = _git(self.path, "fetch", "--quiet", "--no-recurse-submodules", "origin", timeout=UPDATE_TIMEOUT)
+        if fetched.returncode != 0:
+            lines = (fetched.stderr or fetched.stdout).strip().splitlines()
+            self.update_error = f"could not fetch {self.remote}: {lines[-1] if lines else 'git failed'}"
+            self.status = "unknown (remote error)"
+        else:
+            remote = _git(self.path, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+            if remote.returncode != 0 or not remote.stdout.strip():
+                self.update_error = f"the remote has no branch {self.branch or 'HEAD'}"
+                self.status = "unknown (remote error)"
+            elif remote.stdout.strip() != self.commit_hash:
+                self.can_update, self.status = True, "behind HEAD"
+            else:
+                self.status = "latest"
+        _update_checks[os.path.realpath(self.path)] = (self.commit_hash, self.status, self.can_update, self.update_error)
 
     def list_files(self, subdir: str, extension: str) -> list:
         """The files of `subdir` ending in `extension` (".py", ".js"), sorted, as A1111's ScriptFile."""

@@ -8,7 +8,9 @@ temporary files the UI made, and `--gradio-allowed-path`. The same roots here:
 - the extension folders (`extensions/`, `extensions-builtin/`);
 - temporary files: Gradio's upload/cache folder, the `temp_dir` option, and A1111's `tmp/` folder
   beside the install and in the data folder (extensions write their page data there);
-- A1111's `html/` folder of the install (card images), and `--gradio-allowed-path` folders.
+- A1111's `html/` folder of the install (card images), and `--gradio-allowed-path` folders;
+- one file of the install itself: `notification.mp3`, the sound the page plays when a job ends
+  (A1111's notification_audio); nothing else of the install's own folder.
 
 A path is resolved as the OS would open it (symlinks followed, `..` folded); relative paths are
 read against the data folder, then the install, as A1111 reads them against its working folder.
@@ -61,6 +63,15 @@ def allowed_roots(engine=None, extra: list[str] | None = None) -> list[Path]:
     return roots
 
 
+NOTIFICATION_SOUND = "notification.mp3"
+
+
+def allowed_files() -> list[Path]:
+    """Single files `/file=` serves outside its roots: the install's notification.mp3 (its folder
+    resolved, the file itself not: a link to elsewhere is not it)."""
+    return [Path(os.path.realpath(paths_internal.script_path)) / NOTIFICATION_SOUND]
+
+
 def _inside(path: Path, root: Path) -> str | None:
     """The part of `path` below `root` (posix), or None when it is not below it."""
     try:
@@ -69,8 +80,10 @@ def _inside(path: Path, root: Path) -> str | None:
         return None
 
 
-def resolve(requested: str, roots: list[Path], data_path: Path) -> tuple[Path | None, int]:
-    """(the file to send, 200) or (None, 403/404) for the path written after `file=`."""
+def resolve(requested: str, roots: list[Path], data_path: Path,
+            files: list[Path] | None = None) -> tuple[Path | None, int]:
+    """(the file to send, 200) or (None, 403/404) for the path written after `file=`; `files`:
+    single files allowed besides the roots (`allowed_files`)."""
     if not requested or "\x00" in requested:
         return None, 404
     candidates = [Path(requested)] if os.path.isabs(requested) else [data_path / requested,
@@ -78,6 +91,11 @@ def resolve(requested: str, roots: list[Path], data_path: Path) -> tuple[Path | 
     missing = False
     for candidate in candidates:
         real = Path(os.path.realpath(candidate))
+        if files and real in files:
+            if real.is_file():
+                return real, 200
+            missing = True
+            continue
         below = next((rest for rest in (_inside(real, root) for root in roots) if rest is not None), None)
         if below is None or any(part.startswith(".") for part in below.split("/") if part):
             continue  # outside every root (after symlinks and `..`), or hidden: never served
@@ -94,7 +112,7 @@ def make_endpoint(engine, extra_allowed: list[str] | None = None):
         requested = request.path_params.get("path", "")
         roots = allowed_roots(engine, extra_allowed)
         data = Path(engine.data_path if engine is not None else paths_internal.data_path)
-        path, status = resolve(requested, roots, data)
+        path, status = resolve(requested, roots, data, allowed_files())
         if path is None:
             return PlainTextResponse("File not allowed" if status == 403 else "File not found", status_code=status)
         return FileResponse(path, headers={"Cache-Control": "no-cache"})

@@ -19,7 +19,8 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from modules.core import atomic_write, filename_pattern, image_io, masks, upscaling
-from modules.core.grid_labels import GridAnnotation, draw_grid_annotations  # noqa: F401  (A1111 names)
+from modules.core import grid_labels
+from modules.core.grid_labels import GridAnnotation  # noqa: F401  (A1111 names)
 
 LANCZOS = Image.Resampling.LANCZOS
 NEAREST = Image.Resampling.NEAREST
@@ -42,7 +43,17 @@ _DEFAULTS = {
     "date_format": "%Y-%m-%d", "samples_format": "png", "grid_format": "png",
     "save_images_replace_action": "Replace", "export_for_4chan": True, "img_downscale_threshold": 4.0,
     "target_side_length": 4000, "CLIP_stop_at_last_layers": 1,
+    "grid_text_active_color": "#000000", "grid_text_inactive_color": "#999999", "font": "",
 }
+
+
+def draw_grid_annotations(im, width, height, hor_texts, ver_texts, margin=0, colors=None, font_path=None):
+    """A1111's: labels around a grid, in the colours of the grid_text_active_color,
+    grid_text_inactive_color and grid_background_color options and the `font` option's font file."""
+    colors = colors or grid_labels.GridColors(_opt("grid_text_active_color"), _opt("grid_text_inactive_color"),
+                                              _opt("grid_background_color"))
+    return grid_labels.draw_grid_annotations(im, width, height, hor_texts, ver_texts, margin, colors,
+                                             font_path or _opt("font") or None)
 
 
 def _opt(name: str):

@@ -324,6 +324,7 @@ class StableDiffusionProcessingImg2Img(StableDiffusionProcessing):
     init_img_hash: str = field(default=None, init=False)
     mask_for_overlay: Any = field(default=None, init=False)
     init_latent: Any = field(default=None, init=False)
+    start_noise: Any = field(default=None, init=False)  # Easel: a script's start noise, fn(StartNoise) -> Tensor
 
     def __post_init__(self):
         super().__post_init__()
@@ -476,6 +477,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
     overrides = p.override_settings or {}  # the job's own values, as the core's infotext has them
     ensd = overrides.get("eta_noise_seed_delta", opts.eta_noise_seed_delta) or 0
     randn_source = overrides.get("randn_source", opts.randn_source)
+    ngms = p.s_min_uncond if p.s_min_uncond is not None else overrides.get("s_min_uncond", opts.data.get("s_min_uncond"))
     params = {
         "Steps": p.steps,
         "Sampler": p.sampler_name,
@@ -496,6 +498,7 @@ def create_infotext(p, all_prompts, all_seeds, all_subseeds, comments=None, iter
         "Clip skip": None if clip_skip <= 1 else clip_skip,
         "ENSD": ensd if ensd and _uses_step_noise(p.sampler_name, getattr(p, "eta", None)) else None,
         "RNG": randn_source if randn_source != "GPU" else None,  # A1111's default source goes unnamed
+        "NGMS": ngms or None,
         "Tiling": "True" if p.tiling else None,
         **p.extra_generation_params,
         "Version": program_version() if opts.add_version_to_infotext else None,

@@ -160,6 +160,17 @@ class ScriptHooks(JobHooks):
         script_callbacks.extra_noise_callback(params)
         return params.noise
 
+    def start_noise(self, b: BatchValues, start):
+        """A script's own start noise: ``p.start_noise(start)`` (Easel's hook point for what A1111's
+        scripts did by replacing ``p.sample``, e.g. the img2img alternative test)."""
+        given = getattr(self.p, "start_noise", None)
+        if given is None:
+            return start.noise
+        noise = given(start)
+        if not isinstance(noise, torch.Tensor) or noise.shape != start.noise.shape:
+            raise ValueError(f"p.start_noise must return a tensor of shape {tuple(start.noise.shape)}")
+        return noise.to(start.noise.device, start.noise.dtype)
+
     def mask_blend(self, current, generate, init, blended, final):
         if self.runner is None or not self.runner.has_hook("on_mask_blend"):
             return blended
@@ -201,6 +212,9 @@ class ScriptHooks(JobHooks):
                 for i, s in enumerate(batch_params.images)):
             return images  # untouched: the decoded pictures themselves, bit for bit
         return [_to_image(s) for s in batch_params.images]
+
+    def restores_faces(self) -> bool:
+        return bool(self.p.restore_faces)
 
     def image_ready(self, b: BatchValues, position: int, image: Image.Image) -> Image.Image:
         if self.p.restore_faces:  # A1111: faces first, then the scripts' postprocess_image

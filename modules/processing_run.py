@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from modules import controlnet_processing, shared
-from modules.core import image_io, samplers
+from modules.core import image_io, sampler_options, samplers
 from modules.core.types import GenerationRequest, Img2ImgRequest, RequestError
 from modules.processing import (Processed, StableDiffusionProcessing, StableDiffusionProcessingImg2Img,
                                 StableDiffusionProcessingTxt2Img, get_fixed_seed)
@@ -175,16 +175,21 @@ _job_results: contextvars.ContextVar[list | None] = contextvars.ContextVar("ease
 
 def _job_overrides(engine, p) -> dict:
     rest = {k: v for k, v in (p.override_settings or {}).items() if k not in _OVERRIDE_FIELDS}
+    # p.eta, p.s_churn, ... (a script's or the API's): given, they win over the options (A1111)
+    rest.update(sampler_options.field_overrides(p.sampler_name, **{name: getattr(p, name, None)
+                                                                  for name in sampler_options.FIELD_OPTIONS}))
     return engine.check_overrides(rest)
 
 
-def _observer(engine):
+def _observer(engine, model=None):
     """Progress of one process_images() call; when a script announced more jobs (state.job_count,
     as X/Y/Z plot does), this call's batches count on from the jobs done so far."""
     from modules.services.jobs import StateObserver
 
     announced = shared.state.announced_job_count
-    observer = StateObserver(engine.state)
+    model = model if model is not None else engine.models.model
+    observer = StateObserver(engine.state, full_preview_every=engine.full_preview_every(model) if model else None,
+                             full_preview_grid=bool(engine.options.get("show_progress_grid")))
     if announced is None:
         return observer
     offset = engine.state.job_no
@@ -211,9 +216,10 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     overrides = _job_overrides(engine, p)
     checkpoint = p.override_settings.get("sd_model_checkpoint") or None
     info = engine.resolve_checkpoint(checkpoint)
-    model = engine._load(info, remember=checkpoint is None)
+    model = engine._load(info, remember=checkpoint is None, vae=overrides.get("sd_vae"), overrides=overrides)
     if engine.embeddings is not None and not p.do_not_reload_embeddings:
-        engine.embeddings.refresh(model)
+        engine.embeddings.refresh(model, announce=bool({**engine.options.data, **overrides}.get(
+            "textual_inversion_print_at_load")))
     describe_model(model, info)
     p.sd_model_name = info.model_name.rsplit("/", 1)[-1]
     p.sd_model_hash = info.shorthash
@@ -224,7 +230,9 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     if p.restore_faces:
         from modules.services import face_restorers
 
-        p.face_restoration_model = face_restorers.wanted({**engine.options.data, **overrides, "face_restoration": True})
+        # a script's choice first (X/Y/Z's Face restore axis), else the options'
+        p.face_restoration_model = getattr(p, "face_restoration_model", None) or face_restorers.wanted(
+            {**engine.options.data, **overrides, "face_restoration": True})
         face_restorers.check_job({"face_restoration": True, "face_restoration_model": p.face_restoration_model})
     p.refiner_checkpoint_info = _refiner_info(p, engine)
     if not p.width or not p.height:  # Easel's requests may leave the size to the model / the image
@@ -256,7 +264,7 @@ def run(p: StableDiffusionProcessing, engine) -> Processed:
     settings.control = controlnet_processing.job_for(p)  # the built-in ControlNet's enabled units
     hooks = ScriptHooks(p, model)
     try:
-        result = generate(request, model, settings, _observer(engine), hooks)
+        result = generate(request, model, settings, _observer(engine, model), hooks)
     finally:
         hooks.deactivate_extra_networks()
     result.job_timestamp = engine.state.job_timestamp

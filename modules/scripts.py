@@ -3,7 +3,9 @@
 `load_scripts()` imports every `scripts/*.py` of the repository and of each active extension
 (modules.extensions.active()), with the extension's root on sys.path while its files import and
 `basedir()` answering that root; a file that fails to import is reported with its name and skipped.
-`scripts_txt2img` / `scripts_img2img` are `ScriptRunner`s over fresh instances of every Script class.
+`scripts_txt2img` / `scripts_img2img` are `ScriptRunner`s over fresh instances of every Script class;
+`scripts_postproc` runs the Extras steps, every `ScriptPostprocessing` class found
+(modules.scripts_postprocessing).
 
 Arguments: A1111 passes a script's UI values positionally; `ScriptRunner.inputs` is the list of
 components (index 0: the "Script" dropdown, then every script's controls), each script owning
@@ -25,7 +27,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Any
 
-from modules import errors, paths_internal, script_callbacks, script_loading
+from modules import errors, paths_internal, script_callbacks, script_loading, scripts_postprocessing
 
 AlwaysVisible = object()
 
@@ -242,7 +244,7 @@ def list_files_with_name(filename: str, extension_list=None) -> list[str]:
 def load_scripts(extension_list=None) -> None:
     """(Re)load every script file and build fresh runners. On a reload the old scripts'
     `on_script_unloaded` callbacks run first and every registered callback is dropped."""
-    global current_basedir, scripts_txt2img, scripts_img2img, scripts_current, _loaded_once
+    global current_basedir, scripts_txt2img, scripts_img2img, scripts_current, scripts_postproc, _loaded_once
     if _loaded_once:
         script_callbacks.script_unloaded_callback()
     scripts_data.clear()
@@ -260,6 +262,8 @@ def load_scripts(extension_list=None) -> None:
             for value in list(module.__dict__.values()):
                 if inspect.isclass(value) and issubclass(value, Script) and value not in (Script, ScriptBuiltinUI):
                     scripts_data.append(ScriptClassData(value, scriptfile.path, scriptfile.basedir, module))
+                elif _is_postprocessing_class(value):  # an Extras step (A1111's scripts_postproc)
+                    postprocessing_scripts_data.append(ScriptClassData(value, scriptfile.path, scriptfile.basedir, module))
         except BaseException as exc:  # noqa: BLE001 - a broken script is skipped (SystemExit included)
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -270,6 +274,8 @@ def load_scripts(extension_list=None) -> None:
             current_basedir = paths_internal.script_path
 
     _loaded_once = True
+    scripts_postproc = scripts_postprocessing.ScriptPostprocessingRunner()
+    scripts_postprocessing.describe_options()
     scripts_txt2img = ScriptRunner()
     scripts_img2img = ScriptRunner()
     scripts_txt2img.initialize_scripts(is_img2img=False)
@@ -278,6 +284,35 @@ def load_scripts(extension_list=None) -> None:
 
 
 reload_scripts = load_scripts  # A1111's alias
+
+
+def _is_postprocessing_class(value) -> bool:
+    return (inspect.isclass(value) and issubclass(value, scripts_postprocessing.ScriptPostprocessing)
+            and value is not scripts_postprocessing.ScriptPostprocessing)
+
+
+_builtin_postprocessing: list[ScriptClassData] = []
+
+
+def current_postprocessing_scripts_data() -> list[ScriptClassData]:
+    """The Extras steps: what load_scripts found; before it ever ran (an engine without the script
+    layer started: a test, an embedding), Easel's own scripts/postprocessing_*.py, so Extras keeps
+    its upscale and face restoration."""
+    if _loaded_once:
+        return postprocessing_scripts_data
+    if not _builtin_postprocessing:
+        for scriptfile in list_scripts("scripts", ".py", include_extensions=False):
+            if not scriptfile.filename.startswith("postprocessing_"):
+                continue
+            try:
+                module = script_loading.load_module(scriptfile.path)
+            except Exception:  # noqa: BLE001
+                errors.report_for(scriptfile.path, f"loading script {scriptfile.filename}")
+                continue
+            for value in list(module.__dict__.values()):
+                if _is_postprocessing_class(value):
+                    _builtin_postprocessing.append(ScriptClassData(value, scriptfile.path, scriptfile.basedir, module))
+    return _builtin_postprocessing
 
 
 def wrap_call(func, filename, funcname, *args, default=None, **kwargs):
@@ -314,11 +349,14 @@ class ScriptRunner:
         self.scripts.clear()
         self.alwayson_scripts.clear()
         self.selectable_scripts.clear()
-        for data in scripts_data:
+        from modules import scripts_auto_postprocessing
+
+        auto = scripts_auto_postprocessing.create_auto_preprocessing_script_data()  # postprocessing_enable_in_main_ui
+        for data in auto + scripts_data:
             try:
                 script = data.script_class()
             except Exception:  # noqa: BLE001
-                errors.report_for(data.path, f"creating {data.script_class.__name__}")
+                errors.report_for(data.path, f"creating {getattr(data.script_class, '__name__', data.script_class)}")
                 continue
             script.filename = data.path
             script.is_txt2img = not is_img2img
@@ -655,7 +693,7 @@ def _arg_info(control) -> dict:
 scripts_txt2img: ScriptRunner = ScriptRunner()
 scripts_img2img: ScriptRunner = ScriptRunner()
 scripts_img2img.is_img2img = True
-scripts_postproc = None  # A1111's Extras-tab scripts: not part of Easel yet
+scripts_postproc = scripts_postprocessing.ScriptPostprocessingRunner()  # the Extras steps (replaced by load_scripts)
 scripts_current: ScriptRunner | None = None
 
 

@@ -2,7 +2,8 @@
 
 A thin façade: the composition root (webui.py) calls `bind(engine, cmd_opts)` at start, and from
 then on `opts` is the engine's settings, `state` its job state, `sd_model` the loaded checkpoint,
-`device` the device it runs on, `prompt_styles` the styles, `sd_upscalers` the image upscalers.
+`device` the device it runs on, `prompt_styles` the styles, `sd_upscalers` the image upscalers,
+`interrogator` Interrogate CLIP (modules.interrogate).
 Before `bind` (an extension imported early, a unit test) they hold defaults. The core never
 imports this module.
 """
@@ -286,6 +287,10 @@ def __getattr__(name: str):
         return engine.models.model if engine is not None else None
     if name == "device":
         return _current_device()
+    if name == "interrogator":  # A1111's Interrogate CLIP (modules.interrogate)
+        from modules import interrogate
+
+        return interrogate.interrogator
     if name == "mem_mon":  # A1111's memory monitor, made when first asked for
         from modules import memmon
 
@@ -307,7 +312,10 @@ def walk_files(path: str, allowed_extensions=None):
     if not os.path.exists(path):
         return
     allowed = set(allowed_extensions) if allowed_extensions else None
-    for root, _dirs, files in os.walk(path, followlinks=True):
+    show_hidden = getattr(opts, "list_hidden_files", True)  # A1111: files in ".name" folders, or not
+    for root, dirs, files in os.walk(path, followlinks=True):
+        if not show_hidden:
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
         for filename in sorted(files):
             if allowed is None or os.path.splitext(filename)[1] in allowed:
                 yield os.path.join(root, filename)

@@ -17,8 +17,17 @@ def dat_models_names():
     return [u.name for u in upscaling.model_upscalers() if u.kind == "DAT"]
 
 
-def postprocessing_scripts():
-    return []
+def postprocessing_scripts(filter_out_extra_only: bool = False, filter_out_main_ui_only: bool = False):
+    """The Extras steps (A1111: the postprocessing runner's scripts; each has .name). The filters
+    (Forge's) leave out scripts marked `extra_only` / `main_ui_only`."""
+    from modules import scripts
+
+    runner = scripts.scripts_postproc
+    if runner.scripts is None:
+        runner.scripts_in_preferred_order()
+    return [s for s in runner.scripts
+            if not (filter_out_extra_only and getattr(s, "extra_only", False))
+            and not (filter_out_main_ui_only and getattr(s, "main_ui_only", False))]
 
 
 def sd_vae_items():

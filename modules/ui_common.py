@@ -32,7 +32,9 @@ def _opt(name: str, default=None):
 def save_files(js_data, images, do_make_zip, index):
     """A1111's Save button: write the gallery's pictures (all, or the selected one with the
     `save_selected_only` setting) to `outdir_save` (log/images) with their infotexts, append a row
-    per picture to its log.csv, optionally zip them; (file update, "Saved: <first name>" HTML)."""
+    per picture to its log.csv (`save_write_log_csv`), optionally zip them (named by
+    `grid_zip_filename_pattern`); (file update, "Saved: <first name>" HTML)."""
+    import contextlib
     import csv
     import json
     import os
@@ -58,14 +60,17 @@ def save_files(js_data, images, do_make_zip, index):
               "sd_model_name", "sd_model_hash"]
     logfile_path = os.path.join(path, "log.csv")
     new_log = not os.path.exists(logfile_path) or os.path.getsize(logfile_path) == 0
-    with open(logfile_path, "a", encoding="utf8", newline="") as file:
-        writer = csv.writer(file)
-        if new_log:
+    write_log = bool(_opt("save_write_log_csv", True))
+    image = None
+    with (open(logfile_path, "a", encoding="utf8", newline="") if write_log else contextlib.nullcontext()) as file:
+        writer = csv.writer(file) if file is not None else None
+        if writer is not None and new_log:
             writer.writerow(fields)
         for image_index, filedata in enumerate(images, start_index):
-            image = infotext_utils.image_from_url_text(filedata)
-            if image is None:
+            picture = infotext_utils.image_from_url_text(filedata)
+            if picture is None:
                 continue
+            image = picture
             infotext = infotexts[image_index] if image_index < len(infotexts) else ""
             parameters = infotext_utils.parse_generation_parameters(infotext, []) if infotext else {}
             parsed.append(parameters)
@@ -78,15 +83,32 @@ def save_files(js_data, images, do_make_zip, index):
             if txt_fullfn:
                 filenames.append(os.path.basename(txt_fullfn))
                 fullfns.append(txt_fullfn)
+            if writer is None:
+                continue
             writer.writerow([parameters.get("Prompt", ""), parameters.get("Seed", ""), image.width, image.height,
                              parameters.get("Sampler", ""), parameters.get("CFG scale", ""),
                              parameters.get("Steps", ""), filenames[0], parameters.get("Negative prompt", ""),
                              data.get("sd_model_name", ""), data.get("sd_model_hash", "")])
     if do_make_zip and fullfns:
-        zip_filepath = os.path.join(path, "images.zip")
+        zip_filepath = os.path.join(path, f"{_zip_name(data, parsed, image)}.zip")
         with zipfile.ZipFile(zip_filepath, "w") as zip_file:
             for name in fullfns:
                 zip_file.write(name, arcname=os.path.basename(name))
         fullfns.insert(0, zip_filepath)
     update = {"__type__": "update", "value": fullfns, "visible": True}
     return update, plaintext_to_html(f"Saved: {filenames[0] if filenames else 'nothing'}")
+
+
+def _zip_name(data: dict, parsed: list[dict], image) -> str:
+    """A1111's archive name: `grid_zip_filename_pattern`, by default
+    "[datetime]_[[model_name]]_[seed]-[seed_last]", over the saved pictures' seeds and first prompt."""
+    import types
+
+    from modules import images as images_module
+
+    p = types.SimpleNamespace(**{k: v for k, v in data.items() if isinstance(k, str) and k.isidentifier()})
+    p.all_seeds = [x.get("Seed") for x in parsed]
+    first = parsed[0] if parsed else {}
+    namegen = images_module.FilenameGenerator(p, first.get("Seed"), first.get("Prompt"), image, True)
+    name = namegen.apply(_opt("grid_zip_filename_pattern", "") or "[datetime]_[[model_name]]_[seed]-[seed_last]")
+    return name or "images"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import torch
 from PIL import Image
 
 from modules import script_callbacks, scripts, shared
@@ -22,7 +23,7 @@ from modules.services import controlnets
 
 UNIT_COUNT_OPTION = "control_net_unit_count"
 FIELDS = ("enabled", "image", "mask", "module", "model", "weight", "guidance_start", "guidance_end", "control_mode",
-          "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b")
+          "resize_mode", "pixel_perfect", "processor_res", "threshold_a", "threshold_b", "hr_option")
 
 
 def unit_count() -> int:
@@ -35,7 +36,8 @@ def unit_count() -> int:
 def default_unit() -> dict:
     return {"enabled": False, "module": "none", "model": "None", "weight": 1.0, "image": None, "mask": None,
             "resize_mode": "Crop and Resize", "processor_res": -1, "threshold_a": -1, "threshold_b": -1,
-            "guidance_start": 0.0, "guidance_end": 1.0, "pixel_perfect": False, "control_mode": "Balanced"}
+            "guidance_start": 0.0, "guidance_end": 1.0, "pixel_perfect": False, "control_mode": "Balanced",
+            "hr_option": "Both"}
 
 
 class ControlNetScript(scripts.Script):
@@ -52,6 +54,31 @@ class ControlNetScript(scripts.Script):
     def wanted_for(self, args) -> bool:
         """The job needs the script flow only when a unit is enabled (modules.services.script_jobs)."""
         return any(isinstance(a, dict) and a.get("enabled") for a in args or [])
+
+    def postprocess_batch(self, p, *args, **kwargs):
+        """The extension's ``inpaint_only`` finish: the decoded pictures (``images``, (B, 3, H, W) in
+        [0, 1]) keep the unit's picture outside its mask (dilated and blurred by
+        ``control_net_inpaint_blur_sigma``). Not with img2img's own inpainting mask: there the
+        extension falls back to its global inpaint, and A1111's overlay keeps the unmasked pixels."""
+        images = kwargs.get("images")
+        if images is None or not len(images) or not self.wanted_for(args):
+            return
+        if getattr(p, "init_images", None) and getattr(p, "image_mask", None) is not None:
+            return
+        from modules.controlnet_processing import with_axis_values
+
+        units = controlnets.units_from_args(with_axis_values(p, list(args)))
+        init = p.init_images[0] if getattr(p, "init_images", None) else None
+        height, width = images[0].shape[-2:]
+        sigma = int(shared.opts.data.get("control_net_inpaint_blur_sigma", controlnets.INPAINT_BLUR_SIGMA))
+        keeps = controlnets.inpaint_keeps(units, width=width, height=height, init_image=init, sigma=sigma)
+        for raw, keep in keeps:
+            raw_t = torch.from_numpy(raw).permute(2, 0, 1)
+            keep_t = torch.from_numpy(keep).permute(2, 0, 1)
+            for i in range(len(images)):
+                x = images[i]
+                blended = keep_t.to(x) * x.clamp(0, 1) + (1 - keep_t.to(x)) * raw_t.to(x)
+                images[i] = blended.clamp(0, 1)
 
     def ui(self, is_img2img):
         import gradio as gr
@@ -102,11 +129,13 @@ class ControlNetScript(scripts.Script):
                                 elem_id=f"{prefix}_controlnet_control_mode_radio")
         resize_mode = gr.Radio(list(controlnet.RESIZE_MODES), value="Crop and Resize", label="Resize Mode",
                                elem_id=f"{prefix}_controlnet_resize_mode_radio")
+        hr_option = gr.Radio(list(controlnet.HR_OPTIONS), value="Both", label="Hires-Fix Option",
+                             elem_id=f"{prefix}_controlnet_hr_option_radio")
         state = gr.State(default_unit())
         controls = dict(enabled=enabled, image=image, mask=mask, module=module, model=model, weight=weight,
                         guidance_start=start, guidance_end=end, control_mode=control_mode, resize_mode=resize_mode,
                         pixel_perfect=pixel_perfect, processor_res=resolution, threshold_a=threshold_a,
-                        threshold_b=threshold_b)
+                        threshold_b=threshold_b, hr_option=hr_option)
 
         def gather(*values):
             return dict(zip(controls, values))
@@ -179,6 +208,9 @@ def _ui_settings() -> None:
     shared.opts.add_option(UNIT_COUNT_OPTION, shared.OptionInfo(
         controlnets.DEFAULT_UNIT_COUNT, "Multi-ControlNet: ControlNet unit number (requires restart)",
         gr.Slider, {"minimum": 1, "maximum": 10, "step": 1}, section=("control_net", "ControlNet")))
+    shared.opts.add_option("control_net_inpaint_blur_sigma", shared.OptionInfo(
+        controlnets.INPAINT_BLUR_SIGMA, "ControlNet inpainting Gaussian blur sigma", gr.Slider,
+        {"minimum": 0, "maximum": 64, "step": 1}, section=("control_net", "ControlNet")))
 
 
 script_callbacks.on_infotext_pasted(_pasted)

@@ -5,9 +5,11 @@ Lazy (1 - cosine: changes late). From the second loop on, "Masked content" is "o
 masked area starts from the previous output).
 
 Controls in A1111's order, so ``script_args`` over the API match A1111's: [loops,
-final_denoising_strength, denoising_curve]. A1111's fourth control, "Append interrogated prompt at
-each iteration" (CLIP / DeepBooru), is left out: Easel has no interrogation, and a dead option would
-only mislead; an API client's fourth value is ignored, as any surplus script argument is.
+final_denoising_strength, denoising_curve, append_interrogation]. "Append interrogated prompt at each
+iteration": with "DeepBooru" each loop's prompt is the job's prompt, a comma, then the DeepBooru tags
+of that loop's init picture (modules.services.interrogator; its model file in
+models/torch_deepdanbooru); with "CLIP" its BLIP caption and CLIP matches (models/BLIP, models/CLIP);
+either is refused, naming the missing files, before any loop runs.
 
 With batch count 1 every loop's picture is returned; with more, the last picture of each run
 (each run starting from the init image again). A grid of them leads when there are several and
@@ -28,6 +30,26 @@ from modules.core.types import RequestError
 from modules.shared import opts, state
 
 CURVES = ("Aggressive", "Linear", "Lazy")
+INTERROGATIONS = ("None", "CLIP", "DeepBooru")
+
+
+def _interrogation(choice):
+    """The captioner for "Append interrogated prompt at each iteration" (None: "None"); refused up
+    front, naming script_args, when it cannot run."""
+    if choice is None or choice == "None":
+        return None
+    if choice not in INTERROGATIONS:
+        raise RequestError("script_args", "append interrogated prompt (4th) must be one of "
+                                          f"{', '.join(INTERROGATIONS)}; got {choice!r}")
+    from modules.services import interrogator
+
+    model = "clip" if choice == "CLIP" else "deepdanbooru"
+    try:
+        captioner = interrogator.current()
+        captioner.check(model, "script_args")
+    except RequestError as error:
+        raise RequestError("script_args", f"append interrogated prompt (4th): {error.message}") from None
+    return lambda image: captioner.interrogate(image.convert("RGB"), model)
 
 
 def curve_progress(curve: str, progress: float) -> float:
@@ -74,12 +96,17 @@ class Script(scripts.Script):
                                              value=0.5, elem_id=self.elem_id("final_denoising_strength"))
         denoising_curve = gr.Dropdown(label="Denoising strength curve", choices=list(CURVES), value="Linear",
                                       elem_id=self.elem_id("denoising_curve"))
-        return [loops, final_denoising_strength, denoising_curve]
+        append_interrogation = gr.Dropdown(label="Append interrogated prompt at each iteration",
+                                           choices=list(INTERROGATIONS), value="None",
+                                           elem_id=self.elem_id("append_interrogation"))
+        return [loops, final_denoising_strength, denoising_curve, append_interrogation]
 
-    def run(self, p, loops=4, final_denoising_strength=0.5, denoising_curve="Linear"):
+    def run(self, p, loops=4, final_denoising_strength=0.5, denoising_curve="Linear", append_interrogation="None"):
         loops, final, curve = _check(loops, final_denoising_strength, denoising_curve)
         if not getattr(p, "init_images", None):
             raise RequestError("init_images", "Loopback needs an init image")
+        interrogate = _interrogation(append_interrogation)
+        original_prompt = p.prompt
         processing.fix_seed(p)
         batch_count = int(p.n_iter)
         p.extra_generation_params["Final denoising strength"] = final
@@ -99,6 +126,8 @@ class Script(scripts.Script):
             last = None
             for i in range(loops):
                 p.denoising_strength = strengths[i]
+                if interrogate is not None:  # A1111: the job's prompt, then the tags of this loop's picture
+                    p.prompt = (f"{original_prompt}, " if original_prompt else "") + interrogate(p.init_images[0])
                 state.job = f"Iteration {i + 1}/{loops}, batch {n + 1}/{batch_count}"
                 processed = processing.process_images(p)
                 if state.interrupted or not processed.images[processed.index_of_first_image:]:
@@ -120,6 +149,7 @@ class Script(scripts.Script):
             if state.interrupted:
                 break
         p.inpainting_fill = original_fill
+        p.prompt = original_prompt
 
         grids = []
         if len(pictures) > 1:

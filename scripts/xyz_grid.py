@@ -2,8 +2,9 @@
 
 Axes are :class:`AxisOption` rows in :data:`axis_options`, in A1111's order, so an API client's axis
 *index* (A1111's dropdown is ``type="index"``) picks the same axis here; extensions append their own
-rows as they do in A1111 (they find this module through ``scripts.scripts_data``). Axes that Easel
-cannot honour stay listed (the indices must not shift) and are refused with a message naming them.
+rows as they do in A1111 (they find this module through ``scripts.scripts_data``). Every axis of
+A1111 1.10 works: fields of ``p``, per-job options (``override_settings``), the VAE, face restoration,
+the refiner and the FP8 mode.
 
 Values are A1111's: comma-separated (CSV quoting, so a Prompt S/R value may hold commas), ranges
 ``1-5``, ``1-10 (+2)`` (step), ``1-10 [4]`` (count); float axes take the same with decimals.
@@ -33,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 import modules.scripts as scripts
-from modules import images, processing, sd_models, shared
+from modules import images, processing, sd_models, shared, shared_items
 from modules.core import grid_labels, samplers, upscaling
 from modules.core.types import RequestError
 from modules.processing import Processed, process_images
@@ -95,6 +96,42 @@ def apply_styles(p, x, _):
     p.styles.extend(x.split(","))
 
 
+def find_vae(name: str) -> str:
+    """A1111 1.10's: "Automatic", "None", or the VAE of that name (any case); else Automatic, said."""
+    name = name.strip()
+    if name.lower() in ("auto", "automatic"):
+        return "Automatic"
+    if name.lower() == "none":
+        return "None"
+    found = next((k for k in shared_items.sd_vae_items() if k.lower() == name.lower()), None)
+    if found is None:
+        print(f"No VAE found for {name}; using Automatic")
+        return "Automatic"
+    return found
+
+
+def apply_vae(p, x, xs):
+    p.override_settings["sd_vae"] = find_vae(x)
+
+
+def apply_uni_pc_order(p, x, xs):
+    p.override_settings["uni_pc_order"] = min(x, p.steps - 1)
+
+
+def apply_face_restore(p, x, xs):
+    """"CodeFormer" / "GFPGAN" restore with that model; true/yes/y/1 with the option's model."""
+    value = str(x).lower()
+    if value in ("codeformer", "gfpgan"):
+        p.face_restoration_model = "CodeFormer" if value == "codeformer" else "GFPGAN"
+        p.restore_faces = True
+    else:
+        p.restore_faces = value in ("true", "yes", "y", "1")
+
+
+def apply_refiner(p, x, xs):
+    p.refiner_checkpoint = None if str(x).strip() in ("", "None") else x
+
+
 def do_nothing(p, x, xs):
     pass
 
@@ -112,6 +149,12 @@ def confirm_samplers(p, xs):
 def confirm_checkpoints(p, xs):
     for x in xs:
         if sd_models.get_closet_checkpoint_match(x) is None:
+            raise RequestError("script_args", f"Unknown checkpoint: {x}")
+
+
+def confirm_checkpoints_or_none(p, xs):
+    for x in xs:
+        if x not in (None, "", "None") and sd_models.get_closet_checkpoint_match(x) is None:
             raise RequestError("script_args", f"Unknown checkpoint: {x}")
 
 
@@ -199,7 +242,7 @@ def csv_string_to_list_strip(data_str):
 
 class AxisOption:
     def __init__(self, label, type, apply, format_value=format_value_add_label, confirm=None, cost=0.0, choices=None,
-                 prepare=None, supported=True):
+                 prepare=None):
         self.label = label
         self.type = type
         self.apply = apply
@@ -208,7 +251,6 @@ class AxisOption:
         self.cost = cost  # the dearest axis to change goes outermost (checkpoints: loaded once per value)
         self.choices = choices
         self.prepare = prepare
-        self.supported = supported  # False: listed for A1111's indices, refused when chosen
 
 
 class AxisOptionImg2Img(AxisOption):
@@ -221,10 +263,6 @@ class AxisOptionTxt2Img(AxisOption):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.is_img2img = False
-
-
-def _missing(label, kind=float):
-    return AxisOption(label, kind, do_nothing, supported=False)
 
 
 def _checkpoint_titles():
@@ -261,41 +299,47 @@ axis_options = [
                       choices=_sampler_choices),
     AxisOption("Checkpoint name", str, apply_checkpoint, format_value=format_remove_path, confirm=confirm_checkpoints,
                cost=1.0, choices=_checkpoint_titles),
-    _missing("Negative Guidance minimum sigma"),
-    _missing("Sigma Churn"),
-    _missing("Sigma min"),
-    _missing("Sigma max"),
-    _missing("Sigma noise"),
+    AxisOption("Negative Guidance minimum sigma", float, apply_field("s_min_uncond")),
+    AxisOption("Sigma Churn", float, apply_field("s_churn")),
+    AxisOption("Sigma min", float, apply_field("s_tmin")),
+    AxisOption("Sigma max", float, apply_field("s_tmax")),
+    AxisOption("Sigma noise", float, apply_field("s_noise")),
     AxisOption("Schedule type", str, apply_field("scheduler"), confirm=confirm_schedules,
                choices=lambda: [label for label, _ in samplers.SCHEDULE_TYPES]),
-    _missing("Schedule min sigma"),
-    _missing("Schedule max sigma"),
-    _missing("Schedule rho"),
-    _missing("Skip Early CFG"),
-    _missing("Beta schedule alpha"),
-    _missing("Beta schedule beta"),
-    _missing("Eta"),
+    AxisOption("Schedule min sigma", float, apply_override("sigma_min")),
+    AxisOption("Schedule max sigma", float, apply_override("sigma_max")),
+    AxisOption("Schedule rho", float, apply_override("rho")),
+    AxisOption("Skip Early CFG", float, apply_override("skip_early_cond"),
+               confirm=confirm_range(0.0, 1.0, "Skip Early CFG")),
+    AxisOption("Beta schedule alpha", float, apply_override("beta_dist_alpha")),
+    AxisOption("Beta schedule beta", float, apply_override("beta_dist_beta")),
+    AxisOption("Eta", float, apply_field("eta")),
     AxisOption("Clip skip", int, apply_override("CLIP_stop_at_last_layers"), confirm=confirm_range(1, 12, "Clip skip")),
     AxisOption("Denoising", float, apply_field("denoising_strength"), confirm=confirm_range(0.0, 1.0, "Denoising")),
     AxisOption("Initial noise multiplier", float, apply_field("initial_noise_multiplier")),
-    _missing("Extra noise"),
+    AxisOption("Extra noise", float, apply_override("img2img_extra_noise")),
     AxisOptionTxt2Img("Hires upscaler", str, apply_field("hr_upscaler"), confirm=confirm_choices(upscaling.names),
                       choices=upscaling.names),
     AxisOptionImg2Img("Cond. Image Mask Weight", float, apply_override("inpainting_mask_weight"),
                       confirm=confirm_range(0.0, 1.0, "Cond. Image Mask Weight")),
-    _missing("VAE", str),
+    AxisOption("VAE", str, apply_vae, cost=0.7, choices=lambda: shared_items.sd_vae_items()),
     AxisOption("Styles", str, apply_styles, choices=_style_choices),
-    _missing("UniPC Order", int),
-    _missing("Face restore", str),
-    _missing("Token merging ratio"),
-    _missing("Token merging ratio high-res"),
-    _missing("Always discard next-to-last sigma", str),
-    _missing("SGM noise multiplier", str),
-    _missing("Refiner checkpoint", str),
-    _missing("Refiner switch at"),
+    AxisOption("UniPC Order", int, apply_uni_pc_order, cost=0.5),
+    AxisOption("Face restore", str, apply_face_restore, format_value=format_value),
+    AxisOption("Token merging ratio", float, apply_override("token_merging_ratio")),
+    AxisOption("Token merging ratio high-res", float, apply_override("token_merging_ratio_hr")),
+    AxisOption("Always discard next-to-last sigma", str, apply_override("always_discard_next_to_last_sigma", boolean=True),
+               choices=boolean_choice(reverse=True)),
+    AxisOption("SGM noise multiplier", str, apply_override("sgm_noise_multiplier", boolean=True),
+               choices=boolean_choice(reverse=True)),
+    AxisOption("Refiner checkpoint", str, apply_refiner, format_value=format_remove_path,
+               confirm=confirm_checkpoints_or_none, cost=1.0, choices=lambda: ["None"] + _checkpoint_titles()),
+    AxisOption("Refiner switch at", float, apply_field("refiner_switch_at"),
+               confirm=confirm_range(0.0, 1.0, "Refiner switch at")),
     AxisOption("RNG source", str, apply_override("randn_source"), confirm=confirm_choices(lambda: ["GPU", "CPU", "NV"]),
                choices=lambda: ["GPU", "CPU", "NV"]),
-    _missing("FP8 mode", str),
+    AxisOption("FP8 mode", str, apply_override("fp8_storage"), cost=0.9,
+               choices=lambda: ["Disable", "Enable for SDXL", "Enable"]),
     AxisOption("Size", str, apply_size, confirm=confirm_sizes),
 ]
 
@@ -355,8 +399,6 @@ def parse_axis(p, opt: AxisOption, vals: str, vals_dropdown, csv_mode: bool = Fa
     """An axis's values, typed and checked (RequestError on ``script_args`` naming the axis)."""
     if opt.label == "Nothing":
         return [0]
-    if not opt.supported:
-        raise RequestError("script_args", f"the X/Y/Z plot axis '{opt.label}' is not available in Easel")
     if opt.choices is not None and not csv_mode and vals_dropdown:
         values = list(vals_dropdown)
     elif opt.prepare is not None:
@@ -477,13 +519,14 @@ def draw_xyz_grid(p, xs, ys, zs, x_labels, y_labels, z_labels, cell, draw_legend
         grid = images.image_grid(part, rows=len(ys))
         if draw_legend:
             cell_w, cell_h = (max(sizes) for sizes in zip(*(im.size for im in part)))
-            grid = grid_labels.draw_grid_annotations(grid, cell_w, cell_h, hor_texts, ver_texts, margin_size, _colors())
+            grid = grid_labels.draw_grid_annotations(grid, cell_w, cell_h, hor_texts, ver_texts, margin_size, _colors(),
+                                                     _option("font", None) or None)
         sub_grids.append(grid)
     z_grid = images.image_grid(sub_grids, rows=1)
     if draw_legend:
         sub_w, sub_h = (max(sizes) for sizes in zip(*(im.size for im in sub_grids)))
         z_grid = grid_labels.draw_grid_annotations(z_grid, sub_w, sub_h, title_texts, [[grid_labels.GridAnnotation()]],
-                                                   colors=_colors())
+                                                   colors=_colors(), font_path=_option("font", None) or None)
 
     result = copy(template)
     result.images = [z_grid, *sub_grids, *cells]

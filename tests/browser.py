@@ -65,3 +65,20 @@ def launch_browser(**launch_options) -> Iterator["playwright.sync_api.Browser"]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """A module's Chromium with the browser tests' patience for a slow machine (their expect
+    timeout, tests/test_ui_browser.TIMEOUT_MS); import it into a test module to use it."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import expect
+
+    from tests.test_ui_browser import TIMEOUT_MS
+
+    expect.set_options(timeout=TIMEOUT_MS)
+    try:
+        with launch_browser() as b:
+            yield b
+    finally:
+        expect.set_options(timeout=5_000)

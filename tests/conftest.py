@@ -14,6 +14,7 @@ if str(REPO_ROOT) not in sys.path:
 import pytest  # noqa: E402
 
 QUICKSETTINGS = ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"]  # the shared server's
+UI_CONFIG = {"txt2img/Sampling steps/maximum": 151}  # the shared server's ui-config.json (only its browser test reads it)
 
 
 @pytest.fixture(scope="session")
@@ -63,5 +64,6 @@ def server(tiny_checkpoints, tmp_path_factory):
     data = tmp_path_factory.mktemp("server-data")
     # as many A1111 users have it: the VAE and Clip skip beside the checkpoint picker
     (data / "config.json").write_text(json.dumps({"quicksettings_list": QUICKSETTINGS}), encoding="utf-8")
+    (data / "ui-config.json").write_text(json.dumps(UI_CONFIG), encoding="utf-8")  # A1111's --ui-config-file
     with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1)) as srv:
         yield srv

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -43,6 +44,29 @@ class RunningServer:
 @contextlib.contextmanager
 def run_server(data_dir: Path, ckpt_dir: Path, *flags: str, ready_path: str = "/sdapi/v1/sd-models",
                auth: tuple[str, str] | None = None, timeout: float = 120) -> Iterator[RunningServer]:
+    """The port is free when picked, but another process may bind it before the server does (Ray's
+    local cluster starts dozens): a server that could not bind is started again on a new port."""
+    for attempt in range(3):
+        try:
+            context = _run_server(data_dir, ckpt_dir, flags, ready_path, auth, timeout)
+            server = context.__enter__()
+        except _PortTaken:
+            if attempt == 2:
+                raise
+            continue
+        try:
+            yield server
+        finally:
+            context.__exit__(None, None, None)
+        return
+
+
+class _PortTaken(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def _run_server(data_dir: Path, ckpt_dir: Path, flags, ready_path: str, auth, timeout: float) -> Iterator[RunningServer]:
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"server-{port}.log"
@@ -56,9 +80,13 @@ def run_server(data_dir: Path, ckpt_dir: Path, *flags: str, ready_path: str = "/
         deadline = time.time() + timeout
         while True:
             if proc.poll() is not None:
+                if "address already in use" in server.output():
+                    raise _PortTaken(f"port {port} was taken before the server bound it")
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.output()}")
             try:
-                if requests.get(server.url + ready_path, timeout=2, auth=auth).status_code < 500:
+                # the log's line too: an answer on the port could come from whoever took it first
+                if requests.get(server.url + ready_path, timeout=2, auth=auth).status_code < 500 \
+                        and re.search(rf"^Running on local URL:  \S*:{port}\b", server.output(), re.M):
                     break
             except requests.ConnectionError:
                 pass

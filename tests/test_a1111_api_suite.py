@@ -14,14 +14,11 @@ mask_basic.png) are replaced by generated ones of the same role, sent as A1111's
 ones (tests/face_models.py) are put in the server's models/GFPGAN and models/Codeformer, and
 A1111's two-faces.jpg is replaced by a drawn face.
 
-A1111 test -> Easel issue that brings it (those tests are skipped here, visibly):
+A1111's CI also downloads BLIP and CLIP ViT-L/14 for /interrogate; here a tiny BLIP and CLIP in the
+real layouts (tests/test_interrogate_clip.py) and three short category lists stand in for them.
 
-| A1111 test                                           | waits for                                       |
-|------------------------------------------------------|-------------------------------------------------|
-| test_extras.py::test_interrogate_performed, the /interrogate part | issue 15: interrogation (the extra-single-image request itself passes) |
-| test_torch_utils.py::test_get_param[True, False]     | issue 18: A1111 module names for extensions (`modules.torch_utils`) |
-
-Every other test of test_txt2img.py, test_img2img.py, test_extras.py and test_utils.py runs here.
+Every test of test_txt2img.py, test_img2img.py, test_extras.py, test_utils.py and
+test_torch_utils.py runs here.
 Beyond A1111's requests: /png-info on a generated picture, /extra-batch-images, /options GET,
 /sd-vae and /memory (asked of A1111-compatible servers by the same clients).
 """
@@ -40,6 +37,7 @@ from tests.face_models import draw_face, write_codeformer, write_gfpgan
 from tests.pictures import b64, picture, square_mask
 from tests.server import free_port
 from tests.test_a1111_command_line import A1111_CI, Started
+from tests.test_interrogate_clip import LISTS, write_blip, write_clip, write_lists
 
 # ------------------------------------------------------------------------------------ the server
 
@@ -51,6 +49,9 @@ def base_url(tiny_checkpoints, tmp_path_factory):
     data = tmp_path_factory.mktemp("a1111-suite")
     write_gfpgan(data / "models")
     write_codeformer(data / "models")
+    write_blip(data / "models")
+    write_clip(data / "models" / "CLIP")
+    write_lists(data / "interrogate")
     server = Started(["launch.py", *A1111_CI, "--data-dir", str(data), "--ckpt-dir",
                       str(tiny_checkpoints.checkpoints_dir), "--ckpt", str(tiny_checkpoints.sd1),
                       "--port", str(free_port())], data / "log")
@@ -389,10 +390,13 @@ def test_interrogate_performed(base_url):
     assert image.size == (64, 64) and np.array_equal(px(image), px(INIT))
 
 
-@pytest.mark.skip(reason="issue 15: interrogation (CLIP / DeepBooru); /sdapi/v1/interrogate is a 404 today")
 def test_interrogate_endpoint(base_url):
     r = requests.post(base_url + "/sdapi/v1/interrogate", json={"image": data_url(INIT), "model": "clip"}, timeout=120)
-    assert r.status_code == 200 and isinstance(r.json()["caption"], str) and r.json()["caption"]
+    assert r.status_code == 200, r.text
+    caption = r.json()["caption"]
+    # A1111's form: the BLIP caption, then one line of each list (tiny random models: any words)
+    assert isinstance(caption, str) and caption.count(", ") >= len(LISTS)
+    assert caption.endswith(tuple(", " + line for line in LISTS["styles.txt"]))  # the lists in name order
 
 
 def test_png_info_of_a_generated_picture(base_url):
@@ -556,7 +560,6 @@ def test_face_restorers(base_url, restorer_name):
     assert image.size == face.size and not np.array_equal(px(image), px(face))  # visibly changed
 
 
-@pytest.mark.skip(reason="issue 18: A1111 module names for extensions (modules.torch_utils.get_param)")
 @pytest.mark.parametrize("wrapped", [True, False])
 def test_get_param(wrapped):
     import types

@@ -256,7 +256,8 @@ def test_ui_config_file_sets_defaults_and_limits(tiny_checkpoints, tmp_path):
 
     ui_config = tmp_path / "elsewhere" / "my-ui-config.json"
     ui_config.parent.mkdir()
-    ui_config.write_text(json.dumps({"txt2img/Sampling steps/value": 33, "txt2img/Sampling steps/maximum": 77}))
+    ui_config.write_text(json.dumps({"txt2img/Sampling steps/value": 33, "txt2img/Sampling steps/maximum": 77,
+                                     "txt2img/Batch size/visible": False, "txt2img/Sampling method/value": "No such"}))
     opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt-dir", str(tiny_checkpoints.checkpoints_dir),
                                 "--ui-config-file", str(ui_config), "--skip-load-model-at-start"], extra_preloads=[])
     engine = webui.build_engine(opts)
@@ -267,6 +268,12 @@ def test_ui_config_file_sets_defaults_and_limits(tiny_checkpoints, tmp_path):
     saved = json.loads(ui_config.read_text())
     assert saved["txt2img/Sampling steps/value"] == 33 and saved["img2img/Sampling steps/maximum"] == 150
     assert saved["txt2img/Width/value"] == 512
+    # "visible" (A1111's, for shown controls and buttons): false hides the control, which stays in the page
+    props = {c["props"].get("elem_id"): c["props"] for c in client.get("/config").json()["components"]}
+    assert props["txt2img_batch_size"]["visible"] == "hidden" and props["img2img_batch_size"]["visible"] is True
+    assert saved["txt2img/Generate/visible"] is True and saved["txt2img/Batch size/visible"] is False
+    assert "txt2img/Distilled CFG Scale/visible" not in saved  # hidden until a model shows it
+    assert props["txt2img_sampling"]["value"] != "No such"  # a choice the dropdown lacks is left out
     # a script's control has a key of its own (A1111's customscript/...): the outpainting script's
     # "Masked content" keeps its default instead of taking the inpaint panel's (a regression)
     assert saved["customscript/poor_mans_outpainting.py/img2img/Masked content/value"] == "fill"

@@ -11,6 +11,8 @@ with the fixture extension tests/fixtures/extensions/a1111_page:
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import requests
 
@@ -27,6 +29,10 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def page_server(tiny_checkpoints, tmp_path_factory):
     data = tmp_path_factory.mktemp("a1111-page")
+    # a user's A1111 layout preference: Seed and CFG moved up (test_ui_reorder_list_moves_the_parts)
+    # and the hires fix's sampler and prompt rows shown (test_hires_fix_rows_follow_their_options)
+    (data / "config.json").write_text(json.dumps({"ui_reorder_list": ["seed", "cfg"], "hires_fix_show_sampler": True,
+                                                  "hires_fix_show_prompts": True}), encoding="utf-8")
     (data / "extensions").mkdir()
     add(data / "extensions", "a1111_page")
     with run_server(data, tiny_checkpoints.checkpoints_dir, "--ckpt", str(tiny_checkpoints.sd1),
@@ -110,3 +116,63 @@ def test_send_to_buttons_registered_by_the_extension_fill_txt2img(page: Page):
     page.locator("#extras_tab").click()
     expect(page.locator("#tab_extras-button")).to_have_attribute("aria-selected", "true")
     expect(page.locator("#extras_image img").first).to_be_visible()
+
+
+def _layout_ids(server) -> list[str]:
+    """The page's elem_ids in layout order (depth first over /config's layout tree)."""
+    import requests
+
+    config = requests.get(server.url + "/config", timeout=60).json()
+    elem_ids = {c["id"]: c["props"].get("elem_id") for c in config["components"]}
+    found = []
+
+    def walk(node):
+        if elem_ids.get(node["id"]):
+            found.append(elem_ids[node["id"]])
+        for child in node.get("children", []):
+            walk(child)
+
+    walk(config["layout"])
+    return found
+
+
+def test_ui_reorder_list_moves_the_parts(page_server, server):
+    """A1111's ui_reorder_list: item i goes right after the i-th part of the default order (its
+    ordered_ui_categories), so ["seed", "cfg"] puts Seed after "prompt" and CFG after "image": both
+    before the sampler; the shared server keeps A1111's default order."""
+    from modules.ui.generation_tab import ordered_categories
+
+    assert ordered_categories(["seed", "cfg"])[:6] == ["prompt", "seed", "image", "cfg", "inpaint", "sampler"]
+    assert ordered_categories([]) == list(ordered_categories(None))
+
+    def order(ids, names):
+        return sorted(names, key=ids.index)
+
+    moved, default = _layout_ids(page_server), _layout_ids(server)
+    names = ["txt2img_sampling", "txt2img_hr", "txt2img_tiling", "txt2img_width", "txt2img_cfg_scale", "txt2img_seed"]
+    assert order(default, names) == names  # sampler, accordions, checkboxes, dimensions, cfg, seed
+    assert order(moved, names) == ["txt2img_seed", "txt2img_cfg_scale", "txt2img_sampling", "txt2img_hr",
+                                   "txt2img_tiling", "txt2img_width"]
+    img2img = ["img2img_seed", "mode_img2img", "img2img_cfg_scale", "inpaint_controls", "img2img_sampling",
+               "img2img_denoising_strength"]
+    assert order(moved, img2img) == img2img
+    assert order(default, img2img) == ["mode_img2img", "inpaint_controls", "img2img_sampling", "img2img_cfg_scale",
+                                       "img2img_denoising_strength", "img2img_seed"]
+
+
+def _visible_by_elem_id(server) -> dict[str, bool]:
+    config = requests.get(server.url + "/config", timeout=60).json()
+    return {c["props"]["elem_id"]: c["props"].get("visible", True) is not False
+            for c in config["components"] if c["props"].get("elem_id")}
+
+
+def test_hires_fix_rows_follow_their_options(page_server, server):
+    """A1111's hires_fix_show_sampler / hires_fix_show_prompts (off by default): the Hires. fix
+    accordion's checkpoint/sampler/schedule row and its prompts row are shown only with them on; the
+    controls exist either way (a pasted "Hires sampler" still reaches the job)."""
+    shown, default = _visible_by_elem_id(page_server), _visible_by_elem_id(server)
+    for row in ("txt2img_hires_fix_row3", "txt2img_hires_fix_row4"):
+        assert shown[row] is True and default[row] is False, row
+    for elem_id in ("hr_checkpoint", "hr_sampler", "hr_scheduler", "hires_prompt", "hires_neg_prompt"):
+        assert elem_id in default and elem_id in shown
+

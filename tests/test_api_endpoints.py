@@ -244,6 +244,35 @@ def test_progress_preview_and_internal_progress_by_task_id(server, option):
     assert server.post("/internal/progress", json={"id_task": "task(unknown)"}).json()["completed"] is False
 
 
+def test_full_live_preview_is_the_models_own_vae_decode(server, option):
+    """A1111's "Full" live preview method: the job's VAE decodes the preview (the picture's own
+    size, where the cheap ones are latent-sized), every show_progress_every_n_steps."""
+    option(live_previews_enable=True, show_progress_every_n_steps=2, show_progress_type="Full",
+           live_preview_content="Combined", show_progress_grid=True, live_previews_image_format="jpeg")
+    body = {**BASE, "width": 64, "height": 64, "steps": 150, "batch_size": 2, "force_task_id": "task(endpoints-full)"}
+    out: dict = {}
+    run = threading.Thread(target=lambda: out.update(r=server.post("/sdapi/v1/txt2img", json=body)))
+    run.start()
+    seen = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and run.is_alive():
+        p = server.get("/sdapi/v1/progress").json()
+        if p["current_task"] == "task(endpoints-full)" and p["current_image"]:
+            seen = p
+            internal = server.post("/internal/progress", json={"id_task": "task(endpoints-full)",
+                                                               "live_preview": True, "id_live_preview": -1}).json()
+            break
+        time.sleep(0.05)
+    server.post("/sdapi/v1/interrupt")
+    run.join(120)
+    assert seen is not None, "never saw a Full preview"
+    assert seen["state"]["sampling_step"] >= 2
+    # decoded by the VAE (not a latent-sized map), the batch's two pictures side by side (show_progress_grid)
+    assert decode(seen["current_image"]).size == (128, 64)
+    assert internal["live_preview"].startswith("data:image/jpeg;base64,")  # live_previews_image_format
+    assert out["r"].status_code == 200
+
+
 def test_interrupt_and_skip_answer_json(server):
     assert ok_json(server.post("/sdapi/v1/interrupt")) == {}
     assert ok_json(server.post("/sdapi/v1/skip")) == {}
@@ -384,7 +413,7 @@ def test_get_on_a_post_route_is_405(server, path):
 
 
 def test_absent_features_are_a_json_404(server):
-    for method, path in (("post", "interrogate"), ("get", "interrogate"), ("post", "create/embedding"),
+    for method, path in (("post", "create/embedding"),
                          ("get", "no-such-endpoint"), ("post", "train/hypernetwork")):
         r = getattr(server, method)(f"/sdapi/v1/{path}")
         assert r.status_code == 404 and r.json() == {"detail": "Not Found"}, (method, path, r.status_code)

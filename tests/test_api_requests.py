@@ -97,11 +97,19 @@ def test_same_sampler_by_any_name_gives_the_same_pixels(server):
     ({"sampler_name": "Nope"}, "sampler_name", "DPM++ 2M"),
     ({"sampler_name": None, "sampler_index": "Nope"}, "sampler_index", "Euler a"),
     ({"scheduler": "Fancy"}, "scheduler", "Karras"),
-    ({"sampler_name": "DDIM", "scheduler": "Karras"}, "scheduler", "Uniform"),
-], ids=["sampler", "sampler-index", "scheduler", "unsupported-pair"])
+], ids=["sampler", "sampler-index", "scheduler"])
 def test_unknown_sampler_or_schedule_lists_the_known_ones(server, fields, field, hint):
     message = assert_error(server.post("/sdapi/v1/txt2img", json={**BASE, **fields}), field, (422,))
     assert hint in message, message
+
+
+def test_a_timestep_sampler_takes_any_schedule_type_as_a1111_does(server):
+    """A1111's DDIM runs its own timesteps whatever the schedule type and writes the type it was
+    given: an infotext with "Sampler: DDIM, Schedule type: Karras" gives A1111's picture again."""
+    own, _, _ = txt2img(server, {**BASE, "sampler_name": "DDIM", "scheduler": "Automatic"})
+    karras, info, _ = txt2img(server, {**BASE, "sampler_name": "DDIM", "scheduler": "Karras"})
+    assert np.array_equal(px(own[0]), px(karras[0]))
+    assert "Sampler: DDIM, Schedule type: Karras," in info["infotexts"][0]
 
 
 def test_steps_default_is_a1111s_50(server):

@@ -164,6 +164,43 @@ def test_loopback_feeds_each_picture_to_the_next_loop(server):
     assert not np.array_equal(px(fresh[0]), px(pictures[1]))
 
 
+def test_loopback_appends_each_loops_deepbooru_tags_to_the_prompt(server):
+    """A1111's "Append interrogated prompt at each iteration": DeepBooru tags of each loop's init
+    picture after the job's prompt; CLIP and a missing DeepBooru file are refused by name."""
+    from tests.fixtures.tiny_interrogators import write_deepbooru
+
+    folder = server.data_dir / "models" / "torch_deepdanbooru"
+    had = {p.name: p.read_bytes() for p in folder.glob("*.pt")} if folder.is_dir() else {}
+    try:
+        for p in folder.glob("*.pt") if folder.is_dir() else []:
+            p.unlink()
+        r = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(INIT)], "script_name": "Loopback",
+                                                   "script_args": [2, 0.5, "Linear", "DeepBooru"]})
+        assert "model-resnet_custom_v3.pt" in assert_error(r, "script_args", status=(422,))
+        r = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(INIT)], "script_name": "Loopback",
+                                                   "script_args": [2, 0.5, "Linear", "CLIP"]})
+        assert "CLIP" in assert_error(r, "script_args", status=(422,))
+
+        write_deepbooru(server.data_dir / "models")
+        server.post("/sdapi/v1/options", json={"interrogate_deepbooru_score_threshold": 0.0})
+        pictures, info = img2img(server, "Loopback", [2, 0.5, "Linear", "DeepBooru"], denoising_strength=0.3)
+        prompts = [parse_infotext(t)["Prompt"] for t in info["infotexts"][1:]]
+        assert len(prompts) == 2
+        for i, prompt in enumerate(prompts):
+            head, _, tags = prompt.partition(", ")
+            assert head == SMALL["prompt"] and tags, prompt
+        first = server.post("/sdapi/v1/interrogate", json={"image": b64(INIT), "model": "deepdanbooru"}).json()
+        assert prompts[0] == f"{SMALL['prompt']}, {first['caption']}"  # loop 1: the init picture's tags
+        second = server.post("/sdapi/v1/interrogate", json={"image": b64(pictures[1]), "model": "deepdanbooru"}).json()
+        assert prompts[1] == f"{SMALL['prompt']}, {second['caption']}"  # loop 2: loop 1's picture's
+    finally:
+        server.post("/sdapi/v1/options", json={"interrogate_deepbooru_score_threshold": 0.5})
+        for p in folder.glob("*.pt"):
+            p.unlink()
+        for name, data in had.items():
+            (folder / name).write_bytes(data)
+
+
 def test_loopback_curve_and_batch_count(server):
     _, info = img2img(server, "Loopback", [3, 0.9, "Aggressive"], denoising_strength=0.3)
     strengths = [float(parse_infotext(t)["Denoising strength"]) for t in info["infotexts"][1:]]
@@ -234,7 +271,8 @@ def test_scripts_are_listed_for_img2img_with_a1111s_controls(server):
     info = {s["name"]: s for s in server.get("/sdapi/v1/script-info").json() if s["is_img2img"]}
     labels = {name: [a["label"] for a in info[name]["args"]] for name in ("sd upscale", "loopback", "outpainting mk2")}
     assert labels["sd upscale"][1:] == ["Tile overlap", "Upscaler", "Scale Factor"]
-    assert labels["loopback"] == ["Loops", "Final denoising strength", "Denoising strength curve"]
+    assert labels["loopback"] == ["Loops", "Final denoising strength", "Denoising strength curve",
+                                  "Append interrogated prompt at each iteration"]
     assert labels["outpainting mk2"][1:] == ["Pixels to expand", "Mask blur", "Outpainting direction",
                                              "Fall-off exponent (lower=higher detail)", "Color variation"]
     upscale_args = info["sd upscale"]["args"]
@@ -269,7 +307,122 @@ def test_the_img2img_tab_has_the_controls_with_a1111s_element_ids(server):
                     "script_outpainting_mk2_noise_q", "script_outpainting_mk2_color_variation"):
         assert elem_id in ids, elem_id
     labels = {c["props"].get("label") for c in components}
-    assert "Append interrogated prompt at each iteration" not in labels  # no interrogation in Easel
+    loopback = next(c["props"] for c in components if c["props"].get("elem_id") == "script_loopback_append_interrogation")
+    assert loopback["label"] == "Append interrogated prompt at each iteration"
+    assert [c[0] if isinstance(c, (list, tuple)) else c for c in loopback["choices"]] == ["None", "CLIP", "DeepBooru"]
     upscaler = next(c["props"] for c in components if c["props"].get("elem_id") == "script_sd_upscale_upscaler_index")
     assert [choice[0] if isinstance(choice, (list, tuple)) else choice for choice in upscaler["choices"]][:2] == \
         ["None", "Lanczos"]
+
+
+# ------------------------------------------------------------------------ img2img alternative test
+
+def _a1111_find_noise(external, call, alphas_cumprod, x, cond, uncond, cfg, steps, sigma_adjustment):
+    """A1111's find_noise_for_image(_sigma_adjustment) on k-diffusion's CompVisDenoiser, written
+    from its contract (scripts/img2imgalt.py): the reference for Easel's inversion."""
+    import types as _types
+
+    dnw = external.CompVisDenoiser(_types.SimpleNamespace(alphas_cumprod=alphas_cumprod))
+    sigmas = dnw.get_sigmas(steps).flip(0)
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(1, len(sigmas)):
+        at = sigmas[i - 1] if sigma_adjustment else sigmas[i]
+        c_out, c_in = [k.reshape(-1, 1, 1, 1) for k in dnw.get_scalings(at * s_in)]
+        t = dnw.sigma_to_t((sigmas[i] if sigma_adjustment and i == 1 else at) * s_in)
+        den_u, den_c = (x + call(x * c_in, t, c) * c_out for c in (uncond, cond))
+        denoised = den_u + (den_c - den_u) * cfg
+        if sigma_adjustment:
+            d = (x - denoised) / (2 * sigmas[i] if i == 1 else sigmas[i - 1])
+        else:
+            d = (x - denoised) / sigmas[i]
+        x = x + d * (sigmas[i] - sigmas[i - 1])
+    return x / sigmas[-1] if sigma_adjustment else x / x.std()
+
+
+@pytest.mark.parametrize("sigma_adjustment", [False, True])
+def test_the_noise_found_is_a1111s_on_k_diffusions_denoiser(sd1, sigma_adjustment):
+    import torch
+
+    from modules.core import model_ops, noise_inversion
+    from modules.core.scheduled_conditioning import ScheduledConditioning
+    from modules.core.sigma_schedules import TrainingSigmas
+    from tests.k_reference import _load_k_diffusion
+
+    _sampling, external = _load_k_diffusion()
+    training = TrainingSigmas.from_config()
+    call = model_ops.denoiser(sd1)
+    conditioner = sd1.family.conditioner(sd1)
+    cond, uncond = ScheduledConditioning(conditioner, ["a red house"], ["blurry"], 1, 64, 64).cond_for_step(0)
+    x = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    easel = noise_inversion.find_noise(
+        noise_inversion.EpsilonOrV(call, training, "epsilon", cond, uncond, 2.5), x,
+        noise_inversion.inversion_sigmas(6, training), sigma_adjustment=sigma_adjustment)
+    with torch.no_grad():
+        reference = _a1111_find_noise(external, call, training.alphas_cumprod, x, cond, uncond, 2.5, 6, sigma_adjustment)
+    assert easel.shape == x.shape
+    assert torch.allclose(easel, reference, atol=1e-4, rtol=1e-4), (easel - reference).abs().max()
+    if not sigma_adjustment:
+        assert abs(float(easel.std()) - 1.0) < 1e-5
+
+
+ALT = "img2img alternative test"
+
+
+def _alt(server, args, **fields):
+    return img2img(server, ALT, args, **{"denoising_strength": 1.0, "steps": 4, "sampler_name": "Euler", **fields})
+
+
+def test_img2img_alternative_test_starts_from_the_pictures_noise(server):
+    args = ["a red circle", "", 1.0, 4, 0.0, False]
+    first, info = _alt(server, args, seed=11)
+    again, _ = _alt(server, args, seed=12345)
+    # randomness 0: the start is the picture's own noise, the seed plays no part
+    assert np.array_equal(px(first[0]), px(again[0]))
+    text = info["infotexts"][0]
+    for part in ("Decode prompt: a red circle", "Decode CFG scale: 1.0", "Decode steps: 4", "Randomness: 0.0",
+                 "Sigma Adjustment: False"):
+        assert part in text, (part, text)
+    assert len(first) == 1 and info["seed"] == 11
+    listed = {s["name"]: s for s in server.get("/sdapi/v1/script-info").json() if s["is_img2img"]}
+    assert [a["label"] for a in listed[ALT]["args"]] == [
+        "Original prompt", "Original negative prompt", "Decode CFG scale", "Decode steps", "Randomness",
+        "Sigma adjustment for finding noise for image"]
+
+    # randomness: fresh noise from seed + 1 mixed in, so the seed counts again
+    mixed_a, _ = _alt(server, ["a red circle", "", 1.0, 4, 0.5, False], seed=11)
+    mixed_b, _ = _alt(server, ["a red circle", "", 1.0, 4, 0.5, False], seed=12)
+    assert not np.array_equal(px(mixed_a[0]), px(mixed_b[0]))
+    assert not np.array_equal(px(mixed_a[0]), px(first[0]))
+
+    # the other inversion and a DPM++ scheduler (VP-scaled noising) run too, one picture each
+    adjusted, info_adj = _alt(server, ["a red circle", "blurry", 2.0, 3, 0.0, True], sampler_name="DPM++ 2M",
+                              batch_size=2, n_iter=2)
+    assert len(adjusted) == 1 and "Sigma Adjustment: True" in info_adj["infotexts"][0]
+
+
+def test_img2img_alternative_test_with_full_randomness_is_txt2img_from_the_next_seed(server):
+    """Randomness 1 keeps nothing of the found noise: at denoising strength 1 the job starts from
+    sigma_max times seed + 1's noise, which is where txt2img with seed + 1 starts; the init picture
+    no longer matters."""
+    base = {**SMALL, "steps": 3, "sampler_name": "Euler", "prompt": "a red circle", "negative_prompt": "",
+            "seed": 40}
+    args = ["a red circle", "", 1.0, 3, 1.0, False]
+    alt, _ = _alt(server, args, **base)
+    other, _ = _alt(server, args, **{**base, "init_images": [b64(picture(64, 64).transpose(Image.Transpose.ROTATE_90))]})
+    txt, _ = post(server, "/sdapi/v1/txt2img", {**base, "seed": 41})
+    assert np.abs(px(alt[0]) - px(other[0])).max() <= 1
+    assert np.abs(px(alt[0]) - px(txt[0])).max() <= 2, np.abs(px(alt[0]) - px(txt[0])).max()
+
+
+@pytest.mark.parametrize("args,hint", [
+    (["x", "", 16, 4, 0.0, False], "decode CFG scale (3rd)"),
+    (["x", "", 1.0, 0, 0.0, False], "decode steps (4th)"),
+    (["x", "", 1.0, 4, 1.5, False], "randomness (5th)"),
+    (["x", "", 1.0, 4, 0.0, "yes"], "sigma adjustment (6th)"),
+    ([3, "", 1.0, 4, 0.0, False], "original prompt (1st)"),
+], ids=["cfg", "steps", "randomness", "sigma", "prompt"])
+def test_img2img_alternative_test_refuses_bad_args_by_name(server, args, hint):
+    r = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(INIT)], "denoising_strength": 1.0,
+                                               "script_name": ALT, "script_args": args})
+    assert hint in assert_error(r, "script_args", status=(422,))
+    assert "img2img alternative test" not in server.get("/sdapi/v1/scripts").json()["txt2img"]

@@ -169,7 +169,7 @@ def test_training_script_runs_every_stage_and_writes_a_loadable_checkpoint(tmp_p
     try:
         train.main(["--run-dir", str(tmp_path / "run"), "--out", str(out), "--threads", "1", "--seed", "5",
                     "--vae-steps", "2", "--vae-refine-steps", "1", "--vae-batch", "2", "--pool-size", "16",
-                    "--unet-steps", "3", "--refine-steps", "2", "--unet-batch", "4", "--warmup", "1",
+                    "--vae-norm-images", "128", "--unet-steps", "3", "--refine-steps", "2", "--unet-batch", "4", "--warmup", "1",
                     "--save-every", "2"])
     finally:
         torch.set_num_threads(threads)

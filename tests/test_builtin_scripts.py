@@ -76,6 +76,7 @@ def has_ink(image: Image.Image, box) -> bool:
 
 # A1111's axis indices on the txt2img tab (its dropdown sends the index)
 NOTHING, SEED, STEPS, CFG, PROMPT_SR, SAMPLER, CHECKPOINT, SCHEDULE, ETA, CLIP_SKIP, SIZE = 0, 1, 4, 6, 7, 9, 11, 17, 24, 25, 42
+REFINER = 38  # "Refiner checkpoint"
 I2I_DENOISING = 25  # the img2img tab has no Hires rows and gains Image CFG Scale
 
 
@@ -86,7 +87,7 @@ def test_axis_indices_are_a1111s():
                          (PROMPT_SR, "Prompt S/R"), (SAMPLER, "Sampler"), (CHECKPOINT, "Checkpoint name"),
                          (SCHEDULE, "Schedule type"), (ETA, "Eta"), (SIZE, "Size")):
         assert options[index].label == label
-    assert options[CLIP_SKIP].label == "Clip skip"
+    assert options[CLIP_SKIP].label == "Clip skip" and options[REFINER].label == "Refiner checkpoint"
     img2img = [o.label for o in module.axis_options_for(True)]
     assert img2img[6] == "Image CFG Scale" and "Hires steps" not in img2img and img2img[I2I_DENOISING] == "Denoising"
 
@@ -117,8 +118,9 @@ def test_bad_axis_values_are_refused_with_the_axis_named():
     steps = module.AxisOption("Steps", int, module.apply_field("steps"))
     with pytest.raises(RequestError, match="Steps"):
         module.parse_axis(None, steps, "1, two", [])
-    with pytest.raises(RequestError, match="not available in Easel"):
-        module.parse_axis(None, module.axis_options_for(False)[ETA], "0.5", [])
+    skip_early = next(o for o in module.axis_options_for(False) if o.label == "Skip Early CFG")
+    with pytest.raises(RequestError, match=r'Skip Early CFG value "1.5" out of range \[0.0, 1.0\]'):
+        module.parse_axis(None, skip_early, "0.5, 1.5", [])
     with pytest.raises(RequestError, match="unknown X/Y/Z plot axis 'Colour'"):
         module.resolve_axis(module.axis_options_for(False), "Colour")
     assert module.resolve_axis(module.axis_options_for(False), "steps").label == "Steps"
@@ -268,11 +270,11 @@ def test_xyz_checkpoint_axis_loads_each_checkpoint_and_puts_the_selected_one_bac
 
 @pytest.mark.parametrize("args,hint", [
     (xyz_args(x=(SAMPLER, "", ["No such sampler"])), "Unknown sampler"),
-    (xyz_args(x=(ETA, "0.1, 0.2", [])), "not available in Easel"),
+    (xyz_args(x=(REFINER, "None, no-such-model", [])), "Unknown checkpoint: no-such-model"),
     (xyz_args(x=(STEPS, "1, lots", [])), "Steps"),
     (xyz_args(x=(PROMPT_SR, "dragon, cat", [])), "did not find dragon"),
     (xyz_args(x=(99, "1", [])), "out of range"),
-], ids=["sampler", "unsupported-axis", "not-a-number", "prompt-sr-missing", "axis-index"])
+], ids=["sampler", "unknown-refiner", "not-a-number", "prompt-sr-missing", "axis-index"])
 def test_bad_xyz_requests_are_a_422_naming_script_args(server, args, hint):
     r = server.post("/sdapi/v1/txt2img", json={**SMALL, "script_name": "X/Y/Z plot", "script_args": args})
     assert hint in assert_error(r, "script_args", status=(422,))

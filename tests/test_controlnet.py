@@ -134,11 +134,12 @@ class _Steps(JobObserver):
         self.latents.append(latents.clone())
 
 
-def _run(sd1, tmp_path, units=(), **overrides):
+def _run(model, tmp_path, units=(), base=SMALL, **overrides):
+    """A job on ``model`` with these units: (its picture, the latents after each step)."""
     observer = _Steps()
     settings = GenerationSettings(outdir_samples=tmp_path, outdir_grids=tmp_path,
                                   control=controlnet.ControlJob(list(units)) if units else None)
-    result = generate(GenerationRequest(prompt="a red cube", **{**SMALL, **overrides}), sd1, settings, observer)
+    result = generate(GenerationRequest(prompt="a red cube", **{**base, **overrides}), model, settings, observer)
     return np.asarray(result.images[0]), observer.latents
 
 
@@ -209,13 +210,8 @@ def test_a_controlnet_for_another_family_is_refused(sd1, cn_files):
         controlnet.ControlJob([unit]).for_pass(sd1, (4, 8, 8))
 
 
-def test_sdxl_controlnet_steers_the_sdxl_unet(sdxl, cn_files):
-    from modules.core import model_ops
-
-    built = controlnet_model.load(cn_files["sdxl_diffusers"], sdxl.policy.unet_dtype)
-    built.module.to(sdxl.device)
-    residuals = controlnet.ControlJob([controlnet.ControlUnit(built, np.asarray(picture(64, 64)))]).for_pass(
-        sdxl, (4, 8, 8))
+def sdxl_inputs(sdxl):
+    """(generator, cond, latents, timestep) for one call of the tiny SDXL UNet at 64 px."""
     g = torch.Generator().manual_seed(0)
     config = sdxl.spec.unet_config
     pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
@@ -223,6 +219,17 @@ def test_sdxl_controlnet_steers_the_sdxl_unet(sdxl, cn_files):
             "text_embeds": torch.randn(1, pooled, generator=g), "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
     cond = {k: v.to(sdxl.device) for k, v in cond.items()}
     x, t = torch.randn(1, 4, 8, 8, generator=g).to(sdxl.device), torch.tensor([500], device=sdxl.device)
+    return g, cond, x, t
+
+
+def test_sdxl_controlnet_steers_the_sdxl_unet(sdxl, cn_files):
+    from modules.core import model_ops
+
+    built = controlnet_model.load(cn_files["sdxl_diffusers"], sdxl.policy.unet_dtype)
+    built.module.to(sdxl.device)
+    residuals = controlnet.ControlJob([controlnet.ControlUnit(built, np.asarray(picture(64, 64)))]).for_pass(
+        sdxl, (4, 8, 8))
+    g, cond, x, t = sdxl_inputs(sdxl)
     plain = model_ops.denoiser(sdxl)(x, t, cond)
     steered = model_ops.denoiser(sdxl, residuals)(x, t, residuals.mark(cond, None)[0])
     assert (steered - plain).abs().max() > 1e-3
@@ -260,17 +267,22 @@ def test_infotext_value_round_trips():
 
 # ------------------------------------------------------------------------------------------ API
 
-@pytest.fixture(scope="module")
-def api_models(server, cn_files):
-    """The ControlNet files in the server's models/ControlNet; {key: title}."""
+def install_models(server, files: dict) -> dict:
+    """Copy {key: file} into the server's models/ControlNet; {key: title as the extension lists it}."""
     folder = server.data_dir / "models" / "ControlNet"
     folder.mkdir(parents=True, exist_ok=True)
     titles = {}
-    for key in ("ldm", "diffusers", "zero", "other"):
-        target = folder / cn_files[key].name
-        target.write_bytes(cn_files[key].read_bytes())
+    for key, source in files.items():
+        target = folder / source.name
+        target.write_bytes(source.read_bytes())
         titles[key] = f"{target.stem} [{controlnets.short_hash(target)}]"
     return titles
+
+
+@pytest.fixture(scope="module")
+def api_models(server, cn_files):
+    """The ControlNet files in the server's models/ControlNet; {key: title}."""
+    return install_models(server, {key: cn_files[key] for key in ("ldm", "diffusers", "zero", "other")})
 
 
 def _txt2img(server, units=None, **fields):
@@ -298,6 +310,8 @@ def test_api_lists_and_settings(server, api_models):
     types = requests.get(server.url + "/controlnet/control_types", timeout=30).json()["control_types"]
     assert types["Canny"]["default_option"] == "canny" and types["All"]["default_model"] == "None"
     assert requests.get(server.url + "/controlnet/settings", timeout=30).json() == {"control_net_unit_count": 3}
+    options = requests.get(server.url + "/sdapi/v1/options", timeout=30).json()  # the extension's settings
+    assert options["control_net_unit_count"] == 3 and options["control_net_inpaint_blur_sigma"] == 7
 
 
 def test_api_detect_canny_is_opencv_canny(server):
@@ -425,6 +439,8 @@ def test_webuiapi_client(server, api_models):
     plain = api.txt2img(**kwargs).image
     unit = webuiapi.ControlNetUnit(image=picture(64, 64), module="canny", model=api_models["ldm"], weight=1.0,
                                    processor_res=64, threshold_a=60, threshold_b=150)
-    result = api.txt2img(controlnet_units=[unit], **kwargs)
+    # webuiapi writes the units into its `alwayson_scripts={}` default, which would send them with
+    # every later call of this process: a dict of the call's own
+    result = api.txt2img(controlnet_units=[unit], alwayson_scripts={}, **kwargs)
     assert not np.array_equal(np.asarray(result.image), np.asarray(plain))
     assert "ControlNet 0" in result.info["extra_generation_params"] or "ControlNet 0" in result.info["infotexts"][0]

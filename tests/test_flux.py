@@ -136,13 +136,11 @@ def test_t5_conditioning_equals_diffusers_encode_prompt(flux_files, flux):
     assert torch.allclose(cond["pooled"], pooled.float(), atol=2e-3)
 
 
-def test_flux_refuses_samplers_and_sizes_it_cannot_run(flux):
+def test_flux_refuses_schedules_and_sizes_it_cannot_run(flux):
+    # every sampler runs on flow models (tests/test_flow_samplers.py); Align Your Steps has no flow form
     with pytest.raises(RequestError) as info:
-        generate(GenerationRequest(**{**REQUEST, "sampler_name": "Euler a"}), flux, GenerationSettings())
-    assert info.value.field == "sampler_name" and "DPM++ 2M" in info.value.message
-    with pytest.raises(RequestError) as info:
-        generate(GenerationRequest(**{**REQUEST, "scheduler": "Karras"}), flux, GenerationSettings())
-    assert info.value.field == "scheduler"
+        generate(GenerationRequest(**{**REQUEST, "scheduler": "Align Your Steps"}), flux, GenerationSettings())
+    assert info.value.field == "scheduler" and "Karras" in info.value.message
     with pytest.raises(RequestError) as info:
         generate(GenerationRequest(**{**REQUEST, "width": 72}), flux, GenerationSettings())
     assert info.value.field == "width" and "16" in info.value.message
@@ -179,13 +177,15 @@ def test_split_flux_through_the_api(tmp_path, flux_files):
         picture = Image.open(io.BytesIO(base64.b64decode(reply.json()["images"][0])))
         assert picture.size == (64, 64) and np.asarray(picture).std() > 1
         assert "Distilled CFG Scale: 3" in reply.json()["info"]
-        refused = requests.post(server.url + "/sdapi/v1/txt2img", json={**body, "sampler_name": "Euler a"}, timeout=60)
-        assert refused.status_code == 422 and "sampler_name" in refused.text
+        refused = requests.post(server.url + "/sdapi/v1/txt2img", json={**body, "scheduler": "Align Your Steps"},
+                                timeout=60)
+        assert refused.status_code == 422 and "Align Your Steps" in refused.text
         _page_follows_the_family(server.url)
 
 
 def _page_follows_the_family(url: str) -> None:
     """With Flux dev loaded the page shows Forge's Distilled CFG Scale and starts CFG at 1."""
+    from modules.core import samplers
     from tests.browser import launch_browser, require_chromium
 
     require_chromium()
@@ -197,10 +197,9 @@ def _page_follows_the_family(url: str) -> None:
             slider.wait_for(state="attached", timeout=60_000)
             assert page.locator(f"#{tab}_distilled_cfg_scale input[type=number]").input_value() == "3.5"
             assert page.locator(f"#{tab}_cfg_scale input[type=number]").input_value() == "1"
-        page.locator("#txt2img_sampling input").click()  # the sampler list: what Flux runs, nothing else
+        page.locator("#txt2img_sampling input").click()  # the sampler list: every A1111 sampler runs on Flux
         options = page.locator("ul[role=listbox] li").all_inner_texts()
-        assert sorted(o.replace("✓", "").strip() for o in options) == sorted(["Euler", "Heun", "DPM2", "LMS",
-                                                                              "DPM++ 2M"]), options
+        assert sorted(o.replace("✓", "").strip() for o in options) == sorted(samplers.SAMPLER_NAMES), options
         assert page.locator("#txt2img_distilled_cfg_scale").is_visible()
 
 

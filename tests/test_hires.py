@@ -215,7 +215,7 @@ def test_invalid_hires_values_are_request_errors(sd1):
     assert err.value.field == "hr_upscaler" and "known: Latent, " in err.value.message
     GenerationRequest(prompt="a", hr_upscaler="ESRGAN_4x")  # A1111 ignores it while hires is off
     for fields, field in ((dict(hr_sampler_name="nope"), "hr_sampler_name"),
-                          (dict(hr_sampler_name="DDIM", hr_scheduler="Karras"), "hr_scheduler"),
+                          (dict(hr_sampler_name="DDIM", hr_scheduler="Wavy"), "hr_scheduler"),
                           (dict(hr_checkpoint_name="other"), "hr_checkpoint_name"),
                           (dict(hr_scale=0.5), "hr_scale")):
         with pytest.raises(RequestError) as err:

@@ -194,6 +194,23 @@ def test_tile_options_are_read_at_each_run(found):
     assert service.upscale(esrgan, picture(12, 8)).size == (48, 32)
 
 
+def test_console_bar_over_the_tiles_follows_its_option(found, capsys):
+    """A1111's enable_upscale_progressbar (on by default): a tqdm bar on stderr over the tiles."""
+    opts = {"ESRGAN_tile": 16, "ESRGAN_tile_overlap": 4, "enable_upscale_progressbar": True}
+    service = ModelUpscalers(found.folders, options=opts)
+    esrgan = next(f for f in found.files if f.name == "4x-Tiny")
+    capsys.readouterr()
+    assert service.upscale(esrgan, picture(40, 28)).size == (160, 112)
+    bar = capsys.readouterr().err
+    assert "Tiled upscale (4x-Tiny)" in bar and "6/6" in bar  # 3 x 2 tiles of 16 px
+    opts["enable_upscale_progressbar"] = False
+    service.upscale(esrgan, picture(40, 28))
+    assert "Tiled upscale" not in capsys.readouterr().err
+    opts.update(enable_upscale_progressbar=True, ESRGAN_tile=0)  # untiled: no bar, as in A1111
+    service.upscale(esrgan, picture(12, 8))
+    assert "Tiled upscale" not in capsys.readouterr().err
+
+
 def test_half_precision_only_where_the_device_has_it(found):
     model = upscaler_models.build(Path(upscaling.get("4x-Tiny").model_path))
     assert upscaler_models.run_dtype(model, CPU, half=True) == torch.float32
@@ -234,7 +251,11 @@ def served(server):
     for path, model in zip(paths, (ESRGAN(num_filters=8, num_blocks=1, scale=4), Compact(num_feat=8, num_conv=2, upscale=2))):
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), path)
+    # A1111 lists a built-in Real-ESRGAN name only while realesrgan_enabled_models ticks it
+    enabled = server.get("/sdapi/v1/options").json()["realesrgan_enabled_models"]
+    assert server.post("/sdapi/v1/options", json={"realesrgan_enabled_models": [*enabled, "R-ESRGAN 2x+"]}).ok
     yield server
+    server.post("/sdapi/v1/options", json={"realesrgan_enabled_models": enabled})
     for path in paths:
         path.unlink()
     server.get("/sdapi/v1/upscalers")  # the server looks again: the rows are gone

@@ -104,6 +104,17 @@ def test_live_previews_use_taesd_and_name_a_missing_file_once(tmp_path, sd1, cap
         assert shown.size == (64, 64)
         expected = taesd.decode(reference, state.current_latent)
         assert np.array_equal(np.asarray(shown), np.asarray(expected))
+
+        # a batch of 4: A1111's show_progress_grid puts every picture's preview in a 2 x 2 grid
+        state.sampling_step, state.id_live_preview = 4, 4
+        state.current_latent = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(4))
+        grid = previews.current()[1]
+        assert grid.size == (128, 128)
+        third = taesd.decode(reference, state.current_latent[2:3])
+        assert np.array_equal(np.asarray(grid)[64:, :64], np.asarray(third))
+        options.set("show_progress_grid", False)
+        state.sampling_step, state.id_live_preview = 5, 5
+        assert previews.current()[1].size == (64, 64)  # off: the first picture only
     finally:
         live_previews.set_folder(None)
 
@@ -135,3 +146,43 @@ def test_approx_nn_model_file_loads_and_keeps_the_size_contract(tmp_path):
     torch.save({"conv1.weight": torch.zeros(8, 4, 7, 7)}, tmp_path / "bad.pt")
     with pytest.raises(approx_nn.ApproxNNError, match="not an Approx NN model"):
         approx_nn.load(tmp_path / "bad.pt")
+
+
+# -- A1111's live_preview_content: the preview's subject ----------------------------------------
+
+class _FirstPreview:
+    def __init__(self):
+        self.shown = None
+
+    def step_end(self, step, total, latents, denoised):
+        if step == 0:
+            self.shown = denoised.clone()
+
+
+@pytest.mark.parametrize("sampler", ["Euler", "LMS", "DDIM"])  # (DPM++ 2M reports no x0: its previews show latents)
+def test_the_preview_subject_is_the_prompts_or_the_negative_prompts_own_prediction(sd1, sampler):
+    """At the first step every run sees the same latents, so "Prompt" (with a negative prompt and
+    CFG 7) must show what a run whose negative prompt is the prompt shows as "Combined" (guidance
+    then changes nothing), and "Negative prompt" what a run on the negative prompt alone shows."""
+    from modules.core import denoise, model_ops, samplers
+    from modules.core.scheduled_conditioning import ScheduledConditioning
+
+    conditioner = sd1.family.conditioner(sd1)
+
+    def first_preview(prompt, negative, content):
+        conds = ScheduledConditioning(conditioner, [prompt], [negative], 4, 64, 64)
+        hooks = type("Hooks", (_FirstPreview, denoise.DenoiseHooks), {})()
+        noise = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+        denoise.sample(model_ops.denoiser(sd1), samplers.build_scheduler(sampler, "Automatic"), noise,
+                       conds.cond_for_step, steps=4, cfg_scale=7.0, hooks=hooks, preview_content=content)
+        return hooks.shown
+
+    prompt, negative = "a red house", "blurry, dark"
+    combined = first_preview(prompt, negative, "Combined")
+    own = first_preview(prompt, negative, "Prompt")
+    negative_own = first_preview(prompt, negative, "Negative prompt")
+    assert torch.allclose(own, first_preview(prompt, prompt, "Combined"), atol=1e-4)
+    assert torch.allclose(negative_own, first_preview(negative, negative, "Combined"), atol=1e-4)
+    assert not torch.allclose(own, combined, atol=1e-3) and not torch.allclose(own, negative_own, atol=1e-3)
+    with pytest.raises(ValueError, match="preview_content"):
+        first_preview(prompt, negative, "Both")

@@ -13,6 +13,7 @@ import concurrent.futures
 import io
 import json
 import os
+import re
 import signal
 import time
 
@@ -48,7 +49,7 @@ def wait_all(srv, ids, timeout=180) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def ray_server(tiny_checkpoints, tmp_path_factory):
     data = tmp_path_factory.mktemp("ray-data")
-    with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--nowebui", "--ckpt", str(tiny_checkpoints.sd1),
+    with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1),
                     "--workers", "ray", "--ray-workers", "2", timeout=240) as srv:
         yield srv
 
@@ -127,8 +128,10 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_completes_once(ray_serv
     assert wait_all(ray_server, [again])[again]["status"] == "done"
 
 
-def test_the_preview_and_cancel_of_a_job_running_on_a_worker(ray_server):
-    job_id = ray_server.post(f"{JOBS}/txt2img", json={**BODY, "prompt": "cancel me", "steps": 150,
+def test_progress_preview_skip_and_cancel_of_a_job_running_on_a_worker(ray_server):
+    """The job API's preview and cancel, and A1111's /progress, /internal/progress and /skip, reach
+    the actor that runs the job."""
+    job_id = ray_server.post(f"{JOBS}/txt2img", json={**BODY, "prompt": "cancel me", "steps": 150, "n_iter": 2,
                                                       "width": 128, "height": 128, "seed": 3}).json()["id"]
     deadline = time.time() + 120
     while True:  # the preview comes from the actor that runs the job
@@ -140,7 +143,97 @@ def test_the_preview_and_cancel_of_a_job_running_on_a_worker(ray_server):
     assert preview.headers["content-type"] == "image/png" and Image.open(io.BytesIO(preview.content)).size[0] > 0
     running = ray_server.get(f"{JOBS}/{job_id}").json()
     assert running["status"] == "running" and running["worker"].startswith("ray-") and running["steps"] == 150
+    # A1111's progress routes see it although the server's own worker thread is idle; the current
+    # image once the actor made its first live preview (every show_progress_every_n_steps steps)
+    while (progress := ray_server.get("/sdapi/v1/progress").json())["current_image"] is None:
+        assert time.time() < deadline, progress
+        time.sleep(0.1)
+    assert progress["current_task"] == job_id and 0 < progress["progress"] < 1, progress
+    assert progress["state"]["sampling_steps"] == 150 and progress["state"]["job_count"] == 2
+    assert progress["textinfo"] == "Batch 1 out of 2" and progress["eta_relative"] > 0
+    # (Approx cheap, the fallback without the Approx NN file: one pixel per latent cell)
+    assert Image.open(io.BytesIO(base64.b64decode(progress["current_image"]))).size == (16, 16)
+    internal = ray_server.post("/internal/progress", json={"id_task": job_id, "id_live_preview": -1,
+                                                          "live_preview": True}).json()
+    assert internal["active"] is True and internal["progress"] > 0 and internal["id_live_preview"] >= 0
+    assert internal["live_preview"].startswith("data:image/png;base64,")
+    # Skip ends the first batch only: the second one starts
+    assert ray_server.post("/sdapi/v1/skip").status_code == 200
+    while (ray_server.get(f"{JOBS}/{job_id}").json().get("textinfo") or "") != "Batch 2 out of 2":
+        assert time.time() < deadline
+        time.sleep(0.05)
     assert ray_server.post(f"{JOBS}/{job_id}/cancel").json()["cancelled"] is True
     job = wait_all(ray_server, [job_id], timeout=60)[job_id]
     assert job["status"] == "cancelled" and job["attempts"] == 1
     assert "Steps: 150" in Image.open(io.BytesIO(base64.b64decode(job["result"]["images"][0]))).info["parameters"]
+    idle = ray_server.get("/sdapi/v1/progress").json()
+    assert idle["current_task"] is None and idle["progress"] == 0
+
+
+def test_the_page_on_ray_workers_progress_preview_interrupt_and_a_picture(ray_server, server):
+    """A job from the UI runs on a Ray worker: its progress and live preview come from the actor,
+    /sdapi/v1/interrupt stops it there (the page says so), and the picture saved equals the single
+    worker's."""
+    pytest.importorskip("playwright")
+    from playwright.sync_api import expect
+
+    from tests.browser import launch_browser
+
+    saved = ray_server.data_dir / "outputs" / "txt2img-images"
+    with launch_browser() as browser:
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(ray_server.url)
+        expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(
+            re.compile(r"^tiny-sd1\.safetensors \["), timeout=120_000)
+
+        def fill(prompt: str, steps: int, seed: int) -> None:
+            page.locator("#txt2img_prompt textarea").fill(prompt)
+            for elem_id, value in (("txt2img_steps", steps), ("txt2img_width", 64), ("txt2img_height", 64)):
+                field = page.locator(f"#{elem_id} input[type=number]")
+                field.fill(str(value))
+                field.press("Enter")
+            page.locator("#txt2img_seed input").fill(str(seed))
+
+        fill("ui on ray, interrupted", 150, 11)
+        batch_count = page.locator("#txt2img_batch_count input[type=number]")  # a long job: 10 x 150 steps
+        batch_count.fill("10")
+        batch_count.press("Enter")
+        expect(page.locator("#txt2img_batch_count input[type=range]")).to_have_value("10")
+        page.locator("#txt2img_generate").click()
+        # the page's job runs on an actor: A1111's progress route follows it there (its step and preview)
+        deadline = time.time() + 120
+        while True:
+            progress = ray_server.get("/sdapi/v1/progress").json()
+            if (progress["current_task"] or "").startswith("ui-txt2img-") and progress["state"]["sampling_step"] > 0 \
+                    and progress["current_image"]:
+                break
+            assert time.time() < deadline, progress
+            time.sleep(0.1)
+        assert progress["state"]["sampling_steps"] == 150
+        # A1111's /sdapi/v1/interrupt reaches the actor: the page's job stops there (and its batch)
+        assert ray_server.post("/sdapi/v1/interrupt").status_code == 200
+        expect(page.locator("#txt2img_generate")).to_be_visible(timeout=120_000)
+        info = page.locator("#html_info_txt2img").inner_text()
+        assert "Interrupted" in info and "Steps: 150" in info
+        ui_jobs = [j for j in ray_server.get(JOBS).json()["jobs"] if j["id"].startswith("ui-txt2img-")]
+        assert ui_jobs and all(j["worker"].startswith("ray-") for j in ui_jobs), ui_jobs
+        assert all(j["status"] in ("done", "cancelled") for j in ui_jobs)  # Interrupt: stopped, its picture kept
+
+        before = set(saved.glob("*/*.png"))
+        batch_count.fill("1")
+        batch_count.press("Enter")
+        expect(page.locator("#txt2img_batch_count input[type=range]")).to_have_value("1")
+        fill("ui on ray", 3, 520)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_generate")).to_be_visible(timeout=120_000)
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible()
+        new = sorted(set(saved.glob("*/*.png")) - before)
+        assert len(new) == 1, new
+    with Image.open(new[0]) as picture:
+        parameters, got = picture.info["parameters"], np.asarray(picture.convert("RGB"))
+    assert "Seed: 520" in parameters and "Steps: 3" in parameters
+    # the single worker, given the saved picture's own infotext, makes the same picture
+    reference = server.post("/sdapi/v1/txt2img", json={"infotext": parameters})
+    assert reference.status_code == 200, reference.text
+    assert np.array_equal(got, pixels(reference.json()["images"][0]))

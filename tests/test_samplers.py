@@ -375,10 +375,16 @@ def test_resolve_rejects_unknown_and_unsupported():
     assert "Euler a" in str(err.value) and "DPM++ 2M SDE" in str(err.value) and "LCM" in str(err.value)
     with pytest.raises(ValueError, match="Karras"):
         samplers.resolve("Euler", "Karras Exponential")
-    with pytest.raises(ValueError, match="does not support schedule type 'Karras'"):
-        samplers.resolve("DDIM", "Karras")
-    with pytest.raises(ValueError, match="does not support"):
-        samplers.build_scheduler("LCM", "SGM Uniform")
+    # A1111's timestep samplers take any schedule type and run their own timesteps (its infotexts
+    # with "Sampler: DDIM, Schedule type: Karras" are reproduced); A1111's LCM is k-diffusion's
+    assert samplers.resolve("DDIM", "Karras") == ("DDIM", "Karras")
+    for name in ("DDIM", "PLMS", "DDIM CFG++", "UniPC"):
+        ignored, own = samplers.build_scheduler(name, "Polyexponential"), samplers.build_scheduler(name)
+        ignored.set_timesteps(7)
+        own.set_timesteps(7)
+        assert type(ignored) is type(own) and torch.equal(ignored.timesteps, own.timesteps), name
+    lcm = samplers.build_scheduler("LCM", "SGM Uniform")
+    assert lcm.algorithm_name == "lcm" and lcm.schedule_id == "sgm_uniform"
     with pytest.raises(ValueError, match="already names schedule"):
         samplers.resolve("DPM++ 2M Karras", "Exponential")
     # diffusers' LMS cannot rescale to zero terminal SNR: k-diffusion's LMS runs on the rescaled schedule

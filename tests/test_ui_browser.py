@@ -3,7 +3,7 @@
 What a user does on the txt2img tab: type prompts, set sizes and steps through the controls,
 Generate, watch the progress, get the gallery, the info and the saved file; Interrupt a long job;
 pick checkpoints; use the seed buttons; see errors as messages while the page keeps working.
-Every wait is on a condition of the page, never a fixed sleep. Jobs are 64x64 with 1-2 steps,
+Every wait is on a condition of the page, never a fixed sleep (but the idle page watched for 3 s). Jobs are 64x64 with 1-2 steps,
 except the one that is interrupted.
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from tests.browser import launch_browser
 
@@ -189,7 +190,10 @@ def test_paste_puts_an_infotext_into_the_controls_and_generates_it(page, server)
 
 def test_interrupt_ends_a_long_job_early(page, server):
     before = set(saved_images(server))
-    fill_job(page, "a very long job", steps=150, batch_count=4)
+    # one picture (A1111's interrupt_after_current only waits for the current picture of several),
+    # 512x512: its 150 steps take long enough that the click lands inside it even on a loaded CI
+    # machine (at 64, 128 and once at 256 px the picture was done before the click)
+    fill_job(page, "a very long job", steps=150, size=512, batch_count=1)
     page.locator("#txt2img_generate").click()
 
     expect(page.locator("#txt2img_interrupt")).to_be_visible()
@@ -199,13 +203,45 @@ def test_interrupt_ends_a_long_job_early(page, server):
     progress = page.locator("#txt2img_gallery").get_by_text(re.compile(r"Step \d+/150, ETA \d+"))
     expect(progress.first).to_be_visible(timeout=JOB_TIMEOUT_MS)
 
-    page.locator("#txt2img_interrupt").click()
-    expect_idle(page, timeout=30_000)  # 600 steps would take minutes; one more step is enough
+    # still running (else the test would prove nothing): the progress endpoint says so
+    assert requests.get(server.url + "/sdapi/v1/progress?skip_current_image=true", timeout=30).json()["state"][
+        "job_count"] > 0
+    page.locator("#txt2img_interrupt").dispatch_event("click")  # (re-rendered while the job runs: a pointer click can miss it)
+    expect_idle(page, timeout=60_000)  # 150 steps would take minutes; one more step is enough
     info = info_text(page)
     assert "Interrupted" in info and "Steps: 150" in info
     assert set(saved_images(server)) == before, "an interrupted job saves nothing"
     # the server is free again: the progress endpoint shows no job
     assert requests.get(server.url + "/sdapi/v1/progress", timeout=30).json()["state"]["job"] == ""
+
+
+def test_an_idle_page_sends_nothing_and_no_trigger_has_two_always_last_listeners(page, server):
+    """Regression: the token counters had two `always_last` listeners on the steps slider and on
+    the styles dropdown; Gradio re-dispatches a whole trigger when a queued always_last call ends,
+    so the two re-queued each other forever: 4 requests a second from every open page and a
+    main thread that never rested (every click took seconds)."""
+    posts = []
+    page.on("request", lambda r: posts.append((r.post_data or r.url)[:200]) if "/gradio_api/" in r.url else None)
+    # the page's load events may still be arriving on a loaded machine; the loop never went quiet
+    quiet = False
+    for _ in range(15):
+        seen = len(posts)
+        page.wait_for_timeout(2000)
+        if len(posts) == seen:
+            quiet = True
+            break
+    assert quiet, posts[-6:]
+    # the page still counts: steps and styles reach both counters through one listener
+    page.locator("#txt2img_prompt textarea").fill("[cat:dog:0.5]")
+    expect(page.locator("#txt2img_token_counter")).to_contain_text("/75")
+
+    config = requests.get(server.url + "/config", timeout=30).json()
+    listeners: dict[tuple, int] = {}
+    for dep in config["dependencies"]:
+        if dep.get("trigger_mode") == "always_last":
+            for target in dep["targets"]:
+                listeners[tuple(target)] = listeners.get(tuple(target), 0) + 1
+    assert [t for t, n in listeners.items() if n > 1] == []
 
 
 A1111_IDS = ["tab_txt2img", "setting_sd_model_checkpoint", "txt2img_prompt", "txt2img_neg_prompt", "txt2img_generate",
@@ -270,6 +306,21 @@ def test_refiner_accordion_switches_to_the_refiner(page, server, tiny_checkpoint
         info = info_text(page)
         assert re.search(rf"Refiner: {re.escape(refiner.stem)} \[[0-9a-f]{{10}}\]", info), info
         assert "Refiner switch at: 0.5" in info, info
+
+        # with hires fix too: the refiner runs in the second pass (A1111's hires_fix_refiner_pass
+        # default), once the timestep is past the switch point (4 hires steps at denoising 0.7 run
+        # 3, the last ones below t = 500), and the picture comes at the upscaled size
+        page.locator("#txt2img_hr").get_by_text("Hires. fix").click()
+        set_number(page, "txt2img_hires_steps", 4)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#html_info_txt2img")).to_contain_text("Hires upscale: 2", timeout=JOB_TIMEOUT_MS)
+        expect_idle(page)
+        info = info_text(page)
+        assert re.search(rf"Refiner: {re.escape(refiner.stem)} \[[0-9a-f]{{10}}\]", info), info
+        assert "Refiner switch at: 0.5" in info and "Size: 64x64" in info, info
+        with Image.open(saved_images(server)[-1]) as png:
+            assert png.size == (128, 128) and "Hires upscale: 2" in png.info["parameters"]
+        page.locator("#txt2img_hr").get_by_text("Hires. fix").click()  # off again
 
         # closed again, then the last generation pasted back: open, with its switch point
         set_number(page, "txt2img_switch_at", 0.3)

@@ -5,14 +5,16 @@ What a user does: open the panel with 🎴, see the cards of the checkpoints, Lo
 embeddings (a preview picture where one sits beside the file), filter them with the search box,
 click a Lora card to put `<lora:name:1>` in the prompt (and again to take it out), a Textual
 Inversion card to add its name to the prompt box last used, a checkpoint card to load that
-checkpoint; pick a style and Generate, apply a style into the prompt box, save the prompts as a
-style. Files are written into the shared server's folders (models/Lora, embeddings, styles.csv)
+checkpoint; edit a Lora card's user metadata (✏️, the .json beside the file: its preferred weight,
+activation and negative text go in with the card); pick a style and Generate, apply a style into
+the prompt box, save the prompts as a style. Files are written into the shared server's folders (models/Lora, embeddings, styles.csv)
 and found with Refresh.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import re
 from pathlib import Path
 
@@ -31,6 +33,9 @@ from playwright.sync_api import Page, expect  # noqa: E402
 
 LORA_A, LORA_B, EMBEDDING = "easel_test_lora", "other_lora_file", "easel-test-emb"
 ALIAS_B = "Fancy Output Name"  # kohya's ss_output_name: the card shows and inserts it (A1111's default)
+LORA_META = "easel_meta_lora"  # one with A1111's user metadata (the .json beside it)
+TENSORS = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(1, 4),
+           "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(4, 1)}
 
 
 @pytest.fixture
@@ -40,8 +45,7 @@ def network_files(server):
     lora_dir = Path(server.data_dir) / "models" / "Lora"
     emb_dir = Path(server.data_dir) / "embeddings"
     lora_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": torch.zeros(1, 4),
-               "lora_unet_down_blocks_0_attentions_0_proj_in.lora_up.weight": torch.zeros(4, 1)}
+    tensors = TENSORS
     files = [lora_dir / f"{LORA_A}.safetensors", lora_dir / f"{LORA_B}.safetensors", lora_dir / f"{LORA_A}.png"]
     save_file(tensors, str(files[0]))
     save_file(tensors, str(files[1]), metadata={"ss_output_name": ALIAS_B})
@@ -179,6 +183,53 @@ def test_panel_cards_search_and_clicks(page, server, network_files, tiny_checkpo
     show_page_of.click()
     expect(page.locator("#img2img_lora_cards .card").filter(has_text=LORA_A)).to_have_count(1)
     expect(page.locator("#img2img_styles")).to_have_count(1)
+
+
+def test_lora_card_user_metadata_and_its_editor(page, server):
+    """A1111's user metadata: the card inserts the preferred weight and the activation text (and the
+    negative text), ✏️ edits the .json beside the file, keeping the keys the editor does not show."""
+    lora_dir = Path(server.data_dir) / "models" / "Lora"
+    lora_dir.mkdir(parents=True, exist_ok=True)
+    model, meta = lora_dir / f"{LORA_META}.safetensors", lora_dir / f"{LORA_META}.json"
+    save_file(TENSORS, str(model))
+    meta.write_text(json.dumps({"activation text": "glowing runes", "preferred weight": 0.7, "negative text": "dull",
+                                "civitai": {"id": 7}}), encoding="utf-8")
+    try:
+        requests.post(server.url + "/sdapi/v1/refresh-loras", timeout=60)  # (the panel's Refresh: all folders)
+        open_panel(page)
+        show_page(page, "Lora")
+        card = cards(page, "lora").filter(has_text=LORA_META)
+        prompt, negative = prompt_box(page), prompt_box(page, negative=True)
+        prompt.fill("a castle")
+        negative.fill("blurry")
+        card.click()
+        expect(prompt).to_have_value(f"a castle <lora:{LORA_META}:0.7> glowing runes")
+        expect(negative).to_have_value("blurry dull")
+        card.click()  # and out again, the activation text and the negative text with it
+        expect(prompt).to_have_value("a castle")
+        expect(negative).to_have_value("blurry")
+
+        card.locator(".edit-button").click()  # ✏️ opens the editor and is no click on the card
+        editor = page.locator("#txt2img_lora_edit_user_metadata")
+        expect(editor).to_be_visible()
+
+        def field(name):
+            return editor.locator(f"#txt2img_lora_edit_user_metadata_{name}").locator("textarea, input").first
+
+        expect(field("activation_text")).to_have_value("glowing runes")
+        expect(prompt).to_have_value("a castle")
+        field("description").fill("Runes that glow")
+        editor.locator("#txt2img_lora_edit_user_metadata_save").click()
+        expect(editor).to_be_hidden()
+        expect(card.locator(".description")).to_have_text("Runes that glow")
+        saved = json.loads(meta.read_text(encoding="utf-8"))
+        assert saved == {"activation text": "glowing runes", "preferred weight": 0.7, "negative text": "dull",
+                         "civitai": {"id": 7}, "description": "Runes that glow", "sd version": "Unknown",
+                         "notes": ""}, saved
+    finally:
+        model.unlink(missing_ok=True)
+        meta.unlink(missing_ok=True)
+        requests.post(server.url + "/sdapi/v1/refresh-loras", timeout=60)
 
 
 def test_style_changes_the_generated_prompt_and_applies_into_the_box(page, server, styles_file):

@@ -35,8 +35,9 @@ SUB_TAB_IDS = {"Sketch": ["img2img_sketch"], "Inpaint": ["img2maskimg", "img2img
                "Inpaint sketch": ["inpaint_sketch"], "Inpaint upload": ["img_inpaint_base", "img_inpaint_mask"],
                "Batch": ["img2img_batch_input_dir", "img2img_batch_output_dir", "img2img_batch_inpaint_mask_dir"]}
 HIRES_IDS = ["txt2img_hr", "txt2img_hr_upscaler", "txt2img_hires_steps", "txt2img_denoising_strength",
-             "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y", "hr_checkpoint", "hr_sampler",
-             "hr_scheduler", "hires_prompt", "hires_neg_prompt"]
+             "txt2img_hr_scale", "txt2img_hr_resize_x", "txt2img_hr_resize_y"]
+# shown with hires_fix_show_sampler / hires_fix_show_prompts (off by default, as in A1111; tests/test_a1111_page_browser.py)
+HIRES_OPTIONAL_IDS = ["hr_checkpoint", "hr_sampler", "hr_scheduler", "hires_prompt", "hires_neg_prompt"]
 
 
 def expect_ids(page: Page, ids: list[str]) -> None:
@@ -175,6 +176,8 @@ def test_hires_fix_gives_the_upscaled_size(page, server):
     fill_job(page, "a blue square", steps=1)
     page.locator("#txt2img_hr").get_by_text("Hires. fix").click()  # open = on, as in A1111
     expect_ids(page, HIRES_IDS + ["txt2img_tiling"])
+    for elem_id in HIRES_OPTIONAL_IDS:
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()
     set_number(page, "txt2img_hires_steps", 1)
     expect(page.locator("#txtimg_hr_finalres")).to_contain_text("from 64x64 to 128x128")
     info = generate_and_wait(page, "txt2img")

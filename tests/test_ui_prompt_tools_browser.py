@@ -1,6 +1,6 @@
 """The prompt tools in a real browser (Chromium through Playwright) on the shared test server:
-the token counters, Ctrl+↑/↓ weights, 🗑️ clear prompt, Generate forever and the icon buttons
-that render without an emoji font. Jobs are 64x64 with 1 step.
+the token counters, Ctrl+↑/↓ weights, Alt+←/→ moves, 🗑️ clear prompt, Generate forever and the
+icon buttons that render without an emoji font. Jobs are 64x64 with 1 step.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import re
 import time
 
 import pytest
+import requests
 
 from tests.test_ui_browser import (JOB_TIMEOUT_MS, browser, expect_idle, fill_job, page,  # noqa: F401 - fixtures
                                    saved_images, set_number)
@@ -30,7 +31,7 @@ def test_token_counter_turns_to_the_next_chunk_past_75_tokens(page):
     expect(page.locator("#img2img_token_counter")).to_have_count(1)
 
 
-def test_ctrl_up_and_down_change_the_weight_of_the_word(page):
+def test_ctrl_up_and_down_change_the_weight_of_the_word(page, server):
     box = page.locator("#txt2img_prompt textarea")
     box.fill("a cat sitting")
     box.evaluate("(el) => { el.focus(); el.setSelectionRange(3, 3); }")  # the cursor in "cat"
@@ -48,6 +49,27 @@ def test_ctrl_up_and_down_change_the_weight_of_the_word(page):
     box.evaluate("(el) => el.setSelectionRange(3, 3)")
     box.press("Control+ArrowUp")
     expect(box).to_have_value("<lora:x:0.85>")
+
+    # Alt+→ moves the part between commas under the cursor one place right (A1111's keyedit_move)
+    box.fill("a cat, a dog, a bird")
+    box.evaluate("(el) => el.setSelectionRange(9, 9)")  # in "a dog"
+    box.press("Alt+ArrowRight")
+    expect(box).to_have_value("a cat, a bird, a dog")
+    assert box.evaluate("(el) => el.value.slice(el.selectionStart, el.selectionEnd)") == "a dog"
+
+    # the step is the option keyedit_precision_attention, as the page has it (window.opts: given
+    # here as the Settings tab gives a change, without a reload)
+    options = server.url + "/sdapi/v1/options"
+    assert requests.post(options, json={"keyedit_precision_attention": 0.2}, timeout=60).status_code == 200
+    try:
+        page.evaluate("(json) => window.easelOptionsChanged(json)", requests.get(options, timeout=60).text)
+        assert page.evaluate("() => window.opts.keyedit_precision_attention") == 0.2
+        box.fill("a cat sitting")
+        box.evaluate("(el) => { el.focus(); el.setSelectionRange(3, 3); }")
+        box.press("Control+ArrowUp")
+        expect(box).to_have_value("a (cat:1.2) sitting")
+    finally:
+        requests.post(options, json={"keyedit_precision_attention": 0.1}, timeout=60)
 
 
 def test_clear_prompt_empties_both_boxes_after_confirming(page):

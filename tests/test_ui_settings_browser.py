@@ -131,3 +131,26 @@ def test_quicksettings_keep_the_checkpoint_first_and_skip_names_that_are_no_opti
     assert "'no_such_option', which is no option" in capsys.readouterr().out
     with pytest.raises(ValueError, match="option quicksettings_list must be list"):
         options.check("quicksettings_list", "sd_vae")
+
+
+def test_ui_config_file_sets_the_page_and_settings_defaults_writes_changes_to_it(page, server):
+    """A1111's ui-config.json: the shared server starts with txt2img's steps up to 151 (conftest's
+    UI_CONFIG); Settings → Defaults shows a changed control (View changes) and writes it (Apply)."""
+    from tests.test_ui_browser import set_number
+
+    expect(page.locator("#txt2img_steps input[type=range]")).to_have_attribute("max", "151")
+    path = Path(server.data_dir) / "ui-config.json"
+    before = path.read_text(encoding="utf-8")
+    assert json.loads(before)["txt2img/CFG Scale/value"] == 7  # written at start: the keys the file lacked
+    try:
+        set_number(page, "txt2img_cfg_scale", 8.5)
+        open_section(page, "settings_tab_defaults")
+        page.locator("#ui_defaults_view").click()
+        row = page.locator("#ui_defaults_review tr", has_text="txt2img/CFG Scale/value")
+        expect(row.locator("td")).to_have_text(["txt2img/CFG Scale/value", re.compile(r"^7(\.0)?$"), "8.5"])
+        assert json.loads(path.read_text(encoding="utf-8")) == json.loads(before)  # viewing writes nothing
+        page.locator("#ui_defaults_apply").click()
+        expect(page.locator("#ui_defaults_review")).to_contain_text("Wrote")
+        assert json.loads(path.read_text(encoding="utf-8"))["txt2img/CFG Scale/value"] == 8.5
+    finally:
+        path.write_text(before, encoding="utf-8")

@@ -11,6 +11,7 @@ from typing import Any
 from modules import script_host
 from modules.core import image_io
 from modules.core.infotext import parse_infotext
+from modules.core.sampler_options import FIELD_OPTIONS, field_overrides
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 from modules.core.version import VERSION
 from modules.services import script_jobs
@@ -50,6 +51,12 @@ def job_overrides(body: Any) -> dict[str, Any]:
     overrides = {k: v for k, v in (body.override_settings or {}).items() if k not in OVERRIDE_FIELDS}
     if getattr(body, "restore_faces", None) is not None:
         overrides["face_restoration"] = bool(body.restore_faces)
+    # eta, s_churn, s_tmin, s_tmax, s_noise, s_min_uncond: given, they win over the options (A1111)
+    fields = {name: getattr(body, name, None) for name in FIELD_OPTIONS}
+    if any(value is not None for value in fields.values()):
+        data = {"sampler_name": getattr(body, "sampler_name", None), "sampler_index": getattr(body, "sampler_index", None),
+                "scheduler": getattr(body, "scheduler", None)}
+        overrides.update(field_overrides(request_fields.sampler_fields(data)["sampler_name"], **fields))
     return overrides
 
 

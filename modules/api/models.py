@@ -226,7 +226,13 @@ class ExtrasBaseRequest(_Lenient):
     upscaler_1: Optional[str] = Field("None", description="Main upscaler (names from /sdapi/v1/upscalers); 'None' = no upscale.")
     upscaler_2: Optional[str] = Field("None", description="Secondary upscaler, blended over the first.")
     extras_upscaler_2_visibility: Optional[float] = Field(0, ge=0, le=1, description="Visibility of the secondary upscaler.")
-    upscale_first: Optional[bool] = Field(False, description="Accepted for A1111 compatibility (no face restoration to order).")
+    upscale_first: Optional[bool] = Field(False, description="Accepted for A1111 compatibility (the order is the postprocessing_operation_order setting's).")
+    max_side_length: Optional[int] = Field(0, ge=0, description="resize_mode 0: the longer side of the result is at most this (0: no limit; A1111 1.10's Extras).")
+    postprocessing_scripts: Optional[dict[str, dict[str, Any]]] = Field(
+        None, description="Easel: arguments of postprocessing scripts by script name and argument name (the keys of the "
+                          "script's ui()), over the fields above, e.g. {\"Create flipped copies\": {\"enable\": true, "
+                          "\"option\": [\"Horizontal\"]}, \"Split oversized images\": {\"enable\": true}}; "
+                          "an unknown script or argument is a 422.")
 
 
 class ExtrasSingleImageRequest(ExtrasBaseRequest):
@@ -260,6 +266,15 @@ class PNGInfoResponse(BaseModel):
     info: str = Field(description="The generation parameters text (infotext).")
     items: dict[str, Any] = Field(description="The image's other text fields.")
     parameters: dict[str, Any] = Field(description="The infotext parsed, with A1111's defaults filled in.")
+
+
+class InterrogateRequest(BaseModel):
+    image: str = Field(default="", description="Image to work on, must be a Base64 string containing the image's data.")
+    model: str = Field(default="clip", description="The interrogate model used: 'deepdanbooru' or 'clip'.")
+
+
+class InterrogateResponse(BaseModel):
+    caption: str | None = Field(default=None, description="The generated caption for the image.")
 
 
 # -- listings ----------------------------------------------------------------------------------

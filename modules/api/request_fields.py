@@ -205,8 +205,24 @@ def apply_infotext(body: Any, img2img: bool, options: Mapping[str, Any],
             raise RequestError("infotext", f"{key}: {exc}") from None
         if options.get(option) != value and (allowed is None or allowed(option, value)):
             overrides[option] = value
+    _swap_weights(raw, options, overrides, allowed, find_checkpoint)
     body.override_settings = overrides
     return params
+
+
+def _swap_weights(raw: Mapping[str, Any], options: Mapping[str, Any], overrides: dict,
+                  allowed: Callable[[str, Any], bool] | None,
+                  find_checkpoint: Callable[[str], str | None] | None) -> None:
+    """A1111's disable_weights_auto_swap off: the text's checkpoint ("Model hash"; here also
+    "Model" when the hash names none here) becomes the job's sd_model_checkpoint, when it is here and is not
+    the selected one. The request's own override_settings may set the option for its job."""
+    if overrides.get("disable_weights_auto_swap", options.get("disable_weights_auto_swap", True)):
+        return
+    if "sd_model_checkpoint" in overrides or find_checkpoint is None:
+        return
+    title = next((t for t in (find_checkpoint(str(raw[k])) for k in ("Model hash", "Model") if raw.get(k)) if t), None)
+    if title and title != options.get("sd_model_checkpoint") and (allowed is None or allowed("sd_model_checkpoint", title)):
+        overrides["sd_model_checkpoint"] = title
 
 
 # ------------------------------------------------------------------------------------ sampler

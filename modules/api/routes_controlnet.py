@@ -57,7 +57,7 @@ def build_router(engine: Engine) -> APIRouter:
     def module_list(alias_names: bool = False):
         rows = preprocessors.sorted_rows()
         names = [p.title if alias_names else p.name for p in rows]
-        detail = {name: {"model_free": False, "sliders": [s.api_json() for s in p.sliders()]}
+        detail = {name: {"model_free": p.model_free, "sliders": [s.api_json() for s in p.sliders()]}
                   for name, p in zip(names, rows)}
         return {"module_list": names, "module_detail": detail}
 

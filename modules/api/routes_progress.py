@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import time
 
 from fastapi import APIRouter
 
@@ -20,65 +19,69 @@ from modules.services.live_previews import LivePreviews
 from . import models
 
 
-def _fraction(state) -> float:
-    progress = state.job_no / state.job_count if state.job_count > 0 else 0.0
-    if state.sampling_steps > 0 and state.job_count > 0:
-        progress += state.sampling_step / state.sampling_steps / state.job_count
-    return min(progress, 1.0)
+def _preview_uri(image, fmt: str | None) -> str:
+    """A preview as a data URI in A1111's live_previews_image_format (png, jpeg or webp)."""
+    fmt = (fmt or "png").lower()
+    fmt = fmt if fmt in ("png", "jpeg", "webp") else "png"
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, format=fmt.upper())
+    return f"data:image/{fmt};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 def add_routes(r: APIRouter, engine: Engine, previews: LivePreviews) -> None:
+    """With several workers (`--workers ray`) /progress reports the job that started first of those
+    running, and /interrupt and /skip reach every running job, as A1111's do the one it runs."""
+
     @r.get("/progress", response_model=models.ProgressResponse)
     def progress(skip_current_image: bool = False):
-        state = engine.state
-        if not state.busy or state.job_count == 0:
+        running = engine.queue.running_ids()
+        live = engine.queue.live(running[0]) if running else None
+        if live is None:
+            state = engine.state
             return {"progress": 0.0, "eta_relative": 0.0, "state": state.as_dict(), "textinfo": state.textinfo,
                     "current_task": state.task_id}
-        frac, eta = state.progress()
-        _, image = previews.current()
-        current = image_io.encode_pil_to_base64(image, "png") if image is not None and not skip_current_image else None
-        return {"progress": frac, "eta_relative": eta or 0.0, "state": state.as_dict(), "current_image": current,
-                "textinfo": state.textinfo, "current_task": state.task_id}
+        current = None
+        if not skip_current_image:
+            _, image = engine.queue.live_preview(running[0], previews)
+            current = image_io.encode_pil_to_base64(image, "png") if image is not None else None
+        return {"progress": live["progress"], "eta_relative": live["eta"] or 0.0, "state": live["state"],
+                "current_image": current, "textinfo": live["textinfo"], "current_task": running[0]}
 
     @r.post("/interrupt")
     def interrupt():
-        engine.state.interrupt()
+        engine.queue.interrupt_all()
         return {}
 
     @r.post("/skip")
     def skip():
-        engine.state.skip()
+        engine.queue.skip_all()
         return {}
 
 
 def add_internal_routes(r: APIRouter, engine: Engine, previews: LivePreviews) -> None:
     @r.post("/internal/progress", response_model=models.InternalProgressResponse)
     def internal_progress(req: models.InternalProgressRequest):
-        state, queue = engine.state, engine.queue
-        active = req.id_task is not None and state.busy and req.id_task == state.task_id
+        queue = engine.queue
+        live = queue.live(req.id_task) if req.id_task is not None else None
         waiting = sorted(dict(queue.queued).items(), key=lambda item: item[1])
         queued = req.id_task in dict(waiting)
         completed = req.id_task in list(queue.finished)
-        if not active:
+        if live is None:
             textinfo = "Waiting..."
             if queued:
                 position = [task for task, _ in waiting].index(req.id_task)
                 textinfo = f"In queue: {position + 1}/{len(waiting)}"
             return {"active": False, "queued": queued, "completed": completed, "id_live_preview": -1,
                     "textinfo": textinfo}
-        progress = _fraction(state)
-        elapsed = time.time() - (state.time_start or time.time())
-        eta = elapsed / progress - elapsed if progress > 0 else None
         live_preview, id_live_preview = None, req.id_live_preview
         if req.live_preview and engine.options.get("live_previews_enable"):
-            preview_id, image = previews.current()
+            preview_id, image = queue.live_preview(req.id_task, previews)
             if image is not None and preview_id != req.id_live_preview:
-                buffer = io.BytesIO()
-                image.save(buffer, format="PNG")
-                live_preview = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+                live_preview = _preview_uri(image, engine.options.get("live_previews_image_format"))
                 id_live_preview = preview_id
-        return {"active": True, "queued": queued, "completed": completed, "progress": progress, "eta": eta,
-                "live_preview": live_preview, "id_live_preview": id_live_preview, "textinfo": state.textinfo}
+        return {"active": True, "queued": queued, "completed": completed, "progress": live["progress"],
+                "eta": live["eta"], "live_preview": live_preview, "id_live_preview": id_live_preview,
+                "textinfo": live["textinfo"]}
 
     @r.get("/internal/pending-tasks", response_model=models.PendingTasksResponse)
     def pending_tasks():

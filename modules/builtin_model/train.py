@@ -53,11 +53,13 @@ DEFAULTS = dict(
     caption_dropout=0.1, min_snr_gamma=5.0, low_snr_floor=0.25, text_aux_weight=0.3,
     coarse_noise=(0.5, 0.5, 0.2), colour_keep=0.9,
     refine_steps=1500, refine_coarse_noise=(0.5, 0.5, 0.0), refine_colour_keep=0.6,
-    data_version=1, vae_edge_weight=0.0,
+    data_version=1, vae_edge_weight=0.0, vae_norm_images=2048,
 )
 # data_version 2 (issue 21): one, two or three shapes per scene with counting captions
 # (dataset.V2_SCENES, dataset.caption_v2); vae_edge_weight > 0 weights the pixels where the picture
 # changes sharply (outlines, most of all corners) in the VAE loss, so small squares keep their corners.
+# vae_norm_images: how many pictures measure the latent statistics after each VAE phase (a multiple of 128;
+# the tests use fewer).
 SCENE_KWARGS: dict = {}
 
 
@@ -201,14 +203,14 @@ def train_vae(args, run_dir: Path) -> None:
             vae.quant_conv.bias[arch.LATENT_CHANNELS:] = -6.0
         _vae_phase(vae, rng, run_dir, "A", args.vae_steps, args.vae_lr, args.vae_shape_weight, args.vae_batch, False,
                    args.vae_edge_weight)
-        normalise_latents(vae, rng, run_dir)
+        normalise_latents(vae, rng, run_dir, args.vae_norm_images)
         save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(phase_a))
     if args.vae_refine_steps:
         torch.manual_seed(args.seed + 4)
         rng = np.random.default_rng([args.seed, 4])
         _vae_phase(vae, rng, run_dir, "B", args.vae_refine_steps, args.vae_refine_lr,
                    args.vae_refine_shape_weight, args.vae_batch, True, args.vae_edge_weight)
-        normalise_latents(vae, rng, run_dir)
+        normalise_latents(vae, rng, run_dir, args.vae_norm_images)
     save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(run_dir / "vae.safetensors"))
     log(run_dir, f"vae done in {time.time() - started:.0f}s")
 
@@ -230,7 +232,8 @@ def normalise_latents(vae, rng: np.random.Generator, run_dir: Path, n: int = 204
     q.bias[c:] += 2 * torch.log(k)
     pq.bias += (w_post[:, :, 0, 0] @ mu)
     pq.weight /= k.view(1, -1, 1, 1)
-    check = torch.cat([vae.encode(batch_images(rng, 128)).latent_dist.mean for _ in range(4)]) * arch.VAE_SCALING_FACTOR
+    check = torch.cat([vae.encode(batch_images(rng, 128)).latent_dist.mean
+                       for _ in range(max(1, n // 512))]) * arch.VAE_SCALING_FACTOR
     log(run_dir, f"latents raw mean {mu.tolist()} std {std.tolist()} -> scaled mean "
                  f"{check.mean(dim=(0, 2, 3)).tolist()} std {check.std(dim=(0, 2, 3)).tolist()}")
 

@@ -1,7 +1,8 @@
 """Prompts -> the tensors the UNet is conditioned on, the way A1111 builds them.
 
 - Prompts are tokenized without truncation and cut into 75-token chunks; a chunk that
-  fills up moves its tail after the last comma (if within 20 tokens) to the next chunk;
+  fills up moves its tail after the last comma (if within 20 tokens: the comma_padding_backtrack
+  option) to the next chunk;
   `BREAK` starts a new chunk. Each chunk becomes BOS + 75 tokens + EOS, padded with
   EOS (SD1's CLIP) or with "!" after the first EOS (OpenCLIP), encoded on its own, and
   the chunk outputs are concatenated along the token axis.
@@ -47,10 +48,11 @@ class Chunk:
 class PromptChunker:
     """A1111's chunking of weighted segments into 75-token chunks."""
 
-    def __init__(self, tokenizer, embeddings=None):
+    def __init__(self, tokenizer, embeddings=None, backtrack: int = COMMA_BACKTRACK):
         self.tokenizer = tokenizer
         self.comma = tokenizer.convert_tokens_to_ids(",</w>")
         self.embeddings = embeddings  # core.embeddings.ModelEmbeddings: names -> vector slots
+        self.backtrack = int(backtrack)  # A1111's comma_padding_backtrack (0: a full chunk just ends)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self.tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -76,7 +78,8 @@ class PromptChunker:
                 token = tokens[position]
                 if token == self.comma:
                     last_comma = len(chunk.tokens)
-                elif len(chunk.tokens) == CHUNK and last_comma != -1 and len(chunk.tokens) - last_comma <= COMMA_BACKTRACK:
+                elif self.backtrack and len(chunk.tokens) == CHUNK and last_comma != -1 \
+                        and len(chunk.tokens) - last_comma <= self.backtrack:
                     moved = chunk.split(last_comma + 1)
                     close()
                     chunk = moved
@@ -115,7 +118,7 @@ class TextConditioner:
         # textual inversion: a database (or one model's view) with for_model(model) -> ModelEmbeddings
         self.embeddings = embeddings.for_model(model) if embeddings is not None else None
         self.used_embeddings: dict[str, str] = {}  # name -> shorthash of the embeddings encoded so far
-        self.chunker = PromptChunker(model.tokenizers[0], self.embeddings)
+        self.chunker = PromptChunker(model.tokenizers[0], self.embeddings, self.options.comma_padding_backtrack)
         self._cache: dict[tuple, dict] = {}
         self._cache_size = cache_size
 
@@ -227,4 +230,4 @@ class TextConditioner:
 
     def _run_encoder(self, encoder, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         out = encoder(input_ids=ids, output_hidden_states=True)
-        return self.family.context(out, encoder, self.clip_skip), getattr(out, "text_embeds", None)
+        return self.family.context_for(out, encoder, self.clip_skip, self.options), getattr(out, "text_embeds", None)

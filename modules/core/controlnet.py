@@ -18,7 +18,23 @@ The extension's rules, kept here:
   the ``control_mark`` entry this module adds to the cond dicts (1 conditional, 0 unconditional);
 - **resize modes** of the map: "Just Resize" stretches, "Crop and Resize" fills and crops the centre,
   "Resize and Fill" fits inside and fills the borders with the map's median border colour;
-- **inpaint maps** (``inpaint_only``): RGBA, the hint is ``rgb * (1 - mask) - mask`` (masked pixels -1).
+- **hires fix** (``hr_option``): with a hires pass, a unit acts in "Both", only the first pass ("Low
+  res only") or only the hires one ("High res only"); a pass is the hires one when its size is nearer
+  the hires size than the first size (the extension's rule). Without a hires pass every unit acts;
+- **tile_colorfix** (``modules.core.controlnet_colorfix``): after the UNet, the prediction's low
+  frequencies are taken from the control picture's latents (``finish``, once per model call);
+- **inpaint maps** (``inpaint_only``): RGBA, the hint is ``rgb * (1 - mask) - mask`` (masked pixels -1);
+- **T2I-Adapters** (``modules.core.t2i_adapter``): a unit whose model is an adapter gives, once per pass,
+  features for the UNet's ``down_intrablock_additional_residuals``, summed over the adapter units and
+  given beside the ControlNets' residuals, under the same guidance range and control modes;
+- **IP-Adapters** (``modules.core.ip_adapter``): a unit whose model is an IP-Adapter carries its picture's
+  image tokens (``image_tokens``: conditional, unconditional); while it is inside its guidance range the
+  UNet's cross-attention layers get them, scaled by the weight, for the one model call (the
+  unconditional rows the unconditional tokens); the UNet's own processors are back after each call;
+- **Reference** (``modules.core.controlnet_reference``): a unit with no model whose ``controlnet`` is a
+  ``Reference`` (reference_only, reference_adain, reference_adain+attn): while it acts, its picture's
+  noised latents go through the UNet before each model call and the call's self-attention / block
+  statistics read them; the UNet's own processors are back after each call.
 """
 
 from __future__ import annotations
@@ -29,21 +45,28 @@ import cv2
 import numpy as np
 import torch
 
+from . import controlnet_colorfix, controlnet_reference, ip_adapter, t2i_adapter
+from .controlnet_colorfix import ColorFix
 from .controlnet_model import ControlNetFile
+from .controlnet_reference import Reference
+from .ip_adapter import IPAdapterFile
+from .sigma_schedules import TrainingSigmas
+from .t2i_adapter import AdapterFile
 from .types import RequestError
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
 RESIZE_MODES = ("Just Resize", "Crop and Resize", "Resize and Fill")
+HR_OPTIONS = ("Both", "Low res only", "High res only")  # the extension's HiResFixOption values
 MARK = "control_mark"  # the cond dicts' entry telling conditional rows (1) from unconditional ones (0)
 SOFT_INJECTION_BASE = 0.825  # the extension's per-block factor for the prompt-first modes
 
 
 @dataclass
 class ControlUnit:
-    """One enabled unit, ready to run: its ControlNet (on the device), the preprocessed map (H, W, 3
-    uint8, or H, W, 4 with the inpaint mask as alpha) and the extension's parameters."""
+    """One enabled unit, ready to run: its ControlNet or T2I-Adapter (on the device), the preprocessed
+    map (H, W, 3 uint8, or H, W, 4 with the inpaint mask as alpha) and the extension's parameters."""
 
-    controlnet: ControlNetFile
+    controlnet: ControlNetFile | AdapterFile | IPAdapterFile | Reference
     detected_map: np.ndarray
     weight: float = 1.0
     guidance_start: float = 0.0
@@ -51,6 +74,9 @@ class ControlUnit:
     control_mode: str = "Balanced"
     resize_mode: str = "Crop and Resize"
     name: str = "ControlNet 0"  # for messages
+    hr_option: str = "Both"
+    colorfix: ColorFix | None = None  # tile_colorfix(+sharp)'s fix of the output's colours
+    image_tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # an IP-Adapter's (cond, uncond) tokens
 
     def __post_init__(self):
         if self.control_mode not in CONTROL_MODES:
@@ -59,6 +85,9 @@ class ControlUnit:
         if self.resize_mode not in RESIZE_MODES:
             raise RequestError("alwayson_scripts", f"{self.name}: unknown resize_mode {self.resize_mode!r}; "
                                                    f"known: {', '.join(RESIZE_MODES)}")
+        if self.hr_option not in HR_OPTIONS:
+            raise RequestError("alwayson_scripts", f"{self.name}: unknown hr_option {self.hr_option!r}; "
+                                                   f"known: {', '.join(HR_OPTIONS)}")
         if not 0.0 <= self.guidance_start <= self.guidance_end <= 1.0:
             raise RequestError("alwayson_scripts", f"{self.name}: guidance_start ({self.guidance_start}) must be "
                                                    f"<= guidance_end ({self.guidance_end}), both within [0, 1]")
@@ -66,11 +95,18 @@ class ControlUnit:
             raise RequestError("alwayson_scripts", f"{self.name}: the control map must be (H, W, 3 or 4)")
 
     def scales(self, count: int) -> list[float]:
-        """The factor of each of the ControlNet's ``count`` outputs (the down ones, then the middle)."""
+        """The factor of each of the ControlNet's ``count`` outputs (the down ones, then the middle), or
+        of the T2I-Adapter's ``count`` features."""
+        if isinstance(self.controlnet, AdapterFile):
+            return t2i_adapter.scales(self.weight, self.control_mode, count)
         if self.control_mode == "Balanced":
             return [self.weight] * count
         soft = [self.weight * SOFT_INJECTION_BASE ** float(12 - i) for i in range(13)]
         return (soft + [self.weight] * count)[:count]  # SDXL's 10: the first ten, as the extension
+
+    def in_pass(self, hires: bool) -> bool:
+        """Whether the unit acts in the first pass (``hires`` False) or the hires one."""
+        return self.hr_option == "Both" or (self.hr_option == "High res only") == hires
 
     def active(self, fraction: float) -> bool:
         return self.guidance_start <= fraction <= self.guidance_end and self.weight != 0
@@ -114,34 +150,102 @@ def hint_tensor(fitted: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class ControlJob:
-    """A job's units; ``for_pass`` makes each sampling pass's residual provider."""
+    """A job's units; ``for_pass`` makes each sampling pass's residual provider. ``first_height`` and
+    ``hires_height``: the first pass's and the hires pass's picture heights when the job has a hires
+    pass (the units' ``hr_option`` then picks the passes they act in)."""
 
     units: list[ControlUnit] = field(default_factory=list)
+    first_height: int | None = None
+    hires_height: int | None = None
+
+    def is_hires(self, height: int) -> bool:
+        """The extension's rule: the pass is the hires one unless its size is nearer the first size."""
+        if self.first_height is None or self.hires_height is None:
+            return False
+        return not abs(height - self.first_height) < abs(height - self.hires_height)
 
     def for_pass(self, model, latent_shape: tuple[int, ...]) -> "UnetResiduals | None":
-        if not self.units:
+        height, width = latent_shape[-2] * model.latent_scale, latent_shape[-1] * model.latent_scale
+        hires = self.is_hires(height)  # without a hires pass every unit acts, whatever its hr_option
+        units = [u for u in self.units if self.hires_height is None or u.in_pass(hires)]
+        if not units:
             return None
         family = model.spec.family
-        for unit in self.units:
+        adapters = any(isinstance(u.controlnet, AdapterFile) for u in units)
+        slots = t2i_adapter.injection_slots(model.unet, latent_shape[-2], latent_shape[-1]) if adapters else []
+        for unit in units:
             cn = unit.controlnet
-            if cn.family != family or cn.cross_attention_dim != model.spec.unet_config.get("cross_attention_dim"):
+            if isinstance(cn, Reference):
+                if family not in ("sd1", "sd2", "sdxl"):
+                    raise RequestError("alwayson_scripts", f"{unit.name}: {cn.module} runs on SD 1.x, 2.x and "
+                                                           f"SDXL models only, the checkpoint is {model.spec.label}")
+            elif isinstance(cn, IPAdapterFile):
+                problem = "IP-Adapters run on SD 1.x and SDXL models only" if family not in ("sd1", "sdxl") \
+                    else ip_adapter.check_fits(cn, model.unet)
+                if problem:
+                    raise RequestError("alwayson_scripts",
+                                       f"{unit.name}: {problem}, the checkpoint is {model.spec.label}")
+            elif isinstance(cn, AdapterFile):
+                problem = t2i_adapter.check_fits(cn, family, slots)
+                if problem:
+                    raise RequestError("alwayson_scripts",
+                                       f"{unit.name}: {problem}, the checkpoint is {model.spec.label}")
+            elif cn.family != family or cn.cross_attention_dim != model.spec.unet_config.get("cross_attention_dim"):
                 raise RequestError("alwayson_scripts", f"{unit.name}: the ControlNet '{cn.path.name}' is for "
                                                        f"{cn.family.upper()} models, the checkpoint is {model.spec.label}")
-        height, width = latent_shape[-2] * model.latent_scale, latent_shape[-1] * model.latent_scale
-        return UnetResiduals(model, self.units, width, height)
+        if any(u.colorfix for u in units) and model.spec.prediction_type not in ("epsilon", "v_prediction"):
+            raise RequestError("alwayson_scripts", f"tile_colorfix needs an SD 1.x, 2.x or XL model, "
+                                                   f"the checkpoint is {model.spec.label}")
+        return UnetResiduals(model, units, width, height, slots, hires=hires)
 
 
 class UnetResiduals:
-    """One pass's ControlNet residuals: ``at_step`` before each iteration, ``mark`` on the cond
-    dicts, then called with the UNet's inputs; returns the UNet's extra keyword arguments."""
+    """One pass's ControlNet residuals and T2I-Adapter features: ``at_step`` before each iteration,
+    ``mark`` on the cond dicts, then called with the UNet's inputs; returns the UNet's extra keyword
+    arguments. ``slots``: where the UNet adds adapter features (``t2i_adapter.injection_slots``)."""
 
-    def __init__(self, model, units: list[ControlUnit], width: int, height: int):
+    def __init__(self, model, units: list[ControlUnit], width: int, height: int,
+                 slots: list[tuple[int, tuple[int, int]]] | None = None, hires: bool = False):
         self.model = model
         self.dtype = model.policy.unet_dtype
         self.units = units
         self.hints = [hint_tensor(fit_map(u.detected_map, width, height, u.resize_mode)).to(model.device, self.dtype)
                       for u in units]
+        self.slots = slots if slots is not None else t2i_adapter.injection_slots(
+            model.unet, height // model.latent_scale, width // model.latent_scale) \
+            if any(isinstance(u.controlnet, AdapterFile) for u in units) else []
+        self.features: dict[int, list[torch.Tensor]] = {}  # unit index -> its adapter's features (the map is fixed)
         self.fraction = 0.0
+        self.hires = hires
+        self.picture_latents: dict[int, torch.Tensor] = {}  # unit index -> its map's latents (tile_colorfix)
+        self.alphas_cumprod: torch.Tensor | None = None
+        self.ip_units = [u for u in units if isinstance(u.controlnet, IPAdapterFile)]
+        self.injection = ip_adapter.Injection(model.unet, [u.controlnet for u in self.ip_units]) \
+            if self.ip_units else None
+        self.reference = controlnet_reference.ReferenceHooks(model, hires) \
+            if any(isinstance(u.controlnet, Reference) for u in units) else None
+
+    def finish(self, x: torch.Tensor, t: torch.Tensor, cond: dict, out: torch.Tensor) -> torch.Tensor:
+        """The model's prediction after the units' output-side fixes (tile_colorfix); ``out`` as it is
+        when no unit has one. The IP-Adapters' processors leave the UNet here, after each model call."""
+        if self.injection is not None:
+            self.injection.detach()
+        if self.reference is not None:
+            self.reference.remove()
+        for index, (unit, hint) in enumerate(zip(self.units, self.hints)):
+            if unit.colorfix is None:
+                continue
+            if index not in self.picture_latents:
+                from . import model_ops  # here: it loads the model stack, which this module need not
+
+                self.picture_latents[index] = model_ops.encode_pixels(self.model, hint[:, :3].float() * 2 - 1)
+                if self.alphas_cumprod is None:
+                    self.alphas_cumprod = TrainingSigmas.from_config(
+                        rescale_betas_zero_snr=bool(self.model.spec.zero_terminal_snr)).alphas_cumprod
+            out = controlnet_colorfix.apply(unit.colorfix, out, x, t, self.alphas_cumprod,
+                                            self.model.spec.prediction_type, self.picture_latents[index],
+                                            unit.weight, self.hires, cond.get(MARK))
+        return out
 
     def at_step(self, step: int, total: int) -> None:
         self.fraction = step / max(total, 1)
@@ -159,8 +263,13 @@ class UnetResiduals:
         down_sum: list[torch.Tensor] | None = None
         mid_sum: torch.Tensor | None = None
         family = self.model.family
-        for unit, hint in zip(self.units, self.hints):
-            if not unit.active(self.fraction):
+        intrablock: list[torch.Tensor] | None = None
+        for index, (unit, hint) in enumerate(zip(self.units, self.hints)):
+            if not unit.active(self.fraction) or isinstance(unit.controlnet, (IPAdapterFile, Reference)):
+                continue
+            if isinstance(unit.controlnet, AdapterFile):
+                outs = self._adapter(index, unit, hint, cond, x.shape[0])
+                intrablock = outs if intrablock is None else [a + b for a, b in zip(intrablock, outs)]
                 continue
             module = unit.controlnet.module
             dtype = next(module.parameters()).dtype  # the ControlNet's own (the UNet's when built for it)
@@ -178,6 +287,44 @@ class UnetResiduals:
             else:
                 down_sum = [a + b for a, b in zip(down_sum, outs[:-1])]
                 mid_sum = mid_sum + outs[-1]
-        if down_sum is None:
-            return {}
-        return {"down_block_additional_residuals": tuple(down_sum), "mid_block_additional_residual": mid_sum}
+        extra = {} if down_sum is None else {"down_block_additional_residuals": tuple(down_sum),
+                                             "mid_block_additional_residual": mid_sum}
+        if intrablock is not None:  # a new list every call: the UNet pops it
+            extra["down_intrablock_additional_residuals"] = list(intrablock)
+        if self.reference is not None:  # before the IP-Adapters: the reference pass runs the bare UNet
+            self.reference.run(x, t, cond, [
+                (i, u.controlnet, u.weight, u.control_mode, hint) for i, (u, hint) in enumerate(zip(self.units, self.hints))
+                if isinstance(u.controlnet, Reference) and u.active(self.fraction)])
+        if self.injection is not None:
+            self._attach_ip(cond, x.shape[0])
+        return extra
+
+    def _attach_ip(self, cond: dict, rows: int) -> None:
+        """The IP-Adapters' processors on the UNet for this call, when one acts: each one's tokens per
+        row (conditional rows the picture's, unconditional ones the zero embedding's), its weight, or 0
+        outside its guidance range."""
+        scales = [u.weight if u.active(self.fraction) else 0.0 for u in self.ip_units]
+        if not any(scales):
+            return
+        mark = cond.get(MARK)
+        tokens = []
+        for unit in self.ip_units:
+            positive, negative = (t.to(self.model.device, self.dtype) for t in unit.image_tokens)
+            if mark is None:
+                tokens.append(positive.expand(rows, -1, -1))
+            else:
+                keep = mark.to(positive.device, positive.dtype).view(-1, 1, 1)
+                tokens.append(positive * keep + negative * (1 - keep))
+        self.injection.attach(scales, tokens)
+
+    def _adapter(self, index: int, unit: ControlUnit, hint: torch.Tensor, cond: dict, rows: int) -> list[torch.Tensor]:
+        """A T2I-Adapter unit's scaled features for ``rows`` rows (computed once per pass)."""
+        if index not in self.features:
+            self.features[index] = t2i_adapter.features(unit.controlnet, hint, self.slots, self.dtype)
+        found = self.features[index]
+        outs = [f.expand(rows, -1, -1, -1) * s for f, s in zip(found, unit.scales(len(found)))]
+        if unit.control_mode == "ControlNet is more important":  # conditional rows only
+            mark = cond.get(MARK)
+            if mark is not None:
+                outs = [o * mark.to(o.device, o.dtype).view(-1, 1, 1, 1) for o in outs]
+        return outs

@@ -12,22 +12,22 @@ Two layouts are read:
   and the like): ``controlnet_cond_embedding`` / ``down_blocks`` / ``controlnet_down_blocks``.
 
 The family (SD1, SD2, SDXL) follows from the shapes: SDXL's added time embedding, SD2's linear
-attention projections. T2I-Adapter, IP-Adapter and Control-LoRA files are recognised and refused
-with a message naming what they are.
+attention projections. Control-LoRA files (``modules.core.control_lora``) are read here and built on
+the job's UNet by the layer above. T2I-Adapter files (``modules.core.t2i_adapter``) and IP-Adapter files (``modules.core.ip_adapter``)
+load through ``load`` too, as the extension takes them all from the same folder.
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from diffusers import ControlNetModel
 from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
-from . import families, ldm_parts
+from . import control_lora, families, ip_adapter, ldm_parts, t2i_adapter
 from .checkpoint_file import CheckpointFile
+from .controlnet_file import ControlNetFile, read_hint_encoder
 from .checkpoint_shapes import UNET_PREFIX, Shapes, UnsupportedCheckpoint, indices, require, unet_config
 
 LDM_PREFIX = "control_model."
@@ -35,57 +35,31 @@ DIFFUSERS_MARKER = "controlnet_cond_embedding.conv_in.weight"
 LDM_MARKER = "input_hint_block.0.weight"
 
 
-@dataclass
-class ControlNetFile:
-    """A built ControlNet: the module (on the CPU, in the dtype asked for) and what it fits."""
-
-    path: Path
-    family: str  # "sd1", "sd2", "sdxl": the checkpoints it goes with
-    layout: str  # "ldm" or "diffusers"
-    config: dict
-    module: ControlNetModel
-
-    @property
-    def cross_attention_dim(self) -> int:
-        return self.config["cross_attention_dim"]
-
-
 def describe(shapes: Shapes) -> str:
-    """What a file holds: "controlnet-ldm", "controlnet-diffusers", or an UnsupportedCheckpoint saying
-    what it is instead."""
+    """What a file holds: "controlnet-ldm", "controlnet-diffusers", "control-lora", "t2i-adapter",
+    "ip-adapter", or an UnsupportedCheckpoint saying what it is instead."""
     keys = set(shapes)
+    if control_lora.looks_like_control_lora(keys):  # before the LDM marker: it has an input_hint_block too
+        return "control-lora"
     if DIFFUSERS_MARKER in keys:
         return "controlnet-diffusers"
     if LDM_MARKER in keys or LDM_PREFIX + LDM_MARKER in keys:
         return "controlnet-ldm"
-    if any(k.startswith(("ip_adapter.", "image_proj.")) for k in keys):
-        raise UnsupportedCheckpoint("this is an IP-Adapter; IP-Adapters are not supported yet")
-    if any(k.startswith(("adapter.", "body.")) or re.match(r"conv_in\.weight$", k) for k in keys) and \
-            not any(".transformer_blocks." in k for k in keys):
-        raise UnsupportedCheckpoint("this looks like a T2I-Adapter; T2I-Adapters are not supported yet")
-    if "lora_controlnet" in keys:
-        raise UnsupportedCheckpoint("this is a Control-LoRA; Control-LoRAs are not supported yet")
+    if ip_adapter.looks_like_ip_adapter(shapes):
+        return "ip-adapter"
+    if t2i_adapter.looks_like_adapter(shapes):
+        return "t2i-adapter"
     if "difference" in keys:
         raise UnsupportedCheckpoint("this is a 'difference' ControlNet (it needs its base model's weights); "
                                     "use the standalone version of the model")
-    raise UnsupportedCheckpoint("not a ControlNet (no input_hint_block / controlnet_cond_embedding tensors)")
+    raise UnsupportedCheckpoint("not a ControlNet (no input_hint_block / controlnet_cond_embedding tensors) "
+                                "and not a T2I-Adapter (no conv_in + body / adapter. tensors)")
 
 
 def _family(addition_embedding: bool, linear_projection: bool) -> str:
     if addition_embedding:
         return "sdxl"
     return "sd2" if linear_projection else "sd1"
-
-
-def _hint_channels(shapes: Shapes, prefix: str) -> tuple[int, tuple[int, ...]]:
-    """(picture channels, the hint encoder's widths) from ``input_hint_block``: convolutions at
-    0, 2, ... 14, the widths changing at the strided ones (diffusers' conditioning_embedding)."""
-    convs = indices(shapes, re.escape(prefix) + r"input_hint_block\.(\d+)\.weight")
-    if len(convs) < 2:
-        raise UnsupportedCheckpoint("ControlNet hint encoder (input_hint_block) is incomplete")
-    widths = [shapes[f"{prefix}input_hint_block.{i}.weight"][0] for i in convs[:-1]]
-    channels = tuple(widths[0::2])  # conv_in's width, then each strided pair's output
-    return shapes[f"{prefix}input_hint_block.{convs[0]}.weight"][1], channels
 
 
 def ldm_config(shapes: Shapes) -> tuple[str, dict]:
@@ -99,7 +73,7 @@ def ldm_config(shapes: Shapes) -> tuple[str, dict]:
     linear = bool(projections) and len(projections[0]) == 2  # SD2/SDXL: linear; SD1: 1x1 convolutions
     family = _family(UNET_PREFIX + "label_emb.0.0.weight" in unet_shapes, linear)
     config = unet_config(unet_shapes, families.get(family).attention_heads)
-    hint_channels, embedding = _hint_channels(shapes, prefix)
+    hint_channels, embedding = read_hint_encoder(shapes, prefix)
     return family, _controlnet_config(config, hint_channels, embedding)
 
 
@@ -153,11 +127,22 @@ def _controlnet_config(unet: dict, hint_channels: int, embedding: tuple[int, ...
     return config
 
 
-def load(path: str | Path, dtype: torch.dtype = torch.float32) -> ControlNetFile:
-    """Read a ControlNet file (weights only) and build its module on the CPU in ``dtype``."""
+def load(path: str | Path, dtype: torch.dtype = torch.float32) \
+        -> ControlNetFile | t2i_adapter.AdapterFile | ip_adapter.IPAdapterFile | control_lora.ControlLoraFile:
+    """Read a ControlNet, T2I-Adapter or IP-Adapter file (weights only) and build its module on the CPU
+    in ``dtype``; a Control-LoRA's tensors, to build on a checkpoint's UNet (``control_lora.build``)."""
     ckpt = CheckpointFile(path)
     try:
+        if not ckpt.shapes and Path(path).suffix.lower() != ".safetensors":
+            # no top-level tensors: an IP-Adapter's {"image_proj": {...}, "ip_adapter": {...}} (or nothing)
+            return ip_adapter.load(path, dtype)
         layout = describe(ckpt.shapes)
+        if layout == "ip-adapter":
+            return ip_adapter.from_tensors(path, {k: ckpt.get(k, dtype) for k in ckpt.shapes})
+        if layout == "t2i-adapter":
+            return t2i_adapter.from_checkpoint(ckpt, dtype)
+        if layout == "control-lora":
+            return control_lora.read(ckpt, dtype)
         if layout == "controlnet-diffusers":
             family, config = diffusers_config(ckpt.shapes)
             state = {k: ckpt.get(k, dtype) for k in ckpt.shapes}

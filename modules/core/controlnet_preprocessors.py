@@ -1,4 +1,4 @@
-"""sd-webui-controlnet's preprocessors that need no annotator weights: the picture -> the control map.
+"""sd-webui-controlnet's preprocessors: the picture -> the control map.
 
 Each row has the extension's name (what API units send as ``module``), its UI label, its tags (the
 control types of ``/controlnet/control_types``), its sliders (resolution, slider 1, slider 2: the
@@ -6,15 +6,37 @@ unit's ``processor_res``, ``threshold_a``, ``threshold_b``, out-of-range values 
 defaults as the extension does) and the function. Functions take an (H, W, 3) uint8 RGB array (an
 (H, W, 4) one, the mask as alpha, for those that accept a mask) and return an (H, W, 3) uint8 map
 (``inpaint_only``: (H, W, 4)).
+
+The extension's preprocessors that run a network (depth, openpose, softedge, lineart, normal, seg,
+mlsd, LaMa, ...) are listed too, with ``weights``: the annotator files they read, as
+``<folder>/<file>`` under the extension's ``annotator/downloads`` layout (Easel's annotator folder,
+``modules.services.controlnets.annotator_dir_for``). Easel downloads nothing: asking for one whose
+files are missing is refused with a message naming the files and where they go; those without a
+``run`` (a network Easel does not have) are refused even with their files in place.
+Those whose network Easel has (HED: ``modules.core.annotator_hed``, PiDiNet: ``annotator_pidinet``, M-LSD:
+``annotator_mlsd``, OpenPose: ``annotator_openpose``, ``annotator_openpose_hand_face``, the lineart
+networks: ``annotator_lineart``, ``annotator_lineart_anime``; MiDaS and Depth
+Anything through transformers: ``annotator_depth``) run from the user's files: their ``run`` takes the files'
+paths as a fifth argument.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
+
+from . import annotator_depth
+from . import annotator_hed
+from . import annotator_lineart
+from . import annotator_lineart_anime
+from . import annotator_mlsd
+from . import annotator_openpose
+from . import annotator_openpose_hand_face
+from . import annotator_pidinet
 
 
 @dataclass(frozen=True)
@@ -43,7 +65,7 @@ RESOLUTION = Slider("Resolution", 512, 64, 2048, 8)
 @dataclass(frozen=True)
 class Preprocessor:
     name: str
-    run: Callable[[np.ndarray, int, float, float], np.ndarray]
+    run: Callable[[np.ndarray, int, float, float], np.ndarray] | None  # None: a network Easel does not have
     label: str = ""
     tags: tuple[str, ...] = ()
     resolution: Slider | None = RESOLUTION
@@ -52,6 +74,8 @@ class Preprocessor:
     priority: int = 0  # the extension's sorting_priority: higher first
     accepts_mask: bool = False
     requires_mask: bool = False
+    weights: tuple[str, ...] = ()  # annotator files ("midas/dpt_hybrid-midas-501f0c75.pt") its network reads
+    model_free: bool = False  # the unit needs no ControlNet model (the extension's do_not_need_model)
 
     @property
     def title(self) -> str:
@@ -60,13 +84,21 @@ class Preprocessor:
     def sliders(self) -> list[Slider]:
         return [s for s in (self.resolution, self.slider_1, self.slider_2) if s is not None]
 
-    def __call__(self, image: np.ndarray, resolution=-1, threshold_a=-1, threshold_b=-1) -> np.ndarray:
+    def __call__(self, image: np.ndarray, resolution=-1, threshold_a=-1, threshold_b=-1,
+                 annotator_dir: Path | None = None) -> np.ndarray:
+        """The map; ``annotator_dir``: where a network's ``weights`` are (those rows only)."""
         res = int(self.resolution.pick(resolution)) if self.resolution else 512
         a = self.slider_1.pick(threshold_a) if self.slider_1 else 0.0
         b = self.slider_2.pick(threshold_b) if self.slider_2 else 0.0
+        if self.run is None:
+            raise ValueError(f"preprocessor {self.name} needs the annotator weights {', '.join(self.weights)}")
         if self.requires_mask and (image.ndim != 3 or image.shape[2] != 4):
             raise ValueError(f"preprocessor {self.name} needs a mask")
         rgb = image if self.accepts_mask else hwc3(image)
+        if self.weights:
+            if annotator_dir is None:
+                raise ValueError(f"preprocessor {self.name} needs the folder of its annotator weights")
+            return self.run(rgb, res, a, b, [Path(annotator_dir) / w for w in self.weights])
         return self.run(rgb, res, a, b)
 
 
@@ -190,6 +222,118 @@ def _inpaint_only(img, res, a, b):
     return img
 
 
+def _hed_edges(img, res, files, safe: bool) -> np.ndarray:
+    padded, remove_pad = resize_with_pad(img, res)
+    edge = annotator_hed.edges(annotator_hed.network(files[0]), padded)
+    if safe:  # the extension's safe_step: three levels
+        edge = (edge.astype(np.float32) * 3.0).astype(np.int32).astype(np.float32) / 2.0
+    return remove_pad((edge * 255.0).clip(0, 255).astype(np.uint8))
+
+
+def _hed(img, res, a, b, files):
+    return hwc3(_hed_edges(img, res, files, safe=False))
+
+
+def _hed_safe(img, res, a, b, files):
+    return hwc3(_hed_edges(img, res, files, safe=True))
+
+
+def _nms(x: np.ndarray, threshold: float, sigma: float) -> np.ndarray:
+    """The extension's thinning: keep the pixels that are a maximum along one of four directions."""
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), sigma)
+    y = np.zeros_like(x)
+    for kernel in ([[0, 0, 0], [1, 1, 1], [0, 0, 0]], [[0, 1, 0], [0, 1, 0], [0, 1, 0]],
+                   [[1, 0, 0], [0, 1, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0], [1, 0, 0]]):
+        np.putmask(y, cv2.dilate(x, kernel=np.array(kernel, dtype=np.uint8)) == x, x)
+    out = np.zeros_like(y, dtype=np.uint8)
+    out[y > threshold] = 255
+    return out
+
+
+def _scribble_hed(img, res, a, b, files):
+    lines = cv2.GaussianBlur(_nms(_hed_edges(img, res, files, safe=False), 127, 3.0), (0, 0), 3.0)
+    lines[lines > 4] = 255
+    lines[lines < 255] = 0
+    return hwc3(lines)
+
+
+def _pidinet_edges(img, res, files, safe: bool = False, sketch: bool = False) -> np.ndarray:
+    padded, remove_pad = resize_with_pad(img, res)
+    edge = annotator_pidinet.edges(annotator_pidinet.network(files[0]), padded)
+    if sketch:  # t2ia_sketch_pidi: the edges over one half, white
+        edge = (edge > 0.5).astype(np.float32)
+    if safe:  # the extension's safe_step: three levels
+        edge = (edge * 3.0).astype(np.int32).astype(np.float32) / 2.0
+    return remove_pad((edge * 255.0).clip(0, 255).astype(np.uint8))
+
+
+def _pidinet(img, res, a, b, files):
+    return hwc3(_pidinet_edges(img, res, files))
+
+
+def _pidinet_safe(img, res, a, b, files):
+    return hwc3(_pidinet_edges(img, res, files, safe=True))
+
+
+def _pidinet_sketch(img, res, a, b, files):
+    return hwc3(_pidinet_edges(img, res, files, sketch=True))
+
+
+def _scribble_pidinet(img, res, a, b, files):
+    lines = cv2.GaussianBlur(_nms(_pidinet_edges(img, res, files), 127, 3.0), (0, 0), 3.0)
+    lines[lines > 4] = 255
+    lines[lines < 255] = 0
+    return hwc3(lines)
+
+
+def _mlsd(img, res, value_threshold, distance_threshold, files):
+    """The segments M-LSD finds in the padded picture, drawn in white on black."""
+    padded, remove_pad = resize_with_pad(img, res)
+    lines = annotator_mlsd.line_map(annotator_mlsd.network(files[0]), padded, value_threshold, distance_threshold)
+    return hwc3(remove_pad(lines))
+
+
+def _openpose(img, res, a, b, files):
+    """The people's skeletons found by the body network, drawn on black at the padded size and cut back
+    (only the body file is read, so only it is asked for; the extension loads the hand and face networks
+    too, downloading them)."""
+    padded, remove_pad = resize_with_pad(img, res)
+    return remove_pad(annotator_openpose.body_map(annotator_openpose.network(files[0]), padded))
+
+
+def _openpose_parts(hand: bool, face: bool, with_body: bool = True):
+    """openpose_hand / _face / _faceonly / _full: the body network places the boxes the hand and face
+    networks read; ``files``: the body's, then the hand's and the face's it uses (that order)."""
+    def run(img, res, a, b, files):
+        padded, remove_pad = resize_with_pad(img, res)
+        body, rest = annotator_openpose.network(files[0]), list(files[1:])
+        hand_net = annotator_openpose_hand_face.network(rest.pop(0), annotator_openpose_hand_face.HAND_FILE) \
+            if hand else None
+        face_net = annotator_openpose_hand_face.network(rest.pop(0), annotator_openpose_hand_face.FACE_FILE) \
+            if face else None
+        return remove_pad(annotator_openpose_hand_face.pose_map(body, hand_net, face_net, padded, with_body))
+    return run
+
+
+def _lineart(img, res, a, b, files):
+    """lineart / lineart_coarse: the generator draws dark lines on white; the extension inverts it."""
+    padded, remove_pad = resize_with_pad(img, res)
+    return hwc3(remove_pad(255 - annotator_lineart.drawing(annotator_lineart.generator(files[0]), padded)))
+
+
+def _lineart_anime(img, res, a, b, files):
+    padded, remove_pad = resize_with_pad(img, res)
+    drawing = annotator_lineart_anime.anime_drawing(annotator_lineart_anime.unet(files[0]), padded)
+    return hwc3(remove_pad(255 - drawing))
+
+
+def _lineart_anime_denoise(img, res, a, b, files):
+    """manga_line's map is already white lines on black: not inverted, as the extension."""
+    padded, remove_pad = resize_with_pad(img, res)
+    lines = annotator_lineart_anime.manga_lines(annotator_lineart_anime.manga_network(files[0]), padded)
+    return hwc3(remove_pad(lines))
+
+
 PREPROCESSORS: dict[str, Preprocessor] = {}
 
 
@@ -213,11 +357,124 @@ for _row in (
                  tags=("Lineart",), priority=50),
     Preprocessor("tile_resample", _tile_resample, tags=("Tile",), resolution=None, priority=100,
                  slider_1=Slider("Down Sampling Rate", 1.0, 1.0, 8.0, 0.01)),
+    Preprocessor("tile_colorfix", _none, tags=("Tile",), resolution=None, slider_1=Slider("Variation", 8.0, 3.0, 32.0)),
+    Preprocessor("tile_colorfix+sharp", _none, tags=("Tile",), resolution=None,
+                 slider_1=Slider("Variation", 8.0, 3.0, 32.0), slider_2=Slider("Sharpness", 1.0, 0.0, 2.0, 0.01)),
     Preprocessor("blur_gaussian", _blur_gaussian, tags=("Tile",), slider_1=Slider("Sigma", 9.0, 0.01, 64.0, 0.01)),
     Preprocessor("shuffle", _shuffle, tags=("Shuffle",), priority=100),
     Preprocessor("color", _color, tags=("T2I-Adapter",)),
     Preprocessor("inpaint_only", _inpaint_only, tags=("Inpaint",), resolution=None, priority=100,
                  accepts_mask=True, requires_mask=True),
+    # model-free: the picture as it is; the UNet reads it (modules.core.controlnet_reference)
+    Preprocessor("reference_only", _none, tags=("Reference",), resolution=None, model_free=True, priority=100,
+                 slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)),
+    Preprocessor("reference_adain", _none, tags=("Reference",), resolution=None, model_free=True,
+                 slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)),
+    Preprocessor("reference_adain+attn", _none, tags=("Reference",), resolution=None, model_free=True,
+                 slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)),
+):
+    register(_row)
+
+
+_MIDAS = (annotator_depth.MIDAS_FILE,)
+_OPENPOSE = ("openpose/body_pose_model.pth", "openpose/hand_pose_model.pth", "openpose/facenet.pth")
+_HED, _PIDINET = (annotator_hed.FILE,), (annotator_pidinet.FILE,)
+CLIP_VISION_H = "clip_vision/clip_h.pth"  # the extension's image encoders for the IP-Adapters: ViT-H/14,
+CLIP_VISION_G = "clip_vision/clip_g.pth"  # ViT-bigG/14
+_LERES_SLIDERS = dict(slider_1=Slider("Remove Near %", 0, 0, 100, 0.1),
+                      slider_2=Slider("Remove Background %", 0, 0, 100, 0.1))
+
+
+def _clip_picture(img, res, a, b, files):
+    """The IP-Adapter preprocessors' map: the picture itself, which the unit encodes with the CLIP
+    vision file (``files``) when it runs (``modules.services.controlnets``)."""
+    return img
+
+
+def _padded(network_map: Callable[[np.ndarray, list[Path], float], np.ndarray]):
+    """A preprocessor running ``network_map(padded picture, files, slider 1)`` on the extension's
+    resize_with_pad of the picture, cut back to the unpadded size (the depth networks)."""
+    def run(img, res, a, b, files):
+        padded, remove_pad = resize_with_pad(img, res)
+        return hwc3(remove_pad(network_map(padded, files, a)))
+    return run
+
+
+def _annotator(name: str, tags: tuple[str, ...], weights: tuple[str, ...], label: str = "", priority: int = 0,
+               resolution: bool = True, run=None, **kw) -> Preprocessor:
+    """A row of the extension's preprocessors that run a network from its annotator files (no ``run``:
+    a network Easel does not have). ``resolution``: whether the extension shows the slider."""
+    return Preprocessor(name, run, label=label, tags=tags, priority=priority, weights=weights,
+                        resolution=RESOLUTION if resolution else None, **kw)
+
+
+# the extension's names, labels, tags, sliders and annotator files (annotator/*/__init__.py's model_dir and names)
+for _row in (
+    _annotator("depth", ("Depth",), _MIDAS, label="depth_midas", priority=100,
+               run=_padded(annotator_depth.depth_midas)),
+    _annotator("depth_leres", ("Depth",), ("leres/res101.pth",), **_LERES_SLIDERS),
+    _annotator("depth_leres++", ("Depth",), ("leres/res101.pth", "leres/latest_net_G.pth"), **_LERES_SLIDERS),
+    _annotator("depth_zoe", ("Depth",), ("zoedepth/ZoeD_M12_N.pt",), resolution=False),
+    _annotator("depth_anything", ("Depth",), (annotator_depth.DEPTH_ANYTHING_FILE,), resolution=False,
+               run=_padded(annotator_depth.depth_anything)),
+    _annotator("depth_anything_v2", ("Depth",), (annotator_depth.DEPTH_ANYTHING_V2_FILE,), resolution=False,
+               run=_padded(annotator_depth.depth_anything_v2)),
+    _annotator("normal_map", ("NormalMap",), _MIDAS, label="normal_midas",
+               slider_1=Slider("Normal Background Threshold", 0.4, 0.0, 1.0, 0.01),
+               run=_padded(annotator_depth.normal_midas)),
+    _annotator("normal_bae", ("NormalMap",), ("normal_bae/scannet.pt",), priority=100, resolution=False),
+    _annotator("normal_dsine", ("NormalMap",), ("normal_dsine/dsine.pt",), slider_1=Slider("Fov", 60, 0, 360, 0.1),
+               slider_2=Slider("Iterations", 5, 1, 20, 1)),
+    _annotator("openpose", ("OpenPose",), (annotator_openpose.FILE,), run=_openpose),
+    _annotator("openpose_face", ("OpenPose",), _OPENPOSE[::2], resolution=False, run=_openpose_parts(False, True)),
+    _annotator("openpose_faceonly", ("OpenPose",), _OPENPOSE[::2], resolution=False,
+               run=_openpose_parts(False, True, with_body=False)),
+    _annotator("openpose_full", ("OpenPose",), _OPENPOSE, priority=100, run=_openpose_parts(True, True)),
+    _annotator("openpose_hand", ("OpenPose",), _OPENPOSE[:2], resolution=False, run=_openpose_parts(True, False)),
+    _annotator("dw_openpose_full", ("OpenPose",), ("openpose/yolox_l.onnx", "openpose/dw-ll_ucoco_384.onnx")),
+    _annotator("animal_openpose", ("OpenPose",), (
+        "openpose/yolox_l.onnx", "openpose/rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx")),
+    _annotator("densepose", ("OpenPose",), ("densepose/densepose_r50_fpn_dl.torchscript",),
+               label="densepose (pruple bg & purple torso)"),
+    _annotator("densepose_parula", ("OpenPose",), ("densepose/densepose_r50_fpn_dl.torchscript",),
+               label="densepose_parula (black bg & blue torso)"),
+    _annotator("hed", ("SoftEdge",), _HED, label="softedge_hed", run=_hed),
+    _annotator("hed_safe", ("SoftEdge",), _HED, label="softedge_hedsafe", run=_hed_safe),
+    _annotator("pidinet", ("SoftEdge",), _PIDINET, label="softedge_pidinet", priority=100, resolution=False,
+               run=_pidinet),
+    _annotator("pidinet_safe", ("SoftEdge",), _PIDINET, label="softedge_pidisafe", resolution=False,
+               run=_pidinet_safe),
+    _annotator("softedge_teed", ("SoftEdge",), ("TEED/7_model.pth",), slider_1=Slider("Safe Steps", 2, 0, 10, 1)),
+    _annotator("softedge_anyline", ("SoftEdge",), ("TEED/MTEED.pth",), slider_1=Slider("Safe Steps", 2, 0, 10, 1)),
+    _annotator("scribble_hed", ("Scribble", "SparseCtrl"), _HED, run=_scribble_hed),
+    _annotator("pidinet_scribble", ("Scribble", "SparseCtrl"), _PIDINET, label="scribble_pidinet", priority=100,
+               resolution=False, run=_scribble_pidinet),
+    _annotator("pidinet_sketch", ("T2I-Adapter",), _PIDINET, label="t2ia_sketch_pidi", resolution=False,
+               run=_pidinet_sketch),
+    _annotator("lineart", ("Lineart",), (annotator_lineart.FILE,), label="lineart_realistic", resolution=False,
+               run=_lineart),
+    _annotator("lineart_coarse", ("Lineart",), (annotator_lineart.FILE_COARSE,), resolution=False, run=_lineart),
+    _annotator("lineart_anime", ("Lineart",), (annotator_lineart_anime.FILE_ANIME,), resolution=False,
+               run=_lineart_anime),
+    _annotator("lineart_anime_denoise", ("Lineart",), (annotator_lineart_anime.FILE_MANGA,), resolution=False,
+               run=_lineart_anime_denoise),
+    _annotator("mlsd", ("MLSD",), (annotator_mlsd.FILE,), priority=100, run=_mlsd,
+               slider_1=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
+               slider_2=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)),
+    _annotator("segmentation", ("Segmentation",), ("uniformer/upernet_global_small.pth",), label="seg_ufade20k"),
+    _annotator("oneformer_ade20k", ("Segmentation",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",),
+               label="seg_ofade20k", priority=100, resolution=False),
+    _annotator("oneformer_coco", ("Segmentation",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",),
+               label="seg_ofcoco", resolution=False),
+    _annotator("anime_face_segment", ("Segmentation",), ("anime_face_segment/UNet.pth",), label="seg_anime_face"),
+    _annotator("inpaint_only+lama", ("Inpaint",), ("lama/ControlNetLama.pth",), resolution=False,
+               accepts_mask=True, requires_mask=True),
+    _annotator("ip-adapter_clip_sd15", ("IP-Adapter",), (CLIP_VISION_H,), label="ip-adapter_clip_h", priority=100,
+               resolution=False, run=_clip_picture),
+    _annotator("ip-adapter_clip_sdxl", ("IP-Adapter",), (CLIP_VISION_G,), label="ip-adapter_clip_g",
+               resolution=False, run=_clip_picture),
+    _annotator("ip-adapter_clip_sdxl_plus_vith", ("IP-Adapter",), (CLIP_VISION_H,), resolution=False,
+               run=_clip_picture),
 ):
     register(_row)
 

@@ -21,6 +21,7 @@ uncond pass then runs even at CFG scale 1.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -69,6 +70,67 @@ class DenoiseHooks:
 
 
 _NO_HOOKS = DenoiseHooks()
+
+
+@dataclass(frozen=True)
+class UncondSkipping:
+    """A1111's two ways to leave out the negative prompt's model pass on some steps (those steps then
+    run at CFG scale 1, the uncond prediction taken from the image's first cond row):
+
+    * ``early`` (``skip_early_cond``): the model calls ``i`` with ``i / total <= early``, when not 0;
+    * ``min_sigma`` (``s_min_uncond``, NGMS): the calls whose sigma is below it, every other one
+      (the odd ones) or all of them with ``every_step`` (``s_min_uncond_all``).
+
+    Not for edit models (instruct-pix2pix) or the CFG++ samplers, which need the uncond pass."""
+
+    early: float = 0.0
+    min_sigma: float = 0.0
+    every_step: bool = False
+
+    def __bool__(self) -> bool:
+        return bool(self.early or self.min_sigma)
+
+    def skips(self, i: int, total: int, sigma: Callable[[], float | None]) -> bool:
+        if self.early and i / total <= self.early:
+            return True
+        if self.min_sigma > 0 and (i % 2 or self.every_step):
+            value = sigma()
+            return value is not None and value < self.min_sigma
+        return False
+
+
+def k_sigma(scheduler, t: Tensor) -> float | None:
+    """The k-diffusion sigma of the model call at timestep ``t`` (A1111's ``sigma``): from the
+    k-diffusion adapter's plan, a flow scheduler's sigmas, or a diffusers scheduler's alphas_cumprod;
+    None when the scheduler says nothing of it."""
+    if hasattr(scheduler, "_sigma_of"):
+        return float(scheduler._sigma_of(t.reshape(1).cpu())[0])
+    if hasattr(scheduler, "_sigma_at"):
+        return float(scheduler._sigma_at(t))
+    alphas = getattr(scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        return None
+    index = min(max(int(round(float(t))), 0), len(alphas) - 1)
+    alpha = float(alphas[index])
+    return ((1 - alpha) / alpha) ** 0.5
+
+
+PREVIEW_CONTENTS = ("Combined", "Prompt", "Negative prompt")
+
+
+def subject_denoised(denoised: Tensor, pred: Tensor, subject: Tensor, scheduler, t: Tensor) -> Tensor:
+    """The x0 prediction had the model's output been ``subject`` (the prompt's or the negative
+    prompt's own) instead of the guided ``pred`` whose x0 the step gave as ``denoised``. x0 is linear
+    in the output with a slope that depends on the noise level only, in every scheduler's space
+    (x0 = x - sigma * eps, for flow x - sigma * v, for v x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) * v),
+    so the difference in outputs moves x0 by that slope. Unknown sigma: ``denoised`` as it is."""
+    sigma = k_sigma(scheduler, t)
+    if sigma is None:
+        return denoised
+    slope = -sigma
+    if getattr(getattr(scheduler, "config", None), "prediction_type", "epsilon") == "v_prediction":
+        slope = -sigma / (sigma ** 2 + 1) ** 0.5
+    return denoised + slope * (subject.to(denoised.dtype) - pred.to(denoised.dtype))
 
 
 def _tensor_items(d: dict) -> dict:
@@ -197,6 +259,8 @@ def sample(
     extra_noise: float = 0.0,
     before_step: Callable[[int, Tensor, int], None] | None = None,
     image_cfg_scale: float | None = None,
+    uncond_skipping: UncondSkipping | None = None,
+    preview_content: str = "Combined",
 ) -> Tensor:
     """Run the sampler and return the final latents (B, C, H, W).
 
@@ -213,9 +277,14 @@ def sample(
     total)`` runs at the top of each iteration, before ``cond_for_step(i)`` (the SDXL refiner
     switches models there). ``image_cfg_scale`` (instruct-pix2pix, A1111's edit models): a third pass
     with the uncond text and no picture (``c_concat`` zeros), combined as
-    ``u0 + cfg * (cond - u_img) + image_cfg * (u_img - u0)``.
+    ``u0 + cfg * (cond - u_img) + image_cfg * (u_img - u0)``. ``uncond_skipping``: the steps whose
+    uncond pass is left out (see :class:`UncondSkipping`). ``preview_content`` (A1111's
+    ``live_preview_content``): what ``hooks.step_end`` gets as ``denoised``: the guided prediction
+    ("Combined"), the prompt's own ("Prompt") or the negative prompt's ("Negative prompt").
     """
     hooks = hooks or _NO_HOOKS
+    if preview_content not in PREVIEW_CONTENTS:
+        raise ValueError(f"preview_content must be one of {', '.join(PREVIEW_CONTENTS)}, not {preview_content!r}")
 
     # 1. Check inputs.
     if noise.ndim != 4:
@@ -239,6 +308,8 @@ def sample(
     needs_uncond = getattr(scheduler, "needs_uncond_prediction", False)
     use_cfg = cfg_scale != 1.0 or composition is not None or needs_uncond
     guidance = cfg_scale * getattr(scheduler, "cfg_scale_multiplier", 1.0)
+    skipping = uncond_skipping if uncond_skipping and image_cfg_scale is None and not needs_uncond else None
+    first_rows = list(range(batch)) if owner is None else [rows[0][0] for rows in composition]
 
     # 2. Timesteps.
     scheduler.set_timesteps(steps, device=noise.device)
@@ -297,6 +368,12 @@ def sample(
             pred_cond, pred_uncond, pred_no_picture = x_pred.chunk(3)
             pred = (pred_no_picture + guidance * (pred_cond - pred_uncond)
                     + image_cfg_scale * (pred_uncond - pred_no_picture))
+        elif use_cfg and skipping is not None and skipping.skips(i, total, lambda: k_sigma(scheduler, t)):
+            # the cond pass only; the uncond rows are the images' first cond rows (A1111's fake uncond)
+            pred_cond = _predict(model, x_in, t_batch, cond, None, owner)
+            pred_uncond = pred_cond[first_rows]
+            hooks.cfg_denoised(i, torch.cat([pred_cond, pred_uncond]))
+            pred = pred_cond if owner is None else _combine(pred_cond, pred_uncond, 1.0, composition)
         else:
             x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner)
             hooks.cfg_denoised(i, x_pred)
@@ -316,6 +393,9 @@ def sample(
         denoised = getattr(out, "pred_original_sample", None)
         if denoised is None:
             denoised = getattr(out, "denoised", None)
+        if preview_content != "Combined" and denoised is not None and use_cfg and image_cfg_scale is None:
+            subject = pred_cond[first_rows] if preview_content == "Prompt" else pred_uncond
+            denoised = subject_denoised(denoised, pred, subject, scheduler, t)
         hooks.step_end(i, len(timesteps), latents, denoised)  # (known now if the sampler just ended)
 
     return latents

@@ -1,15 +1,23 @@
 """Face restoration (GFPGAN, CodeFormer): build the model from its file, find the faces, restore
-each one in a square crop, paste it back with a feathered edge.
+each one in a square crop, paste it back (a feathered edge, or the face parsing mask).
 
 - Files are read like the upscalers' (``upscaler_models.read_state_dict``: ``.pth`` weights-only,
   a pickle holding more than tensors refused before anything in it runs; ``.safetensors``).
 - GFPGAN: spandrel's ``GFPGANv1Clean``, its size, width and style depth read from the tensor
   shapes (spandrel's own loader assumes the 512 px v1.3/v1.4 release; the same numbers come out
   for those). CodeFormer: spandrel_extra_arches' loader.
-- Faces: ``face_detection`` (OpenCV's Haar cascade). Each face box becomes a square crop framed
-  as the FFHQ-aligned faces these models were trained on (eyes a little above the middle, the face
-  about 60% of the crop), scaled to the model's input size (512), no rotation (the cascade gives
-  no landmarks). Outside each crop the picture is left exactly as it was.
+- Faces: with RetinaFace's file present (``retinaface``: ``models/GFPGAN/detection_Resnet50_Final.pth``,
+  what A1111's facexlib uses), each face's five landmarks are aligned onto the FFHQ template the
+  models were trained on (facexlib's 512 px template: a similarity transform by least median of
+  squares, so a tilted face is turned upright for the model and turned back when pasted).
+  Without it, ``face_detection`` (OpenCV's Haar cascade): each face box becomes a square crop
+  framed as the FFHQ-aligned faces (eyes a little above the middle, the face about 60% of the
+  crop), scaled to the model's input size (512), no rotation (the cascade gives no landmarks).
+  Outside each crop the picture is left exactly as it was.
+- Pasting: through a feathered square, or, given facexlib's face parsing network
+  (``face_parsing``: ``models/GFPGAN/parsing_parsenet.pth``, what A1111's helper pastes with), through
+  the mask of the restored face's own pixels (skin, eyes, nose, mouth; not hair, hat, neck, cloth or
+  background), as facexlib does with parsing on.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import face_detection, upscaler_models
+from . import face_detection, face_parsing, retinaface, upscaler_models
 
 ARCHITECTURES = ("CodeFormer", "GFPGAN")
 
@@ -103,10 +111,26 @@ def build(path: Path, expected: str | None = None) -> FaceModel:
 
 # -- faces ------------------------------------------------------------------------------------
 
+# facexlib's FFHQ five-point template for 512 px faces: eyes, nose tip, mouth corners (x, y)
+FFHQ_TEMPLATE_512 = np.array([[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
+                              [201.26117, 371.41043], [313.08905, 371.15118]])
+
+
 @dataclass(frozen=True)
 class Face:
     box: face_detection.Box  # what the detector found
-    crop: tuple[float, float, float]  # left, top, side of the square restored around it
+    crop: tuple[float, float, float]  # left, top, side of the square restored around it (Haar)
+    landmarks: tuple | None = None  # RetinaFace's five points: the crop is aligned onto the template
+
+
+def aligned_faces(image: Image.Image, net: retinaface.RetinaFaceNet) -> list[Face]:
+    """The faces RetinaFace finds in ``image``, each to be aligned by its landmarks."""
+    faces = []
+    for found in retinaface.detect(net, np.asarray(image.convert("RGB"))):
+        x1, y1, x2, y2 = found.box
+        box = (round(x1), round(y1), round(x2 - x1), round(y2 - y1))
+        faces.append(Face(box, (x1, y1, max(x2 - x1, y2 - y1)), tuple(map(tuple, found.landmarks.tolist()))))
+    return faces
 
 
 def find_faces(image: Image.Image, cascade: face_detection.Cascade, max_side: int = 640) -> list[Face]:
@@ -125,6 +149,12 @@ def find_faces(image: Image.Image, cascade: face_detection.Cascade, max_side: in
 
 
 def _to_crop(face: Face, size: int) -> np.ndarray:
+    """The 2x3 affine from the picture to the model's square crop of the face."""
+    if face.landmarks is not None:
+        matrix, _inliers = cv2.estimateAffinePartial2D(np.array(face.landmarks, dtype=np.float64),
+                                                      FFHQ_TEMPLATE_512 * (size / 512.0), method=cv2.LMEDS)
+        if matrix is not None:
+            return matrix
     left, top, side = face.crop
     k = size / side
     return np.array([[k, 0, -left * k], [0, k, -top * k]], dtype=np.float64)
@@ -138,8 +168,14 @@ def _feather(size: int) -> np.ndarray:
     return np.outer(ramp, ramp).astype(np.float32)
 
 
-def crop_region(face: Face, width: int, height: int) -> tuple[int, int, int, int]:
-    """The pixels restoring ``face`` may change: (left, top, right, bottom), inside the picture."""
+def crop_region(face: Face, width: int, height: int, size: int = 512) -> tuple[int, int, int, int]:
+    """The pixels restoring ``face`` may change: (left, top, right, bottom), inside the picture
+    (for an aligned face, the box around its turned crop)."""
+    if face.landmarks is not None:
+        back = cv2.invertAffineTransform(_to_crop(face, size))
+        corners = np.array([[0, 0, 1], [size, 0, 1], [0, size, 1], [size, size, 1]], dtype=np.float64) @ back.T
+        (x0, y0), (x1, y1) = corners.min(axis=0), corners.max(axis=0)
+        return (max(0, math.floor(x0)), max(0, math.floor(y0)), min(width, math.ceil(x1)), min(height, math.ceil(y1)))
     left, top, side = face.crop
     return (max(0, math.floor(left)), max(0, math.floor(top)),
             min(width, math.ceil(left + side)), min(height, math.ceil(top + side)))
@@ -159,9 +195,11 @@ def _run_net(model: FaceModel, crop: np.ndarray, device: torch.device, weight: f
 
 
 def restore(image: Image.Image, model: FaceModel, faces: list[Face], device: torch.device,
-            weight: float = 0.5, interrupted: Callable[[], bool] = lambda: False) -> Image.Image:
+            weight: float = 0.5, interrupted: Callable[[], bool] = lambda: False,
+            parser: face_parsing.ParseNet | None = None) -> Image.Image:
     """``image`` with each of ``faces`` restored by ``model`` (CodeFormer's fidelity ``weight``:
-    0 = the most restoration, 1 = closest to the input); pixels outside the faces' crops stay."""
+    0 = the most restoration, 1 = closest to the input); pixels outside the faces' crops stay.
+    With ``parser`` each face is pasted through its parsing mask, else through a feathered square."""
     if not faces:
         return image
     alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
@@ -176,12 +214,13 @@ def restore(image: Image.Image, model: FaceModel, faces: list[Face], device: tor
         crop = cv2.warpAffine(picture, to_crop, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
         restored = _run_net(model, np.ascontiguousarray(crop), device, weight)
         back = cv2.invertAffineTransform(to_crop)
-        left, top, right, bottom = crop_region(face, width, height)
+        left, top, right, bottom = crop_region(face, width, height, size)
         # warp only into the crop's own region: nothing outside it can change
         shift = np.array([[0, 0, -left], [0, 0, -top]], dtype=np.float64)
         region = (right - left, bottom - top)
         pasted = cv2.warpAffine(restored, back + shift, region, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-        mask = cv2.warpAffine(_feather(size), back + shift, region, flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
+        soft = _feather(size) if parser is None else face_parsing.face_mask(parser, restored)
+        mask = cv2.warpAffine(soft, back + shift, region, flags=cv2.INTER_LINEAR, borderValue=0)[..., None]
         area = result[top:bottom, left:right]
         result[top:bottom, left:right] = area * (1 - mask) + pasted.astype(np.float32) * mask
     out = np.where(result == picture, picture, np.clip(np.round(result), 0, 255).astype(np.uint8))

@@ -241,12 +241,15 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, sett
                 conditioning=None,
                 prompts: list[str] | None = None, negative_prompts: list[str] | None = None,
                 before_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                refiner: sampling_pass.RefinerPlan | None = None) -> tuple[list[Image.Image], bool]:
+                refiner: sampling_pass.RefinerPlan | None = None,
+                decode: Callable[[object, torch.Tensor], list[Image.Image]] = model_ops.decode_latents,
+                ) -> tuple[list[Image.Image], bool]:
     """Upscale one batch's first-pass latents, refine them and decode: (the final pictures, whether
     the pass switched to the refiner). ``model`` made the latents (the first pass ended on it);
     ``hr_model`` runs the pass (the hires checkpoint, or ``model``), already loaded and tiled by the
     caller; ``refiner``: switch to the SDXL refiner during this pass. ``before_decode`` gets the
-    final latents and returns the ones to decode (A1111's post_sample). ``refine=False`` (the batch
+    final latents and returns the ones to decode (A1111's post_sample); ``decode(model, latents)`` makes
+    the pictures (the VAE's, or the live preview method's after an interrupt). ``refine=False`` (the batch
     was skipped) only upscales, like A1111's sampler stopping at once.
     """
     if hr_model.spec.latent_channels != model.spec.latent_channels:
@@ -258,4 +261,4 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, sett
         done = _refine(hr, request, hr_model, settings, x, seeds=seeds, clip_skip=clip_skip, hooks=hooks,
                        prompts=prompts, negative_prompts=negative_prompts, refiner=refiner, conditioning=conditioning)
         x, final, switched = done.latents, done.model, done.switched
-    return model_ops.decode_latents(final, x if before_decode is None else before_decode(x)), switched
+    return decode(final, x if before_decode is None else before_decode(x)), switched

@@ -47,6 +47,9 @@ LATENT_RESIZE_MODE = "Latent"  # A1111 resizes img2img latents bilinearly, witho
 BlendHook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
 # (picture index, overlay RGBA (alpha 255 = the original shows), mask L) -> (overlay, mask)
 OverlayHook = Callable[[int, Image.Image, Image.Image], tuple[Image.Image, Image.Image]]
+# (picture index, what: one of COPIES, the picture): the pictures A1111 saves or returns besides the result
+CopyHook = Callable[[int, str, Image.Image], None]
+COPIES = ("before-color-correction", "mask", "mask-composite")
 
 
 @dataclass
@@ -60,6 +63,8 @@ class Img2ImgSettings:
     fix_steps: bool = False  # img2img_fix_steps
     background_color: str = "#ffffff"  # img2img_background_color
     max_input_pixels: int = 4096 * 4096  # img2img_max_input_pixels
+    overlay: bool = True  # overlay_inpaint: the original pasted over what was not inpainted
+    upscaler: str | None = None  # upscaler_for_img2img: enlarges init images (None / "None": Lanczos)
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -187,6 +192,7 @@ class Img2ImgJob:
     color_targets: list[np.ndarray] | None = None
     conditional_mask_weight: float | None = None
     infotext: dict = field(default_factory=dict)  # A1111's extra_generation_params, in its order
+    overlay_mask: Image.Image | None = None  # L at the output size: A1111's mask_for_overlay (save_mask, ...)
 
     def _per_image(self, tensor: torch.Tensor, batch: int) -> torch.Tensor:
         return tensor.expand(batch, *tensor.shape[1:]).clone() if tensor.shape[0] == 1 else tensor.clone()
@@ -228,38 +234,68 @@ class Img2ImgJob:
 
         return blend_step
 
-    def finish(self, images: list[Image.Image], on_overlay: OverlayHook | None = None) -> list[Image.Image]:
+    def finish(self, images: list[Image.Image], on_overlay: OverlayHook | None = None,
+               on_copy: CopyHook | None = None, copies: frozenset[str] | set[str] = frozenset()) -> list[Image.Image]:
         """Colour correction, then the result pasted back under the original (A1111's order).
         Image ``i`` of a batch belongs to init image ``i`` (or to the only one). `on_overlay` (the
-        job hooks' ``mask_overlay``) sees each overlay first and may replace it."""
+        job hooks' ``mask_overlay``) sees each overlay first and may replace it. `on_copy` gets the
+        `copies` asked for (of COPIES): the picture before colour correction (pasted back), the
+        greyscale mask (RGB) and the result where the mask is, transparent elsewhere (RGBA)."""
         done = []
         for i, image in enumerate(images):
-            if self.color_targets is not None:
-                image = color_correction.correct(self.color_targets[i % len(self.color_targets)], image)
+            overlay = None
             if self.overlays is not None:
                 overlay = self.overlays[i % len(self.overlays)]
                 if on_overlay is not None:
                     overlay = _hooked_overlay(overlay, on_overlay, i)
-                image = self._paste_back(image, overlay)
+            if self.color_targets is not None:
+                if on_copy is not None and "before-color-correction" in copies:
+                    on_copy(i, "before-color-correction", image if overlay is None else self._paste_back(image, overlay))
+                image = color_correction.correct(self.color_targets[i % len(self.color_targets)], image)
+            denoised = image if overlay is None else self._uncropped(image, overlay)
+            if overlay is not None:
+                image = self._mix(denoised, overlay)
+            if on_copy is not None and self.overlay_mask is not None:
+                if "mask" in copies:
+                    on_copy(i, "mask", self.overlay_mask.convert("RGB"))
+                if "mask-composite" in copies:
+                    on_copy(i, "mask-composite", _mask_composite(denoised, self.overlay_mask, image.size))
             done.append(image)
         return done
 
     def _paste_back(self, image: Image.Image, overlay: _Overlay) -> Image.Image:
+        return self._mix(self._uncropped(image, overlay), overlay)
+
+    def _uncropped(self, image: Image.Image, overlay: _Overlay) -> Image.Image:
+        """The result at the output size ("Only masked": in its place in the original)."""
         height, width = overlay.opacity.shape
-        result = np.asarray(image.convert("RGB"), dtype=np.float32)
         if self.paste_to is not None:
             x, y, w, h = self.paste_to
-            canvas = overlay.picture.astype(np.float32)
-            canvas[y:y + h, x:x + w] = np.asarray(masks.resize_image(1, image.convert("RGB"), w, h), dtype=np.float32)
-            result = canvas
-        elif result.shape[:2] != (height, width):
-            result = np.asarray(image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS), np.float32)
+            canvas = overlay.picture.copy()
+            canvas[y:y + h, x:x + w] = np.asarray(masks.resize_image(1, image.convert("RGB"), w, h))
+            return Image.fromarray(canvas, "RGB")
+        if image.size != (width, height):
+            return image.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+        return image.convert("RGB")
+
+    @staticmethod
+    def _mix(denoised: Image.Image, overlay: _Overlay) -> Image.Image:
+        result = np.asarray(denoised, dtype=np.float32)
         opacity = overlay.opacity[:, :, None]
         mixed = overlay.picture.astype(np.float32) * opacity + result * (1.0 - opacity)
         out = np.clip(mixed.round(), 0, 255).astype(np.uint8)
         fully = overlay.opacity >= 1.0
         out[fully] = overlay.picture[fully]  # exactly the input outside the mask
         return Image.fromarray(out, "RGB")
+
+
+def _mask_composite(denoised: Image.Image, mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """A1111's "masked composite": the result where the mask is white, transparent where it is black."""
+    width, height = size
+    if denoised.size != size:
+        denoised = denoised.resize(size, Image.Resampling.LANCZOS)
+    fitted = mask if mask.size == size else masks.resize_image(2, mask, width, height)
+    return Image.composite(denoised.convert("RGBA"), Image.new("RGBA", size), fitted.convert("L"))
 
 
 def prepare(
@@ -299,16 +335,17 @@ def prepare(
 
     # 3.-4. pixels at the processing size, overlays, fill, colour targets
     mode = request.resize_mode
+    resize = _resizer(settings.upscaler)
     overlays, targets, pixels = [], [], []
     for image in images:
         if mask is None or mask.crop is None:
-            image = masks.resize_image(mode, image, width, height) if mode != 3 else image
+            image = masks.resize_image(mode, image, width, height, resize) if mode != 3 else image
         if mask is not None:
             shown = image if mode != 3 or mask.crop is not None else masks.resize_image(0, image, width, height)
             overlays.append(_Overlay(np.asarray(shown.convert("RGB")).copy(),
                                      1.0 - np.asarray(mask.overlay, dtype=np.float32) / 255.0))
             if mask.crop is not None:
-                image = masks.resize_image(2, image.crop(mask.crop), width, height)
+                image = masks.resize_image(2, image.crop(mask.crop), width, height, resize)
             if request.inpainting_fill != 1:
                 image = masks.fill(image, mask.processing)
         if settings.color_correction:
@@ -341,12 +378,33 @@ def prepare(
         inpainting_fill=request.inpainting_fill,
         generate_mask=generate_mask,
         image_conditioning=conditioning,
-        overlays=overlays or None,
+        overlays=(overlays or None) if settings.overlay else None,  # overlay_inpaint off: the result as sampled
+        overlay_mask=mask.overlay if mask is not None else None,
         paste_to=None if mask is None or mask.crop is None else _paste_box(mask.crop),
         color_targets=targets or None,
         conditional_mask_weight=settings.mask_weight if inpainting_model else None,
         infotext=infotext,
     )
+
+
+def _resizer(name: str | None) -> Callable[[Image.Image, int, int], Image.Image] | None:
+    """A1111's upscaler_for_img2img in its resize_image: a picture to enlarge goes through the
+    upscaler (then Lanczos to the exact size); None or "None": Lanczos alone."""
+    if not name or name == "None":
+        return None
+    try:
+        upscaling.get(name)
+    except (KeyError, ValueError) as exc:
+        raise RequestError("upscaler_for_img2img", str(exc.args[0] if exc.args else exc)) from None
+    if upscaling.is_latent(name):
+        raise RequestError("upscaler_for_img2img", f"'{name}' resizes latents, not pictures")
+
+    def resize(image: Image.Image, width: int, height: int) -> Image.Image:
+        if image.size == (width, height):
+            return image
+        return upscaling.upscale_image(image, width, height, name)
+
+    return resize
 
 
 def _hooked_overlay(overlay: _Overlay, hook: OverlayHook, index: int) -> _Overlay:

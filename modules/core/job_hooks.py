@@ -98,6 +98,12 @@ class JobHooks:
         """img2img with extra noise: return the noise to add (``denoise.DenoiseHooks.extra_noise``)."""
         return noise
 
+    def start_noise(self, batch: BatchValues, start) -> Tensor:
+        """img2img, once per batch before the loop: the noise the sampling starts from
+        (``start``: :class:`modules.core.noise_inversion.StartNoise`, with the means to find the
+        noise that gives the init picture back). Default: the seeds' noise."""
+        return start.noise
+
     def mask_blend(self, current: Tensor, generate: Tensor, init: Tensor, blended: Tensor,
                    final: bool) -> Tensor:
         """Inpainting put the kept area back: ``blended = init * (1 - generate) + current * generate``
@@ -120,6 +126,11 @@ class JobHooks:
     def image_ready(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
         """One picture, before colour correction and paste-back (img2img)."""
         return image
+
+    def restores_faces(self) -> bool:
+        """Whether `image_ready` restores faces (then save_images_before_face_restoration saves the
+        pictures before it)."""
+        return False
 
     def mask_overlay(self, batch: BatchValues, position: int, overlay: Image.Image,
                      mask: Image.Image) -> tuple[Image.Image, Image.Image]:

@@ -71,6 +71,8 @@ class GenerationSettings:
     # <hypernet:name:strength> -> the file (None, or LookupError with the known names, for an unknown one);
     # None here: prompts with hypernetwork tags are refused
     find_hypernetwork: Callable[[str], Path | None] | None = None
+    # sd_hypernetwork: (name, strength) whose <hypernet:name:strength> tag every prompt not naming it gets
+    always_hypernetwork: tuple[str, float] | None = None
     # ControlNet units of the job (modules.core.controlnet.ControlJob), put here by the layer above
     control: object | None = None
     # --- file names and folders (A1111's "Saving images/grids", "Saving to a directory"; modules.core.saving).
@@ -89,6 +91,23 @@ class GenerationSettings:
     img_downscale_threshold: float = 4.0  # img_downscale_threshold (MB)
     target_side_length: int = 4000  # target_side_length (pixels)
     webp_lossless: bool = False  # webp_lossless
+    enable_pnginfo: bool = True  # enable_pnginfo: the infotext inside the files (and the pictures' info)
+    # copies saved beside the pictures (A1111's suffixes), when the pictures are saved
+    save_images_before_face_restoration: bool = False  # save_images_before_face_restoration
+    save_images_before_highres_fix: bool = False  # save_images_before_highres_fix
+    save_images_before_color_correction: bool = False  # save_images_before_color_correction
+    save_mask: bool = False  # save_mask (inpainting: the greyscale mask)
+    save_mask_composite: bool = False  # save_mask_composite (inpainting: the result where the mask is)
+    # inpainting: the mask and the masked composite as further result pictures
+    return_mask: bool = False  # return_mask
+    return_mask_composite: bool = False  # return_mask_composite
+    save_incomplete_images: bool = False  # save_incomplete_images: an interrupted job's pictures are saved too
+    live_preview_content: str = "Combined"  # live_preview_content: the previews' subject (denoise.PREVIEW_CONTENTS)
+    # live_preview_fast_interrupt: once the job is interrupted, its pictures are decoded with this (the live
+    # preview method's decoder: (model, latents) -> pictures at the VAE's size) instead of the VAE
+    interrupt_decode: Callable[[LoadedModel, torch.Tensor], list] | None = None
+    outdir_init_images: Path | None = None  # save_init_img on: outdir_init_images (None: not saved)
+    add_user_name_to_info: bool = False  # add_user_name_to_info: "User" (the logged-in `user`) in the infotext
     # what [styles], [prompt_no_styles], [job_timestamp], [user] say; [datetime] reads now()
     styles: tuple[str, ...] = ()
     style_prompts: tuple[str, ...] = ()
@@ -108,9 +127,25 @@ class JobObserver:
 
     def on_step(self, step: int, total: int, latents: torch.Tensor, denoised: torch.Tensor | None) -> None: ...
 
+    def full_preview_due(self, step: int) -> bool:
+        """Whether to decode a preview with the model's own VAE after this step (A1111's "Full" live
+        preview method). Decoded on the job's own thread: nothing else touches the model's memory."""
+        return False
+
+    full_preview_all_rows = False  # decode every picture of the batch (show_progress_grid), not the first
+
+    def on_full_preview(self, images: list) -> None:
+        """The "Full" preview pictures (the first of the batch, or all of them), when
+        ``full_preview_due`` said so."""
+
     def interrupted(self) -> bool:
         return False
 
     def skipped(self) -> bool:
         """True once per skip request: ends the current batch, the job goes on."""
+        return False
+
+    def stopping_generation(self) -> bool:
+        """A1111's stop_generating (the page's Interrupt under interrupt_after_current): the pictures
+        made so far are finished, no other is started."""
         return False

@@ -14,7 +14,9 @@ like A1111's ``create_noise_sampler`` (one tree per image, entropy = the image s
 schedule's [sigma_min, sigma_max]); ancestral ones draw ``randn`` from the per-image generators.
 
 The math is the published k-diffusion / DPM-Solver / A1111 math; tests compare each algorithm with
-the ``k-diffusion`` package on the same denoiser and noise (tests/test_samplers_reference.py).
+the ``k-diffusion`` package on the same denoiser and noise (tests/test_samplers_reference.py). On a
+flow model (``flow=``) the algorithms that add noise get :class:`~modules.core.flow_matching.FlowSpace`
+(tests/test_flow_samplers.py).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from . import flow_matching
 from . import ksampling_algorithms as algorithms
-from .flow_matching import flow_sigmas
 from .sigma_schedules import TrainingSigmas, sigmas_for
 
 
@@ -101,6 +103,13 @@ ALGORITHMS: dict[str, KAlgorithm] = {
     "dpm_fast": KAlgorithm(algorithms.dpm_fast, noise="randn", uses_sigma_range=True),
     "dpm_adaptive": KAlgorithm(algorithms.dpm_adaptive, noise="randn", uses_sigma_range=True, adaptive=True),
     "restart": KAlgorithm(algorithms.restart, noise="randn", order=2),
+    # k-diffusion's sample_lcm (A1111's LCM): SD's Automatic / Uniform run diffusers' LCMScheduler,
+    # the other schedule types this
+    "lcm": KAlgorithm(algorithms.lcm, noise="randn"),
+}
+# algorithms only flow models run here (SD's PLMS is diffusers' PNDMScheduler)
+FLOW_ALGORITHMS: dict[str, KAlgorithm] = {
+    "plms": KAlgorithm(algorithms.plms),
 }
 
 
@@ -151,16 +160,20 @@ class KSamplerScheduler:
                  algorithm_kwargs: dict | None = None, schedule_kwargs: dict | None = None,
                  discard_penultimate: bool | None = None, sgm_noise_multiplier: bool = False,
                  flow: tuple | None = None):
-        if algorithm not in ALGORITHMS:
+        known = {**ALGORITHMS, **FLOW_ALGORITHMS} if flow is not None else ALGORITHMS
+        if algorithm not in known:
             raise ValueError(f"unknown k-diffusion algorithm {algorithm!r}")
         if prediction_type not in ("epsilon", "v_prediction", "flow"):
             raise ValueError(f"prediction_type must be 'epsilon', 'v_prediction' or 'flow', not {prediction_type!r}")
         if (prediction_type == "flow") != (flow is not None):
             raise ValueError("a flow model's sampler needs its schedule: flow=(FlowShift, latent patches)")
         # flow models (Flux, SD3; ComfyUI's CONST sampling): x = (1 - sigma) x0 + sigma noise, the model
-        # predicts the velocity, sees sigma * 1000 as its timestep and the latents unscaled
+        # predicts the velocity, sees sigma * 1000 as its timestep and the latents unscaled; the
+        # schedule id "flow" is the family's own schedule (its "Automatic"), the others are A1111's
+        # schedule types on the model's shifted sigmas (flow_matching.schedule_sigmas)
         self.flow = flow
-        self.algorithm = ALGORITHMS[algorithm]
+        self.space = flow_matching.FlowSpace(*flow) if flow is not None else algorithms.VE
+        self.algorithm = known[algorithm]
         self.algorithm_name = algorithm
         self.schedule_id = schedule_id
         self.prediction_type = prediction_type
@@ -186,6 +199,8 @@ class KSamplerScheduler:
         accepted = inspect.signature(self.algorithm.function).parameters
         if "eta" in accepted:
             kwargs["eta"] = self.eta  # as A1111 passes its eta to the samplers that take one
+        if "space" in accepted:
+            kwargs["space"] = self.space
         kwargs.update({k: v for k, v in self.algorithm_kwargs.items() if k in accepted})
         if self.algorithm.uses_sigma_range:
             positive = sigmas[sigmas > 0]
@@ -215,12 +230,18 @@ class KSamplerScheduler:
         return calls, ts
 
     def set_timesteps(self, num_inference_steps: int, device=None):
-        if self.flow is not None:
-            sigmas = flow_sigmas(*self.flow, num_inference_steps)
+        if self.flow is not None and self.algorithm.uses_sigma_range:
+            # DPM fast / adaptive ignore the schedule type: the flow model's whole sigma range
+            sigmas = flow_matching.schedule_sigmas("uniform", num_inference_steps, *self.flow)
+        elif self.flow is not None and self.schedule_id == "flow":
+            sigmas = flow_matching.flow_sigmas(*self.flow, num_inference_steps)
+        elif self.flow is not None:
+            sigmas = flow_matching.schedule_sigmas(self.schedule_id, num_inference_steps, *self.flow,
+                                                   self.discard_penultimate, **self.schedule_kwargs)
         else:
             sigmas = sigmas_for(self.schedule_id, num_inference_steps, self.training, self.model_family,
                                 self.discard_penultimate, **self.schedule_kwargs)
-        if self.algorithm.uses_sigma_range and self.schedule_id != "uniform":
+        if self.flow is None and self.algorithm.uses_sigma_range and self.schedule_id != "uniform":
             # DPM fast / adaptive ignore the schedule type (A1111 hands them the training range)
             sigmas = sigmas_for("uniform", num_inference_steps, self.training, self.model_family)
         self.num_inference_steps = num_inference_steps

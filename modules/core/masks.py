@@ -21,6 +21,8 @@ Pure PIL/numpy/OpenCV; no options are read here.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 from PIL import Image
@@ -182,12 +184,15 @@ def _resize(image: Image.Image, width: int, height: int) -> Image.Image:
     return image if image.size == (width, height) else image.resize((width, height), resample=_LANCZOS)
 
 
-def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
+def resize_image(mode: int, image: Image.Image, width: int, height: int,
+                 resize: Callable[[Image.Image, int, int], Image.Image] | None = None) -> Image.Image:
     """A1111's ``resize_image``: 0 (and 3) stretch to ``width`` x ``height``; 1 scales to cover and
     crops the centre; 2 scales to fit, centres, and fills the two empty bands by stretching the
-    picture's outermost row/column of pixels."""
+    picture's outermost row/column of pixels. `resize(image, w, h)`: how the picture is scaled
+    (default Lanczos; img2img: the upscaler_for_img2img option's upscaler)."""
+    _resize_to = resize or _resize
     if mode in (0, 3):
-        return _resize(image, width, height)
+        return _resize_to(image, width, height)
     if mode not in (1, 2):
         raise ValueError(f"resize mode must be 0..3, got {mode}")
     target_ratio = width / height
@@ -199,7 +204,7 @@ def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Imag
     else:
         fit_w, fit_h = image.width * height // image.height, height
     fit_w, fit_h = max(fit_w, 1), max(fit_h, 1)
-    resized = _resize(image, fit_w, fit_h)
+    resized = _resize_to(image, fit_w, fit_h)
     canvas = Image.new(image.mode if image.mode in ("RGB", "L", "RGBA") else "RGB", (width, height))
     left, top = width // 2 - fit_w // 2, height // 2 - fit_h // 2
     canvas.paste(resized, (left, top))

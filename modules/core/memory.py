@@ -152,6 +152,11 @@ class DeviceMemory:
                 self.bring(module)
         return mode
 
+    def mode_of(self, module: torch.nn.Module) -> str | None:
+        """The resolved policy a registered module is under (all / medvram / lowvram); None: not ours."""
+        entry = self._entries.get(id(module))
+        return entry.mode if entry is not None else None
+
     def register(self, module: torch.nn.Module, name: str, mode: str = "all", streamed: bool = False) -> None:
         if id(module) in self._entries:
             return

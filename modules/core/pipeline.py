@@ -15,8 +15,11 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from . import denoise, hires, hypernetwork, image_io, img2img, model_ops, rng, samplers, sampling_pass, saving, tiling
+from . import hires, hypernetwork, image_io, img2img, model_ops, rng, sampler_options, samplers
+from . import noise_inversion, sampling_pass, saving, tiling
 from . import lora  # <lora:...> networks
+from .loop_hooks import LoopHooks
+from .prompt_networks import Hypernets, PromptNetworks, with_hypernet
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
@@ -37,39 +40,7 @@ class _Plan:
     subseeds: list[int]
     clip_skip: int
     extra: dict = field(default_factory=dict)
-
-
-class _LoopHooks(denoise.DenoiseHooks):
-    def __init__(self, observer: JobObserver, job_hooks: JobHooks | None = None):
-        self.observer = observer
-        self.job_hooks = job_hooks  # the layer above's CFG hooks (A1111's on_cfg_* callbacks)
-        self.stopped = False
-        self.blend = None  # img2img inpainting: keeps the unmasked area on the init image's path
-
-    def cfg_denoiser(self, step, x, t, cond, uncond):
-        if self.job_hooks is not None:
-            self.job_hooks.cfg_denoiser(step, x, t, cond, uncond)
-
-    def cfg_denoised(self, step, x_pred):
-        if self.job_hooks is not None:
-            self.job_hooks.cfg_denoised(step, x_pred)
-
-    def cfg_after_cfg(self, step, x_pred):
-        return x_pred if self.job_hooks is None else self.job_hooks.cfg_after_cfg(step, x_pred)
-
-    def extra_noise(self, noise, init_latents, noised):
-        return noise if self.job_hooks is None else self.job_hooks.extra_noise(noise, init_latents, noised)
-
-    def after_step(self, step, next_timestep, latents):
-        return latents if self.blend is None else self.blend(step, next_timestep, latents)
-
-    def step_end(self, step, total, latents, denoised):
-        self.observer.on_step(step, total, latents, denoised)
-
-    def should_stop(self) -> bool:
-        if self.observer.interrupted() or self.observer.skipped():
-            self.stopped = True
-        return self.stopped
+    init_image_hash: str | None = None  # save_init_img: the MD5 of the (last) init image, as A1111 writes it
 
 
 def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSettings) -> _Plan:
@@ -130,6 +101,7 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
         "Token merging ratio": plain_number(settings.token_merging_ratio) if settings.token_merging_ratio else None,
         "Token merging ratio hr": (plain_number(settings.token_merging_ratio_hr)
                                    if getattr(request, "enable_hr", False) and settings.token_merging_ratio_hr else None),
+        "Init image hash": p.init_image_hash,
         # A1111 names the source unless it is its default, "GPU" (Easel's default "CPU" is named too)
         "RNG": settings.randn_source if settings.randn_source != "GPU" else None,
         "Tiling": "True" if request.tiling else None,
@@ -138,6 +110,7 @@ def infotext_params(request: GenerationRequest, p: _Plan, settings: GenerationSe
     params.update(extra or {})
     params.update(p.extra)  # A1111's extra_generation_params; keys above keep their place
     params["Version"] = settings.version
+    params["User"] = settings.user if settings.add_user_name_to_info else None  # A1111: last, after Version
     return params
 
 
@@ -174,6 +147,8 @@ def _generate(
     for batch in range(request.n_iter):
         if job.observer.interrupted():
             job.result.interrupted = True
+            break
+        if job.observer.stopping_generation():  # the pictures before are finished (and saved), no other starts
             break
         with _Borrowed(job) as borrowed:  # other checkpoints this batch loads (hires, refiner)
             values = job.batch_values(batch)  # 2. this batch's values and LoRAs
@@ -233,8 +208,9 @@ class _Job:
         self.request, self.model, self.settings, self.observer = request, model, settings, observer
         self.job_hooks = job_hooks  # None: no layer above (nothing to call, nothing changes)
         self.hooks = job_hooks or JobHooks()
-        self.networks = _PromptNetworks(settings.find_lora)  # <lora:...> cut out, files read, per prompt
-        self.hypernets = _Hypernets(settings.find_hypernetwork)  # <hypernet:...>, files read once per job
+        self.networks = PromptNetworks(settings.find_lora)  # <lora:...> cut out, files read, per prompt
+        self.hypernets = Hypernets(settings.find_hypernetwork)  # <hypernet:...>, files read once per job
+        self.copies: dict[int, list[tuple[str, Image.Image]]] = {}  # a batch's masks to save or return
 
     # 1. validate against the model and resolve defaults ------------------------------------------
     def prepare(self) -> None:
@@ -265,6 +241,9 @@ class _Job:
                                            encode=lambda pixels: model_ops.encode_pixels(model, pixels),
                                            inpainting_model=model.spec.inpainting, settings=settings.img2img)
             p.extra.update({"Denoising strength": plain_number(self.img2img.denoising_strength), **self.img2img.infotext})
+            if settings.outdir_init_images is not None:  # save_init_img: whatever the job's own saving (A1111)
+                for image in request.init_images:
+                    _, p.init_image_hash = saving.save_init_image(image, settings.outdir_init_images)
         if model.spec.inpainting:
             p.extra["Conditional mask weight"] = settings.img2img.mask_weight
         # instruct-pix2pix in img2img: A1111's image CFG (a third pass without the picture unless it is 1)
@@ -289,6 +268,10 @@ class _Job:
             values.hr_prompts, values.hr_negative_prompts = [hr.prompt] * count, [hr.negative_prompt] * count
         self.hooks.job_started(values)
         values.check(count)
+        if settings.always_hypernetwork is not None:  # A1111's sd_hypernetwork: the infotext shows its tag too
+            values.prompts = [with_hypernet(x, *settings.always_hypernetwork) for x in values.prompts]
+            if hr is not None:
+                values.hr_prompts = [with_hypernet(x, *settings.always_hypernetwork) for x in values.hr_prompts]
         # the first prompt of each batch chooses its LoRAs (A1111); the hires prompts' own tags drive the second pass
         firsts = range(0, count, request.batch_size)
         used_loras = [self.networks.get(values.prompts[i], "prompt") for i in firsts]
@@ -304,6 +287,7 @@ class _Job:
         if hr is not None and hr.sampler != p.sampler:
             p.extra.update(samplers.infotext_params(hr.sampler, hr.schedule, settings.sampler_options, txt2img=False,
                                                     rescale_betas_zero_snr=model.spec.zero_terminal_snr))
+        p.extra.update(sampler_options.uncond_skip_infotext(settings.sampler_options))
         self.result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
         self.used_embeddings: dict[str, str] = {}
         self.samples_dir = settings.outdir_samples  # the folder pattern ([date]) below it: modules.core.saving
@@ -337,7 +321,8 @@ class _Job:
         request, p, settings, job = self.request, self.p, self.settings, self.img2img
         prompts, negatives = values_b.prompts, values_b.negative_prompts
 
-        def conds_for(model: LoadedModel) -> ScheduledConditioning:
+        def conds_for(model: LoadedModel, prompts=prompts, negatives=negatives,
+                      length: int | None = None) -> ScheduledConditioning:
             conditioner = model.family.conditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
                                                    embeddings=settings.embeddings, options=self.conditioning)
             concat = None
@@ -347,20 +332,25 @@ class _Job:
             elif model.spec.edit_model:  # instruct-pix2pix: the init picture's latents, unscaled (A1111)
                 concat = model_ops.edit_image_conditioning(model, job.init_latents if job else None, len(prompts),
                                                            self.latent_shape)
-            conds = ScheduledConditioning(conditioner, prompts, negatives, schedule_length(request.steps, p.sampler),
+            conds = ScheduledConditioning(conditioner, prompts, negatives,
+                                          length or schedule_length(request.steps, p.sampler),
                                           p.width, p.height, image_conditioning=concat)
             if conditioner.emphasis_noted:  # A1111: a mode other than Original, once an encoded text has brackets
                 p.extra["Emphasis"] = self.result.extra_generation_params["Emphasis"] = settings.emphasis
             self.used_embeddings.update(conditioner.used_embeddings)
             return conds
 
-        hooks = _LoopHooks(self.observer, self.job_hooks)
+        hooks = LoopHooks(self.observer, self.job_hooks, self.model)
         on_blend = self.hooks.mask_blend if self.job_hooks is not None else None
 
         def img2img_start(noise, scheduler) -> sampling_pass.Start:
             """img2img: start from the init latents noised to the first step."""
             init_latents = job.start_latents(len(prompts), noise)
             noise = noise * job.noise_multiplier
+            if self.job_hooks is not None:  # a script may start from other noise (img2img alternative test)
+                noise = self.hooks.start_noise(values_b, noise_inversion.start_for(
+                    self.model, scheduler, noise, init_latents, values_b.seeds, conds_for, request.steps,
+                    settings.randn_source))
             hooks.blend = job.step_blender(scheduler, init_latents, noise, on_blend)
             self._init_latents = init_latents
             return sampling_pass.Start(init_latents, noise, job.sampler_strength, job.schedule_steps,
@@ -389,7 +379,10 @@ class _Job:
 
         hr = self.hr
         if hr is None or self.result.interrupted:  # (an interrupted batch with hires is shown, not upscaled)
-            return model_ops.decode_latents(first.model, sampled(first.latents))
+            return self._decode(first.model, sampled(first.latents))
+        if self.settings.save_images_before_highres_fix and self._saving():
+            for i, image in enumerate(model_ops.decode_latents(first.model, first.latents)):
+                self._save_copy(batch, i, values_b, image, "-before-highres-fix")
         self.observer.begin_batch(2 * batch + 1, 2 * self.request.n_iter, hr.steps)
         self.hooks.before_hires(values_b)
         # the hires checkpoint when there is one, else the model the first pass ended on (A1111)
@@ -402,15 +395,24 @@ class _Job:
             refiner = self._refiner_for(first=False, borrowed=borrowed)
         images, switched = hires.second_pass(
             hr, self.request, first.model, hr_model, self.settings, first.latents, seeds=self._seeds(values_b),
-            clip_skip=self.p.clip_skip, conditioning=self.conditioning, hooks=_LoopHooks(self.observer, self.job_hooks),
+            clip_skip=self.p.clip_skip, conditioning=self.conditioning,
+            hooks=LoopHooks(self.observer, self.job_hooks, hr_model),
             refine=not first.stopped,  # skipped: only upscaled, as in A1111
             prompts=values_b.hr_prompts, negative_prompts=values_b.hr_negative_prompts, before_decode=sampled,
-            refiner=refiner)
+            refiner=refiner, decode=self._decode)
         if switched:
             self._note_refiner()
         self.used_embeddings.update(hr.used_embeddings)
         self.result.interrupted = self.observer.interrupted()
         return images
+
+    def _decode(self, model: LoadedModel, latents: torch.Tensor) -> list[Image.Image]:
+        """The VAE's pictures; once interrupted, with live_preview_fast_interrupt, the live preview
+        method's (A1111's decode_first_stage then uses show_progress_type)."""
+        fast = self.settings.interrupt_decode
+        if fast is not None and self.observer.interrupted():
+            return fast(model, latents)
+        return model_ops.decode_latents(model, latents)
 
     # 5. the pictures' last changes: the hooks, img2img's colour correction and paste-back -----------
     def pictures(self, values_b: BatchValues, images: list[Image.Image]) -> list[Image.Image]:
@@ -418,13 +420,19 @@ class _Job:
         lo, hi = batch * request.batch_size, (batch + 1) * request.batch_size
         # A1111: the pictures' own values are the job's again (tags included), as their infotexts show them
         values_b.prompts, values_b.negative_prompts = values.prompts[lo:hi], values.negative_prompts[lo:hi]
+        self.copies = {}  # picture -> [(what, picture)]: the masks returned after it (return_mask ...)
         if self.job_hooks is not None:
             images = self.hooks.batch_decoded(values_b, images)
+            if self.settings.save_images_before_face_restoration and self.hooks.restores_faces() and self._saving():
+                for i, image in enumerate(images):
+                    self._save_copy(batch, i, values_b, image, "-before-face-restoration")
             images = [self.hooks.image_ready(values_b, i, image) for i, image in enumerate(images)]
             values_b.check(len(images), f"batch {batch} (after its pictures were replaced)")
         if self.img2img is not None:  # colour correction, paste back under the original
             on_overlay = functools.partial(self.hooks.mask_overlay, values_b) if self.job_hooks is not None else None
-            images = self.img2img.finish(images, on_overlay)
+            copies = self._img2img_copies()
+            on_copy = functools.partial(self._img2img_copy, batch, values_b) if copies else None
+            images = self.img2img.finish(images, on_overlay, on_copy, copies)
         if self.job_hooks is not None:
             images = [self.hooks.image_composited(values_b, i, image) for i, image in enumerate(images)]
         return images
@@ -437,23 +445,29 @@ class _Job:
             p.extra["TI hashes"] = result.extra_generation_params["TI hashes"] = hashes
         day_dir = self.samples_dir
         for i, image in enumerate(images):
-            index = batch * request.batch_size + i
             seed, subseed = values_b.seeds[i], values_b.subseeds[i]
-            params = infotext_params(request, p, settings, index, seed=seed, subseed=subseed,
-                                     extra=self.hooks.extra_params())
-            text = build_infotext(values_b.prompts[i], values_b.negative_prompts[i], params)
-            image.info["parameters"] = text
+            text = self._infotext(batch, i, values_b)
+            if settings.enable_pnginfo:  # A1111: the picture carries its infotext only with enable_pnginfo
+                image.info["parameters"] = text
             result.images.append(image)
             result.seeds.append(seed)
             result.subseeds.append(subseed)
             result.prompts.append(values_b.prompts[i])
             result.negative_prompts.append(values_b.negative_prompts[i])
             result.infotexts.append(text)
-            if request.save_images and day_dir is not None and not result.interrupted:
+            if self._saving():
                 path = saving.save(self.job_hooks, image, text, day_dir, settings, seed=seed, names=saving.name_values(
                     request, p, settings, prompt=values_b.prompts[i], seed=seed, batch_index=i, iteration=batch,
                     all_seeds=values.seeds))
                 result.paths.append(str(path))
+            # inpainting's mask and masked composite (A1111: saved with a suffix, returned after the picture;
+            # here each returned one has the picture's infotext, so images and infotexts stay in step)
+            for what, copy in self.copies.get(i, ()):
+                if self._saving() and getattr(settings, "save_" + what.replace("-", "_")):
+                    self._save_copy(batch, i, values_b, copy, "-" + what, text)
+                if getattr(settings, "return_" + what.replace("-", "_")):
+                    result.images.append(copy)
+                    result.infotexts.append(text)
 
     # 7. the grid of the whole job ----------------------------------------------------------------
     def grid(self) -> None:
@@ -469,14 +483,60 @@ class _Job:
             pictures, rows, cols = self.hooks.grid(pictures, rows, cols)
         grid = image_io.image_grid(pictures, rows=rows, background=settings.grid_background)
         grid_text = result.infotexts[0]
-        grid.info["parameters"] = grid_text
+        if settings.enable_pnginfo:
+            grid.info["parameters"] = grid_text
         result.grid = grid if settings.return_grid else None
-        if settings.save_grid and request.save_images and settings.outdir_grids and not result.interrupted:
+        if settings.save_grid and request.save_images and settings.outdir_grids \
+                and (not result.interrupted or settings.save_incomplete_images):
             grid_dir = settings.outdir_grids  # the folder pattern below it: modules.core.saving
             result.grid_path = str(saving.save(self.job_hooks, grid, grid_text, grid_dir, settings, grid=True, names=saving.name_values(
                 request, p, settings, prompt=values.prompts[0], seed=values.seeds[0], all_seeds=values.seeds)))
 
     # -- helpers ---------------------------------------------------------------------------------
+    def _saving(self) -> bool:
+        """Whether this batch's pictures are saved (A1111's p.save_samples(): not after an interrupt,
+        unless save_incomplete_images)."""
+        return bool(self.request.save_images and self.samples_dir is not None
+                    and (not self.result.interrupted or self.settings.save_incomplete_images))
+
+    def _infotext(self, batch: int, i: int, values_b: BatchValues) -> str:
+        """Picture `i` of batch `batch`'s infotext (the job's prompts, tags included)."""
+        index = batch * self.request.batch_size + i
+        params = infotext_params(self.request, self.p, self.settings, index, seed=values_b.seeds[i],
+                                 subseed=values_b.subseeds[i], extra=self.hooks.extra_params())
+        lo = batch * self.request.batch_size
+        return build_infotext(self.values.prompts[lo + i], self.values.negative_prompts[lo + i], params)
+
+    def _save_copy(self, batch: int, i: int, values_b: BatchValues, image: Image.Image, suffix: str,
+                   text: str | None = None) -> None:
+        """A copy of picture `i` on the way (A1111's save_image(..., suffix=...)): beside the
+        pictures, named like it with the suffix, with its infotext; not among the result's paths."""
+        request, settings, seed = self.request, self.settings, values_b.seeds[i]
+        text = self._infotext(batch, i, values_b) if text is None else text
+        saving.save(self.job_hooks, image, text, self.samples_dir, settings, seed=seed, suffix=suffix,
+                    names=saving.name_values(request, self.p, settings, prompt=self.values.prompts[
+                        batch * request.batch_size + i], seed=seed, batch_index=i, iteration=batch,
+                        all_seeds=self.values.seeds))
+
+    def _img2img_copies(self) -> set[str]:
+        """The pictures img2img hands back besides the results (options save_images_before_color_correction,
+        save_mask / return_mask, save_mask_composite / return_mask_composite)."""
+        s, saving_now = self.settings, self._saving()
+        wanted = set()
+        if s.save_images_before_color_correction and saving_now:
+            wanted.add("before-color-correction")
+        if s.return_mask or (s.save_mask and saving_now):
+            wanted.add("mask")
+        if s.return_mask_composite or (s.save_mask_composite and saving_now):
+            wanted.add("mask-composite")
+        return wanted
+
+    def _img2img_copy(self, batch: int, values_b: BatchValues, i: int, what: str, image: Image.Image) -> None:
+        if what == "before-color-correction":
+            self._save_copy(batch, i, values_b, image, "-before-color-correction")
+        else:
+            self.copies.setdefault(i, []).append((what, image))
+
     def _activate_hypernets(self, model: LoadedModel, prompt: str, field_name: str) -> None:
         try:
             hypernetwork.activate(model, self.hypernets.get(prompt, field_name))
@@ -513,37 +573,6 @@ class _Job:
         self.result.extra_generation_params.update(extra)
 
 
-class _Hypernets:
-    """Each distinct prompt's <hypernet:...> tags, their files read once per job."""
-
-    def __init__(self, find):
-        self.find = find
-        self._files: dict[str, hypernetwork.Hypernetwork] = {}
-
-    def get(self, prompt: str, field_name: str) -> list[tuple[hypernetwork.Hypernetwork, float]]:
-        try:
-            wanted = hypernetwork.mentioned(prompt)
-        except hypernetwork.HypernetworkError as exc:
-            raise RequestError(field_name, str(exc)) from exc
-        out = []
-        for name, strength in wanted:
-            if name not in self._files:
-                if self.find is None:
-                    raise RequestError(field_name, f"hypernetwork '{name}' cannot be used: no hypernetwork folder")
-                try:
-                    path = self.find(name)
-                except LookupError as exc:
-                    raise RequestError(field_name, str(exc.args[0] if exc.args else exc)) from exc
-                if path is None:
-                    raise RequestError(field_name, f"unknown hypernetwork '{name}'")
-                try:
-                    self._files[name] = hypernetwork.load(path)
-                except hypernetwork.HypernetworkError as exc:
-                    raise RequestError(field_name, f"hypernetwork '{name}': {exc}") from exc
-            out.append((self._files[name], strength))
-        return out
-
-
 def _refiner_title(request: GenerationRequest, settings: GenerationSettings) -> str | None:
     """A1111's short title of ``refiner_checkpoint`` (None: no refiner); an unknown name is refused."""
     name = request.refiner_checkpoint
@@ -555,17 +584,3 @@ def _refiner_title(request: GenerationRequest, settings: GenerationSettings) -> 
         return settings.checkpoint_title(name)
     except ValueError as exc:
         raise RequestError("refiner_checkpoint", getattr(exc, "message", str(exc))) from exc
-
-
-class _PromptNetworks:
-    """Each distinct prompt's <lora:...> tags, cut out and their files read once per job."""
-
-    def __init__(self, find_lora):
-        self.find_lora = find_lora
-        self._done: dict[tuple[str, str], lora.JobLoras] = {}
-
-    def get(self, prompt: str, field_name: str) -> "lora.JobLoras":
-        key = (prompt, field_name)
-        if key not in self._done:
-            self._done[key] = lora.prepare(prompt, self.find_lora, field_name)
-        return self._done[key]

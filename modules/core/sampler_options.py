@@ -24,6 +24,13 @@ build the scheduler and to answer ``infotext_params``. The rules are A1111 1.10'
   no infotext for them.
 * ``sd_noise_schedule`` "Zero Terminal SNR": the training schedule rescaled to zero terminal SNR
   (last alpha_bar 4.9e-8, A1111's) for every sampler: "Noise Schedule: Zero Terminal SNR", first.
+* ``skip_early_cond``, ``s_min_uncond`` (NGMS) and ``s_min_uncond_all`` skip the negative prompt's
+  model pass on some steps (:class:`modules.core.denoise.UncondSkipping`): "Skip Early CFG" and
+  "NGMS" (A1111 writes NGMS among the last keys, after RNG; "NGMS all steps" is written here too, so
+  that a paste brings the whole setting back).
+
+The request fields A1111's API and ``p`` carry for some of them (``eta``, ``s_churn``, ``s_tmin``,
+``s_tmax``, ``s_noise``, ``s_min_uncond``) win over the options when given: :func:`field_overrides`.
 """
 
 from __future__ import annotations
@@ -56,6 +63,10 @@ class SamplerOptions:
     beta_dist_alpha: float = BETA_ALPHA
     beta_dist_beta: float = BETA_BETA
     sd_noise_schedule: str = "Default"  # "Zero Terminal SNR": the training schedule rescaled
+    # the negative prompt's model pass skipped (modules.core.denoise.UncondSkipping)
+    skip_early_cond: float = 0.0  # the first fraction of the model calls
+    s_min_uncond: float = 0.0  # NGMS: below this sigma, every other call (all with s_min_uncond_all)
+    s_min_uncond_all: bool = False
 
     @property
     def zero_terminal_snr(self) -> bool:
@@ -172,6 +183,38 @@ def timestep_infotext(sampler: str, options: SamplerOptions | None) -> dict:
     return info
 
 
+def uncond_skip_infotext(options: SamplerOptions) -> dict:
+    info = {}
+    if options.skip_early_cond:
+        info["Skip Early CFG"] = options.skip_early_cond
+    if options.s_min_uncond:
+        info["NGMS"] = options.s_min_uncond
+        if options.s_min_uncond_all:
+            info["NGMS all steps"] = True
+    return info
+
+
+# the timestep samplers (modules.core.samplers' diffusers ones): A1111's eta field means eta_ddim there
+TIMESTEP_SAMPLERS = frozenset({"DDIM", "DDIM CFG++", "PLMS", "UniPC"})
+
+
+FIELD_OPTIONS = ("eta", "s_churn", "s_tmin", "s_tmax", "s_noise", "s_min_uncond")  # A1111's request fields
+
+
+def field_overrides(sampler_name: str | None, *, eta=None, s_churn=None, s_tmin=None, s_tmax=None, s_noise=None,
+                    s_min_uncond=None) -> dict[str, Any]:
+    """A1111's request fields as this job's option values (A1111: a field given wins over its option;
+    ``eta`` is eta_ddim for the timestep samplers and eta_ancestral for k-diffusion's)."""
+    out: dict[str, Any] = {}
+    if eta is not None:
+        out["eta_ddim" if sampler_name in TIMESTEP_SAMPLERS else "eta_ancestral"] = float(eta)
+    for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise),
+                        ("s_min_uncond", s_min_uncond)):
+        if value is not None:
+            out[name] = 0.0 if name == "s_tmax" and math.isinf(float(value)) else float(value)
+    return out
+
+
 # infotext key -> option, for paste and the API's override_settings: A1111's `infotext=` names, plus
 # the keys A1111 writes under another name ("Beta schedule alpha", "SGM noise multiplier": A1111's own
 # option labels say "Beta scheduler alpha" and "SGM noise multplier", so its paste misses them)
@@ -196,4 +239,7 @@ INFOTEXT_TO_OPTION: Mapping[str, str] = {
     "Beta scheduler alpha": "beta_dist_alpha",
     "Beta scheduler beta": "beta_dist_beta",
     "Noise Schedule": "sd_noise_schedule",
+    "Skip Early CFG": "skip_early_cond",
+    "NGMS": "s_min_uncond",
+    "NGMS all steps": "s_min_uncond_all",
 }

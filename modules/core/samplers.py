@@ -290,8 +290,16 @@ class SamplerSpec:
     sigma_schedules_via: str = "config"  # "config": use_*_sigmas kwargs; "attribute": sigma_options
     # k-diffusion algorithm (modules.core.ksampling.ALGORITHMS) for every other schedule type
     kdiff: str | None = None
+    # A1111's timestep samplers (DDIM, PLMS, UniPC, DDIM CFG++) run their own timesteps whatever the
+    # schedule type says, and the infotext keeps the type: such infotexts are reproduced as A1111
+    # made them (a type the row cannot honour runs as Automatic)
+    ignores_schedule: bool = False
 
     def accepts(self, schedule_id: str) -> bool:
+        return self.honours(schedule_id) or self.ignores_schedule
+
+    def honours(self, schedule_id: str) -> bool:
+        """Whether the schedule type really shapes this sampler's steps."""
         if self.scheduler is not None and schedule_id in self.schedules:
             return True
         return self.kdiff is not None and schedule_id in _SIGMA_SCHEDULES
@@ -344,18 +352,19 @@ _ROWS: tuple[SamplerSpec, ...] = (
     # A1111's Restart: Heun steps with one or two noisy jumps back up (from 20 steps on)
     SamplerSpec("Restart", ("restart",), None, default_schedule="karras", stochastic=True, kdiff="restart"),
     SamplerSpec("DDIM", (), "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
-                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
+                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading", ignores_schedule=True),
     # A1111's "DDIM CFG++": its own timestep grid, guidance / 12.5, the uncond prediction to renoise
     SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), DDIMCFGPPScheduler, schedules=frozenset({"uniform"}),
-                uniform_spacing="leading"),
+                uniform_spacing="leading", ignores_schedule=True),
     SamplerSpec("PLMS", (), "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False},
-                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading"),
+                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading", ignores_schedule=True),
     # A1111's UniPC defaults: order 3, variant bh1, lower order final; like A1111 it stops at the
     # smallest training sigma (diffusers' bh1 step to sigma 0 also divides by zero: NaN latents)
     SamplerSpec("UniPC", ("uni_pc",), "UniPCMultistepScheduler",
                 {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
-                 "final_sigmas_type": "sigma_min"}),
-    SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=frozenset({"uniform"}), stochastic=True),
+                 "final_sigmas_type": "sigma_min"}, ignores_schedule=True),
+    # A1111's LCM is k-diffusion's sample_lcm: the other schedule types run it on their sigmas
+    SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=frozenset({"uniform"}), stochastic=True, kdiff="lcm"),
 )
 
 
@@ -581,7 +590,7 @@ def build_scheduler(
         training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
         plan = _kdiff_plan(spec, schedule, sampler_options, training)
     schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
-    if schedule_id == "automatic":
+    if schedule_id == "automatic" or not spec.honours(schedule_id):  # (a timestep sampler's ignored type)
         schedule_id = spec.default_schedule
     if plan is not None and (spec.scheduler is None or schedule_id not in spec.schedules or plan.changes_anything()
                              or sampler_options.zero_terminal_snr):

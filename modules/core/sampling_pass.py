@@ -86,7 +86,8 @@ class _Switch:
         return (cond, uncond) if self.residuals is None else self.residuals.mark(cond, uncond)
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
-        return self.call(x, t, cond)
+        out = self.call(x, t, cond)
+        return out if self.residuals is None else self.residuals.finish(x, t, cond, out)  # tile_colorfix
 
 
 @dataclass
@@ -110,7 +111,8 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
     spec = model.spec
     noise = rng.create_noise(shape, seeds.seeds, seeds.subseeds, seeds.subseed_strength, seeds.resize_from,
                              device=model.device, source=settings.randn_source)
-    scheduler = model.family.build_scheduler(sampler, schedule, spec, shape, settings.sampler_options)
+    options = settings.sampler_options
+    scheduler = model.family.build_scheduler(sampler, schedule, spec, shape, options)
     generators = rng.step_generators(seeds.seeds, settings.eta_noise_seed_delta, device=model.device, shape=shape,
                                      source=settings.randn_source)
     begin = start(noise, scheduler) if start is not None else Start()
@@ -127,6 +129,9 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
             extra_noise=begin.extra_noise,
             before_step=switch.before_step if refiner is not None or switch.residuals is not None else None,
             image_cfg_scale=image_cfg_scale,
+            uncond_skipping=denoise.UncondSkipping(options.skip_early_cond, options.s_min_uncond,
+                                                   options.s_min_uncond_all),
+            preview_content=getattr(settings, "live_preview_content", "Combined"),
         )
     return PassResult(latents, switch.model, switch.switched)
 

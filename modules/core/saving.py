@@ -7,11 +7,16 @@ or "[seed]-[prompt_spaces]" when not saving to folders), or the pattern alone wh
 save_images_add_number is off (an existing file then replaced, or kept with "-1", "-2" after the new
 one's name, save_images_replace_action). Beside it: `NAME.txt` with the infotext (save_txt) and
 `NAME.jpg`, a smaller JPEG copy, when the picture is over the size limits (export_for_4chan).
-Grids get the pattern only with grid_extended_filename. All options come in as GenerationSettings.
+Grids get the pattern only with grid_extended_filename. A copy made on the way (before the hires
+pass, face restoration, colour correction; the inpainting mask) gets A1111's suffix after the
+pattern ("-before-highres-fix", "-mask", ...). The infotext goes inside the file only with
+enable_pnginfo (the .txt beside it does not depend on it). img2img's init images go by their MD5
+(save_init_img, `save_init_image`). All options come in as GenerationSettings.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Sequence
@@ -63,7 +68,8 @@ def _max_stem(directory: Path, ext: str) -> int:
 class _Target:
     """Where one picture goes: its folder and how its name is made."""
 
-    def __init__(self, directory: Path, settings: GenerationSettings, values: NameValues, grid: bool, ext: str):
+    def __init__(self, directory: Path, settings: GenerationSettings, values: NameValues, grid: bool, ext: str,
+                 suffix: str = ""):
         if (settings.grid_save_to_dirs if grid else settings.save_to_dirs):
             sub = safe_relative(apply(settings.directories_filename_pattern or "[prompt_words]", values))
             directory = directory / sub if sub else directory
@@ -75,7 +81,7 @@ class _Target:
             pattern = ""
         else:
             pattern = settings.samples_filename_pattern or ("[seed]" if settings.save_to_dirs else "[seed]-[prompt_spaces]")
-        decoration = apply(pattern, values)
+        decoration = apply(pattern, values) + suffix  # A1111: the suffix after the pattern, before the number's "-"
         self.numbered = settings.save_images_add_number or decoration == ""
         if decoration and self.numbered:
             decoration = "-" + decoration
@@ -127,23 +133,25 @@ def export_for_4chan(path: Path, image: Image.Image, text: str | None, *, thresh
 
 
 def save(job_hooks: JobHooks | None, image: Image.Image, text: str, directory: Path, settings: GenerationSettings,
-         *, seed: int | None = None, grid: bool = False, names: NameValues | None = None) -> Path:
+         *, seed: int | None = None, grid: bool = False, names: NameValues | None = None, suffix: str = "") -> Path:
     """A picture (or the grid) into `directory` (the output folder, below which the folder pattern
     applies) under its A1111 name, with the hooks' before/after-save calls; returns its path.
-    `names`: what the name may use (name_values); without it only the seed is known."""
+    `names`: what the name may use (name_values); without it only the seed is known. `suffix`: a
+    copy's ("-before-highres-fix"), after the name's pattern."""
     values = names if names is not None else NameValues(seed=seed)
     values.image = image
     values.max_prompt_words = settings.directories_max_prompt_words
     values.today = values.today or settings.today()
     values.now = values.now or settings.now()
     ext = str(settings.grid_format if grid else settings.samples_format).lower().lstrip(".")
-    target = _Target(Path(directory), settings, values, grid, ext)
+    target = _Target(Path(directory), settings, values, grid, ext, suffix)
     if job_hooks is not None:
         image, text = job_hooks.before_save(image, text, target.expected(), grid)
-    data = image_io.encode_image(image, ext, text, quality=settings.jpeg_quality, webp_lossless=settings.webp_lossless)
+    inside = text if settings.enable_pnginfo else None  # A1111: the file carries it only with enable_pnginfo
+    data = image_io.encode_image(image, ext, inside, quality=settings.jpeg_quality, webp_lossless=settings.webp_lossless)
     path = target.write(data)
     if settings.export_for_4chan:
-        export_for_4chan(path, image, text, threshold_mb=settings.img_downscale_threshold,
+        export_for_4chan(path, image, inside, threshold_mb=settings.img_downscale_threshold,
                          side_length=settings.target_side_length, quality=settings.jpeg_quality, replace=target.replace)
     if settings.save_txt and text is not None:
         atomic_write.write_text(path.with_suffix(".txt"), f"{text}\n")
@@ -151,3 +159,16 @@ def save(job_hooks: JobHooks | None, image: Image.Image, text: str, directory: P
         job_hooks.after_save(image, text, path, grid)
     return path
 
+
+
+def save_init_image(image: Image.Image, directory: Path) -> tuple[Path, str]:
+    """An img2img init image as it came (A1111's save_init_img): `<MD5 of its pixels>.png` in
+    `directory`, no folder pattern, its own text chunks kept (the infotext of a picture made here);
+    the same picture again replaces its file. Returns (path, the MD5: the infotext's "Init image hash")."""
+    digest = hashlib.md5(image.tobytes()).hexdigest()
+    texts = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
+    infotext = texts.pop(image_io.INFOTEXT_KEY, None)
+    data = image_io.encode_image(image, "png", infotext, extra_texts=texts)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    return image_io.save_as(data, directory / f"{digest}.png", replace=True), digest

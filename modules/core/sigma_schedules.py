@@ -47,6 +47,17 @@ class TrainingSigmas:
         return view
 
     @classmethod
+    def from_sigmas(cls, sigmas: torch.Tensor) -> "TrainingSigmas":
+        """A model given by its noise levels themselves (ascending), e.g. a flow model's shifted
+        sigmas: the schedule functions then run on its range and its levels."""
+        view = object.__new__(cls)
+        view.sigmas = sigmas.to(torch.float32)
+        view.log_sigmas = view.sigmas.log()
+        view.alphas_cumprod = 1 / (1 + view.sigmas.double() ** 2)
+        view._range = None
+        return view
+
+    @classmethod
     def from_config(cls, num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                     beta_schedule: str = "scaled_linear", rescale_betas_zero_snr: bool = False, **_ignored):
         """Like the LDM/A1111 model: betas in float64, alphas_cumprod stored as float32."""

@@ -151,10 +151,16 @@ def _tiles(length: int, tile: int) -> list[tuple[int, int]]:
     return [(start, min(start + tile, length)) for start in range(0, length, tile)]
 
 
+def tile_count(width: int, height: int, tile: int) -> int:
+    """How many tiles an upscale of a width x height picture runs."""
+    return len(_tiles(height, tile)) * len(_tiles(width, tile))
+
+
 def upscale_array(model: UpscalerModel, pixels: np.ndarray, device: torch.device, dtype: torch.dtype,
-                  tile: int = 0, overlap: int = 8, interrupted: Callable[[], bool] = lambda: False) -> np.ndarray | None:
+                  tile: int = 0, overlap: int = 8, interrupted: Callable[[], bool] = lambda: False,
+                  on_tile: Callable[[], None] = lambda: None) -> np.ndarray | None:
     """(H, W, 3) uint8 -> (H*s, W*s, 3) uint8 with the model already on ``device``; None when
-    ``interrupted`` turned true between tiles."""
+    ``interrupted`` turned true between tiles. ``on_tile`` is called after each tile."""
     scale = model.scale
     height, width = pixels.shape[:2]
     source = torch.from_numpy(pixels).permute(2, 0, 1).unsqueeze(0)  # uint8 (1, 3, H, W) on the CPU
@@ -172,11 +178,13 @@ def upscale_array(model: UpscalerModel, pixels: np.ndarray, device: torch.device
                 y = y[:, :, (top - y0) * scale:(bottom - y0) * scale, (left - x0) * scale:(right - x0) * scale]
                 y = (y.float().clamp(0, 1) * 255.0).round().to(torch.uint8)
             result[top * scale:bottom * scale, left * scale:right * scale] = y[0].permute(1, 2, 0).cpu().numpy()
+            on_tile()
     return result
 
 
 def run(model: UpscalerModel, image: Image.Image, device: torch.device, half: bool = True, tile: int = 0,
-        overlap: int = 8, interrupted: Callable[[], bool] = lambda: False) -> Image.Image:
+        overlap: int = 8, interrupted: Callable[[], bool] = lambda: False,
+        on_tile: Callable[[], None] = lambda: None) -> Image.Image:
     """One native upscale of ``image`` (RGB; alpha is resized alongside). The model is on
     ``device`` only during the call. Interrupted between tiles: a Lanczos resize of the same size
     comes back, so the caller's own interrupt check ends the job."""
@@ -185,7 +193,7 @@ def run(model: UpscalerModel, image: Image.Image, device: torch.device, half: bo
     dtype = run_dtype(model, device, half)
     memory.move(model.descriptor, device, dtype)  # on the device only for this call
     try:
-        out = upscale_array(model, rgb, device, dtype, tile, overlap, interrupted)
+        out = upscale_array(model, rgb, device, dtype, tile, overlap, interrupted, on_tile)
     finally:
         memory.move(model.descriptor, "cpu", torch.float32)
         if device.type == "cuda":

@@ -17,10 +17,11 @@ import json
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from modules.core import atomic_write
 
-from .model_files import FileProbes
+from .model_files import FileProbes, in_hidden_folder
 
 EXTENSIONS = (".safetensors", ".ckpt")
 
@@ -40,6 +41,11 @@ class CheckpointInfo:
     @property
     def title(self) -> str:
         return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+    @property
+    def short_title(self) -> str:
+        """A1111's: the file's stem without its folders, and the short hash once known."""
+        return f"{self.filename.stem} [{self.shorthash}]" if self.shorthash else self.filename.stem
 
 
 class HashCache:
@@ -91,8 +97,10 @@ class HashCache:
 
 class CheckpointRegistry:
     def __init__(self, dirs: list[Path], hashes: HashCache, default_name: str | None = None,
-                 builtin: Path | None = None, extra_files: list[Path] = (), hashing: bool = True):
+                 builtin: Path | None = None, extra_files: list[Path] = (), hashing: bool = True,
+                 show_hidden: Callable[[], bool] = lambda: True):
         self.dirs = [d for d in dirs if d]
+        self.show_hidden = show_hidden  # the list_hidden_files setting: files in ".name" folders listed
         self.hashing = hashing  # False (--no-hashing): no sha256 of checkpoints, so no "Model hash" either
         self.extra_files = [Path(f) for f in extra_files]  # --ckpt FILE: listed whatever its folder and suffix
         self.hashes = hashes
@@ -109,6 +117,8 @@ class CheckpointRegistry:
                 continue
             for file in sorted(root.rglob("*")):
                 if file.suffix.lower() not in EXTENSIONS or not file.is_file():
+                    continue
+                if not self.show_hidden() and in_hidden_folder(file, root):  # list_hidden_files
                     continue
                 name = file.relative_to(root).as_posix()
                 info = CheckpointInfo(file, name, name.rsplit(".", 1)[0], self.hashes.cached(file))

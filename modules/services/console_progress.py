@@ -1,19 +1,21 @@
 """A1111's console progress bars: while a generation runs, one tqdm bar over the sampling steps
 of the current batch and one "Total progress" bar over the whole job, on stderr (where tools that
-watch A1111's console read them). `--disable-console-progressbars` leaves them out."""
+watch A1111's console read them). `--disable-console-progressbars` leaves them out; the
+multiple_tqdm setting off, the second one."""
 
 from __future__ import annotations
 
 import sys
 import threading
-from typing import TextIO
+from typing import Callable, TextIO
 
 from tqdm import tqdm
 
 
 class ConsoleProgress:
-    def __init__(self, file: TextIO | None = None):
+    def __init__(self, file: TextIO | None = None, total_bar: Callable[[], bool] = lambda: True):
         self.file = file or sys.stderr
+        self.total_bar = total_bar  # A1111's multiple_tqdm, read as each job starts
         self._lock = threading.Lock()
         self._steps: tqdm | None = None
         self._total: tqdm | None = None
@@ -21,7 +23,7 @@ class ConsoleProgress:
     def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None:
         with self._lock:
             self._close_steps()
-            if self._total is None:
+            if self._total is None and self.total_bar():
                 self._total = tqdm(total=batch_count * steps, desc="Total progress", position=1, file=self.file,
                                    dynamic_ncols=False, ncols=100)
 

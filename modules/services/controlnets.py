@@ -4,7 +4,14 @@
 (subfolders too) and ``--controlnet-dir``, named as the extension names them: ``stem [hash]`` with
 A1111's short file hash. A unit's ``model`` may be that title, the stem alone, or any case of them.
 A file is read with weights only when a job first uses it, and kept built on the device (the few
-last used).
+last used). T2I-Adapter files (``t2iadapter_canny_sd14v1.pth``, ``t2i-adapter_diffusers_xl_*``) sit
+in the same folders and lists, and run through the same units, as in the extension; so do IP-Adapter
+files (``ip-adapter_sd15.pth``, ``ip-adapter-plus_sd15.safetensors``, ...), whose unit's picture the
+``ip-adapter_clip_sd15`` / ``ip-adapter_clip_sdxl_plus_vith`` / ``ip-adapter_clip_sdxl`` preprocessor's
+CLIP vision file (``clip_vision/clip_h.pth`` or ``clip_g.pth`` under the annotator folder, or a ComfyUI
+``CLIP-ViT-H-14*`` / ``CLIP-ViT-bigG-14*`` safetensors in ``models/clip_vision``) encodes into image
+tokens when the job starts. Control-LoRA files (``control-lora-canny-rank128.safetensors``, ...) are
+built on the job's checkpoint (``prepare_job``'s ``model``), once per file version and checkpoint.
 
 **Units** (``units_from_args``): the extension's unit fields and value forms, as API clients send
 them in ``alwayson_scripts.controlnet.args``: dicts (or objects) with ``enabled``, ``module``,
@@ -14,6 +21,19 @@ picture or an array), ``mask`` / ``mask_image``, ``resize_mode`` (name, old alia
 default), ``guidance_start``/``guidance_end``, ``pixel_perfect``, ``control_mode`` (name or 0/1/2);
 the deprecated ``guidance``, ``lowvram``, ``input_image`` aliases too. ``prepare_job`` preprocesses
 the enabled ones for the job's size and loads their models.
+
+**Annotator files**: the preprocessors that run a network read the extension's annotator files
+from ``MODELS_DIR/ControlNetPreprocessor/<folder>/<file>`` (the layout of the extension's
+``annotator/downloads``; ``--controlnet-annotator-models-path`` as in the extension). Easel downloads
+none of them: a unit or ``/controlnet/detect`` asking for one whose files are missing gets a 422
+naming the files and the folder they go in. The networks Easel has (HED, PiDiNet, M-LSD, the
+lineart ones, MiDaS and Depth Anything: ``modules.core.controlnet_preprocessors``) run from the
+user's files; the others are refused even with their files in place, saying Easel has no such
+network.
+
+**Reference** units (``reference_only``, ``reference_adain``, ``reference_adain+attn``) need no model:
+their ``model`` is ignored ("None", as the extension sends it) and their picture guides the UNet
+itself (``modules.core.controlnet_reference``), with the Style Fidelity slider as ``threshold_a``.
 
 **Infotext**: ``ControlNet N: "Module: canny, Model: name [hash], Weight: 1, ..."`` (the extension's
 ``serialize``) and its parse.
@@ -28,18 +48,30 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from PIL import Image
 
 from modules.core import controlnet, controlnet_model, controlnet_preprocessors, image_io, memory
+from modules.core import controlnet_colorfix, controlnet_reference, ip_adapter
+from modules.core import control_lora
 from modules.core.checkpoint_file import CheckpointError
+from modules.core.controlnet_colorfix import ColorFix
 from modules.core.checkpoint_shapes import UnsupportedCheckpoint
+from modules.core.ip_adapter import IPAdapterFile
+from modules.core.t2i_adapter import AdapterFile
 from modules.core.types import RequestError
 
 API_VERSION = 3  # /controlnet/version: the extension's external_code.get_api_version()
 EXTENSIONS = (".pt", ".pth", ".ckpt", ".safetensors", ".bin")
 DEFAULT_UNIT_COUNT = 3
+ANNOTATOR_FOLDER = "ControlNetPreprocessor"  # under MODELS_DIR; the extension's annotator/downloads
+EXTENSION_ANNOTATOR_DIR = "extensions/sd-webui-controlnet/annotator/downloads"
+CLIP_VISION_FOLDER = "clip_vision"  # under MODELS_DIR: ComfyUI's CLIP vision encoders
+# an annotator CLIP vision file -> (ComfyUI's name of the encoder, the words that name it among its files)
+CLIP_VISION_NAMES = {controlnet_preprocessors.CLIP_VISION_H: ("CLIP-ViT-H-14", ("clip_h", "vit-h")),
+                     controlnet_preprocessors.CLIP_VISION_G: ("CLIP-ViT-bigG-14", ("clip_g", "vit-bigg", "vit-g"))}
 FIELD = "alwayson_scripts"
 RESIZE_ALIASES = {"Inner Fit (Scale to Fit)": "Crop and Resize", "Outer Fit (Shrink to Fit)": "Resize and Fill",
                   "Scale to Fit (Inner Fit)": "Crop and Resize", "Envelope (Outer Fit)": "Resize and Fill"}
@@ -61,12 +93,19 @@ class ControlNets:
     """The ControlNet files of the folders, and the built ones (the last ``keep`` used)."""
 
     def __init__(self, folders: list[Path], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                 keep: int = 3):
+                 keep: int = 3, annotator_dir: Path | None = None):
         self.folders = [Path(f) for f in folders]
+        # the preprocessors' annotator files: by default beside models/ControlNet
+        self.annotator_dir = Path(annotator_dir) if annotator_dir else (
+            self.folders[0].parent / ANNOTATOR_FOLDER if self.folders else Path(ANNOTATOR_FOLDER))
+        self.clip_vision_dir = self.folders[0].parent / CLIP_VISION_FOLDER if self.folders else Path(CLIP_VISION_FOLDER)
         self.device, self.dtype, self.keep = torch.device(device), dtype, keep
         self._titles: dict[str, Path] = {}
         self._hashes: dict[tuple[str, float, int], str] = {}
-        self._built: OrderedDict[tuple[str, float], controlnet_model.ControlNetFile] = OrderedDict()
+        self._built: OrderedDict[tuple[str, float], controlnet_model.ControlNetFile | AdapterFile | IPAdapterFile] \
+            = OrderedDict()
+        self._clip: tuple[tuple[str, float], torch.nn.Module] | None = None  # the last CLIP vision model used
+        self._control_loras: set[tuple[str, float]] = set()  # the file versions that are Control-LoRAs
         self._lock = threading.Lock()
 
     def refresh(self) -> dict[str, Path]:
@@ -108,14 +147,47 @@ class ControlNets:
                     return title, path
         return None
 
-    def load(self, path: Path) -> controlnet_model.ControlNetFile:
-        """The built ControlNet of ``path`` on the device (built once per file version)."""
+    def annotator_file(self, weight: str) -> Path | None:
+        """Where an annotator file is: ``annotator_dir/<weight>``, or for a CLIP vision encoder a ComfyUI
+        file of models/clip_vision naming the same encoder; None: nowhere."""
+        path = self.annotator_dir / weight
+        if path.is_file():
+            return path
+        words = CLIP_VISION_NAMES.get(weight, ("", ()))[1]
+        if words and self.clip_vision_dir.is_dir():
+            for found in sorted(self.clip_vision_dir.iterdir()):
+                if found.is_file() and found.suffix.lower() in EXTENSIONS and any(w in found.name.lower() for w in words):
+                    return found
+        return None
+
+    def clip_vision(self, path: Path) -> torch.nn.Module:
+        """The CLIP vision model of ``path`` (an IP-Adapter preprocessor's file) on the device, kept built."""
         key = (str(path), path.stat().st_mtime)
         with self._lock:
+            if self._clip is None or self._clip[0] != key:
+                self._clip = None
+                model = ip_adapter.load_clip_vision(path, self.dtype)
+                self._clip = (key, memory.move(model, self.device))
+            return self._clip[1]
+
+    def load(self, path: Path, model=None) -> controlnet_model.ControlNetFile | AdapterFile | IPAdapterFile:
+        """The built ControlNet, T2I-Adapter or IP-Adapter of ``path`` on the device (built once per
+        file version). A Control-LoRA is built on ``model``'s UNet (the job's checkpoint), once per file
+        version and checkpoint (a checkpoint loaded again is another one)."""
+        key = (str(path), path.stat().st_mtime)
+        base = (str(getattr(model, "path", "")), id(model))
+        with self._lock:
+            if key in self._control_loras:
+                key += base
             if key in self._built:
                 self._built.move_to_end(key)
                 return self._built[key]
             built = controlnet_model.load(path, self.dtype)
+            if isinstance(built, control_lora.ControlLoraFile):
+                self._control_loras.add(key)
+                if model is None:
+                    raise UnsupportedCheckpoint("a Control-LoRA is built on the job's checkpoint; none was given")
+                built, key = control_lora.build(built, model, self.dtype), key + base
             memory.move(built.module, self.device)
             self._built[key] = built
             while len(self._built) > self.keep:
@@ -146,6 +218,32 @@ def folders_for(opts, models_dir: Path) -> list[Path]:
     if extra:
         folders.append(Path(extra))
     return folders
+
+
+def annotator_dir_for(opts, models_dir: Path) -> Path:
+    """--controlnet-annotator-models-path (the extension's flag), else MODELS_DIR/ControlNetPreprocessor."""
+    chosen = getattr(opts, "controlnet_annotator_models_path", None)
+    return Path(chosen) if chosen else Path(models_dir) / ANNOTATOR_FOLDER
+
+
+def weights_problem(pre: controlnet_preprocessors.Preprocessor, registry: ControlNets | None = None) -> str | None:
+    """Why a preprocessor that runs a network cannot run here (None: it can): the files missing and
+    the folder each goes in, or, all present, that Easel has no such network."""
+    if not pre.weights:
+        return None
+    registry = registry or get()
+    root = registry.annotator_dir
+    missing = [w for w in pre.weights if registry.annotator_file(w) is None]
+    if missing:
+        where = "; ".join(f"put {Path(w).name} in {root / Path(w).parent}" + (
+            f" (or ComfyUI's {CLIP_VISION_NAMES[w][0]} .safetensors in {registry.clip_vision_dir})"
+            if w in CLIP_VISION_NAMES else "") for w in missing)
+        return (f"preprocessor {pre.name} needs the annotator weights {', '.join(missing)}: {where} "
+                f"(the files sd-webui-controlnet downloads into {EXTENSION_ANNOTATOR_DIR}/; Easel downloads nothing)")
+    if pre.run is not None:
+        return None
+    return (f"preprocessor {pre.name}: its annotator weights are in {root}, but Easel has no built-in "
+            f"{pre.title} network to run them; make the map elsewhere and send it with module \"none\"")
 
 
 # -- units ----------------------------------------------------------------------------------------
@@ -207,6 +305,16 @@ def resize_mode_name(value) -> str:
     return name
 
 
+def hr_option_name(value) -> str:
+    """The extension's HiResFixOption: its value ("Low res only") or its member's name (LOW_RES_ONLY)."""
+    text = str(getattr(value, "value", value))
+    names = {"BOTH": "Both", "LOW_RES_ONLY": "Low res only", "HIGH_RES_ONLY": "High res only"}
+    text = names.get(text.split(".")[-1].upper(), text) if text not in controlnet.HR_OPTIONS else text
+    if text not in controlnet.HR_OPTIONS:
+        raise ValueError(f"unknown hr_option {value!r}; known: {', '.join(controlnet.HR_OPTIONS)}")
+    return text
+
+
 def control_mode_name(value) -> str:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         index = int(value)
@@ -237,9 +345,11 @@ def parse_unit(raw, index: int) -> UnitArgs:
         for key in ("enabled", "pixel_perfect"):
             if values.get(key) is not None:
                 setattr(unit, key, bool(values[key]))
-        for key in ("module", "model", "hr_option"):
+        for key in ("module", "model"):
             if values.get(key) is not None:
                 setattr(unit, key, str(values[key]))
+        if values.get("hr_option") is not None:
+            unit.hr_option = hr_option_name(values["hr_option"])
         for key in ("weight", "processor_res", "threshold_a", "threshold_b", "guidance_start", "guidance_end"):
             if values.get(key) is not None:
                 setattr(unit, key, float(values[key]))
@@ -295,11 +405,16 @@ def unit_pictures(unit: UnitArgs, index: int) -> tuple[Image.Image | None, Image
 
 
 def detect(module: str, picture: Image.Image, mask: Image.Image | None = None, *, resolution=-1,
-           threshold_a=-1, threshold_b=-1) -> np.ndarray:
-    """Run a preprocessor on a picture (and mask): the map, (H, W, 3) or (H, W, 4) uint8."""
+           threshold_a=-1, threshold_b=-1, registry: ControlNets | None = None) -> np.ndarray:
+    """Run a preprocessor on a picture (and mask): the map, (H, W, 3) or (H, W, 4) uint8. A network's
+    annotator files are read from the registry's ``annotator_dir``."""
     pre = controlnet_preprocessors.find(module)
     if pre is None:
         raise RequestError("controlnet_module", f"Module {module} not available")
+    registry = registry or get()
+    problem = weights_problem(pre, registry)
+    if problem:
+        raise RequestError("controlnet_module", problem)
     array = np.asarray(picture.convert("RGB"))
     if pre.accepts_mask:
         if mask is None:
@@ -307,49 +422,117 @@ def detect(module: str, picture: Image.Image, mask: Image.Image | None = None, *
         alpha = np.asarray(mask.convert("L").resize(picture.size, Image.NEAREST))
         array = np.concatenate([array, alpha[:, :, None]], axis=2)
     try:
-        return pre(array, resolution, threshold_a, threshold_b)
+        return pre(array, resolution, threshold_a, threshold_b, annotator_dir=registry.annotator_dir)
     except ValueError as exc:
         raise RequestError("controlnet_module", str(exc)) from None
+    except OSError as exc:  # an annotator file that cannot be read (a bad one: CheckpointError, a ValueError)
+        raise RequestError("controlnet_module", f"preprocessor {pre.name}: {exc}") from None
 
 
 def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: Image.Image | None = None,
                 init_mask: Image.Image | None = None, registry: ControlNets | None = None,
-                ) -> tuple[controlnet.ControlJob, dict[str, str]]:
-    """The enabled units ready to run (preprocessed, models loaded) and their infotext entries."""
+                hires_height: int | None = None, model=None) -> tuple[controlnet.ControlJob, dict[str, str]]:
+    """The enabled units ready to run (preprocessed, models loaded) and their infotext entries.
+    ``hires_height``: the hires pass's picture height when the job has one (units' ``hr_option``);
+    ``model``: the job's checkpoint, which Control-LoRA units are built on."""
     registry = registry or get()
     ready, infotext = [], {}
     for index, unit in enumerate(units):
         if not unit.enabled:
             continue
         name = f"ControlNet {index}"
-        found = registry.find(unit.model)
-        if found is None:
+        problem = weights_problem(controlnet_preprocessors.find(unit.module), registry)
+        if problem:
+            raise RequestError(FIELD, f"{name}: module({unit.module}): {problem}")
+        pre = controlnet_preprocessors.find(unit.module)
+        reference = pre.name in controlnet_reference.NAMES  # model-free: the UNet itself is guided
+        found = None if reference else registry.find(unit.model)
+        if found is None and not reference:
             known = ", ".join(registry.titles()) or "none"
             raise RequestError(FIELD, f"{name}: model({unit.model}) not found; ControlNet models here: {known}")
-        title, path = found
+        title, path = found or ("None", None)
         picture, mask = unit_pictures(unit, index)
         if picture is None:  # the extension: img2img's picture (and its inpainting mask) when the unit has none
             picture, mask = init_image, mask if mask is not None else init_mask
         if picture is None:
             raise RequestError(FIELD, f"{name}: ControlNet is enabled but no input image is given")
-        pre = controlnet_preprocessors.find(unit.module)
         resolution = unit.processor_res
         if unit.pixel_perfect and pre.resolution is not None:
             resolution = controlnet_preprocessors.pixel_perfect_resolution(
                 picture.height, picture.width, height, width, unit.resize_mode)
-        detected = detect(unit.module, picture, mask, resolution=resolution, threshold_a=unit.threshold_a,
-                          threshold_b=unit.threshold_b)
         try:
-            built = registry.load(path)
+            detected = detect(unit.module, picture, mask, resolution=resolution, threshold_a=unit.threshold_a,
+                              threshold_b=unit.threshold_b, registry=registry)
+        except RequestError as exc:
+            raise RequestError(FIELD, f"{name}: module({unit.module}): {exc.message}") from None
+        try:
+            built = controlnet_reference.Reference(pre.name, float(pre.slider_1.pick(unit.threshold_a))) \
+                if reference else registry.load(path, model)
         except (CheckpointError, UnsupportedCheckpoint) as exc:
             raise RequestError(FIELD, f"{name}: {path.name}: {exc}") from None
+        tokens = _image_tokens(built, pre, detected, registry, name) if isinstance(built, IPAdapterFile) else None
         ready.append(controlnet.ControlUnit(built, detected, weight=unit.weight, guidance_start=unit.guidance_start,
                                             guidance_end=unit.guidance_end, control_mode=unit.control_mode,
-                                            resize_mode=unit.resize_mode, name=name))
+                                            resize_mode=unit.resize_mode, name=name, hr_option=unit.hr_option,
+                                            colorfix=_colorfix(pre, unit), image_tokens=tokens))
         unit.model = title
         unit.settle()
         infotext[name] = unit.serialize()
-    return controlnet.ControlJob(ready), infotext
+    job = controlnet.ControlJob(ready, first_height=height if hires_height else None, hires_height=hires_height or None)
+    return job, infotext
+
+
+def _image_tokens(adapter: IPAdapterFile, pre: controlnet_preprocessors.Preprocessor, detected: np.ndarray,
+                  registry: ControlNets, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """An IP-Adapter unit's (conditional, unconditional) image tokens: its picture through the CLIP
+    vision file of its preprocessor (present: ``weights_problem`` has checked) and the projection."""
+    clip_file = next((w for w in pre.weights if w.startswith("clip_vision/")), None)
+    if clip_file is None:
+        raise RequestError(FIELD, f"{name}: the IP-Adapter {adapter.path.name} needs a module that encodes the "
+                                  f"picture (ip-adapter_clip_sd15, ip-adapter_clip_sdxl_plus_vith, "
+                                  f"ip-adapter_clip_sdxl); got module({pre.name})")
+    try:
+        clip = registry.clip_vision(registry.annotator_file(clip_file))
+        return ip_adapter.image_tokens(adapter, clip, Image.fromarray(np.ascontiguousarray(detected[:, :, :3])))
+    except (CheckpointError, UnsupportedCheckpoint, ValueError) as exc:
+        raise RequestError(FIELD, f"{name}: module({pre.name}): {Path(clip_file).name}: {exc}") from None
+
+
+def _colorfix(pre: controlnet_preprocessors.Preprocessor, unit: UnitArgs) -> ColorFix | None:
+    """tile_colorfix(+sharp)'s fix from the unit's sliders (out of range: the defaults)."""
+    if pre.name not in controlnet_colorfix.NAMES:
+        return None
+    sharpness = pre.slider_2.pick(unit.threshold_b) if pre.slider_2 is not None else None
+    return ColorFix(int(pre.slider_1.pick(unit.threshold_a)), sharpness)
+
+
+INPAINT_ONLY = ("inpaint_only", "inpaint_only+lama")
+INPAINT_BLUR_SIGMA = 7  # the extension's control_net_inpaint_blur_sigma
+
+
+def inpaint_keeps(units: list[UnitArgs], *, width: int, height: int, init_image: Image.Image | None = None,
+                  sigma: int = INPAINT_BLUR_SIGMA) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each enabled ``inpaint_only`` unit, what the extension pastes back over the decoded picture:
+    (the unit's picture fitted to (height, width) as (H, W, 3) float in [0, 1], the weight of the
+    generated pixels (H, W, 1): the mask dilated and box-blurred by ``sigma``, 0 away from it)."""
+    out = []
+    for index, unit in enumerate(units):
+        if not unit.enabled or controlnet_preprocessors.find(unit.module) is None \
+                or controlnet_preprocessors.find(unit.module).name not in INPAINT_ONLY:
+            continue
+        picture, mask = unit_pictures(unit, index)
+        if picture is None:
+            picture = init_image
+        if picture is None or mask is None:
+            continue
+        alpha = np.asarray(mask.convert("L").resize(picture.size, Image.NEAREST))
+        rgba = np.concatenate([np.asarray(picture.convert("RGB")), alpha[:, :, None]], axis=2)
+        fitted = controlnet.fit_map(rgba, width, height, unit.resize_mode).astype(np.float32) / 255.0
+        keep = fitted[:, :, 3]
+        if sigma > 0:
+            keep = cv2.blur(cv2.dilate(keep, np.ones((sigma, sigma), dtype=np.uint8)), (sigma, sigma))
+        out.append((fitted[:, :, :3], keep[:, :, None].astype(np.float32)))
+    return out
 
 
 def parse_infotext_value(text: str) -> dict:

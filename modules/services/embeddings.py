@@ -26,6 +26,7 @@ class EmbeddingDatabase:
         self._views: dict[tuple, ModelEmbeddings] = {}
         self._current = ModelEmbeddings.build([], None)
         self._lock = threading.RLock()
+        self._announced: tuple | None = None  # the (loaded, skipped) names last printed
 
     # -- files -------------------------------------------------------------------------------------
     def _candidates(self) -> list[Path]:
@@ -88,12 +89,20 @@ class EmbeddingDatabase:
                 self._views[key] = view
             return view
 
-    def refresh(self, model=None, force: bool = False) -> ModelEmbeddings:
-        """Scan the folders and make `model` the one `loaded` / `skipped` describe."""
+    def refresh(self, model=None, force: bool = False, announce: bool = False) -> ModelEmbeddings:
+        """Scan the folders and make `model` the one `loaded` / `skipped` describe. `announce`
+        (A1111's textual_inversion_print_at_load): print the names when they differ from the
+        ones printed last."""
         with self._lock:
             self.scan(force)
-            self._current = self.for_model(model)
-            return self._current
+            self._current = current = self.for_model(model)
+            names = (tuple(current.loaded), tuple(current.skipped))
+            if announce and names != self._announced:
+                self._announced = names
+                print(f"Textual inversion embeddings loaded({len(names[0])}): {', '.join(names[0])}")
+                if names[1]:
+                    print(f"Textual inversion embeddings skipped({len(names[1])}): {', '.join(names[1])}")
+            return current
 
     @property
     def loaded(self) -> dict[str, Embedding]:

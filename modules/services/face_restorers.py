@@ -4,7 +4,10 @@ A1111 reads ``models/GFPGAN`` and ``models/Codeformer`` (flags ``--gfpgan-models
 ``--codeformer-models-path``) and downloads ``GFPGANv1.4.pth`` / ``codeformer-v0.1.0.pth`` there
 when missing; Easel never downloads: a missing model is a RequestError naming the file and the
 folder, raised before the job is queued. In a folder, A1111's file name is tried first, then the
-others (``.pth``/``.safetensors``, subfolders too) until one is a model of the right kind.
+others (``.pth``/``.safetensors``, subfolders too: those named ``.something`` only with the
+``list_hidden_files`` option on, as A1111's ``walk_files``) until one is a model of the right kind.
+facexlib's face parsing network, ``models/GFPGAN/parsing_parsenet.pth`` where A1111's helper keeps
+it, is used when there: each restored face is pasted through its parsing mask (else a soft square).
 
 The options are A1111's: ``face_restoration`` (restore faces in generated pictures; the request
 field ``restore_faces`` sets it for one job), ``face_restoration_model``, ``code_former_weight``,
@@ -22,7 +25,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
-from modules.core import face_detection, face_restoration, memory
+from modules.core import face_detection, face_parsing, face_restoration, memory, retinaface
 from modules.core.job_hooks import BatchValues, JobHooks
 from modules.core.types import RequestError
 
@@ -45,6 +48,9 @@ RESTORERS = (  # A1111's order in /sdapi/v1/face-restorers
              "https://github.com/TencentARC/GFPGAN/releases/download/v1.3.0/GFPGANv1.4.pth"),
 )
 NAMES = tuple(r.name for r in RESTORERS)
+# facexlib's detector and parser, which A1111 keeps in models/GFPGAN too: not restorers
+FACEXLIB_FILES = {retinaface.FILE_NAME, "detection_mobilenet0.25_Final.pth", face_parsing.FILE_NAME,
+                  "parsing_bisenet.pth"}
 SUFFIXES = (".pth", ".safetensors")
 
 
@@ -67,6 +73,10 @@ class FaceRestorers:
         self.unusable: dict[Path, str] = {}
         self._lock = threading.Lock()
         self._loaded: tuple[tuple, face_restoration.FaceModel] | None = None
+        self._detector = _OptionalNetwork(retinaface.load, retinaface.RetinaFaceError, "face detector",
+                                          "using OpenCV's Haar cascade", log)
+        self._parser = _OptionalNetwork(face_parsing.load, face_parsing.FaceParsingError, "face parsing network",
+                                        "pasting faces with a soft square", log)
 
     def _option(self, key: str, default):
         value = self.options.get(key, default) if self.options is not None else default
@@ -83,8 +93,11 @@ class FaceRestorers:
             return []
         found = []
         for root, dirs, files in os.walk(folder, followlinks=True):
+            if not self._option("list_hidden_files", True):  # A1111's walk_files: skip ".name" folders
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
             dirs.sort()
-            found += [Path(root) / f for f in sorted(files) if Path(f).suffix.lower() in SUFFIXES]
+            found += [Path(root) / f for f in sorted(files)
+                      if Path(f).suffix.lower() in SUFFIXES and f not in FACEXLIB_FILES]
         # A1111's download name first, then names that say what they are, then the rest
         return sorted(found, key=lambda p: (p.name != restorer.download_name, name.lower() not in p.name.lower()))
 
@@ -121,20 +134,54 @@ class FaceRestorers:
             raise RequestError("face_restoration_model", self.missing_message(name))
         raise RequestError("face_restoration_model", f"no usable {name} model in {self.folders[name]}: {'; '.join(reasons)}")
 
+    def detector_file(self) -> Path:
+        """RetinaFace's file, where A1111's facexlib keeps it: beside the GFPGAN models."""
+        return self.folders["GFPGAN"] / retinaface.FILE_NAME
+
+    def detector(self) -> retinaface.RetinaFaceNet | None:
+        """RetinaFace when its file is there and usable (built again only when it changed), else None:
+        the Haar cascade then finds the faces. An unusable file is named once in the console."""
+        return self._detector.get(self.detector_file())
+
+    def parser_file(self) -> Path:
+        """facexlib's face parsing network, beside the GFPGAN models as A1111 keeps it."""
+        return self.folders["GFPGAN"] / face_parsing.FILE_NAME
+
+    def parser(self) -> face_parsing.ParseNet | None:
+        """ParseNet when its file is there and usable (built again only when it changed), else None:
+        faces are then pasted through a soft square. An unusable file is named once in the console."""
+        return self._parser.get(self.parser_file())
+
+    def find_faces(self, image: Image.Image) -> list[face_restoration.Face]:
+        net = self.detector()
+        if net is None:
+            return face_restoration.find_faces(image, face_detection.load_cascade(self.cascade_path))
+        with self._lock:
+            memory.move(net, self.device)
+            try:
+                return face_restoration.aligned_faces(image, net)
+            finally:
+                memory.move(net, "cpu")
+
     def restore(self, image: Image.Image, name: str, weight: float | None = None) -> Image.Image:
         """``image`` with its faces restored by ``name`` (A1111's ``restore_faces``); the model is
         loaded only when a face is found."""
-        faces = face_restoration.find_faces(image, face_detection.load_cascade(self.cascade_path))
+        faces = self.find_faces(image)
         if not faces:
             return image
         if weight is None:
             weight = float(self._option("code_former_weight", 0.5))
         with self._lock:
             model = self.model(name)
+            parser = self.parser()
             memory.move(model.net, self.device)
+            if parser is not None:
+                memory.move(parser, self.device)
             try:
-                return face_restoration.restore(image, model, faces, self.device, weight, self.interrupted)
+                return face_restoration.restore(image, model, faces, self.device, weight, self.interrupted, parser)
             finally:
+                if parser is not None:
+                    memory.move(parser, "cpu")
                 if self._option("face_restoration_unload", False) or self.device.type == "cpu":
                     memory.move(model.net, "cpu")
                 if self.device.type == "cuda":
@@ -196,5 +243,37 @@ class FaceRestorationHooks(JobHooks):
     def image_ready(self, batch: BatchValues, position: int, image: Image.Image) -> Image.Image:
         return self.restorers.restore(image, self.name, self.weight)
 
+    def restores_faces(self) -> bool:
+        return True
+
     def extra_params(self) -> dict:
         return {"Face restoration": self.name}
+
+
+class _OptionalNetwork:
+    """A network read from a file that may be absent (RetinaFace's, ParseNet's): built again only when
+    the file changed; an unusable file is named once in the console and gives None, as a missing one."""
+
+    def __init__(self, load: Callable[[Path], torch.nn.Module], error: type[Exception], what: str, fallback: str,
+                 log: Callable[[str], None]):
+        self.load, self.error, self.what, self.fallback, self.log = load, error, what, fallback, log
+        self._built: tuple[tuple, torch.nn.Module] | None = None
+        self._bad: set[tuple] = set()
+
+    def get(self, path: Path) -> torch.nn.Module | None:
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        key = (str(path), stat.st_size, stat.st_mtime_ns)
+        if self._built is not None and self._built[0] == key:
+            return self._built[1]
+        try:
+            net = self.load(path)
+        except self.error as error:
+            if key not in self._bad:
+                self._bad.add(key)
+                self.log(f"[easel] {self.what} not usable: {path}: {error}; {self.fallback}")
+            return None
+        self._built = (key, net)
+        return net
+

@@ -5,18 +5,23 @@ so a file dropped in is usable at once; an unreadable one is refused when a prom
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
+
+from .model_files import in_hidden_folder
 
 
 class HypernetworkRegistry:
-    def __init__(self, folders: list[Path]):
+    def __init__(self, folders: list[Path], show_hidden: Callable[[], bool] = lambda: True):
         self.folders = [Path(f) for f in folders if f]
+        self.show_hidden = show_hidden  # the list_hidden_files setting: files in ".name" folders listed
 
     def items(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
         for folder in self.folders:
             if folder.is_dir():
                 for path in sorted(folder.rglob("*.pt")):
-                    found.setdefault(path.stem, path)
+                    if self.show_hidden() or not in_hidden_folder(path, folder):
+                        found.setdefault(path.stem, path)
         return found
 
     def require(self, name: str) -> Path | None:
@@ -26,3 +31,10 @@ class HypernetworkRegistry:
             return items[name]
         known = ", ".join(items) or "none: put .pt files in " + " or ".join(str(f) for f in self.folders)
         raise LookupError(f"unknown hypernetwork '{name}'; known: {known}")
+
+    def always(self, name: str | None, strength: float) -> tuple[str, float] | None:
+        """A1111's sd_hypernetwork: (name, strength) of the hypernetwork every prompt gets, or None for
+        "None" or a name with no file (A1111 adds only a listed one, and says nothing otherwise)."""
+        if not name or name == "None" or name not in self.items():
+            return None
+        return name, float(strength)

@@ -47,6 +47,9 @@ class JobState:
         self.current_latent: torch.Tensor | None = None
         self.current_image = None
         self.id_live_preview = 0
+        self.full_previews = False  # the running job decodes "Full" live previews
+        self.full_preview = None  # the last one (decoded on the job's thread) and its preview id
+        self.full_preview_step = -1
         self.task_id: str | None = None
 
     def begin(self, job: str, task_id: str | None = None) -> None:
@@ -66,6 +69,7 @@ class JobState:
             self.job_count = 0
             self.sampling_step = 0
             self.current_latent = None
+            self.full_preview, self.full_previews = None, False
             self.time_start = None
             self.task_id = None
 
@@ -108,9 +112,13 @@ class JobState:
 class StateObserver(JobObserver):
     """Feeds the sampling loop's progress into the shared JobState."""
 
-    def __init__(self, state: JobState, jobs: JobRegistry | None = None):
+    def __init__(self, state: JobState, jobs: JobRegistry | None = None, full_preview_every: int | None = None,
+                 full_preview_grid: bool = False):
         self.state = state
         self.jobs = jobs if jobs is not None else JobRegistry()  # the generation jobs, for the job API
+        self.full_preview_every = full_preview_every  # "Full" live previews every N steps (None: none)
+        self.full_preview_all_rows = full_preview_grid  # show_progress_grid: the batch as a grid
+        self._last_full = 0
 
     def begin_batch(self, batch_index: int, batch_count: int, steps: int) -> None:
         s = self.state
@@ -119,6 +127,8 @@ class StateObserver(JobObserver):
         s.sampling_step = 0
         s.sampling_steps = steps
         s.skipped = False  # a skip ends one batch only
+        s.full_preview, s.full_preview_step, self._last_full = None, -1, 0
+        s.full_previews = self.full_preview_every is not None
         s.textinfo = f"Batch {batch_index + 1} out of {batch_count}"
         if s.console is not None:
             s.console.begin_batch(batch_index, batch_count, steps)
@@ -131,11 +141,30 @@ class StateObserver(JobObserver):
         if self.state.console is not None:
             self.state.console.step(step, total)
 
+    def full_preview_due(self, step: int) -> bool:
+        every = self.full_preview_every
+        if every is None:
+            return False
+        if step + 1 < self._last_full:  # a new batch or pass counts from its start
+            self._last_full = 0
+        return step + 1 - self._last_full >= every
+
+    def on_full_preview(self, images: list) -> None:
+        from modules.core.image_io import image_grid
+
+        self._last_full = self.state.sampling_step
+        self.state.full_preview_step = self.state.id_live_preview
+        self.state.full_preview = images[0] if len(images) == 1 else image_grid(images, batch_size=1)
+
     def interrupted(self) -> bool:
         return self.state.interrupted
 
     def skipped(self) -> bool:
         return self.state.skipped
+
+    def stopping_generation(self) -> bool:
+        """A1111's stop_generating (the page's Interrupt under interrupt_after_current): no next picture."""
+        return self.state.stopping_generation
 
 
 class WorkQueue:
@@ -202,6 +231,23 @@ class WorkQueue:
         if self.state.task_id == job_id:
             self.state.interrupt()
 
+    def skip_job(self, job_id: str) -> None:
+        """Skip the running batch of the job (A1111's Skip): its next batch, if any, still runs."""
+        if self.state.task_id == job_id:
+            self.state.skip()
+
+    def running_ids(self) -> list[str]:
+        """The tasks running now, on any worker (here: the worker thread's one, if any)."""
+        task = self.state.task_id
+        return [task] if task is not None and self.state.busy else []
+
+    def interrupt_all(self) -> None:
+        """A1111's Interrupt with no job named (`/sdapi/v1/interrupt`): whatever runs stops."""
+        self.state.interrupt()
+
+    def skip_all(self) -> None:
+        self.state.skip()
+
     def live(self, job_id: str) -> dict | None:
         """The running job's progress (A1111's state fields), None when it is not running here."""
         state = self.state
@@ -209,7 +255,16 @@ class WorkQueue:
             return None
         frac, eta = state.progress()
         return {"progress": frac, "eta": eta, "step": state.sampling_step, "steps": state.sampling_steps,
-                "batch": state.job_no, "batch_count": state.job_count, "textinfo": state.textinfo}
+                "batch": state.job_no, "batch_count": state.job_count, "textinfo": state.textinfo,
+                "state": state.as_dict()}
+
+    def live_preview(self, job_id: str, previews) -> tuple[int, Any]:
+        """The running job's live preview as the page and /progress show it: (its id, the picture) from
+        `previews` (services.live_previews.LivePreviews, which follows the options); (-1, None) when
+        the job is not running here."""
+        if self.state.task_id != job_id or not self.state.busy:
+            return -1, None
+        return previews.current()
 
     def preview(self, job_id: str, render: Callable[[Any], Any]) -> Any:
         """The running job's current picture: `render(latent)` of its latest step; None before the

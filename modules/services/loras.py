@@ -16,15 +16,19 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Callable
 
 from modules.core.lora import EXTENSIONS, LoraFile
+
+from .model_files import in_hidden_folder
 
 _SHOWN = 30  # names listed in an unknown-name error
 
 
 class LoraRegistry:
-    def __init__(self, dirs: list[Path | str]):
+    def __init__(self, dirs: list[Path | str], show_hidden: Callable[[], bool] = lambda: True):
         self.dirs = [Path(d) for d in dirs if d]
+        self.show_hidden = show_hidden  # the list_hidden_files setting: files in ".name" folders listed
         self._lock = threading.Lock()
         self._items: dict[str, LoraFile] = {}
         self._aliases: dict[str, LoraFile] = {}
@@ -41,6 +45,8 @@ class LoraRegistry:
                 continue
             for path in sorted(root.rglob("*")):
                 if path.suffix.lower() not in EXTENSIONS or not path.is_file():
+                    continue
+                if not self.show_hidden() and in_hidden_folder(path, root):  # list_hidden_files
                     continue
                 try:
                     st = path.stat()

@@ -16,6 +16,12 @@ from typing import Iterable
 from modules.core.checkpoint_file import CheckpointError, probe
 
 
+def in_hidden_folder(path: Path, root: Path) -> bool:
+    """Whether `path` lies in a folder below `root` whose name starts with "." (A1111's hidden
+    directory: with the list_hidden_files setting off, the model lists leave such files out)."""
+    return any(part.startswith(".") for part in Path(path).relative_to(root).parts[:-1])
+
+
 class FileProbes:
     def __init__(self, kind: str):
         self.kind = kind  # "checkpoint", "VAE": how the log names the files

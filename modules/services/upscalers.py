@@ -17,6 +17,7 @@ with the tile options read at that moment, the device policy, and the job's inte
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from typing import Callable
 
 import torch
 from PIL import Image
+from tqdm import tqdm
 
 from modules.core import upscaler_models, upscaling
 
@@ -52,6 +54,11 @@ BUILTIN_NAMES: dict[tuple[str, str], tuple[str, str]] = {
     ("DAT", "DAT_x3.pth"): ("DAT x3", "https://github.com/n0kovo/dat_upscaler_models/raw/main/DAT/DAT_x3.pth"),
     ("DAT", "DAT_x4.pth"): ("DAT x4", "https://github.com/n0kovo/dat_upscaler_models/raw/main/DAT/DAT_x4.pth"),
 }
+
+
+# the options that list A1111's built-in names of a family (its realesrgan/dat_enabled_models): such a
+# file's row is there only while its name is ticked; a file under a name of its own is always listed
+ENABLED_OPTIONS = {"RealESRGAN": "realesrgan_enabled_models", "DAT": "dat_enabled_models"}
 
 
 def folders_for(opts, models_dir: Path) -> dict[str, Path]:
@@ -95,6 +102,8 @@ class ModelUpscalers:
             if not folder.is_dir():
                 continue
             for root, dirs, files in os.walk(folder, followlinks=True):
+                if not self._option("list_hidden_files", True):  # A1111's walk_files: skip ".name" folders
+                    dirs[:] = [d for d in dirs if not d.startswith(".")]
                 dirs.sort()
                 for file in sorted(files):
                     path = Path(root) / file
@@ -120,7 +129,9 @@ class ModelUpscalers:
         """Look at the folders again; True when the list of upscalers changed."""
         with self._scan_lock:
             candidates = self._candidates()
-            signature = tuple((str(path), stat) for _, path, stat in candidates)
+            enabled = {kind: (None if self.options is None else tuple(self.options.get(key) or ()))
+                       for kind, key in ENABLED_OPTIONS.items()}  # None: no options, all listed
+            signature = (tuple((str(path), stat) for _, path, stat in candidates), tuple(enabled.items()))
             if signature == self._signature:
                 return False
             files, unusable, names = [], {}, {}
@@ -142,13 +153,23 @@ class ModelUpscalers:
             known = {path for _, path, _ in candidates}
             self._probed = {p: v for p, v in self._probed.items() if p in known}
             self.files, self.unusable, self._signature = files, unusable, signature
-            upscaling.set_model_upscalers([self._row(f) for f in files])
+            upscaling.set_model_upscalers([self._row(f) for f in files if self._shown(f, enabled)])
             return True
 
     def _row(self, file: ModelFile) -> upscaling.Upscaler:
         model_name = next(m for kind, _, m, _ in FOLDERS if kind == file.kind)
         return upscaling.Upscaler(file.name, scale=float(file.scale), step=lambda image, _scale: self.upscale(file, image),
                                   model_name=model_name, model_path=str(file.path), model_url=file.url, kind=file.kind)
+
+    def _option(self, key: str, default):
+        return default if self.options is None else self.options.get(key, default)
+
+    @staticmethod
+    def _shown(file: ModelFile, enabled: dict[str, tuple | None]) -> bool:
+        """Listed as an upscaler: not one of A1111's built-in RealESRGAN/DAT names, or ticked in its option."""
+        if file.kind not in ENABLED_OPTIONS or file.url is None or enabled[file.kind] is None:
+            return True
+        return file.name in enabled[file.kind]
 
     def realesrgan_models(self) -> list[ModelFile]:
         return [f for f in self.files if f.kind == "RealESRGAN"]
@@ -170,12 +191,16 @@ class ModelUpscalers:
         return int(self.options.get(tile_key, 192)), int(self.options.get(overlap_key, 8))
 
     def upscale(self, file: ModelFile, image: Image.Image) -> Image.Image:
-        """One native upscale with the file's model (A1111's ``do_upscale``)."""
+        """One native upscale with the file's model (A1111's ``do_upscale``); with tiles and
+        enable_upscale_progressbar on, a console bar over the tiles (A1111's "Tiled upscale")."""
         tile, overlap = self.tile_options(file)
-        with self._run_lock:
+        shown = tile > 0 and (self.options is None or self.options.get("enable_upscale_progressbar", True))
+        with self._run_lock, tqdm(total=upscaler_models.tile_count(image.width, image.height, tile),
+                                  desc=f"Tiled upscale ({file.name})", unit="tile", file=sys.stderr,
+                                  disable=not shown) as bar:
             model = self._model(file)
             return upscaler_models.run(model, image, self.device, half=self.half, tile=tile, overlap=overlap,
-                                       interrupted=self.interrupted)
+                                       interrupted=self.interrupted, on_tile=bar.update)
 
     def unload(self) -> None:
         self._loaded = None

@@ -6,11 +6,13 @@ A1111 names each by its file name; for two files of one name, the one in the VAE
 Every file is listed; one that cannot be a VAE file (model_files' first look) is named in the log,
 and choosing it is refused with that reason.
 
-Choosing the VAE for a checkpoint (A1111's ``sd_vae.resolve_vae`` with its default of "the
-setting overrides per-model preferences"): ``--vae-path`` wins; then a file named in the option;
-"Automatic" takes a VAE named like the checkpoint (``<stem>.vae.*`` beside it or in the VAE
-folder), else the checkpoint's own; "None" is always the checkpoint's own. ``apply_vae`` puts
-the chosen one into the loaded model (core.vae does the reading and the exact restore).
+Choosing the VAE for a checkpoint (A1111's ``sd_vae.resolve_vae``): ``--vae-path`` wins; then,
+while sd_vae_overrides_per_model_preferences is on (the default), the option's choice other than
+"Automatic" (a file, or "None": the checkpoint's own). Otherwise the checkpoint's preference: the
+"vae" of its user metadata (``<stem>.json`` beside it: a VAE's name, or "None"), then a VAE named
+like the checkpoint (``<stem>.vae.*`` beside it or in the VAE folder); then the option again
+("Automatic": the checkpoint's own). ``apply_vae`` puts the chosen one into the loaded model
+(core.vae does the reading and the exact restore).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from modules.core import vae as core_vae
 from modules.core.model_loader import LoadedModel
 
+from . import user_metadata
 from .model_files import FileProbes
 
 VAE_SUFFIXES = (".pt", ".ckpt", ".safetensors")
@@ -88,16 +91,29 @@ class VaeRegistry:
                 return vae
         return None
 
-    def resolve(self, choice: str | None, checkpoint: Path, vae_path: str | None = None) -> Path | None:
+    def resolve(self, choice: str | None, checkpoint: Path, vae_path: str | None = None,
+                setting_wins: bool = True) -> Path | None:
         """The VAE file for `checkpoint` under the option value `choice`; None: its own VAE.
-        An unknown file name is a ValueError naming it."""
+        `setting_wins`: sd_vae_overrides_per_model_preferences. An unknown file name is a
+        ValueError naming it."""
         if vae_path:
             return Path(vae_path)
-        if choice in (None, "", NONE):
-            return None
-        if choice == AUTOMATIC:
+        if not (setting_wins and choice != AUTOMATIC):
+            preferred = user_metadata.text(user_metadata.read(checkpoint), "vae")
+            if preferred == NONE:
+                return None
+            found = self.find(preferred) if preferred not in ("", AUTOMATIC) else None
+            if found is not None:
+                return found.filename
             near = self.near_checkpoint(checkpoint)
-            return near.filename if near else None
+            if near is not None:
+                return near.filename
+        return self._from_setting(choice)
+
+    def _from_setting(self, choice: str | None) -> Path | None:
+        """The option's own VAE: a file's, or None ("None", "Automatic": the checkpoint's own)."""
+        if choice in (None, "", NONE, AUTOMATIC):
+            return None
         found = self.find(choice)
         if found is None:
             self.refresh()

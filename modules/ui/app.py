@@ -83,7 +83,11 @@ def page_script() -> str:
     args = ", ".join(json.dumps(a) for a in (css, HINTS))
     # Easel's own prompt tools (Ctrl+↑/↓, Generate forever, icons) run first, as A1111's javascript/ files do
     scripts = [("easel/prompt_tools.js", (HERE / "prompt_tools.js").read_text(encoding="utf-8")), *_extension_files("js")]
-    extension_args = ", ".join(json.dumps(a) for a in (webui_globals, scripts, _extension_files("css")))
+    # A1111's notification_audio plays the install's notification.mp3 when it is there as the page is built
+    from modules.file_route import allowed_files
+
+    sound = any(path.name == "notification.mp3" and path.is_file() for path in allowed_files())
+    extension_args = ", ".join(json.dumps(a) for a in (webui_globals, scripts, _extension_files("css"), sound))
     return f"(optsJson) => ({script})({args}, optsJson, {extension_args})"
 
 
@@ -111,17 +115,17 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab], settings: Setting
             engine.select_checkpoint(title)
         except Exception as exc:  # noqa: BLE001 - any load failure is the user's message; the old model stays
             gr.Warning(html.escape(f"Could not load {title}: {exc}"), title="Error")
-            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *keep
+            return gr.update(choices=_titles(engine), value=_current(engine)), *keep
         w, h = engine.native_size()  # the size defaults follow the model, and the guidance controls its family
         family = _family_updates(tabs, changed=engine.uses_distilled_guidance() != distilled_before)
-        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *[w, h] * len(tabs), *family
+        return gr.update(choices=_titles(engine), value=_current(engine)), *[w, h] * len(tabs), *family
 
     def refresh():
         engine.checkpoints.refresh()
-        return gr.update(choices=engine.checkpoints.titles(), value=_current(engine))
+        return gr.update(choices=_titles(engine), value=_current(engine))
 
     with gr.Row(elem_id="quicksettings"):
-        dropdown = gr.Dropdown(engine.checkpoints.titles(), value=_current(engine), label="Stable Diffusion checkpoint",
+        dropdown = gr.Dropdown(_titles(engine), value=_current(engine), label="Stable Diffusion checkpoint",
                                elem_id="setting_sd_model_checkpoint", scale=4, allow_custom_value=False,
                                interactive=True)
         refresh_button = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", min_width=40, scale=0)
@@ -141,29 +145,53 @@ def _checkpoint_row(engine: Engine, tabs: list[GenerationTab], settings: Setting
     return dropdown
 
 
+def _title(engine: Engine, info) -> str:
+    """How the checkpoint picker names a checkpoint: its title, or with A1111's
+    sd_checkpoint_dropdown_use_short its file's stem without folders (both load it)."""
+    return info.short_title if engine.options.get("sd_checkpoint_dropdown_use_short") else info.title
+
+
+def _titles(engine: Engine) -> list[str]:
+    return [_title(engine, info) for info in engine.checkpoints.list()]
+
+
 def _current(engine: Engine) -> str | None:
     info = engine.models.info
-    return info.title if info else None
+    return _title(engine, info) if info else None
+
+
+def sent_fields(image, seed, options) -> tuple:
+    """(seed, width, height) that a picture sent to img2img sets there: the source tab's seed
+    (setting send_seed) and the picture's size, to a multiple of 8 within the sliders (send_size);
+    gr.update() (left as it is) where the setting is off, as A1111's send buttons."""
+    sent_seed = seed if options.get("send_seed", True) else gr.update()
+    if options.get("send_size", True):
+        width, height = (max(64, min(2048, side // 8 * 8)) for side in image.size)
+    else:
+        width = height = gr.update()
+    return sent_seed, width, height
 
 
 def _wire_send_to(tabs: list[GenerationTab], img2img: Img2ImgTab, extras: ExtrasTab, main_tabs: gr.Tabs) -> None:
     """The send-to buttons under txt2img's and img2img's galleries: the selected picture (the first
-    without a selection) goes to img2img (with the tab's prompts, sampler settings and the
-    picture's size), its Inpaint tab, or Extras' single image; that tab is then shown."""
+    without a selection) goes to img2img (with the tab's prompts, sampler settings, and its seed and
+    the picture's size as send_seed / send_size say), its Inpaint tab, or Extras' single image; that
+    tab is then shown."""
     common = [img2img.prompt, img2img.negative, img2img.sampler, img2img.scheduler, img2img.steps, img2img.cfg,
-              img2img.width, img2img.height, main_tabs, img2img.mode_tabs, img2img.mode, img2img.inpaint_controls]
+              img2img.width, img2img.height, main_tabs, img2img.mode_tabs, img2img.mode, img2img.inpaint_controls,
+              img2img.seed]
 
     def sender(mode: int):
-        def send(gallery, selected, prompt, negative, sampler, scheduler, steps, cfg):
+        def send(gallery, selected, prompt, negative, sampler, scheduler, steps, cfg, seed):
             image = _gallery_image(gallery, selected)
             if image is None:
                 gr.Warning("Generate an image first, then send it", title="Nothing to send")
                 return [gr.update()] * (len(common) + 1)
-            width, height = (max(64, min(2048, side // 8 * 8)) for side in image.size)
+            sent_seed, width, height = sent_fields(image, seed, img2img.engine.options)
             editor_value = image if mode == IMG2IMG else {"background": image, "layers": [], "composite": image}
             return (editor_value, prompt, negative, sampler, scheduler, steps, cfg, width, height,
                     gr.Tabs(selected="img2img"), gr.Tabs(selected=mode), mode,
-                    gr.update(visible=mode != IMG2IMG))
+                    gr.update(visible=mode != IMG2IMG), sent_seed)
         return send
 
     def to_extras(gallery, selected):
@@ -174,7 +202,8 @@ def _wire_send_to(tabs: list[GenerationTab], img2img: Img2ImgTab, extras: Extras
         return image, gr.Tabs(selected="extras"), gr.Tabs(selected=extras.single_tab_id), extras.single_mode
 
     for tab in tabs:
-        sources = [tab.gallery, tab.selected, tab.prompt, tab.negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg]
+        sources = [tab.gallery, tab.selected, tab.prompt, tab.negative, tab.sampler, tab.scheduler, tab.steps, tab.cfg,
+                   tab.seed]
         # (through the queue, so that "Nothing to send" shows as a toast)
         tab.send_to_img2img.click(sender(IMG2IMG), inputs=sources, outputs=[img2img.init_img, *common])
         tab.send_to_inpaint.click(sender(INPAINT), inputs=sources, outputs=[img2img.inpaint, *common])
@@ -245,6 +274,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         _wire_send_to(tabs, img2img, extras, main_tabs)
         pnginfo.wire_send(txt2img, img2img, main_tabs, IMG2IMG)
         send_to.connect(txt2img, img2img, main_tabs, extras)  # the send-to buttons extensions registered
+        settings.defaults.wire(demo)  # Settings → Defaults: the page's controls that have ui-config keys
 
         built_size = (txt2img.width.value, txt2img.height.value)
         built_distilled = txt2img.distilled_cfg.visible
@@ -261,7 +291,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
             w, h = engine.native_size()
             sizes = keep_sizes if (w, h) == built_size else [w, h] * len(tabs)
             family = _family_updates(tabs, changed=engine.uses_distilled_guidance() != built_distilled)
-            return gr.update(choices=engine.checkpoints.titles(), value=_current(engine)), *sizes, *family
+            return gr.update(choices=_titles(engine), value=_current(engine)), *sizes, *family
 
         demo.load(on_load, outputs=[dropdown, *_size_fields(tabs)], show_progress_on=[dropdown])
         demo.load(settings.values, outputs=settings.components, queue=False)  # as changed since (API, config)

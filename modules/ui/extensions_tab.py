@@ -1,10 +1,19 @@
 """The Extensions tab (A1111's): the installed extensions with enable checkboxes, "Apply and
-restart UI", "Disable all extensions", and "Install from URL".
+restart UI", "Check for updates", "Disable all extensions"; "Available" (an extension index); and
+"Install from URL".
 
 Layout and element ids follow A1111: the sub-tabs `tabs_extensions`, the table `#extensions`
 (one `enable_<name>` checkbox per row) inside `extensions_installed_html`, the radio
 `extensions_disable_all`, the result `extension_install_result`. The checkboxes are plain HTML (as
 in A1111); the Apply button's own JS reads them and hands the unchecked names to Python.
+
+"Check for updates" runs `git fetch` for each git-installed extension and fills the table's Update
+column with A1111's words ("latest", "behind HEAD", "unknown (remote error)" with the reason).
+"Available" loads A1111's index.json from the "Extension index URL" box (an https:// or file:// URL
+or a path; remembered in the `extensions_index_url` option) only when "Load from:" is pressed; a
+failure is a message in the tab. Its filters and orders are A1111's; an entry's Install button
+(inline HTML, like A1111's) hands its URL to the hidden `install_extension_button` and installs
+through Install from URL's path, under the same rules.
 
 Apply stores `disabled_extensions` / `disable_all_extensions` in config.json, then restarts the
 server process when it can (modules/restart.py) so that the change takes effect; the page reloads
@@ -49,6 +58,21 @@ RELOAD_JS = """(flag) => {
 }"""
 
 
+# The Available table's Install buttons: put the entry's URL where the hidden button's event reads
+# it, and click that button (A1111's install_extension_from_index).
+INSTALL_FROM_INDEX_ON_LOAD = """element.addEventListener('click', (event) => {
+    const button = event.target.closest('button.extension-install');
+    if (!button || button.disabled) { return; }
+    window.easelExtensionToInstall = button.dataset.url;
+    button.disabled = true;
+    button.textContent = 'Installing...';
+    const app = document.querySelector('gradio-app');
+    const root = (app && app.shadowRoot) || document;
+    root.querySelector('#install_extension_button').click();
+});"""
+INSTALL_FROM_INDEX_JS = "(url, tags, order, search) => [window.easelExtensionToInstall || '', tags, order, search]"
+
+
 def _date(timestamp: int | None) -> str:
     return time.asctime(time.gmtime(timestamp)) if timestamp else ""
 
@@ -74,6 +98,16 @@ def _status(ext: extensions.Extension, mode: str) -> str:
     return text
 
 
+def _update(ext: extensions.Extension) -> str:
+    """The Update column: the last check's result (A1111's words), and why it could not tell."""
+    if not ext.remote:
+        return ""
+    text = html.escape(ext.status)
+    if ext.update_error:
+        text += f' <span class="extension-update-error" style="{ERROR_STYLE}">{html.escape(ext.update_error)}</span>'
+    return text
+
+
 def extension_table(settings: dict | None = None) -> str:
     """A1111's installed-extensions table, rescanning the folders first."""
     extensions.list_extensions(settings)
@@ -92,14 +126,15 @@ def extension_table(settings: dict | None = None) -> str:
             f'<td><label><input class="extension-enable gr-check-radio gr-checkbox" type="checkbox" '
             f'name="enable_{name}" data-extension="{name}"{checked}>{name}</label></td>'
             f"<td>{url}</td><td>{html.escape(ext.branch or '')}</td><td>{_commit_link(ext)}</td>"
-            f'<td>{html.escape(_date(ext.commit_date))}</td><td class="extension_status">{_status(ext, mode)}</td></tr>')
+            f'<td>{html.escape(_date(ext.commit_date))}</td><td class="extension_update">{_update(ext)}</td>'
+            f'<td class="extension_status">{_status(ext, mode)}</td></tr>')
     if not rows:
-        rows.append(f'<tr><td colspan="6">No extensions installed. Put them in {html.escape(extensions.extensions_dir)} '
+        rows.append(f'<tr><td colspan="7">No extensions installed. Put them in {html.escape(extensions.extensions_dir)} '
                     f"or use Install from URL.</td></tr>")
     return ("<table id=\"extensions\"><thead><tr>"
             "<th><abbr title=\"Use checkbox to enable the extension; it will be enabled or disabled when you click "
             "apply button\">Extension</abbr></th><th>URL</th><th>Branch</th><th>Version</th><th>Date</th>"
-            "<th>Status</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
+            "<th><abbr title=\"Filled by Check for updates\">Update</abbr></th><th>Status</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>")
 
 
 def _message(text: str, error: bool = False) -> str:
@@ -116,6 +151,7 @@ class ExtensionsTab:
         self.options = options
         self._cmd_opts = cmd_opts
         self.submit = submit
+        self.index: dict[str, Any] = {"tags": {}, "extensions": []}  # the last index loaded (A1111: one per server)
 
     @property
     def cmd_opts(self) -> Any:
@@ -143,8 +179,26 @@ class ExtensionsTab:
                                                 elem_id="extensions_disable_all", interactive=True)
                     self.disabled_list = gr.Textbox(elem_id="extensions_disabled_list", visible="hidden")
                     self.restart_flag = gr.Textbox(elem_id="extensions_restart_flag", visible="hidden")
+                    self.check_button = gr.Button("Check for updates", elem_id="extensions_check")
                 self.info_html = gr.HTML(self.info, elem_id="extensions_installed_info")
                 self.table = gr.HTML(self.table_html, elem_id="extensions_installed_html")
+            with gr.Tab("Available", id="available", elem_id="extensions_available_tab"):
+                with gr.Row():
+                    self.load_button = gr.Button("Load from:", variant="primary", elem_id="extensions_index_load")
+                    self.index_url = gr.Textbox(value=lambda: self.options.get("extensions_index_url", ""),
+                                                label="Extension index URL", elem_id="extensions_index_url")
+                    self.to_install = gr.Textbox(elem_id="extension_to_install", visible="hidden")
+                    self.install_from_index_button = gr.Button("Install", elem_id="install_extension_button",
+                                                               visible="hidden")
+                with gr.Row():
+                    self.hide_tags = gr.CheckboxGroup(list(extension_install.HIDE_TAG_CHOICES),
+                                                      value=list(extension_install.DEFAULT_HIDDEN_TAGS),
+                                                      label="Hide extensions with tags", elem_id="extensions_hide_tags")
+                    self.sort_order = gr.Radio(list(extension_install.SORT_ORDERS), value="newest first", label="Order",
+                                               elem_id="extensions_sort_order")
+                self.search = gr.Textbox(label="Search", elem_id="extensions_search")
+                self.available_result = gr.HTML(elem_id="extensions_available_result")
+                self.available = gr.HTML(elem_id="extensions_available_html", js_on_load=INSTALL_FROM_INDEX_ON_LOAD)
             with gr.Tab("Install from URL", id="install_from_url", elem_id="extensions_install_tab"):
                 self.install_url = gr.Textbox(label="URL for extension's git repository", elem_id="extension_install_url")
                 self.install_branch = gr.Textbox(label="Specific branch name", elem_id="extension_install_branch",
@@ -156,6 +210,16 @@ class ExtensionsTab:
         self.apply_button.click(self.apply, inputs=[self.disabled_list, self.disable_all], js=APPLY_JS,
                                 outputs=[self.info_html, self.table, self.restart_flag]
                                 ).then(None, inputs=[self.restart_flag], js=RELOAD_JS)
+        self.check_button.click(self.check_updates, outputs=[self.info_html, self.table])
+        filters = [self.hide_tags, self.sort_order, self.search]
+        self.load_button.click(self.load_index, inputs=[self.index_url, self.hide_tags, self.sort_order],
+                               outputs=[self.index_url, self.available, self.hide_tags, self.search,
+                                        self.available_result])
+        for control in filters:
+            control.change(self.refresh_available, inputs=filters, outputs=[self.available, self.available_result])
+        self.install_from_index_button.click(self.install_from_index, inputs=[self.to_install, *filters],
+                                             js=INSTALL_FROM_INDEX_JS,
+                                             outputs=[self.available, self.table, self.available_result])
         self.install_button.click(self.install, inputs=[self.install_url, self.install_branch, self.install_dirname],
                                   outputs=[self.install_url, self.table, self.install_result])
 
@@ -202,3 +266,51 @@ class ExtensionsTab:
         if problems:
             text += " Problems: " + "; ".join(problems)
         return "", self.table_html(), _message(text, error=bool(problems))
+
+    def check_updates(self):
+        """Fetch each git-installed extension's remote and record whether it is behind (the
+        table's Update column); refused like the other changes (it writes to their .git)."""
+        refusal = extension_install.access_refusal(self.cmd_opts)
+        if refusal:
+            return _message(refusal, error=True), self.table_html()
+        extensions.list_extensions(self.options.data)
+        checked = [ext for ext in extensions.extensions if not ext.is_builtin]
+        for ext in checked:
+            ext.check_updates()
+        behind = [ext.name for ext in checked if ext.can_update]
+        failed = [ext.name for ext in checked if ext.update_error]
+        text = f"Checked {sum(1 for ext in checked if ext.remote)} git extension(s): " + (
+            f"updates for {', '.join(behind)}" if behind else "no updates found")
+        if failed:
+            text += f"; could not check {', '.join(failed)} (offline, or the remote is gone)"
+        return self.info() + _message(text, error=bool(failed)), self.table_html()
+
+    def available_html(self, hide_tags: list[str] | None, order: str, search: str = "") -> str:
+        return extension_install.available_table(self.index, hide_tags or [], order, search)
+
+    def load_index(self, source: str, hide_tags: list[str] | None, order: str):
+        """"Load from:": read the index, remember its address, show its table and tags; a failure
+        is a message and leaves the rest as it was."""
+        try:
+            self.index = extension_install.load_index(source, cmd_opts=self.cmd_opts)
+        except (extension_install.ExtensionIndexError, extension_install.ExtensionAccessError) as exc:
+            return gr.update(), gr.update(), gr.update(), gr.update(), _message(str(exc), error=True)
+        source = source.strip()
+        try:  # remembered for the next visit; a locked option (--freeze-settings) just is not
+            if self.options.set("extensions_index_url", source):
+                self.options.save()
+        except (ValueError, OSError):
+            pass
+        tags = extension_install.tag_choices(self.index)
+        hide_tags = [tag for tag in (hide_tags or []) if tag in tags]
+        count = len(self.index["extensions"])
+        return (source, self.available_html(hide_tags, order), gr.update(choices=tags, value=hide_tags), "",
+                _message(f"Loaded {count} extension(s) from {source}."))
+
+    def refresh_available(self, hide_tags: list[str] | None, order: str, search: str):
+        return self.available_html(hide_tags, order, search), ""
+
+    def install_from_index(self, url: str, hide_tags: list[str] | None, order: str, search: str):
+        """An entry's Install button: Install from URL's path (same rules), then both tables again."""
+        _url, table, message = self.install(url, "", "")
+        return self.available_html(hide_tags, order, search), table, message

@@ -2,10 +2,15 @@
 Inversion of cards, a search box that filters them, and Refresh.
 
 Clicking a card (page.js): a Lora card adds `<lora:name:multiplier>` to the prompt (the
-multiplier is the option `extra_networks_default_multiplier`), a Textual Inversion card adds the
-embedding's name to the prompt box last used (prompt or negative prompt); clicking again takes
-the text out again, as in A1111. A checkpoint card loads that checkpoint (app.py wires
-`checkpoint_button` to the checkpoint picker's load).
+multiplier is the card's `preferred weight` when it has one, else the option
+`extra_networks_default_multiplier`), followed by its `activation text`, and its `negative text`
+to the negative prompt; a Textual Inversion card adds the embedding's name to the prompt box last
+used (prompt or negative prompt); clicking again takes the text out again, as in A1111. A
+checkpoint card loads that checkpoint (app.py wires `checkpoint_button` to the checkpoint
+picker's load).
+
+A card's ✏️ edits A1111's user metadata, the `.json` beside the file (modules.services.user_metadata;
+the editor: extra_networks_metadata.py); its `description` replaces the card's own.
 
 The lists come from the engine: `engine.checkpoints`, `engine.loras.items()` and
 `engine.embeddings.loaded`; a service that is not there gives an empty tab. A preview is the
@@ -19,14 +24,17 @@ import base64
 import html
 import io
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
 from modules.core.infotext import plain_number
+from modules.services import user_metadata
 from modules.services.engine import Engine
+
+from .extra_networks_metadata import MetadataEditor
 
 PAGES = (("checkpoints", "Checkpoints"), ("lora", "Lora"), ("textual_inversion", "Textual Inversion"))
 PREVIEW_EXTENSIONS = ("png", "jpg", "jpeg", "webp")
@@ -46,6 +54,15 @@ class Card:
     search: str  # what the search box matches, lower case
     path: Path | None = None
     description: str = ""
+    key: str = ""  # unique within its page: what the ✏️ editor asks the server about (default: name)
+    negative: str = ""  # a Lora card's `negative text`, toggled in the negative prompt
+    metadata: dict = field(default_factory=dict)  # the user metadata (the .json beside the file)
+
+    def __post_init__(self):
+        self.key = self.key or self.name
+        self.metadata = user_metadata.read(self.path) if self.path is not None else {}
+        if isinstance(self.metadata.get(user_metadata.DESCRIPTION), str):  # A1111: the json's wins
+            self.description = self.metadata[user_metadata.DESCRIPTION]
 
 
 # -- what there is -----------------------------------------------------------------------
@@ -54,7 +71,7 @@ def checkpoint_cards(engine: Engine) -> list[Card]:
     for info in engine.checkpoints.list():
         stem = info.model_name
         cards.append(Card(stem.rsplit("/", 1)[-1], "checkpoints", info.title,
-                          f"{info.name} {info.title}".lower(), info.filename, info.name))
+                          f"{info.name} {info.title}".lower(), info.filename, info.name, key=info.name))
     return cards
 
 
@@ -71,8 +88,15 @@ def lora_cards(engine: Engine) -> list[Card]:
         shown = alias if alias and aliases.count(alias) == 1 else item.name
         path = Path(item.path) if getattr(item, "path", None) else None
         terms = " ".join(filter(None, [item.name, shown, str(path or "")]))
-        cards.append(Card(shown, "lora", f"<lora:{shown}:{multiplier}>", terms.lower(), path,
-                          item.name if shown != item.name else ""))
+        card = Card(shown, "lora", "", terms.lower(), path, item.name if shown != item.name else "", key=item.name)
+        # A1111: `<lora:alias:W>` with W the preferred weight (0: none), then " " + the activation text
+        weight = user_metadata.preferred_weight(card.metadata)
+        card.insert = f"<lora:{shown}:{plain_number(weight) if weight else multiplier}>"
+        activation = user_metadata.text(card.metadata, user_metadata.ACTIVATION_TEXT).strip()
+        if activation:
+            card.insert += " " + activation
+        card.negative = user_metadata.text(card.metadata, user_metadata.NEGATIVE_TEXT).strip()
+        cards.append(card)
     return sorted(cards, key=lambda c: c.name.lower())
 
 
@@ -148,18 +172,39 @@ def thumbnail_uri(picture: Path) -> str | None:
 
 
 # -- html ----------------------------------------------------------------------------------
-def card_html(card: Card) -> str:
+def _no_options(key: str, default=None):
+    return default
+
+
+def card_html(card: Card, options=None) -> str:
+    """One card. `options`: A1111's extra_networks_card_* settings (its width, height and text
+    scale; the description shown or not, as text or as HTML); None: their defaults."""
     def attr(text: str) -> str:
         return html.escape(text, quote=True)
 
+    get = options.get if options is not None else _no_options
     preview = find_preview(card.path)
     uri = thumbnail_uri(preview) if preview else None
     image = (f"<img class='preview' src='{uri}' alt='' loading='lazy'>" if uri
              else "<div class='preview no-preview'></div>")
-    description = f"<span class='description'>{html.escape(card.description)}</span>" if card.description else ""
+    text = card.description if get("extra_networks_card_show_desc", True) else ""
+    if text and not get("extra_networks_card_description_is_html", False):
+        text = html.escape(text)
+    description = f"<span class='description'>{text}</span>" if text else ""
+    size = " ".join(f"{side}: {int(get(key, 0))}px;" for side, key in (
+        ("width", "extra_networks_card_width"), ("height", "extra_networks_card_height")) if get(key, 0))
+    style = f"style='{size}' " if size else ""
+    scale = float(get("extra_networks_card_text_scale", 1.0))
+    text_style = f" style='font-size: {scale * 100:g}%'" if scale != 1.0 else ""
+    negative = f"data-negative='{attr(card.negative)}' " if card.negative else ""
+    # A1111's ✏️ (its class and title); page.js opens the editor and keeps the click from the card
+    edit = ("<div class='button-row'><button type='button' class='card-button edit-button' title='Edit metadata' "
+            "data-easel-icon='edit'>✏️</button></div>") if card.path is not None else ""
     return (f"<div class='card' tabindex='0' data-kind='{attr(card.kind)}' data-name='{attr(card.name)}' "
-            f"data-insert='{attr(card.insert)}' data-search='{attr(card.search)}' title='{attr(str(card.path or card.name))}'>"
-            f"{image}<div class='actions'><span class='name'>{html.escape(card.name)}</span>{description}</div></div>")
+            f"data-key='{attr(card.key)}' data-insert='{attr(card.insert)}' {negative}"
+            f"data-search='{attr(card.search)}' {style}title='{attr(str(card.path or card.name))}'>"
+            f"{image}{edit}<div class='actions'{text_style}><span class='name'>{html.escape(card.name)}</span>"
+            f"{description}</div></div>")
 
 
 EMPTY = {
@@ -170,8 +215,8 @@ EMPTY = {
 }
 
 
-def page_html(tabname: str, page: str, cards: list[Card]) -> str:
-    body = "".join(card_html(c) for c in cards) or f"<div class='no-cards'>{html.escape(EMPTY[page])}</div>"
+def page_html(tabname: str, page: str, cards: list[Card], options=None) -> str:
+    body = "".join(card_html(c, options) for c in cards) or f"<div class='no-cards'>{html.escape(EMPTY[page])}</div>"
     return (f"<div class='extra-network-cards' id='{tabname}_{page}_cards' data-tab='{tabname}' "
             f"data-page='{page}'>{body}</div>")
 
@@ -182,6 +227,7 @@ class ExtraNetworksPanel:
         self.engine = engine
         self.tabname = tabname
         self.pages: dict[str, gr.HTML] = {}
+        self.editors: dict[str, MetadataEditor] = {}  # ✏️: each page's user metadata editor
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
@@ -204,6 +250,11 @@ class ExtraNetworksPanel:
                     with gr.Tab(title, elem_id=self._id(page), elem_classes=["extra-page"]):
                         self.pages[page] = gr.HTML(page_html(self.tabname, page, []),
                                                    elem_id=self._id(f"{page}_cards_html"))
+                        self.editors[page] = MetadataEditor(
+                            self.engine, self.tabname, page, cards=lambda page=page: cards_for(self.engine, page),
+                            html_of=lambda cards, page=page: page_html(self.tabname, page, cards,
+                                                                       self.engine.options))
+                        self.editors[page].build()
         # a checkpoint card: page.js puts its title in window.easelDesiredCheckpoint and clicks
         # this button; app.py wires it to the checkpoint picker's load, the title going in as
         # `checkpoint_name` (the event's js reads it from the window)
@@ -212,7 +263,7 @@ class ExtraNetworksPanel:
                                            elem_id=self._id("extra_change_checkpoint"))
 
     def html(self) -> list[str]:
-        return [page_html(self.tabname, page, cards_for(self.engine, page)) for page, _ in PAGES]
+        return [page_html(self.tabname, page, cards_for(self.engine, page), self.engine.options) for page, _ in PAGES]
 
     def wire(self) -> None:
         outputs = [self.pages[page] for page, _ in PAGES]
@@ -228,3 +279,5 @@ class ExtraNetworksPanel:
 
         self.toggle.click(toggle, inputs=self.shown, outputs=[self.shown, self.panel, *outputs], queue=False)
         self.refresh_button.click(refresh, outputs=outputs, concurrency_limit=None, show_progress_on=outputs)
+        for page, editor in self.editors.items():
+            editor.wire(self.pages[page])

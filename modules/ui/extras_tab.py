@@ -1,10 +1,12 @@
-"""The Extras tab (A1111's): upscale one picture, several uploaded ones, or every picture of a
-server folder (Batch from Directory; off under --hide-ui-dir-config) with the image upscalers
-(modules.core.postprocess), optionally blending a second upscaler in. The job goes through the
-worker queue (modules.services.extras, as the API's extras do); the results are shown and saved to
-the extras output folder (outdir_extras_samples, or the batch's output folder) with the input's
-parameters and the postprocessing text. A folder's unreadable files are listed and skipped.
-Element ids are A1111's."""
+"""The Extras tab (A1111's): postprocess one picture, several uploaded ones, or every picture of a
+server folder (Batch from Directory; off under --hide-ui-dir-config) with A1111's postprocessing
+scripts (modules.scripts.scripts_postproc: Easel's Upscale, GFPGAN, CodeFormer, Split oversized
+images, Create flipped copies in scripts/, and extensions' steps), their controls built from each
+script's ui() in the order of the postprocessing_operation_order setting. The job goes through the
+worker queue (modules.services.extras, as the API's extras do); the results (copies included) are
+shown and saved to the extras output folder (outdir_extras_samples, or the batch's output folder)
+with the input's parameters and the postprocessing text. A folder's unreadable files are listed and
+skipped. Element ids are A1111's."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
+from modules import postprocessing
 from modules.core import postprocess
 from modules.core.types import RequestError
 from modules.services import extras, img2img_batch
@@ -63,7 +66,6 @@ class ExtrasTab:
     single_tab_id, single_mode = "single_image", SINGLE  # what the send-to buttons select
 
     def build(self) -> None:
-        names = postprocess.image_upscaler_names()
         with gr.Row(equal_height=False):
             with gr.Column(variant="panel"):
                 self.mode = gr.State(SINGLE)
@@ -82,52 +84,46 @@ class ExtrasTab:
                                                      placeholder="Leave blank to save images to the default path.")
                         self.show_results = gr.Checkbox(label="Show result images", value=True,
                                                         elem_id="extras_show_extras_results")
-                self.scale_to = gr.State(False)
-                with gr.Tabs(elem_id="extras_resize_mode"):
-                    with gr.Tab("Scale by", elem_id="extras_scale_by_tab") as scale_by_tab:
-                        self.upscale_by = gr.Slider(1.0, 8.0, step=0.05, value=2.0, label="Resize",
-                                                    elem_id="extras_upscaling_resize")
-                    with gr.Tab("Scale to", elem_id="extras_scale_to_tab") as scale_to_tab:
-                        with gr.Row():
-                            self.width = gr.Slider(64, 8192, step=8, value=512, label="Width",
-                                                   elem_id="extras_upscaling_resize_w")
-                            self.height = gr.Slider(64, 8192, step=8, value=512, label="Height",
-                                                    elem_id="extras_upscaling_resize_h")
-                            self.crop = gr.Checkbox(value=True, label="Crop to fit", elem_id="extras_upscaling_crop")
-                with gr.Row():
-                    self.upscaler_1 = gr.Dropdown(names, value=names[0], label="Upscaler 1", elem_id="extras_upscaler_1")
-                    self.upscaler_2 = gr.Dropdown(names, value=names[0], label="Upscaler 2", elem_id="extras_upscaler_2")
-                    self.visibility = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="Upscaler 2 visibility",
-                                                elem_id="extras_upscaler_2_visibility")
-                # A1111's GFPGAN and CodeFormer postprocessing (0 visibility: off); after the upscale
-                with gr.Row(elem_id="extras_face_restoration"):
-                    self.gfpgan = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="GFPGAN visibility",
-                                            elem_id="extras_gfpgan_visibility")
-                    self.codeformer = gr.Slider(0.0, 1.0, step=0.001, value=0.0, label="CodeFormer visibility",
-                                                elem_id="extras_codeformer_visibility")
-                    self.codeformer_weight = gr.Slider(0.0, 1.0, step=0.001, value=0.0,
-                                                       label="CodeFormer weight (0 = maximum effect, 1 = minimum effect)",
-                                                       elem_id="extras_codeformer_weight")
+                runner = postprocessing.runner()
+                self.script_inputs = runner.setup_ui()
+                # the arguments' names, script by script, as laid out (the click hands the values in this order)
+                self.script_layout = [(script.name, list(script.controls or {}))
+                                      for script in runner.scripts_in_preferred_order()]
                 self.generate = gr.Button("Generate", variant="primary", elem_id="extras_generate")
             with gr.Column(variant="panel"):
                 self.gallery = gr.Gallery(label="Result", elem_id="extras_gallery", columns=4, format="png",
-                                          show_label=False, object_fit="contain", height="auto")
+                                          show_label=False, object_fit="contain",
+                                          height=self.engine.options.get("gallery_height") or "auto")
                 self.info = gr.HTML(elem_id="html_info_extras")
         single.select(lambda: SINGLE, outputs=self.mode, queue=False)
         batch.select(lambda: BATCH, outputs=self.mode, queue=False)
         directory.select(lambda: FOLDER, outputs=self.mode, queue=False)
-        scale_by_tab.select(lambda: False, outputs=self.scale_to, queue=False)
-        scale_to_tab.select(lambda: True, outputs=self.scale_to, queue=False)
-        inputs = [self.mode, self.image, self.files, self.scale_to, self.upscale_by, self.width, self.height,
-                  self.crop, self.upscaler_1, self.upscaler_2, self.visibility, self.input_dir, self.output_dir,
-                  self.show_results, self.gfpgan, self.codeformer, self.codeformer_weight]
+        self.image.change(lambda: postprocessing.runner().image_changed(), queue=False, show_progress="hidden")
+        inputs = [self.mode, self.image, self.files, self.input_dir, self.output_dir, self.show_results,
+                  *self.script_inputs]
         # unprocessed: the uploads are read from their files, which keeps their parameters text
-        self.generate.click(self.run, inputs=inputs, outputs=[self.gallery, self.info], concurrency_limit=None,
+        self.generate.click(self.run_scripts, inputs=inputs, outputs=[self.gallery, self.info], concurrency_limit=None,
                             show_progress_on=[self.gallery], preprocess=False)
+
+    def run_scripts(self, mode, image, files, input_dir="", output_dir="", show_results=True, *script_values):
+        """The Generate button: the scripts' control values, in the layout's order."""
+        values = [_preprocessed(control, value) for control, value in zip(self.script_inputs, script_values)]
+        given = {}
+        for name, arg_names in self.script_layout:
+            given[name] = dict(zip(arg_names, values))
+            values = values[len(arg_names):]
+        return self._execute(mode, image, files, input_dir, output_dir, show_results, given)
 
     def run(self, mode, image, files, scale_to, upscale_by, width, height, crop, upscaler_1, upscaler_2, visibility,
             input_dir="", output_dir="", show_results=True, gfpgan=0.0, codeformer=0.0, codeformer_weight=0.0):
-        """Upscale, save, show; a problem is the message in the info box."""
+        """A1111's fields (run_extras'): the Upscale, GFPGAN and CodeFormer scripts' arguments."""
+        given = postprocessing.extras_args(
+            1 if scale_to else 0, float(upscale_by), int(width), int(height), bool(crop), upscaler_1, upscaler_2,
+            float(visibility), float(gfpgan or 0), float(codeformer or 0), float(codeformer_weight or 0))
+        return self._execute(mode, image, files, input_dir, output_dir, show_results, given)
+
+    def _execute(self, mode, image, files, input_dir, output_dir, show_results, given: dict):
+        """Postprocess, save, show; a problem is the message in the info box."""
         skipped, target = [], None
         try:
             if mode == FOLDER:
@@ -141,13 +137,9 @@ class ExtrasTab:
             if not pictures:
                 raise ValueError({SINGLE: "Upload a picture first", BATCH: "Upload pictures first"}.get(
                     mode, "No readable pictures in the input folder"))
-            settings = postprocess.UpscaleSettings(
-                mode=1 if scale_to else 0, upscale_by=float(upscale_by), width=int(width), height=int(height),
-                crop=bool(crop), upscaler_1=upscaler_1, upscaler_2=upscaler_2,
-                upscaler_2_visibility=float(visibility), gfpgan_visibility=float(gfpgan or 0),
-                codeformer_visibility=float(codeformer or 0), codeformer_weight=float(codeformer_weight or 0))
-            results = extras.submit(self.engine, pictures, settings).result()
-            paths = extras.save(self.engine, results, target)
+            postprocessor = postprocessing.postprocessor_for(given)
+            results = extras.submit(self.engine, pictures, postprocessor).result()
+            paths = extras.save(self.engine, results, target, batch=mode != SINGLE)
         except (ValueError, OSError) as exc:  # RequestError included; OSError: an output folder not writable
             message = str(exc) if isinstance(exc, ValueError) else f"could not save the results: {exc}"
             gr.Warning(html.escape(message), title="Error")
@@ -158,3 +150,20 @@ class ExtrasTab:
         shown = [r.image for r in results] if show_results or mode != FOLDER else []
         return shown, postprocess.plaintext_to_html(last) + "".join(
             f"<p class='performance'>{html.escape(line)}</p>" for line in lines)
+
+
+def _preprocessed(control, value):
+    """A script control's value as Gradio would hand it to a preprocessed event (the click is not
+    preprocessed, for the uploads' sake): its data model, then its own preprocess (a dropdown of
+    type "index": the index; an image: the picture)."""
+    if value is None:
+        return None
+    try:
+        model = getattr(control, "data_model", None)
+        if model is not None:
+            value = model.model_validate(value)
+        return control.preprocess(value)
+    except Exception as exc:  # noqa: BLE001 - the plain value then; the script may still cope
+        print(f"[easel] Extras: the value of {getattr(control, 'elem_id', None) or type(control).__name__} "
+              f"could not be preprocessed ({exc}); passing it as sent")
+        return value

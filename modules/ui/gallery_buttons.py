@@ -1,9 +1,13 @@
 """A1111's buttons under a generation tab's gallery, with its element ids:
 
-- 📂 `<tab>_open_folder`: the tab's output folder. On a page opened on the server's own machine
-  with a desktop, the folder opens in its file manager (as A1111); otherwise (a page on another
-  computer, a server without a desktop) the page says where the folder is on the server. Hidden
-  under --hide-ui-dir-config, as in A1111.
+- 📂 `<tab>_open_folder`: the folder A1111's open_dir_button_choice names: "Subdirectory" (the
+  default) the one the selected picture (the first without a selection) was saved in, "Output
+  Root" the tab's output folder, which is also the answer for a picture that was not saved (A1111's
+  "Subdirectory (even temp dir)" would open Gradio's temporary folder for those; Easel shows unsaved
+  pictures from memory, so there is none). On a page opened on the server's own machine with a
+  desktop, the folder opens in its file manager (as A1111); otherwise (a page on another computer, a
+  server without a desktop) the page says where the folder is on the server. Hidden under
+  --hide-ui-dir-config, as in A1111.
 - 💾 `save_<tab>` / 🗃️ `save_zip_<tab>`: A1111's "Save": the pictures (or only the selected one,
   `save_selected_only`) are written with their infotext to `outdir_save` (log/images), a row each
   in its log.csv, offered as downloads (`download_files_<tab>`); 🗃️ adds images.zip of them.
@@ -42,11 +46,12 @@ _LOCAL_CLIENTS = {"127.0.0.1", "::1", "localhost"}
 
 
 class GalleryButtons:
-    def __init__(self, tabname: str, output_folder, allow_folders: bool = True):
+    def __init__(self, tabname: str, output_folder, allow_folders: bool = True, options=None):
         """`output_folder()`: the tab's output folder now (the options may change)."""
         self.tabname = tabname
         self.output_folder = output_folder
         self.allow_folders = allow_folders
+        self.options = options
 
     def build(self) -> None:
         tab = self.tabname
@@ -63,15 +68,26 @@ class GalleryButtons:
         self.log = gr.HTML(elem_id=f"html_log_{tab}", elem_classes=["html-log"])
 
     def wire(self, gallery: gr.Gallery, result: gr.State, selected: gr.State) -> None:
-        self.open_folder.click(self.open)  # (through the queue: its message is a toast)
+        self.open_folder.click(self.open, inputs=[result, selected])  # (through the queue: its message is a toast)
         for button, make_zip in ((self.save, False), (self.save_zip, True)):
             button.click(lambda g, r, s, z=make_zip: save(g, r, s, z), inputs=[gallery, result, selected],
                          outputs=[self.download, self.log], queue=False)
 
-    def open(self, request: gr.Request) -> None:
-        folder = Path(self.output_folder())
+    def folder_for(self, result: dict | None, selected: int | None) -> Path:
+        """What 📂 opens: the selected picture's folder ("Subdirectory"s), else the output root."""
+        root = Path(self.output_folder())
+        choice = self.options.get("open_dir_button_choice") if self.options is not None else "Subdirectory"
+        paths = list((result or {}).get("paths") or [])
+        if not str(choice or "").startswith("Subdirectory") or not paths:
+            return root
+        first = int((result or {}).get("index_of_first_image") or 0)
+        index = selected if selected is not None and 0 <= selected < len(paths) else min(first, len(paths) - 1)
+        return Path(paths[index]).parent if paths[index] else root
+
+    def open(self, result: dict, selected: int, request: gr.Request) -> None:
         if not self.allow_folders:
             return
+        folder = self.folder_for(result, selected)
         if not folder.is_dir():
             gr.Info(html.escape(f"Folder {folder} does not exist yet; it is made with the first saved image."),
                     title="Output folder")

@@ -28,10 +28,12 @@ from modules.core import samplers
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest
 from modules.services.engine import Engine
 from modules.services.live_previews import LivePreviews
+from modules.services.options import UI_REORDER_CATEGORIES
 
 from . import paste_params
 from .extra_networks import ExtraNetworksPanel
 from .gallery_buttons import GalleryButtons
+from .interrogate_buttons import InterrogateButtons
 from .prompt_tools import PromptTools
 from .refiner import RefinerControls
 from .scripts_ui import ScriptsSection
@@ -43,6 +45,7 @@ RANDOM_SEED_HINT = "Set seed to -1, which will cause a new random number to be u
 REUSE_SEED_HINT = "Reuse seed from last generation, mostly useful if it was randomized"
 
 _task_numbers = itertools.count(1)
+_page_user = threading.local()  # the logged-in user of the page whose Generate runs in this thread
 
 
 def slider(name: str, label: str, value, elem_id: str, **overrides) -> gr.Slider:
@@ -77,6 +80,7 @@ class Shown:
     seeds: list[int] = field(default_factory=list)
     note: str = ""
     first_image: int = 0  # the gallery entries before it are grids (A1111's index_of_first_image)
+    paths: list[str] = field(default_factory=list)  # where each entry was saved ("": not saved)
 
     @classmethod
     def of(cls, result: GenerationResult) -> "Shown":
@@ -85,10 +89,34 @@ class Shown:
         grids = ([result.grid] if result.grid is not None else []) + list(getattr(result, "extra_grids", None) or [])
         first_text = result.infotexts[0] if result.infotexts else ""
         first_seed = result.seeds[0] if result.seeds else -1
+        grid_paths = [result.grid_path or ""] if result.grid is not None else []
+        grid_paths += [""] * (len(grids) - len(grid_paths))  # a script's further grids: not known here
+        image_paths = (list(result.paths) + [""] * len(result.images))[:len(result.images)]
         return cls(images=grids + result.images,
                    infotexts=[first_text] * len(grids) + result.infotexts,
                    seeds=[first_seed] * len(grids) + result.seeds, first_image=len(grids),
+                   paths=grid_paths + image_paths,
                    note="Interrupted: the images were not saved." if result.interrupted else "")
+
+    @classmethod
+    def of_batch(cls, results: list[GenerationResult], note: str, limit: int) -> "Shown":
+        """An img2img batch's entries: its results' images, the first `limit` of them (A1111's
+        img2img_batch_show_results_limit: it counts pictures; -1: all)."""
+        shown = cls(note=note)
+        for result in results:
+            shown.images += result.images
+            shown.infotexts += result.infotexts
+            shown.seeds += result.seeds
+            shown.paths += (list(result.paths) + [""] * len(result.images))[:len(result.images)]
+        if limit >= 0:
+            shown.images, shown.infotexts, shown.seeds, shown.paths = (
+                x[:limit] for x in (shown.images, shown.infotexts, shown.seeds, shown.paths))
+        return shown
+
+    def gallery(self, options) -> list:
+        """The gallery's pictures: none with A1111's do_not_show_images (they are saved all the same,
+        and the infotext is shown)."""
+        return [] if options.get("do_not_show_images") else self.images
 
 
 @dataclass
@@ -99,6 +127,16 @@ class RunningJob:
     task_id: str
     future: Future
     stop: threading.Event = field(default_factory=threading.Event)
+
+
+# A1111's ui_reorder_categories (services.options): "prompt" and "override_settings" have no part of
+# their own here (the prompts are in the top row), "batch" sits beside "dimensions" as A1111 puts it
+def ordered_categories(user_order) -> list[str]:
+    """A1111's ordered_ui_categories: a category the user lists (ui_reorder_list, item i) sorts just
+    after the i-th category of the default order; the others keep their places."""
+    wanted = {str(name).strip(): i * 2 + 1 for i, name in enumerate(user_order or [])}
+    ranked = sorted(enumerate(UI_REORDER_CATEGORIES), key=lambda item: wanted.get(item[1], item[0] * 2))
+    return [name for _, name in ranked]
 
 
 class GenerationTab:
@@ -115,12 +153,22 @@ class GenerationTab:
         self.refiner = RefinerControls(engine, self.tabname)  # A1111's Refiner accordion (build_refiner)
         self.prompt_tools = PromptTools(engine, self.tabname)  # token counters, 🗑️ (prompt_tools.py)
         self.previews = LivePreviews(engine)  # the running job's picture, shown in the gallery
+        # img2img: A1111's Interrogate CLIP / DeepBooru buttons beside the prompts
+        self.interrogate = InterrogateButtons(engine) if self.tabname == "img2img" else None
         self._shown_previews: dict[str, tuple] = {}  # session -> (task id, preview id) its gallery shows
 
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
 
     # -- layout pieces -----------------------------------------------------------------
+    def build_sections(self, sections: dict) -> None:
+        """The settings column's parts (``{category: build}``) in A1111's order, as ui_reorder_list
+        rearranges it (read when the page is built: Reload UI after a change, as A1111's)."""
+        options = getattr(self.engine, "options", None)
+        for name in ordered_categories(options.get("ui_reorder_list") if options is not None else []):
+            if name in sections:
+                sections[name]()
+
     def build_toprow(self) -> None:
         with gr.Row(elem_id=self._id("toprow"), elem_classes=["toprow"]):
             with gr.Column(scale=6, elem_id=self._id("prompt_container")):
@@ -130,6 +178,8 @@ class GenerationTab:
                 self.prompt_tools.build_counter(negative=True)
                 self.negative = gr.Textbox(label="Negative prompt", elem_id=self._id("neg_prompt"), lines=2,
                                            placeholder="Negative prompt")
+            if self.interrogate is not None:
+                self.interrogate.build()
             with gr.Column(scale=1, min_width=180, elem_id=self._id("actions_column"), elem_classes=["actions"]):
                 self.generate = gr.Button("Generate", variant="primary", elem_id=self._id("generate"))
                 with gr.Row():
@@ -242,11 +292,15 @@ class GenerationTab:
 
     def build_results(self) -> None:
         """The gallery, `build_result_buttons` under it, the info box, and the per-page state."""
+        # A1111's gallery_height: any CSS height, read when the page is built
         self.gallery = gr.Gallery(label="Output", elem_id=self._id("gallery"), columns=4, format="png",
-                                  show_label=False, object_fit="contain", height="auto")
+                                  show_label=False, object_fit="contain",
+                                  height=self.engine.options.get("gallery_height") or "auto")
         # while this page's job runs, the gallery shows the picture forming (live_preview_refresh_period)
         period = max(0.2, float(self.engine.options.get("live_preview_refresh_period") or 1000) / 1000)
         self.preview_timer = gr.Timer(value=period, active=False)
+        # the job's progress as A1111 puts it in the tab's title ("NN% ETA: 5s"), for the page's script
+        self.progress_text = gr.Textbox(visible="hidden", elem_id=self._id("progress_text"))
         self.build_result_buttons()
         self.info = gr.HTML(elem_id=f"html_info_{self.tabname}", elem_classes=["html-info"])
         # per page: what the last job gave (infotext and seed of every gallery entry) and
@@ -257,7 +311,8 @@ class GenerationTab:
     def build_result_buttons(self) -> None:
         """A1111's buttons under the gallery: open folder, save, zip, send to img2img / inpaint /
         Extras (modules/ui/gallery_buttons.py; the page wires the send-to ones)."""
-        self.buttons = GalleryButtons(self.tabname, self.output_folder, self.allow_folders)
+        self.buttons = GalleryButtons(self.tabname, self.output_folder, self.allow_folders,
+                                      getattr(self.engine, "options", None))
         self.buttons.build()
         self.send_to_img2img = self.buttons.send_to_img2img
         self.send_to_inpaint = self.buttons.send_to_inpaint
@@ -314,6 +369,13 @@ class GenerationTab:
         """Queue the job; `scripts` is its ScriptCall (None: no script runs)."""
         raise NotImplementedError
 
+    @staticmethod
+    def user_kw() -> dict:
+        """submit's `user` keyword: the logged-in user of the page whose event runs in this thread
+        (A1111's p.user: add_user_name_to_info, [user]); none without logins."""
+        name = getattr(_page_user, "name", None)
+        return {"user": name} if name else {}
+
     def execute(self, values: dict, session: str, progress: gr.Progress) -> Shown:
         """One job from the values; a tab with other kinds of work (img2img's batch) overrides it.
         A ValueError (RequestError included) becomes the message in the info box."""
@@ -325,25 +387,33 @@ class GenerationTab:
         buttons = [self.generate, self.interrupt, self.skip]
 
         def busy():
-            return gr.update(visible=False), gr.update(visible=True), gr.update(visible=True), gr.Timer(active=True)
+            return (gr.update(visible=False), gr.update(visible=True), gr.update(visible=True), gr.Timer(active=True),
+                    "")
 
         def idle():
-            return gr.update(visible=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=False)
+            return (gr.update(visible=True), gr.update(visible=False), gr.update(visible=False), gr.Timer(active=False),
+                    "")
 
-        buttons = [*buttons, self.preview_timer]
+        buttons = [*buttons, self.preview_timer, self.progress_text]
         started = self.generate.click(busy, outputs=buttons, queue=False)
+        started.then(None, js=JOB_STARTED_JS)  # the page's wake lock (page.js)
         job = started.then(
             self.run, inputs=self.inputs() | {self.styles.dropdown} | self.scripts.components() | self.refiner.components(),
             outputs=[self.gallery, self.info, self.result, self.selected],
             concurrency_limit=None, show_progress_on=[self.gallery],
+            # A1111's show_progressbar: the bar over the gallery (read when the page is built)
+            show_progress="full" if self.engine.options.get("show_progressbar", True) else "hidden",
         )
         # `then` runs after success; `failure` covers what Gradio itself refuses before `run`
         # (a value out of a slider's bounds, an upload it cannot read), so Generate always comes back
-        job.then(idle, outputs=buttons, queue=False)
-        job.failure(idle, outputs=buttons, queue=False)
+        job.then(idle, outputs=buttons, queue=False).then(None, js=job_ended_js(finished=True))
+        job.failure(idle, outputs=buttons, queue=False).then(None, js=job_ended_js(finished=False))
 
         self.preview_timer.tick(self.live_preview, outputs=self.gallery, queue=False, show_progress="hidden")
-        self.interrupt.click(self.interrupt_job, queue=False)
+        self.preview_timer.tick(self.progress_title, outputs=self.progress_text, queue=False, show_progress="hidden")
+        self.progress_text.change(None, inputs=self.progress_text, js=PROGRESS_TITLE_JS)
+        # (through the queue, unlimited: interrupt_after_current's message shows as a toast)
+        self.interrupt.click(self.interrupt_job, concurrency_limit=None)
         self.skip.click(self.skip_job, queue=False)
         self.random_seed.click(lambda: -1, outputs=self.seed, queue=False)
         self.reuse_seed.click(_seed_of, inputs=[self.result, self.selected], outputs=self.seed, queue=False)
@@ -359,11 +429,14 @@ class GenerationTab:
         if self.refiner.components():
             self.refiner.wire()
         paste_params.wire(self.paste, self.prompt, self.result, self.all_paste_fields())
+        if self.interrogate is not None:
+            self.interrogate.wire(self)
 
     def run(self, values: dict, request: gr.Request, progress=gr.Progress()):
         """Generate; errors end up in the info box (and a toast), never as a stuck page."""
         started = time.time()
         session = request.session_hash if request is not None else f"no-session-{next(_task_numbers)}"
+        _page_user.name = getattr(request, "username", None)  # A1111's p.user (--gradio-auth logins)
         try:
             shown = self.execute(values, session, progress)
         except CancelledError:
@@ -375,9 +448,9 @@ class GenerationTab:
         separator = "\n" if "\n" in shown.note else " "  # a batch's list of skipped files: one per line
         note = separator.join(filter(None, [shown.note, f"Time taken: {time.time() - started:.1f} s"]))
         state = {"infotexts": shown.infotexts, "seeds": shown.seeds, "note": note,
-                 "index_of_first_image": shown.first_image}
+                 "index_of_first_image": shown.first_image, "paths": shown.paths}
         # nothing selected yet (-1): the reuse-seed and send-to buttons take the first entry, Save all of them
-        return shown.images, info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, -1
+        return shown.gallery(self.engine.options), info_html(shown.infotexts[0] if shown.infotexts else "", note=note), state, -1
 
     def run_job(self, request: GenerationRequest, session: str, progress: gr.Progress,
                 describe: str = "", scripts=None) -> GenerationResult:
@@ -405,21 +478,21 @@ class GenerationTab:
                 self._shown_previews.pop(session, None)  # (kept per page only while its job runs)
 
     def _show_progress(self, future: Future, task_id: str, progress: gr.Progress, describe: str) -> None:
-        state = self.engine.state
+        queue = self.engine.queue  # the job's progress on whichever worker runs it
         prefix = f"{describe}, " if describe else ""
         while not future.done():
-            if state.task_id != task_id:
+            live = queue.live(task_id)
+            if live is None:
                 progress(0.0, desc=prefix + "Waiting in queue")
-            elif not state.sampling_steps:
+            elif not live["steps"]:
                 progress(0.0, desc=prefix + "Preparing")
             else:
-                frac, eta = state.progress()
-                desc = f"Step {state.sampling_step}/{state.sampling_steps}"
-                if state.job_count > 1:
-                    desc = f"Batch {state.job_no + 1}/{state.job_count}, " + desc
-                if eta is not None:
-                    desc += f", ETA {duration(eta)}"
-                progress(frac, desc=prefix + desc)
+                desc = f"Step {live['step']}/{live['steps']}"
+                if live["batch_count"] > 1:
+                    desc = f"Batch {live['batch'] + 1}/{live['batch_count']}, " + desc
+                if live["eta"] is not None:
+                    desc += f", ETA {duration(live['eta'])}"
+                progress(live["progress"], desc=prefix + desc)
             time.sleep(0.2)
 
     @staticmethod
@@ -436,10 +509,16 @@ class GenerationTab:
     def interrupt_job(self, request: gr.Request) -> None:
         """This page's job: dropped if still queued, stopped if running (and a batch stops
         there). With no job of this page known (e.g. after a reload), whatever runs is
-        interrupted, as in A1111."""
+        interrupted, as in A1111. Under interrupt_after_current a running job of several pictures
+        first finishes the one it is making (`stop_after_current`); a second click stops it at once."""
         own = self._own_job(request)
+        if stop_after_current(self.engine, own.task_id if own is not None else None):
+            if own is not None:
+                own.stop.set()  # (a batch of files: no next one either)
+            gr.Info("Generation will stop after finishing this image, click again to stop immediately.")
+            return
         if own is None:
-            self.engine.state.interrupt()
+            self.engine.queue.interrupt_all()
             return
         own.stop.set()
         if not own.future.cancel():  # running: on this process's worker thread, or on a Ray worker
@@ -449,19 +528,69 @@ class GenerationTab:
         """The timer's tick while this page's job runs: the job's newest preview into the gallery,
         nothing when there is no new one (or previews are off, or the job is still queued)."""
         own = self._own_job(request)
-        if own is None or own.future.done() or self.engine.state.task_id != own.task_id:
+        if own is None or own.future.done():
             return gr.skip()
-        preview_id, image = self.previews.current()
+        preview_id, image = self.engine.queue.live_preview(own.task_id, self.previews)
         session = request.session_hash
         if image is None or self._shown_previews.get(session) == (own.task_id, preview_id):
             return gr.skip()
         self._shown_previews[session] = (own.task_id, preview_id)
         return [image]
 
+    def progress_title(self, request: gr.Request) -> str:
+        """The timer's tick while this page's job runs: its progress as the tab's title shows it."""
+        own = self._own_job(request)
+        if own is None or own.future.done():
+            return ""
+        return title_progress(self.engine.queue.live(own.task_id))
+
     def skip_job(self, request: gr.Request) -> None:
         own = self._own_job(request)
-        if own is None or self.engine.state.task_id == own.task_id:
-            self.engine.state.skip()
+        if own is None:
+            self.engine.queue.skip_all()
+        else:
+            self.engine.queue.skip_job(own.task_id)
+
+
+def stop_after_current(engine: Engine, task_id: str | None) -> bool:
+    """A1111's interrupt_after_current ("Don't Interrupt in the middle"): when the running job (the
+    page's own `task_id`, or whichever runs when None) makes more than one picture and has not been
+    asked already, ask it to stop once the current picture is done (A1111's stop_generating: the
+    pictures made are finished and saved) and return True; otherwise False (interrupt at once)."""
+    state = engine.state
+    if not engine.options.get("interrupt_after_current") or state.stopping_generation or not state.busy:
+        return False
+    if state.job_count <= 1 or (task_id is not None and state.task_id != task_id):
+        return False
+    state.stopping_generation = True
+    return True
+
+
+def title_progress(live: dict | None) -> str:
+    """A1111's progress text of the tab's title (progressbar.js): "NN%" and " ETA: 5s" (or 01:05,
+    01:01:05), empty before the first step and when no job runs."""
+    if live is None:
+        return ""
+    text = f"{int(live['progress'] * 100 + 0.5)}%" if live["progress"] > 0 else ""
+    if live["eta"]:
+        secs = int(live["eta"])
+        if live["eta"] > 3600:
+            eta = f"{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}"
+        elif live["eta"] > 60:
+            eta = f"{secs // 60:02d}:{secs % 60:02d}"
+        else:
+            eta = f"{secs}s"
+        text += f" ETA: {eta}"
+    return text.strip()
+
+
+# the page's hooks (modules/ui/page.js) around a job: its progress in the title, the wake lock, the sound
+PROGRESS_TITLE_JS = "(text) => { if (window.easelProgressTitle) window.easelProgressTitle(text); }"
+JOB_STARTED_JS = "() => { if (window.easelJobStarted) window.easelJobStarted(); }"
+
+
+def job_ended_js(finished: bool) -> str:
+    return f"() => {{ if (window.easelJobEnded) window.easelJobEnded({'true' if finished else 'false'}); }}"
 
 
 def duration(seconds: float) -> str:

@@ -17,6 +17,7 @@ Where the pictures come from, per sub-tab:
 from __future__ import annotations
 
 import html
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -47,19 +48,17 @@ INPAINT_MODES = (INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD)
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 SKETCH_COLOURS = ["#000000", "#ffffff", "#cc3232", "#32cc70", "#3270cc", "#e0c020"]
-BATCH_SHOWN = 32  # results of a batch shown in the gallery (A1111's img2img_batch_show_results_limit)
-EDITOR_HEIGHT = 480
 
 
-def _editor(label: str, elem_id: str, brush: gr.Brush) -> gr.ImageEditor:
+def _editor(label: str, elem_id: str, brush: gr.Brush, height: int) -> gr.ImageEditor:
     # no crop/resize tools: the canvas must stay the picture's size so the strokes line up with it
     return gr.ImageEditor(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", sources=("upload", "clipboard"),
-                          brush=brush, transforms=(), layers=False, format="png", height=EDITOR_HEIGHT)
+                          brush=brush, transforms=(), layers=False, format="png", height=height)
 
 
-def _upload(label: str, elem_id: str) -> gr.Image:
+def _upload(label: str, elem_id: str, height: int) -> gr.Image:
     return gr.Image(label=label, elem_id=elem_id, type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                    format="png", height=EDITOR_HEIGHT)
+                    format="png", height=height)
 
 
 def strokes_mask(layers: list[Image.Image], size: tuple[int, int]) -> Image.Image:
@@ -74,6 +73,11 @@ def strokes_mask(layers: list[Image.Image], size: tuple[int, int]) -> Image.Imag
             layer = layer.resize(size, Image.Resampling.NEAREST)
         alpha = np.maximum(alpha, np.asarray(layer.getchannel("A")))
     return Image.fromarray(np.where(alpha > 0, 255, 0).astype(np.uint8), "L")
+
+
+def _with_first(colour: str) -> list[str]:
+    """The sketch palette with `colour` (a brush's default) first."""
+    return [colour, *(c for c in SKETCH_COLOURS if c.lower() != colour.lower())]
 
 
 def _editor_value(value) -> tuple[Image.Image | None, list[Image.Image], Image.Image | None]:
@@ -95,24 +99,37 @@ class Img2ImgTab(GenerationTab):
         self.build_toprow()
         with gr.Row(equal_height=False):
             with gr.Column(elem_id="img2img_settings"):
-                self._build_sources()
-                self.resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
-                                            label="Resize mode", elem_id="resize_mode")
-                self.build_sampling()
-                self.build_refiner()
-                self._build_resize(width, height)
-                self.build_batch()
-                self.build_cfg()
-                self.denoising = slider("denoising_strength", "Denoising strength", 0.75, "img2img_denoising_strength")
-                self.build_seed()
-                self._build_inpaint_controls()
-                self.build_scripts()
+                self.build_sections({
+                    "image": self._build_image,
+                    "inpaint": self._build_inpaint_controls,
+                    "sampler": self.build_sampling,
+                    "accordions": self.build_refiner,
+                    "dimensions": lambda: (self._build_resize(width, height), self.build_batch()),
+                    "cfg": self.build_cfg,
+                    "denoising": self._build_denoising,
+                    "seed": self.build_seed,
+                    "scripts": self.build_scripts,
+                })
             with gr.Column(elem_id="img2img_results"):
                 self.build_results()
         self.wire()
         self._wire_img2img()
 
+    def _build_image(self) -> None:
+        self._build_sources()
+        self.resize_mode = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], type="index",
+                                    label="Resize mode", elem_id="resize_mode")
+
+    def _build_denoising(self) -> None:
+        self.denoising = slider("denoising_strength", "Denoising strength", 0.75, "img2img_denoising_strength")
+
     def _build_sources(self) -> None:
+        """The sub-tabs' pictures, as A1111's settings say when the page is built: their height
+        (img2img_editor_height) and the brushes' first colours (img2img_*_brush_color)."""
+        option = self.engine.options.get
+        height = int(option("img2img_editor_height", 720))
+        sketch_colour = option("img2img_sketch_default_brush_color", "#ffffff")
+        inpaint_sketch_colour = option("img2img_inpaint_sketch_default_brush_color", "#ffffff")
         self.mode = gr.State(IMG2IMG)  # the selected sub-tab, per page
         with gr.Tabs(elem_id="mode_img2img") as self.mode_tabs:
             self.mode_tab_list = []
@@ -120,20 +137,23 @@ class Img2ImgTab(GenerationTab):
                 with gr.Tab(label, id=index, elem_id=elem_id) as tab:
                     self.mode_tab_list.append(tab)
                     if index == IMG2IMG:
-                        self.init_img = _upload("Image for img2img", "img2img_image")
+                        self.init_img = _upload("Image for img2img", "img2img_image", height)
                     elif index == SKETCH:
-                        self.sketch = _editor("Image for img2img", "img2img_sketch",
-                                              gr.Brush(colors=SKETCH_COLOURS, color_mode="defaults"))
+                        self.sketch = _editor("Image for img2img", "img2img_sketch", gr.Brush(
+                            default_color=sketch_colour, colors=_with_first(sketch_colour), color_mode="defaults"),
+                            height)
                     elif index == INPAINT:
-                        # a see-through white brush: the picture stays visible under the mask
-                        self.inpaint = _editor("Image for inpainting with mask", "img2maskimg",
-                                               gr.Brush(colors=[("#ffffff", 0.75)], color_mode="fixed"))
+                        # a see-through brush: the picture stays visible under the mask
+                        self.inpaint = _editor("Image for inpainting with mask", "img2maskimg", gr.Brush(
+                            colors=[(option("img2img_inpaint_mask_brush_color", "#ffffff"), 0.75)],
+                            color_mode="fixed"), height)
                     elif index == INPAINT_SKETCH:
-                        self.inpaint_sketch = _editor("Color sketch inpainting", "inpaint_sketch",
-                                                      gr.Brush(colors=SKETCH_COLOURS, color_mode="defaults"))
+                        self.inpaint_sketch = _editor("Color sketch inpainting", "inpaint_sketch", gr.Brush(
+                            default_color=inpaint_sketch_colour, colors=_with_first(inpaint_sketch_colour),
+                            color_mode="defaults"), height)
                     elif index == INPAINT_UPLOAD:
-                        self.inpaint_base = _upload("Image for img2img", "img_inpaint_base")
-                        self.inpaint_mask = _upload("Mask", "img_inpaint_mask")
+                        self.inpaint_base = _upload("Image for img2img", "img_inpaint_base", height)
+                        self.inpaint_mask = _upload("Mask", "img_inpaint_mask", height)
                     else:
                         self._build_batch_folders()
 
@@ -242,8 +262,9 @@ class Img2ImgTab(GenerationTab):
 
     def submit(self, request: Img2ImgRequest, task_id: str, scripts=None) -> Future:
         if scripts is None:
-            return self.engine.submit_img2img(request, task_id=task_id)
-        return self.engine.submit_img2img(request, task_id=task_id, scripts=scripts)
+            return self.engine.submit_img2img(request, task_id=task_id, console_prompt=True, **self.user_kw())
+        return self.engine.submit_img2img(request, task_id=task_id, scripts=scripts, console_prompt=True,
+                                          **self.user_kw())
 
     # -- batch -----------------------------------------------------------------------
     def execute(self, values: dict, session: str, progress: gr.Progress) -> Shown:
@@ -264,10 +285,12 @@ class Img2ImgTab(GenerationTab):
         def follow(number: int, total: int, path: Path, task_id: str, future: Future) -> None:
             self.follow(session, task_id, future, progress, describe=f"File {number}/{total}", running=running)
 
+        limit = int(self.engine.options.get("img2img_batch_show_results_limit", 32))  # -1: all of them
         try:
             report = img2img_batch.run_batch(self.engine, fields, values[self.batch_input], values[self.batch_output],
                                              values[self.batch_masks], scale=scale, follow=follow,
-                                             should_stop=running.stop.is_set, keep_results=BATCH_SHOWN,
+                                             should_stop=running.stop.is_set,
+                                             keep_results=sys.maxsize if limit < 0 else limit,
                                              scripts=self.scripts.call(values))
         finally:
             with self._jobs_lock:
@@ -276,12 +299,7 @@ class Img2ImgTab(GenerationTab):
         if report.skipped:
             gr.Warning(html.escape(f"{len(report.skipped)} of {report.total} files skipped; see the list under "
                                    "the gallery"), title="Batch")
-        shown = Shown(note=report.summary())
-        for result in report.results:
-            shown.images += result.images
-            shown.infotexts += result.infotexts
-            shown.seeds += result.seeds
-        return shown
+        return Shown.of_batch(report.results, report.summary(), limit)
 
     # -- events ----------------------------------------------------------------------
     def _wire_img2img(self) -> None:

@@ -1,8 +1,9 @@
 // Runs once when the page has loaded (as the `js` of a load event): adds the stylesheet,
 // A1111's page globals (webui_globals.js) with `opts`, the extensions' style.css and
 // javascript/*.js files, tooltips, the extra networks cards' clicks and search, and A1111's
-// keyboard shortcuts: Ctrl+Enter generates, Alt+Enter skips.
-(css, hints, optsJson, webuiGlobals, extensionScripts, extensionStyles) => {
+// keyboard shortcuts: Ctrl+Enter generates, Alt+Enter skips; around a job, its progress in the
+// tab's title, the notification sound and the screen's wake lock.
+(css, hints, optsJson, webuiGlobals, extensionScripts, extensionStyles, notificationSound) => {
     if (window.easelPageReady) return;
     window.easelPageReady = true;
 
@@ -75,20 +76,43 @@
     };
     const escapeRegex = (text) => text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 
-    // A1111's toggle: a card whose text is in the prompt takes it out, otherwise adds it
+    // A1111's extra_networks_add_text_separator (window.opts) goes before an added text, and out
+    // with it again; the default (a space) is not doubled after a space already there
+    const separator = () => {
+        const sep = (window.opts || {}).extra_networks_add_text_separator;
+        return typeof sep === "string" ? sep : " ";
+    };
+    const withoutSeparator = (before, sep) => {
+        for (const s of [sep, sep.trimEnd()]) if (s.trim() && before.endsWith(s)) return before.slice(0, -s.length);
+        return before;
+    };
+    // A1111's toggle: a card whose text is in the prompt takes it out, otherwise adds it. A Lora
+    // card's text is `<lora:NAME:W>` and maybe " " + its activation text: any `<lora:NAME:...>`
+    // counts as there (whatever its weight), and the activation text goes with it when it follows
     const toggleText = (value, kind, text) => {
-        let pattern;
+        const sep = separator();
         if (kind === "lora") {
-            const name = text.slice(1, -1).split(":").slice(0, 2).join(":");  // "lora:NAME"
-            pattern = new RegExp(`\\s*<${escapeRegex(name)}:[^>]*>`);
+            const close = text.indexOf(">") + 1;
+            const name = text.slice(1, close - 1).split(":").slice(0, 2).join(":");  // "lora:NAME"
+            const after = text.slice(close);  // A1111's text after the network
+            const found = value.match(new RegExp(`\\s*<${escapeRegex(name)}:[^>]*>`));
+            if (found) {
+                let rest = value.slice(found.index + found[0].length);
+                if (after && rest.startsWith(after)) rest = rest.slice(after.length);
+                return (withoutSeparator(value.slice(0, found.index), sep) + rest).trim();
+            }
         } else {
-            pattern = new RegExp(`(^|\\s|,)${escapeRegex(text)}(?=$|\\s|,)`);
-        }
-        if (pattern.test(value)) {
-            return value.replace(pattern, (m, lead) => (kind === "lora" ? "" : (lead === "," ? "," : ""))).trim();
+            const pattern = new RegExp(`(^|\\s|,)${escapeRegex(text)}(?=$|\\s|,)`);
+            const found = value.match(pattern);
+            if (found && sep.trim()) {
+                const start = found.index + found[1].length;
+                return (withoutSeparator(value.slice(0, start).trimEnd(), sep) + value.slice(start + text.length)).trim();
+            }
+            if (found) return value.replace(pattern, (m, lead) => (lead === "," ? "," : "")).trim();
         }
         if (!value.trim()) return text;
-        return value + (/\s$/.test(value) ? "" : " ") + text;
+        if (sep.trim()) return value.trimEnd() + sep + text;
+        return value + (/\s$/.test(value) ? "" : sep) + text;
     };
 
     const applySearch = (tab) => {
@@ -120,23 +144,93 @@
             if (button) button.click();
             return;
         }
-        const textarea = promptBox(tab, kind);
-        if (!textarea) return;
-        textarea.value = toggleText(textarea.value, kind, card.dataset.insert);
-        textarea.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio takes the value from here
+        const edits = [[promptBox(tab, kind), kind, card.dataset.insert]];
+        // a Lora card's negative text (A1111: then the text goes into the prompt, whichever box was last used)
+        if (card.dataset.negative) {
+            edits[0][0] = document.querySelector(`#${tab}_prompt textarea`);
+            edits.push([document.querySelector(`#${tab}_neg_prompt textarea`), "negative", card.dataset.negative]);
+        }
+        for (const [textarea, how, text] of edits) {
+            if (!textarea) continue;
+            textarea.value = toggleText(textarea.value, how, text);
+            textarea.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio takes the value from here
+        }
+    };
+    // ✏️ (A1111's extraNetworksEditUserMetadata): the card's key goes into the page's hidden
+    // `_edit_user_metadata_name` box and its button is clicked; the click's js reads the key
+    // from window.easelEditCard (modules/ui/extra_networks_metadata.py)
+    const editCard = (card) => {
+        const cards = card.closest(".extra-network-cards");
+        const id = `${cards.dataset.tab}_${cards.dataset.page}_edit_user_metadata`;
+        window.easelEditCard = card.dataset.key || card.dataset.name;
+        const box = document.querySelector(`#${id}_name textarea, #${id}_name input`);
+        if (box) {
+            box.value = window.easelEditCard;
+            box.dispatchEvent(new Event("input", {bubbles: true}));
+        }
+        const button = document.getElementById(`${id}_button`);
+        if (button) button.click();
     };
     document.addEventListener("click", (e) => {
+        const edit = e.target.closest && e.target.closest(".extra-network-cards .card .edit-button");
+        if (edit) {  // a card's own button: not a click on the card
+            e.preventDefault();
+            e.stopPropagation();
+            editCard(edit.closest(".card"));
+            return;
+        }
         const card = e.target.closest && e.target.closest(".extra-network-cards .card");
         if (card) cardClicked(card);
     });
     document.addEventListener("keydown", (e) => {
         if (e.key !== "Enter" && e.key !== " ") return;
+        if (e.target.closest && e.target.closest(".card-button")) return;  // the button's own click
         const card = e.target.closest && e.target.closest(".extra-network-cards .card");
         if (card && !e.ctrlKey && !e.altKey && !e.metaKey) {
             e.preventDefault();
             cardClicked(card);
         }
     });
+
+    // -- around a job (modules/ui/generation_tab.py calls these): A1111's show_progress_in_title
+    // ("[NN% ETA: 5s] <title>"), notification_audio / notification_volume (the install's
+    // notification.mp3 through /file=, when it was there as the page was built: notificationSound)
+    // and prevent_screen_sleep_during_generation
+    const option = (key) => (window.opts || {})[key];
+    const baseTitle = document.title;
+    let running = false;
+    window.easelProgressTitle = (text) => {  // (a tick that lands after the job's end shows nothing)
+        const shown = running && option("show_progress_in_title") && text && text.trim();
+        const title = shown ? `[${text.trim()}] ${baseTitle}` : baseTitle;
+        if (document.title !== title) document.title = title;
+    };
+    const root = ((window.gradio_config && window.gradio_config.root) || ".").replace(/\/$/, "");
+    let wakeLock = null;
+    const releaseWakeLock = () => {
+        if (wakeLock) wakeLock.release().catch(() => {});
+        wakeLock = null;
+    };
+    window.easelJobStarted = async () => {
+        running = true;
+        if (!option("prevent_screen_sleep_during_generation") || wakeLock || !navigator.wakeLock) return;
+        try {
+            const lock = await navigator.wakeLock.request("screen");
+            wakeLock = lock;
+            if (!running) releaseWakeLock();  // the job ended while the lock was asked for
+        } catch (e) {  // a hidden page, or not allowed: the screen may sleep
+            wakeLock = null;
+        }
+    };
+    window.easelJobEnded = (finished) => {
+        running = false;
+        window.easelProgressTitle("");
+        releaseWakeLock();
+        if (!finished || !notificationSound || !option("notification_audio")) return;
+        const audio = new Audio(`${root}/file=notification.mp3`);
+        const volume = Number(option("notification_volume"));
+        audio.volume = Number.isFinite(volume) ? Math.min(1, Math.max(0, volume / 100)) : 1;
+        audio.play().catch(() => {});  // the browser refused to play it (autoplay rules)
+    };
 
     document.addEventListener("keydown", (e) => {
         if (e.key !== "Enter") return;

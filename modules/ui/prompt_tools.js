@@ -1,7 +1,9 @@
 // Easel's prompt tools on the page (runs as a classic script after webui_globals.js):
 // - Ctrl+↑ / Ctrl+↓ in a prompt box change the weight of the selection or of the word under the
 //   cursor, as A1111's edit-attention.js: `word` -> `(word:1.1)`, `(word:1.1)` -> `word` again,
-//   `<lora:name:0.8>` by 0.05;
+//   `<lora:name:0.8>` by 0.05 (the steps and the word delimiters: A1111's keyedit_* options);
+// - Alt+← / Alt+→ move the comma-separated part under the cursor (or the selected parts) one place
+//   to the left or right, as A1111's edit-order.js (option keyedit_move);
 // - A1111's context menus (contextMenus.js globals: appendContextMenuOption, ...) with "Generate
 //   forever" / "Cancel generate forever" on the right-click of Generate;
 // - icon buttons whose id Easel does not know (extensions' ToolButtons) get `data-easel-icon`, so
@@ -10,11 +12,22 @@
 // -- Ctrl+↑ / Ctrl+↓ ----------------------------------------------------------------------------
 (function() {
     const PROMPT_BOX = "*:is([id*='_toprow'] [id*='_prompt'], .prompt) textarea";
-    const DELIMITERS = ".,\\/!?%^*;:{}=`~() \r\n\t";  // A1111's keyedit_delimiters and its whitespace
+    const DELIMITERS = ".,\\/!?%^*;:{}=`~() ";  // A1111's default keyedit_delimiters
+    const WHITESPACE = {"Tab": "\t", "Carriage Return": "\r", "Line Feed": "\n"};  // keyedit_delimiters_whitespace
 
+    // the options as the page has them now (window.opts, filled from the server's at load)
+    const option = (name) => (window.opts || {})[name];
     const precision = (name, fallback) => {
-        const value = parseFloat((window.opts || {})[name]);
+        const value = parseFloat(option(name));
         return Number.isFinite(value) && value > 0 ? value : fallback;
+    };
+    const delimiters = () => {
+        const typed = option("keyedit_delimiters");
+        let chars = typeof typed === "string" ? typed : DELIMITERS;
+        let spaces = option("keyedit_delimiters_whitespace");
+        if (!Array.isArray(spaces)) spaces = Object.keys(WHITESPACE);
+        for (const name of spaces) chars += WHITESPACE[name] || "";
+        return chars;
     };
 
     // the (...) or <...> block around the cursor: its text without the weight is selected
@@ -37,10 +50,11 @@
     function selectWord(area) {
         const {value, selectionStart: start, selectionEnd: end} = area;
         if (start !== end) return false;
+        const stops = delimiters();
         let from = start;
         let to = start;
-        while (from > 0 && !DELIMITERS.includes(value[from - 1])) from--;
-        while (to < value.length && !DELIMITERS.includes(value[to])) to++;
+        while (from > 0 && !stops.includes(value[from - 1])) from--;
+        while (to < value.length && !stops.includes(value[to])) to++;
         if (from === to) return false;
         area.setSelectionRange(from, to);
         return true;
@@ -99,6 +113,42 @@
     }
 
     document.addEventListener("keydown", editAttention);
+
+    // Alt+← / Alt+→: the parts between commas under the selection swap places with the part
+    // before / after them. The spaces around each part stay where they were, so `a, b, c` with
+    // the cursor in `a` gives `b, a, c` (A1111 carries them along: ` b,a, c`).
+    function editOrder(event) {
+        const area = event.target;
+        if (!area.matches || !area.matches(PROMPT_BOX)) return;
+        if (!event.altKey || event.ctrlKey || event.metaKey || event.shiftKey) return;
+        const left = event.key === "ArrowLeft";
+        if (!left && event.key !== "ArrowRight") return;
+        if (option("keyedit_move") === false) return;
+        event.preventDefault();
+
+        const text = area.value;
+        const parts = text.split(",").map((part) => {
+            const [, lead, body, trail] = part.match(/^(\s*)([\s\S]*?)(\s*)$/);
+            return {lead, body, trail};
+        });
+        const commas = (upTo) => (text.slice(0, upTo).match(/,/g) || []).length;
+        const first = commas(area.selectionStart);
+        const last = commas(area.selectionEnd);
+        const to = left ? first - 1 : first + 1;
+        if (to < 0 || last + (left ? 0 : 1) >= parts.length) return;
+        const bodies = parts.map((p) => p.body);
+        const moved = bodies.splice(first, last - first + 1);
+        bodies.splice(to, 0, ...moved);
+        parts.forEach((p, i) => { p.body = bodies[i]; });
+        const start = (i) => parts.slice(0, i).reduce((n, p) => n + p.lead.length + p.body.length + p.trail.length + 1, 0) +
+            parts[i].lead.length;
+        area.value = parts.map((p) => p.lead + p.body + p.trail).join(",");
+        const end = to + moved.length - 1;
+        area.setSelectionRange(start(to), start(end) + parts[end].body.length);
+        updateInput(area);
+    }
+
+    document.addEventListener("keydown", editOrder);
 })();
 
 // -- context menus (A1111's contextMenus.js globals) ------------------------------------------

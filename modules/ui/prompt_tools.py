@@ -46,7 +46,8 @@ def _conditioner(engine: Engine):
 
 def token_count(engine: Engine, text: str, steps, styles, is_positive: bool = True) -> tuple[int, int]:
     """(used, capacity) for one prompt box, as A1111's update_token_counter counts: the
-    before_token_counter callbacks first, then the selected styles, the extra networks' tags cut."""
+    before_token_counter callbacks first, then the selected styles (include_styles_into_token_counters),
+    the extra networks' tags cut."""
     from modules import script_callbacks
 
     try:
@@ -56,7 +57,7 @@ def token_count(engine: Engine, text: str, steps, styles, is_positive: bool = Tr
     params = script_callbacks.BeforeTokenCounterParams(text or "", steps, list(styles or []), is_positive=is_positive)
     script_callbacks.before_token_counter_callback(params)
     text, steps = params.prompt or "", params.steps
-    if params.styles and engine.styles is not None:
+    if params.styles and engine.styles is not None and engine.options.get("include_styles_into_token_counters", True):
         try:
             styled = engine.styles.apply(text if params.is_positive else "", "" if params.is_positive else text,
                                          params.styles)
@@ -88,10 +89,14 @@ class PromptTools:
     def _id(self, name: str) -> str:
         return f"{self.tabname}_{name}"
 
+    def counting(self) -> bool:
+        """A1111's disable_token_counters off (read when the page is built): the counters are there."""
+        return not self.engine.options.get("disable_token_counters", False)
+
     def build_counter(self, negative: bool) -> gr.HTML:
         name = "negative_token_counter" if negative else "token_counter"
         counter = gr.HTML(counter_html(0, 75), elem_id=self._id(name), elem_classes=["token-counter"],
-                          padding=False, container=False)
+                          padding=False, container=False, visible=self.counting())
         if negative:
             self.negative_counter = counter
         else:
@@ -103,14 +108,25 @@ class PromptTools:
                                       min_width=40, scale=0)
 
     def wire(self, prompt: gr.Textbox, negative: gr.Textbox, steps: gr.Slider, styles: gr.Dropdown) -> None:
-        for box, counter, positive in ((prompt, self.counter, True), (negative, self.negative_counter, False)):
-            def count(text, steps_value, selected, positive=positive):
-                return counter_html(*token_count(self.engine, text, steps_value, selected, positive))
+        def count_one(text, steps_value, selected, positive):
+            return counter_html(*token_count(self.engine, text, steps_value, selected, positive))
 
-            inputs = [box, steps, styles]
-            for source in (box, steps, styles):  # steps: a schedule's texts; styles: their text counts
-                source.change(count, inputs=inputs, outputs=counter, queue=False, show_progress="hidden",
-                              trigger_mode="always_last")
+        def count_both(text, negative_text, steps_value, selected):
+            return count_one(text, steps_value, selected, True), count_one(negative_text, steps_value, selected, False)
+
+        # One `always_last` listener per trigger, never two: Gradio re-dispatches the whole trigger
+        # when a queued always_last call ends, so two listeners on one trigger re-queue each other
+        # forever (the page then posted 4 requests a second and its main thread never rested).
+        counted = ((prompt, self.counter, True), (negative, self.negative_counter, False)) if self.counting() else ()
+        for box, counter, positive in counted:
+            box.change(lambda text, steps_value, selected, positive=positive: count_one(text, steps_value, selected,
+                                                                                        positive),
+                       inputs=[box, steps, styles], outputs=counter, queue=False, show_progress="hidden",
+                       trigger_mode="always_last")
+        for source in (steps, styles) if counted else ():  # steps: a schedule's texts; styles: their text counts
+            source.change(count_both, inputs=[prompt, negative, steps, styles],
+                          outputs=[self.counter, self.negative_counter], queue=False, show_progress="hidden",
+                          trigger_mode="always_last")
         # A1111 asks first ("Delete prompt?"); the answer is the page's, so the event is all JS
         self.clear_button.click(
             None, inputs=[prompt, negative], outputs=[prompt, negative], queue=False,

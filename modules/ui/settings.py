@@ -14,6 +14,9 @@ is changed (`apply_one`), as in A1111.
 An extension's option (`shared.opts.add_option(key, OptionInfo(...))` in an `on_ui_settings`
 callback, run before this tab is built) gets the control its OptionInfo names
 (`component=gr.Slider, component_args={...}`), or, without one, the control its type gives.
+
+The last section, "Defaults" (`settings_tab_defaults`), is A1111's editor of the ui-config file
+(modules/ui/ui_defaults.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import gradio as gr
 from modules.services.options import OptionDef, OptionRestricted, Options
 
 from .generation_tab import error_html
+from .ui_defaults import UiDefaults
 
 __all__ = ["QUICKSETTINGS", "SettingsTab", "component_for", "quicksettings"]
 
@@ -143,6 +147,7 @@ class SettingsTab:
         self.keys = [k for k in options.defs if k not in self.quick_keys]
         self.components: list[gr.components.Component] = []
         self.quick_components: list[gr.components.Component] = []  # build_quicksettings
+        self.defaults = UiDefaults()  # the Defaults tab; app.py wires it once the page is built
 
     def sections(self) -> dict[str, list[str]]:
         """Section -> its option names, both in the order the options were defined."""
@@ -163,6 +168,8 @@ class SettingsTab:
                     for key in keys:
                         by_key[key] = component_for(key, self.options.defs[key], self.options.get(key),
                                                     self.options.refusal(key), option_keys=list(self.options.defs))
+            with gr.Tab("Defaults", id="defaults", elem_id="settings_tab_defaults"):  # A1111's: the ui-config file
+                self.defaults.build()
         self.components = [by_key[k] for k in self.keys]
         # unprocessed: each value reaches `apply` as the page sent it, so Options.check is the
         # one judge (and names the option), not a component's own bounds

@@ -35,20 +35,23 @@ class Txt2ImgTab(GenerationTab):
         self.build_toprow()
         with gr.Row(equal_height=False):
             with gr.Column(elem_id="txt2img_settings"):
-                self.build_sampling()
-                self._build_hires()
-                self.build_refiner()
-                self.build_size(width, height)
-                self.build_batch()
-                self.build_cfg()
-                self.build_seed()
-                with gr.Row(elem_id="txt2img_checkboxes"):
-                    self.tiling = gr.Checkbox(label="Tiling", value=False, elem_id="txt2img_tiling")
-                self.build_scripts()
+                self.build_sections({
+                    "sampler": self.build_sampling,
+                    "accordions": lambda: (self._build_hires(), self.build_refiner()),
+                    "checkboxes": self._build_checkboxes,
+                    "dimensions": lambda: (self.build_size(width, height), self.build_batch()),  # (batch beside it)
+                    "cfg": self.build_cfg,
+                    "seed": self.build_seed,
+                    "scripts": self.build_scripts,
+                })
             with gr.Column(elem_id="txt2img_results"):
                 self.build_results()
         self.wire()
         self._wire_hires()
+
+    def _build_checkboxes(self) -> None:
+        with gr.Row(elem_id="txt2img_checkboxes"):
+            self.tiling = gr.Checkbox(label="Tiling", value=False, elem_id="txt2img_tiling")
 
     def _build_hires(self) -> None:
         """A1111's "Hires. fix" accordion: open means on (its InputAccordion), mirrored in a hidden
@@ -66,7 +69,8 @@ class Txt2ImgTab(GenerationTab):
                 self.hr_resize_x = slider("hr_resize_x", "Resize width to", 0, "txt2img_hr_resize_x")
                 self.hr_resize_y = slider("hr_resize_y", "Resize height to", 0, "txt2img_hr_resize_y")
             self.hr_final = gr.HTML(elem_id="txtimg_hr_finalres", elem_classes=["hr-final"])
-            with gr.Row(elem_id="txt2img_hires_fix_row3"):
+            # A1111's hires_fix_show_sampler / hires_fix_show_prompts: hidden rows still carry pasted values
+            with gr.Row(elem_id="txt2img_hires_fix_row3", visible=self._shown("hires_fix_show_sampler")):
                 self.hr_checkpoint = gr.Dropdown(self._hr_checkpoints(), value=hires.SAME_CHECKPOINT,
                                                  label="Hires checkpoint", elem_id="hr_checkpoint")
                 self.hr_sampler = gr.Dropdown([hires.SAME_SAMPLER, *samplers.visible_sampler_names(self.hidden_samplers())],
@@ -75,7 +79,7 @@ class Txt2ImgTab(GenerationTab):
                 schedules = [label for label, _ in samplers.SCHEDULE_TYPES]
                 self.hr_scheduler = gr.Dropdown([hires.SAME_SCHEDULER, *schedules], value=hires.SAME_SCHEDULER,
                                                 label="Hires schedule type", elem_id="hr_scheduler")
-            with gr.Row(elem_id="txt2img_hires_fix_row4"):
+            with gr.Row(elem_id="txt2img_hires_fix_row4", visible=self._shown("hires_fix_show_prompts")):
                 self.hr_prompt = gr.Textbox(
                     label="Hires prompt", elem_id="hires_prompt", lines=3,
                     placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt as in first pass.")
@@ -83,6 +87,11 @@ class Txt2ImgTab(GenerationTab):
                     label="Hires negative prompt", elem_id="hires_neg_prompt", lines=3,
                     placeholder="Negative prompt for hires fix pass.\n"
                                 "Leave empty to use the same negative prompt as in first pass.")
+
+    def _shown(self, key: str) -> bool:
+        """An option read when the page is built (A1111: needs Reload UI)."""
+        options = getattr(self.engine, "options", None)
+        return bool(options.get(key)) if options is not None else False
 
     def _hr_checkpoints(self) -> list[str]:
         return [hires.SAME_CHECKPOINT, *self.engine.checkpoints.titles()]
@@ -121,8 +130,9 @@ class Txt2ImgTab(GenerationTab):
 
     def submit(self, request: GenerationRequest, task_id: str, scripts=None) -> Future:
         if scripts is None:
-            return self.engine.submit_txt2img(request, task_id=task_id)
-        return self.engine.submit_txt2img(request, task_id=task_id, scripts=scripts)
+            return self.engine.submit_txt2img(request, task_id=task_id, console_prompt=True, **self.user_kw())
+        return self.engine.submit_txt2img(request, task_id=task_id, scripts=scripts, console_prompt=True,
+                                          **self.user_kw())
 
     # -- hires events ----------------------------------------------------------------
     def _wire_hires(self) -> None:

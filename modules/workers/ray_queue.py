@@ -116,6 +116,9 @@ class WorkerActor:
         webui.start_scripts(self.engine, flags)
         self.journal = SaveJournal(Path(journal_dir))
         self.journal.install()
+        from modules.services.live_previews import LivePreviews
+
+        self.previews = LivePreviews(self.engine)  # the page's previews, by the server's options
 
     def ready(self) -> int:
         return os.getpid()
@@ -153,8 +156,21 @@ class WorkerActor:
         image.save(buffer, format="PNG")
         return buffer.getvalue()
 
+    def live_preview(self, job_id: str, known_id: int) -> tuple[int, bytes | None]:
+        """(preview id, PNG) of the job's live preview as the page shows it; no PNG when there is none
+        or the caller already has `known_id`."""
+        preview_id, image = self.engine.queue.live_preview(job_id, self.previews)
+        if image is None or preview_id == known_id:
+            return preview_id, None
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return preview_id, buffer.getvalue()
+
     def interrupt(self, job_id: str) -> None:
         self.engine.queue.interrupt_job(job_id)
+
+    def skip(self, job_id: str) -> None:
+        self.engine.queue.skip_job(job_id)
 
 
 def _rebuild_error(kind: str, first: str, second: str) -> BaseException:
@@ -262,6 +278,8 @@ class RayWorkQueue(WorkQueue):
     def __init__(self, state: JobState, jobs: JobRegistry, opts: argparse.Namespace):
         super().__init__(state, jobs)
         self.engine = None
+        self._previews: dict[str, tuple[int, Any]] = {}  # job id -> the last live preview fetched
+        self._lives: dict[str, dict] = {}  # job id -> the last progress its actor reported
         workers, gpus_per_worker = start_ray(opts)
         journal = Path(opts.data_dir) / "cache" / "ray-jobs"
         self.backend = RayBackend(opts, journal, gpus_per_worker)
@@ -307,6 +325,8 @@ class RayWorkQueue(WorkQueue):
         with self._ids_lock:
             self.queued.pop(task_id, None)
             self.finished.append(task_id)
+        self._previews.pop(task_id, None)
+        self._lives.pop(task_id, None)
 
     def position(self, job_id: str) -> int | None:
         return self.dispatcher.position(job_id)
@@ -323,14 +343,63 @@ class RayWorkQueue(WorkQueue):
         self.interrupt_job(job_id)
         return True
 
+    # -- following and stopping jobs: on the worker that runs them; tasks of this process's own
+    # -- worker thread (a checkpoint load for the page) as with one worker ------------------------
     def interrupt_job(self, job_id: str) -> None:
         slot = self.dispatcher.slot_of(job_id)
-        if slot is not None:
+        if slot is None:
+            super().interrupt_job(job_id)
+        else:
             self.backend.call(slot.worker, "interrupt", job_id)
+
+    def skip_job(self, job_id: str) -> None:
+        slot = self.dispatcher.slot_of(job_id)
+        if slot is None:
+            super().skip_job(job_id)
+        else:
+            self.backend.call(slot.worker, "skip", job_id)
+
+    def running_ids(self) -> list[str]:
+        remote = [slot.job for slot in list(self.dispatcher.slots) if slot.job is not None]
+        return super().running_ids() + [job.id for job in sorted(remote, key=lambda job: job.queued_at)]
+
+    def interrupt_all(self) -> None:
+        super().interrupt_all()
+        for job_id in self.running_ids():
+            self.interrupt_job(job_id)
+
+    def skip_all(self) -> None:
+        super().skip_all()
+        for job_id in self.running_ids():
+            self.skip_job(job_id)
 
     def live(self, job_id: str) -> dict | None:
         slot = self.dispatcher.slot_of(job_id)
-        return self.backend.call(slot.worker, "live", job_id) if slot is not None else None
+        if slot is None:
+            return super().live(job_id)
+        answer = self.backend.call(slot.worker, "live", job_id)
+        if answer is None:  # a busy actor did not answer in time: what it said last, while the job runs
+            return self._lives.get(job_id)
+        self._lives[job_id] = answer
+        return answer
+
+    def live_preview(self, job_id: str, previews) -> tuple[int, Any]:
+        slot = self.dispatcher.slot_of(job_id)
+        if slot is None:
+            return super().live_preview(job_id, previews)
+        known_id, known = self._previews.get(job_id, (-1, None))
+        answer = self.backend.call(slot.worker, "live_preview", job_id, known_id)
+        if answer is None:
+            return known_id, known
+        preview_id, data = answer
+        if data is None:
+            return (preview_id, known) if preview_id == known_id else (preview_id, None)
+        from PIL import Image
+
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        self._previews[job_id] = (preview_id, image)
+        return preview_id, image
 
     def preview(self, job_id: str, render: Callable[[Any], Any]) -> Any:
         slot = self.dispatcher.slot_of(job_id)

@@ -114,6 +114,10 @@ class ModelFamily:
         """The hidden state of one text encoder's output that becomes (part of) the context."""
         return output.last_hidden_state
 
+    def context_for(self, output, encoder, clip_skip: int, options) -> torch.Tensor:
+        """`context` with the job's ConditioningOptions (a family that reads one overrides this)."""
+        return self.context(output, encoder, clip_skip)
+
     def pooled(self, outputs: list[torch.Tensor | None]) -> torch.Tensor | None:
         """The pooled text of a chunk from each encoder's (None where it has none): the last one's."""
         found = [p for p in outputs if p is not None]

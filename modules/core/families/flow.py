@@ -1,24 +1,39 @@
 """What the flow-matching transformer families (Flux.1, SD3) share: 16-channel latents in 2x2 patches,
-a VAE with a shift, companion files for the parts a checkpoint leaves out, Euler on the
-flow-matching schedule, and LoRA layer names that fuse several of the model's layers."""
+a VAE with a shift, companion files for the parts a checkpoint leaves out, A1111's samplers and
+schedule types on the flow-matching sigmas, and LoRA layer names that fuse several of the model's
+layers."""
 
 from __future__ import annotations
 
 import torch
 
 from .. import flow_matching, ksampling, ldm_parts, samplers
+from ..sampler_options import SamplerOptions, kdiff_plan
 from ..checkpoint_file import CheckpointFile
 from ..checkpoint_shapes import Shapes, UnsupportedCheckpoint, marker_prefix, vae_config
+from ..sigma_schedules import TrainingSigmas
 from ..types import RequestError
 from .base import ModelFamily
 
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 VAE_MARKER = "decoder.conv_in.weight"
 CLIP_MARKER = "text_model.embeddings.token_embedding.weight"  # a CLIP text encoder in the HF layout
-# A1111 samplers that run on the flow-matching sigmas: Euler (exact), and the deterministic k-diffusion
-# algorithms ComfyUI and Forge also run on flow models (ancestral and SDE ones need other noise rules)
-SAMPLERS = ("Euler", "Heun", "DPM2", "LMS", "DPM++ 2M")
-SCHEDULES = ("Automatic", "Simple")
+# A1111 samplers on the flow-matching sigmas, as ComfyUI runs its k-diffusion samplers on a flow
+# model (a CONST denoiser, x0 = x - sigma * v): the ODE ones as they are, the ancestral ones the RF
+# way, the SDE ones in the flow's log-SNR (modules.core.ksampling_algorithms, FlowSpace). DDIM's
+# deterministic step is exactly Euler's on a flow (its eta_ddim: RF ancestral noise); LCM jumps to
+# the prediction and renoises it; PLMS blends velocities. Each maps to its algorithm here
+# (ksampling.ALGORITHMS, FLOW_ALGORITHMS).
+FLOW_ALGORITHMS = {name: samplers.get_spec(name).kdiff for name in samplers.SAMPLER_NAMES
+                   if samplers.get_spec(name).kdiff is not None}
+FLOW_ALGORITHMS.update({"DDIM": "euler", "LCM": "lcm", "PLMS": "plms"})
+# UniPC: diffusers' UniPC in its flow form; DDIM CFG++: ComfyUI's CFG++ Euler on a flow
+# (flow_matching.FlowUniPCScheduler, FlowCFGPPScheduler). That is every A1111 sampler.
+SAMPLERS = tuple(name for name in samplers.SAMPLER_NAMES
+                 if name in FLOW_ALGORITHMS or name in ("UniPC", "DDIM CFG++"))
+# every A1111 schedule type but Align Your Steps, whose published noise levels are SD 1.5's and SDXL's
+SCHEDULES = tuple(label for label, sid in samplers.SCHEDULE_TYPES if sid != "align_your_steps")
+_SCHEDULE_IDS = dict(samplers.SCHEDULE_TYPES)
 
 
 class Sources:
@@ -109,15 +124,51 @@ class FlowFamily(ModelFamily):
         raise NotImplementedError
 
     def build_scheduler(self, sampler, schedule, spec, latent_shape, options=None):
+        """A1111's sampler on the flow sigmas of ``schedule`` ("Automatic": the family's own shifted
+        schedule; the others: :func:`~modules.core.flow_matching.schedule_sigmas`). Of A1111's sampler
+        parameters (``options``) the ancestral/SDE eta, s_noise, eta_ddim (DDIM), the schedule's
+        sigma range, rho and Beta's alpha/beta and discarding the penultimate sigma apply; UniPC takes
+        its variant, order and lower order final, DDIM CFG++ eta_ddim."""
         if sampler not in SAMPLERS:
             raise RequestError("sampler_name", f"{self.label} models sample with {', '.join(SAMPLERS)} here, "
                                                f"not {sampler}")
         if schedule not in SCHEDULES:
-            raise RequestError("scheduler", f"{self.label} models use the flow-matching schedule "
-                                            f"({' or '.join(SCHEDULES)}), not {schedule}")
+            raise RequestError("scheduler", f"{self.label} models take the schedule types {', '.join(SCHEDULES)}, "
+                                            f"not {schedule} (Align Your Steps' noise levels are SD 1.5's and SDXL's)")
         _c, h, w = latent_shape
         shift, seq_len = self.flow_shift(spec), (h // 2) * (w // 2)
-        if sampler == "Euler":
+        o = options if isinstance(options, SamplerOptions) else SamplerOptions()
+        schedule_id = "flow" if schedule == "Automatic" else _SCHEDULE_IDS[schedule]
+
+        def sigmas_for(steps: int) -> torch.Tensor:
+            if schedule_id == "flow":
+                return flow_matching.flow_sigmas(shift, seq_len, steps)
+            return flow_matching.schedule_sigmas(schedule_id, steps, shift, seq_len)
+
+        if sampler == "DDIM CFG++":
+            return flow_matching.FlowCFGPPScheduler(sigmas_for, eta=float(o.eta_ddim))
+        if sampler == "UniPC":
+            return flow_matching.FlowUniPCScheduler(sigmas_for, solver_type=o.uni_pc_variant,
+                                                    solver_order=int(o.uni_pc_order),
+                                                    lower_order_final=bool(o.uni_pc_lower_order_final))
+        algorithm = FLOW_ALGORITHMS[sampler]
+        if sampler == "DDIM" and o.eta_ddim:
+            algorithm = "euler_ancestral"  # DDIM's eta: the RF ancestral step with that eta
+        if algorithm == "euler" and schedule_id == "flow":
             return flow_matching.FlowEulerScheduler(shift, seq_len=seq_len)
-        return ksampling.KSamplerScheduler(samplers.get_spec(sampler).kdiff, "flow", prediction_type="flow",
-                                           flow=(shift, seq_len))
+        model_sigmas = flow_matching.model_sigmas(shift, seq_len)
+        known = {**ksampling.ALGORITHMS, **ksampling.FLOW_ALGORITHMS}
+        plan = kdiff_plan(algorithm, schedule_id, schedule_id != "flow", o,
+                          TrainingSigmas.from_sigmas(model_sigmas),
+                          discards_already=known[algorithm].discard_penultimate)
+        if plan.schedule_kwargs.get("sigma_max", 0.0) > 1:
+            raise RequestError("sigma_max", f"{self.label} models' sigmas end at 1 (pure noise); the schedule's max "
+                                            f"sigma {plan.schedule_kwargs['sigma_max']} is an SD one")
+        # churn adds k-diffusion's noise (x0 + sigma * noise), not a flow's: it stays off here
+        kwargs = {k: v for k, v in plan.algorithm_kwargs.items() if k in ("eta", "s_noise")}
+        if sampler == "DDIM":
+            kwargs = {"eta": float(o.eta_ddim)} if o.eta_ddim else {}
+        return ksampling.KSamplerScheduler(algorithm, schedule_id, prediction_type="flow", flow=(shift, seq_len),
+                                           eta=kwargs.get("eta", 1.0), algorithm_kwargs=kwargs,
+                                           schedule_kwargs=plan.schedule_kwargs,
+                                           discard_penultimate=plan.discard_penultimate)

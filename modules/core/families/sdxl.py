@@ -37,6 +37,13 @@ class SDXL(ModelFamily):
     def context(self, output, encoder, clip_skip: int):
         return output.hidden_states[-2]
 
+    def context_for(self, output, encoder, clip_skip: int, options: ConditioningOptions):
+        # A1111's sdxl_clip_l_skip ("Clip skip SDXL"): CLIP-L (the encoder without a projection) reads the
+        # layer Clip skip names, counted from the last (1: the last layer's output, before the final norm)
+        if options.sdxl_clip_l_skip and getattr(output, "text_embeds", None) is None:
+            return output.hidden_states[-min(max(1, clip_skip), len(output.hidden_states) - 1)]
+        return self.context(output, encoder, clip_skip)
+
     def time_ids(self, width: int, height: int, negative: bool, options: ConditioningOptions) -> list[float]:
         # original size, crop top/left, target size (A1111: the job's size, its sdxl_crop_* options)
         return [height, width, options.crop_top, options.crop_left, height, width]
