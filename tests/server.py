@@ -40,6 +40,18 @@ class RunningServer:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def interrupt_and_wait_idle(self, timeout: float = 180) -> None:
+        """Interrupts whatever runs and waits until the server has no job (a test that fails
+        mid-job leaves the next test a free server)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self.post("/sdapi/v1/interrupt")
+            if self.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]["job_count"] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the server still runs a job")
+            time.sleep(0.5)
+
 
 @contextlib.contextmanager
 def run_server(data_dir: Path, ckpt_dir: Path, *flags: str, ready_path: str = "/sdapi/v1/sd-models",

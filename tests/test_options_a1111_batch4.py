@@ -304,3 +304,4 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
         page.wait_for_function("(base) => document.title === base", arg=base)
     finally:
         context.close()
+        server.interrupt_and_wait_idle()  # (a failure above leaves the long job running)

@@ -199,10 +199,22 @@
     const option = (key) => (window.opts || {})[key];
     const baseTitle = document.title;
     let running = false;
-    window.easelProgressTitle = (text) => {  // (a tick that lands after the job's end shows nothing)
-        const shown = running && option("show_progress_in_title") && text && text.trim();
-        const title = shown ? `[${text.trim()}] ${baseTitle}` : baseTitle;
+    let progressText = "";
+    let titleTimer = null;
+    const applyTitle = () => {
+        const shown = running && option("show_progress_in_title") && progressText;
+        const title = shown ? `[${progressText}] ${baseTitle}` : baseTitle;
         if (document.title !== title) document.title = title;
+    };
+    window.easelProgressTitle = (text) => {  // (a tick that lands after the job's end shows nothing)
+        progressText = (text || "").trim();
+        applyTitle();
+    };
+    // the option is read each second while a job runs, not only when the progress text changes
+    // (a slow step leaves the text as it was; a changed option still applies at once)
+    const watchTitle = (on) => {
+        if (titleTimer) clearInterval(titleTimer);
+        titleTimer = on ? setInterval(applyTitle, 1000) : null;
     };
     const root = ((window.gradio_config && window.gradio_config.root) || ".").replace(/\/$/, "");
     let wakeLock = null;
@@ -212,6 +224,7 @@
     };
     window.easelJobStarted = async () => {
         running = true;
+        watchTitle(true);
         if (!option("prevent_screen_sleep_during_generation") || wakeLock || !navigator.wakeLock) return;
         try {
             const lock = await navigator.wakeLock.request("screen");
@@ -223,6 +236,7 @@
     };
     window.easelJobEnded = (finished) => {
         running = false;
+        watchTitle(false);
         window.easelProgressTitle("");
         releaseWakeLock();
         if (!finished || !notificationSound || !option("notification_audio")) return;
