@@ -22,6 +22,7 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
+from modules.core import attention  # noqa: E402
 from modules.core.devices import RunOptions, choose_policy  # noqa: E402
 from modules.core.memory import DeviceMemory, policy_from_flags  # noqa: E402
 from modules.script_host import A1111ScriptHost  # noqa: E402
@@ -113,7 +114,11 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     cache = ModelCache(model_policy, on_loaded=_model_loaded, companions=companions,
                        memory=_device_memory(opts, model_policy),
                        run_options=RunOptions(nan_check=not getattr(opts, "disable_nan_check", False),
-                                              upcast_sampling=bool(getattr(opts, "upcast_sampling", False))))
+                                              upcast_sampling=bool(getattr(opts, "upcast_sampling", False)),
+                                              attention_flags=attention.flagged(opts),
+                                              attention_disabled=bool(getattr(opts, "disable_opt_split_attention",
+                                                                              False)),
+                                              sub_quadratic=attention.sub_quadratic_settings(opts)))
     upscalers.install(upscalers.ModelUpscalers(upscalers.folders_for(opts, models), options, policy.device,
                                                half=policy.unet_dtype != torch.float32,
                                                interrupted=lambda: state.interrupted))

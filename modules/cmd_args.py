@@ -137,9 +137,23 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
                        help="use PyTorch's scaled dot product attention")
     group.add_argument("--opt-sdp-no-mem-attention", action="store_true",
                        help="scaled dot product attention without the memory-efficient kernel (deterministic)")
-    group.add_argument("--opt-split-attention", action="store_true", help="sliced attention to save memory")
-    group.add_argument("--opt-sub-quad-attention", action="store_true", help="sub-quadratic attention to save memory")
-    group.add_argument("--disable-opt-split-attention", action="store_true", help="use plain attention")
+    group.add_argument("--opt-split-attention", action="store_true",
+                       help="Doggettx's attention: queries in slices, as many as the free memory asks for")
+    group.add_argument("--opt-split-attention-invokeai", action="store_true",
+                       help="InvokeAI's attention: heads or queries in slices of a bounded size")
+    group.add_argument("--opt-split-attention-v1", action="store_true", help="the original v1 split: two heads at a time")
+    group.add_argument("--opt-sub-quad-attention", action="store_true",
+                       help="sub-quadratic attention: queries and keys in chunks (least memory)")
+    group.add_argument("--sub-quad-q-chunk-size", type=int, default=1024, metavar="TOKENS",
+                       help="sub-quadratic attention's query chunk size")
+    group.add_argument("--sub-quad-kv-chunk-size", type=int, default=None, metavar="TOKENS",
+                       help="sub-quadratic attention's key/value chunk size (default: the square root of the "
+                            "keys' count, at least 512)")
+    group.add_argument("--sub-quad-chunk-threshold", type=int, default=None, metavar="PERCENT",
+                       help="sub-quadratic attention: no chunking when the attention fits in this share of the "
+                            "free memory")
+    group.add_argument("--disable-opt-split-attention", action="store_true",
+                       help="plain attention (wins over the other attention flags and the setting)")
     group.add_argument("--opt-channelslast", action="store_true", help="channels-last memory format for the UNet")
     group.add_argument("--disable-nan-check", action="store_true", help="do not check the UNet's and the VAE's outputs for NaNs (and no fp32 VAE retry)")
     group.add_argument("--lowvram", action="store_true",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 IGNORED = "ignored"
 GFPGAN_FOLDER = "ignored: Easel reads GFPGAN models from --gfpgan-models-path (default MODELS_DIR/GFPGAN)"
 OTHER_UPSCALERS = "ignored: Easel reads model upscalers from the ESRGAN, RealESRGAN, SwinIR and DAT folders"
-ATTENTION = "ignored: Easel uses PyTorch's scaled dot product attention (or --xformers)"
+ATTENTION = "ignored: xformers' own kernel choice is left to xformers"
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--lyco-dir-backcompat", "text", None, "ignored: put LyCORIS files in the --lora-dir folder"),
     CompatFlag("--xformers-flash-attention", "switch", False, ATTENTION),
     CompatFlag("--deepdanbooru", "switch", False, "does nothing (in A1111 1.10 too)"),
-    CompatFlag("--sub-quad-q-chunk-size", "int", 1024, ATTENTION),
-    CompatFlag("--sub-quad-kv-chunk-size", "int", None, ATTENTION),
-    CompatFlag("--sub-quad-chunk-threshold", "int", None, ATTENTION),
-    CompatFlag("--opt-split-attention-invokeai", "switch", False, ATTENTION),
-    CompatFlag("--opt-split-attention-v1", "switch", False, ATTENTION),
     CompatFlag("--use-ipex", "switch", False, "not available: Easel runs on CUDA, MPS or the CPU"),
     CompatFlag("--disable-model-loading-ram-optimization", "switch", False,
                "ignored: Easel loads weights straight from the file"),
@@ -85,13 +80,8 @@ NOTES: dict[str, str] = {
     "--disable-safe-unpickle": "ignored: Easel always loads pickled files with torch.load(weights_only=True)",
     "--no-download-sd-model": "ignored: Easel never downloads models",
     "--do-not-download-clip": "ignored: Easel never downloads models",
-    "--opt-split-attention": ATTENTION,
-    "--opt-sub-quad-attention": ATTENTION,
     "--opt-channelslast": "ignored: Easel keeps the UNet in the default memory format",
     "--skip-torch-cuda-test": "not needed: Easel runs on the CPU when there is no GPU",
-    "--disable-opt-split-attention": ATTENTION,
-    "--opt-sdp-attention": "already the default: Easel uses PyTorch's scaled dot product attention",
-    "--opt-sdp-no-mem-attention": "not implemented yet: PyTorch picks the attention kernel",
     "--force-enable-xformers": "not implemented yet: use --xformers",
     "--lowram": "not implemented yet: checkpoints load to RAM first",
     "--theme": "not implemented yet: the UI follows the browser's theme",

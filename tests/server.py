@@ -100,7 +100,7 @@ def _run_server(data_dir: Path, ckpt_dir: Path, flags, ready_path: str, auth, ti
                 if requests.get(server.url + ready_path, timeout=2, auth=auth).status_code < 500 \
                         and re.search(rf"^Running on local URL:  \S*:{port}\b", server.output(), re.M):
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # (a busy machine: an answer after 2 s)
                 pass
             if time.time() > deadline:
                 raise RuntimeError(f"server did not start in {timeout}s:\n{server.output()}")

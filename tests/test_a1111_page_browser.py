@@ -84,6 +84,17 @@ def test_gradio3_selectors_switch_button_hidden_components_and_file_route(page: 
     page.wait_for_function("() => gradioApp().querySelector('#probe-s2c-message-textbox textarea').value === 'echo: ping'")
     assert not page.locator("#probe-c2s-message-textbox").is_visible()
 
+    # a hidden button in a closed accordion is in the page at load (Gradio 6 mounts a closed
+    # accordion's children only when first opened), and the accordion is shown closed
+    assert probe["buttonInClosedAccordion"], probe
+    page.evaluate("() => gradioApp().querySelector('#probe-load-tree-button').click()")
+    page.wait_for_function("() => gradioApp().querySelector('#probe-s2c-message-textbox textarea').value === 'tree loaded'")
+    page.locator("#tab_page_probe-button").click()
+    expect(page.locator("#probe-closed-accordion")).to_be_visible()
+    expect(page.locator("#probe-closed-text")).to_be_hidden()
+    page.locator("#probe-closed-accordion button.label-wrap").first.click()  # the user opens it
+    expect(page.locator("#probe-closed-text")).to_be_visible()
+
     # the switch button swaps width and height
     page.locator("#tab_txt2img-button").click()
     width = page.locator("#txt2img_width input[type=number]")

@@ -24,6 +24,7 @@ from . import routes_scripts
 from . import routes_controlnet
 from . import routes_jobs
 from . import routes_server
+from . import url_pictures
 from .errors import validation_error
 
 
@@ -31,6 +32,8 @@ def build_router(engine: Engine, cmd_opts: argparse.Namespace | None = None,
                  previews: routes_progress.LivePreviews | None = None) -> APIRouter:
     r = APIRouter(prefix="/sdapi/v1")
     previews = previews or routes_progress.LivePreviews(engine)
+    # a picture fetched from a URL weighs at most what a request body may (--max-request-size)
+    url_pictures.set_max_bytes(getattr(cmd_opts, "max_request_size", None))
 
     routes_generation.add_routes(r, engine)
     routes_extras.add_routes(r, engine)

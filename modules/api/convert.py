@@ -9,14 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from modules import script_host
-from modules.core import image_io
 from modules.core.infotext import parse_infotext
 from modules.core.sampler_options import FIELD_OPTIONS, field_overrides
 from modules.core.types import GenerationRequest, GenerationResult, Img2ImgRequest, RequestError
 from modules.core.version import VERSION
 from modules.services import script_jobs
 
-from . import request_fields
+from . import request_fields, url_pictures
 from .errors import BadImage
 from .models import HIRES_FIELDS, IMG2IMG_API_DEFAULTS, NOT_AT_TOP_LEVEL, TXT2IMG_API_DEFAULTS
 
@@ -69,14 +68,18 @@ def to_generation_request(body: Any) -> GenerationRequest:
     return GenerationRequest(**_common(data, TXT2IMG_FIELDS))
 
 
-def decode_images(body: Any, max_pixels: int) -> tuple[list, Any]:
-    """The img2img body's init images and mask, decoded (RequestError naming the field otherwise).
-    Slow for big images: the route runs it off the event loop."""
+def decode_images(body: Any, max_pixels: int, options: Any) -> tuple[list, Any]:
+    """The img2img body's init images and mask, decoded (RequestError naming the field otherwise);
+    a picture may be an http(s) URL, fetched as the engine's `options` allow (url_pictures). Slow for big images and URLs: the route runs it off the event loop."""
     if not body.init_images:  # A1111 answers 404 "Init image not found"; a 422 naming the field says more
         raise RequestError("init_images", "needs at least one base64-encoded image")
+
+    def decode(item: Any, field: str) -> Any:
+        return url_pictures.decode(item, field, options, max_pixels)
+
     try:
-        images = [image_io.decode_image(item, "init_images", max_pixels) for item in body.init_images]
-        mask = image_io.decode_image(body.mask, "mask", max_pixels) if body.mask else None  # "" = no mask, as A1111
+        images = [decode(item, "init_images") for item in body.init_images]
+        mask = decode(body.mask, "mask") if body.mask else None  # "" = no mask, as A1111
     except RequestError as exc:  # not an image: answered 400
         raise BadImage(exc.field, exc.message) from None
     return images, mask
@@ -99,11 +102,13 @@ def to_img2img_request(body: Any, init_images: list, mask: Any) -> Img2ImgReques
     return Img2ImgRequest(**kwargs, init_images=init_images, mask=mask)
 
 
-def script_call(body: Any, img2img: bool) -> script_jobs.ScriptCall:
+def script_call(body: Any, img2img: bool, alwayson_scripts: Any = None) -> script_jobs.ScriptCall:
     """A1111's script_name / script_args / alwayson_scripts as the job's ScriptCall, checked
     against the loaded scripts now (an unknown script: RequestError naming the field and the known
-    scripts). Builds the scripts' argument layout on first use: the route runs it off the event loop."""
-    call = script_jobs.ScriptCall.from_api(body.script_name, body.script_args, body.alwayson_scripts)
+    scripts). `alwayson_scripts`: the body's, with URL pictures fetched (url_pictures.script_pictures)
+    when given. Builds the scripts' argument layout on first use: the route runs it off the event loop."""
+    alwayson = body.alwayson_scripts if alwayson_scripts is None else alwayson_scripts
+    call = script_jobs.ScriptCall.from_api(body.script_name, body.script_args, alwayson)
     if not call.empty:  # (an empty call runs the AlwaysVisible scripts with their defaults, if any)
         call.script_args(script_host.runner_for("img2img" if img2img else "txt2img"))
     return call

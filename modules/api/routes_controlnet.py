@@ -18,6 +18,8 @@ from modules.core.types import RequestError
 from modules.services import controlnets
 from modules.services.engine import Engine
 
+from . import url_pictures
+
 # the extension's tag -> extra words that pick models (Preprocessor.tag_to_filters)
 TAG_FILTERS = {"instructp2p": ["ip2p"], "segmentation": ["seg"], "normalmap": ["normal"],
                "t2i-adapter": ["t2i_adapter", "t2iadapter", "t2ia"], "ip-adapter": ["ip_adapter", "ipadapter"],
@@ -92,10 +94,10 @@ def build_router(engine: Engine) -> APIRouter:
             return _detail(f"Preprocessor {controlnet_module} requires `controlnet_masks` param.")
 
         def run() -> list[str]:
-            out = []
+            out, limit = [], image_io.DEFAULT_MAX_PIXELS
             for i, data in enumerate(images):
-                picture = image_io.decode_image(data, f"controlnet_input_images.{i}")
-                mask = (image_io.decode_image(controlnet_masks[i], f"controlnet_masks.{i}")
+                picture = url_pictures.decode(data, f"controlnet_input_images.{i}", engine.options, limit)
+                mask = (url_pictures.decode(controlnet_masks[i], f"controlnet_masks.{i}", engine.options, limit)
                         if i < len(controlnet_masks) and pre.accepts_mask else None)
                 detected = controlnets.detect(pre.name, picture, mask, resolution=controlnet_processor_res,
                                               threshold_a=controlnet_threshold_a, threshold_b=controlnet_threshold_b)

@@ -30,7 +30,7 @@ from modules.core.types import RequestError
 from modules.services import extras, interrogator
 from modules.services.engine import Engine
 
-from . import models
+from . import models, url_pictures
 from .errors import server_error, unprocessable
 
 
@@ -57,7 +57,7 @@ async def _extras(engine: Engine, body: Any, sources: list[tuple[str, str, str]]
 
     def decode() -> list[tuple[str, Image.Image]]:
         try:
-            return [(name, image_io.decode_image(data, field, limit)) for field, name, data in sources]
+            return [(name, url_pictures.decode(data, field, engine.options, limit)) for field, name, data in sources]
         except RequestError as exc:
             raise _BadImage(exc) from None
 
@@ -124,7 +124,7 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
                 raise _BadImage(RequestError("image", "needs a base64-encoded image"))
             limit = engine.options.get("img2img_max_input_pixels")
             try:
-                image = await asyncio.to_thread(image_io.decode_image, body.image, "image", limit)
+                image = await asyncio.to_thread(url_pictures.decode, body.image, "image", engine.options, limit)
             except RequestError as exc:
                 raise _BadImage(exc) from None
             return {"caption": await asyncio.wrap_future(interrogator.submit(engine, image, body.model))}
@@ -135,8 +135,9 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
     async def png_info(body: models.PNGInfoRequest):
         def work() -> dict:
             try:
-                image_io.decode_image(body.image, "image", engine.options.get("img2img_max_input_pixels"))
-                infotext, items = image_io.read_info(image_io.base64_to_bytes(body.image))
+                data = url_pictures.picture_data(body.image, "image", engine.options)
+                image_io.decode_image(data, "image", engine.options.get("img2img_max_input_pixels"))
+                infotext, items = image_io.read_info(image_io.base64_to_bytes(data))
             except RequestError as exc:
                 raise _BadImage(exc) from None
             except ValueError as exc:

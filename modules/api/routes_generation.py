@@ -21,7 +21,7 @@ from modules.core import image_io
 from modules.core.types import GenerationRequest, RequestError
 from modules.services.engine import Engine
 
-from . import convert, models, request_fields
+from . import convert, models, request_fields, url_pictures
 from .errors import BadImage, server_error, unprocessable
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,9 @@ async def submit(engine: Engine, body: Any, build: Callable[[], Awaitable[Genera
     unstyled = await build()
     request = engine.apply_styles(unstyled, body.styles)  # A1111: styles expand the prompts first
     task_id = body.force_task_id or request_fields.new_task_id("img2img" if img2img else "txt2img")
-    scripts = await asyncio.to_thread(convert.script_call, body, img2img)  # script_name, alwayson_scripts
+    # ControlNet units' pictures given as URLs are fetched here, as the top-level pictures are
+    alwayson = await asyncio.to_thread(url_pictures.script_pictures, body.alwayson_scripts, engine.options)
+    scripts = await asyncio.to_thread(convert.script_call, body, img2img, alwayson)  # script_name, alwayson_scripts
     future = submit_job(request, task_id=task_id, overrides=convert.job_overrides(body), scripts=scripts)
     return future, unstyled, task_id
 
@@ -110,7 +112,7 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
     async def img2img(body: models.StableDiffusionImg2ImgProcessingAPI):
         async def build() -> GenerationRequest:
             limit = engine.options.get("img2img_max_input_pixels")
-            init_images, mask = await asyncio.to_thread(convert.decode_images, body, limit)
+            init_images, mask = await asyncio.to_thread(convert.decode_images, body, limit, engine.options)
             return convert.to_img2img_request(body, init_images, mask)
 
         return await _generate(engine, body, build, engine.submit_img2img, img2img=True)

@@ -152,7 +152,7 @@ def build_router(engine: Engine) -> APIRouter:
     async def submit_img2img(body: models.StableDiffusionImg2ImgProcessingAPI):
         async def build():
             limit = engine.options.get("img2img_max_input_pixels")
-            init_images, mask = await asyncio.to_thread(convert.decode_images, body, limit)
+            init_images, mask = await asyncio.to_thread(convert.decode_images, body, limit, engine.options)
             return convert.to_img2img_request(body, init_images, mask)
 
         return await start(body, build, engine.submit_img2img, img2img=True)

@@ -3,7 +3,9 @@
 POST checks every value first (type, choices, bounds, NaN and infinity; an unknown key is
 refused, where A1111 fails with a KeyError; then the command line's locks: --freeze-settings,
 --freeze-settings-in-sections, --freeze-specific-settings, --hide-ui-dir-config, with A1111's
-messages) and sets all or none, each refusal a 422 naming the option. `sd_model_checkpoint`
+messages) and sets all or none, each refusal a 422 naming the option. An option marked
+`restrict_api` (api_enable_requests, api_forbid_local_requests, api_useragent) is skipped as A1111
+skips it: the answer is still 200, the option keeps its value, the others in the body are set. `sd_model_checkpoint`
 loads that checkpoint on the worker, after the queued jobs, and a checkpoint that cannot be
 found or read changes nothing. GET always answers strict JSON (see Options.as_dict).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 from fastapi import APIRouter, Request
 
@@ -19,6 +22,15 @@ from modules.core.types import RequestError
 from modules.services.engine import Engine
 
 from .errors import unprocessable
+
+
+log = logging.getLogger(__name__)
+
+
+def restricted_to_settings(engine: Engine, key: str) -> bool:
+    """A1111's `restrict_api`: an option that only the Settings tab (or config.json) changes."""
+    definition = engine.options.defs.get(key)
+    return bool(getattr(definition, "restrict_api", False))
 
 
 def add_routes(r: APIRouter, engine: Engine) -> None:
@@ -37,6 +49,9 @@ def add_routes(r: APIRouter, engine: Engine) -> None:
         checkpoint = body.pop("sd_model_checkpoint", None)
         if checkpoint is not None and not isinstance(checkpoint, str):
             return unprocessable("sd_model_checkpoint", f"must be a checkpoint title (text), got {type(checkpoint).__name__}")
+        for key in [k for k in body if restricted_to_settings(engine, k)]:
+            log.warning("option %s is not changed through the API (restrict_api): use the Settings tab", key)
+            del body[key]  # A1111: skipped without a word, the others still set
         for key, value in body.items():
             if key not in engine.options.defs and key not in engine.options.data:
                 return unprocessable(key, f"unknown option '{key}'")

@@ -48,6 +48,13 @@ class RunOptions:
     fp8_storage: str = "Disable"  # FP8_CHOICES: UNet weights stored in float8_e4m3fn (on load)
     cache_fp16_weight: bool = False  # keep a 16-bit copy of fp8 weights, LoRA patches it exactly
     upcast_sampling: bool = False  # --upcast-sampling: half weights, fp32 attention and latents
+    # the UNet's attention (modules.core.attention): the backend chosen from the option and the flags,
+    # A1111's upcast_attn, the flags' backends (priority order), --disable-opt-split-attention, --sub-quad-*
+    attention: str = "sdp"
+    upcast_attn: bool = False
+    attention_flags: tuple = ()
+    attention_disabled: bool = False
+    sub_quadratic: object = None  # attention.SubQuadratic (None: its defaults)
 
 
 class NansException(Exception):

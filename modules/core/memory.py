@@ -27,6 +27,8 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import os
+
 import torch
 
 POLICIES = ("auto", "all", "medvram", "lowvram", "medvram-sdxl")
@@ -67,6 +69,24 @@ def free_device_bytes(device: torch.device) -> int | None:
         free, _total = torch.cuda.mem_get_info(device)
         return int(free)
     return None
+
+
+def available_bytes(device: torch.device) -> int:
+    """What a computation on ``device`` may still allocate: a CUDA device's free memory plus what
+    PyTorch holds reserved and unused; elsewhere, what the kernel could give without swapping
+    (page cache included)."""
+    free = free_device_bytes(device)
+    if free is not None:
+        stats = torch.cuda.memory_stats(device)
+        return free + int(stats.get("reserved_bytes.all.current", 0)) - int(stats.get("active_bytes.all.current", 0))
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 62
 
 
 @dataclass

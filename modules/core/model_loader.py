@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from . import families, fp8, upcast
+from . import attention, families, fp8
 from .checkpoint_file import CheckpointFile
 from .devices import DevicePolicy, RunOptions
 from .memory import DeviceMemory
@@ -25,7 +25,6 @@ from .ldm_parts import TOKENIZER_DIR, load_tokenizer  # noqa: F401 (public here 
 from .model_detection import ModelSpec, detect
 
 
-UPCAST_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl_refiner")  # the UNet families (attn1/attn2 layers)
 
 
 @dataclass
@@ -104,8 +103,8 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
     if policy.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
         vae.enable_xformers_memory_efficient_attention()
-    if run_options.upcast_sampling and policy.unet_dtype != torch.float32 and spec.family in UPCAST_FAMILIES:
-        upcast.install(unet)  # --upcast-sampling: half weights, attention in fp32
+    # the option's / flags' attention backend, upcast with upcast_attn or --upcast-sampling on half weights
+    attention.apply(unet, spec.family, run_options, half=policy.unet_dtype != torch.float32)
     model = LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, 0.0,
                         memory=memory if memory is not None else DeviceMemory(policy.device),
                         run_options=run_options)

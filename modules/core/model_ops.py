@@ -8,7 +8,6 @@ the job with A1111's message; a half-precision VAE giving NaN is turned into fp3
 
 from __future__ import annotations
 
-import os
 import sys
 
 import numpy as np
@@ -138,14 +137,7 @@ def free_bytes(model: LoadedModel) -> int:
     free = memory_owner.free_device_bytes(model.device)
     if free is not None:
         return free
-    try:  # the CPU: what the kernel could give without swapping (page cache included)
-        with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
+    return memory_owner.available_bytes(model.device)  # the CPU: what the kernel could give
 
 
 @torch.no_grad()

@@ -23,6 +23,7 @@ from typing import Callable
 
 import torch
 
+from modules.core import attention
 from modules.core.checkpoint_file import CheckpointFile
 from modules.core.devices import DevicePolicy, RunOptions
 from modules.core.memory import DeviceMemory
@@ -152,6 +153,13 @@ class ModelCache:
         options.vae_tiling = str(get("vae_tiling") or "Automatic")
         options.fp8_storage = str(get("fp8_storage") or "Disable")
         options.cache_fp16_weight = bool(get("cache_fp16_weight"))
+        # the UNet's attention: applied at once to the models held (no reload; between jobs)
+        options.upcast_attn = bool(get("upcast_attn"))
+        options.attention = attention.choose(get("cross_attention_optimization"), options.attention_flags,
+                                             options.attention_disabled, self.policy.attention == "xformers")
+        with self._lock:
+            for model, _info, _stamp in self._cached.values():
+                attention.apply(model.unet, model.spec.family, options, half=model.policy.unet_dtype != torch.float32)
 
     def set_limit(self, limit: int) -> None:
         """A1111's sd_checkpoints_limit changed: release the oldest ones beyond it (never the current)."""

@@ -23,6 +23,7 @@ from modules.core.devices import FP8_CHOICES, VAE_TILING_CHOICES
 from modules.core.infotext_defaults import PASTE_KEYS
 from modules.core.finite import describe, first_non_finite, replace_non_finite
 
+from . import option_sections
 from .option_locks import A1111_SECTION_IDS, section_key
 from .option_locks import DIRECTORY_OPTIONS, OptionRestricted, Restrictions  # noqa: F401  (with the options)
 
@@ -40,6 +41,7 @@ class OptionDef:
     section_id: str | None = None  # A1111's id of the section (--freeze-settings-in-sections); None: from the name
     restrict: bool = False  # a folder or file name on the server: locked by --hide-ui-dir-config
     kind: type | None = None  # the value's type where the default (None) does not say it
+    restrict_api: bool = False  # A1111's restrict_api: not changed through the API (Settings only)
 
     def __post_init__(self):
         if self.section_id is None:
@@ -417,6 +419,7 @@ def _defs() -> dict[str, OptionDef]:
         "sdxl_refiner_high_aesthetic_score": OptionDef(6.0, "SDXL high aesthetic score", "Stable Diffusion XL",
                                                        component="number", section_id="sdxl", minimum=0.0, maximum=100.0),
         "refiner_switch_by_sample_steps": OptionDef(False, "Switch to refiner by sampling steps instead of model timesteps. Old behavior for refiner.", "Compatibility"),
+        **option_sections.defs(OptionDef),
     }
 
 

@@ -15,6 +15,31 @@
     };
     addStyle("easel-style", css);
 
+    // -- extensions' closed accordions (modules/gradio_compat.py marks them): Gradio 6 mounts a closed
+    // accordion's children only when it is first opened, Gradio 3 had them in the page from the start
+    // (extensions' scripts look up the buttons in them). Each is opened once and closed again at once.
+    const mountClosed = () => {
+        for (const block of document.querySelectorAll(".easel-mount-closed:not([data-easel-mounted])")) {
+            const label = block.querySelector(":scope > button.label-wrap") || block.querySelector("button.label-wrap");
+            if (!label) continue;
+            const open = label.classList.contains("open");
+            if (!block.dataset.easelOpened) {
+                if (open) {  // opened before this ran (by the user): mounted
+                    block.dataset.easelMounted = "1";
+                    continue;
+                }
+                block.dataset.easelOpened = "1";
+                label.click();  // Gradio mounts the children ...
+            } else if (open) {
+                block.dataset.easelMounted = "1";
+                label.click();  // ... and they stay when it closes
+            }
+        }
+    };
+    mountClosed();
+    new MutationObserver(mountClosed).observe(document.body, {childList: true, subtree: true, attributes: true,
+                                                              attributeFilter: ["class"]});
+
     // -- A1111's globals, then the extensions' files ------------------------------------------
     // Each file runs as a classic global <script> (its top-level functions become window's, as
     // with A1111's <script src>), in order, before the start-up callbacks; an error in one is
