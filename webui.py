@@ -22,6 +22,7 @@ from fastapi import FastAPI  # noqa: E402
 from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 
 from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
+from modules.ui import tab_names  # noqa: E402
 from modules.core import attention  # noqa: E402
 from modules.core.devices import RunOptions, choose_policy  # noqa: E402
 from modules.core.memory import DeviceMemory, policy_from_flags  # noqa: E402
@@ -76,6 +77,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     if getattr(opts, "localizations_dir", None):
         localization.localizations_dir = opts.localizations_dir
     localization.bind(options)  # the localization option's choices: the files on disk
+    tab_names.bind(options)  # ui_tab_order / hidden_tabs: the page's real tab labels (extensions' tabs too)
     ckpt_file = Path(opts.ckpt).expanduser() if opts.ckpt else None  # A1111: any existing file, listed too
     registry = CheckpointRegistry(checkpoint_dirs(opts), HashCache(data / "cache.json"),
                                   default_name=opts.ckpt, builtin=Path(paths_internal.builtin_sd_model_file),

@@ -25,7 +25,7 @@ from .prompt_tools import HINTS as PROMPT_TOOL_HINTS
 from .merger_tab import MergerTab
 from .pnginfo_tab import PngInfoTab
 from .scripts_ui import component_callbacks, current_runner, extension_tabs, register_paste_fields
-from . import send_to
+from . import send_to, tab_names
 from .refiner import HINTS as REFINER_HINTS
 from .settings import SettingsTab
 from .styles import HINTS as STYLE_HINTS
@@ -242,32 +242,42 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
     img2img = Img2ImgTab(engine, allow_folders=allow_folders)
     settings = SettingsTab(engine.options, appliers={"sd_vae": engine.select_vae})
     pnginfo = PngInfoTab()
+    extras = ExtrasTab(engine, allow_folders=allow_folders)
+    merger = MergerTab(engine)
     tabs = [txt2img, img2img]
     extension_interfaces = extension_tabs()  # A1111 builds them before the page, each its own Blocks
+
+    def generation(tab: GenerationTab):
+        def build():
+            with current_runner(tab.tabname):
+                tab.build()
+        return build
+
+    # (label, id, build) in A1111's usual order; the labels are what ui_tab_order and hidden_tabs name
+    page_tabs = [
+        ("txt2img", "txt2img", generation(txt2img)),
+        ("img2img", "img2img", generation(img2img)),
+        ("Extras", "extras", extras.build),
+        ("PNG Info", "pnginfo", pnginfo.build),
+        ("Checkpoint Merger", "modelmerger", merger.build),
+        *[(title, tab_id, interface.render) for interface, title, tab_id in extension_interfaces],
+        ("Settings", "settings", settings.build),
+        ("Extensions", "extensions", ExtensionsTab(engine.options, submit=engine.queue.submit).build),
+    ]
+    tab_names.record([label for label, _, _ in page_tabs])  # (before Settings lists the two options' choices)
+    # A1111's ui_tab_order and hidden_tabs, read as the page is built (Reload UI). A hidden tab is
+    # built all the same but left out of the page (not rendered), so that what other tabs wire to
+    # it (send-to, paste, the checkpoint's sizes) keeps working; the first tab shown is selected
+    hidden_tabs = engine.options.get("hidden_tabs") or []
+    page_tabs = [(*tab, not tab_names.hidden(tab[0], hidden_tabs))
+                 for tab in tab_names.ordered(page_tabs, engine.options.get("ui_tab_order"))]
+    first_shown = next((tab_id for _, tab_id, _, shown in page_tabs if shown), None)
     with gr.Blocks(title="Easel", analytics_enabled=False) as demo:
         placeholder = gr.Column()
-        with gr.Tabs(elem_id="tabs") as main_tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                with current_runner("txt2img"):
-                    txt2img.build()
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                with current_runner("img2img"):
-                    img2img.build()
-            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
-                extras = ExtrasTab(engine, allow_folders=allow_folders)
-                extras.build()
-            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                pnginfo.build()
-            merger = MergerTab(engine)
-            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
-                merger.build()
-            for interface, title, tab_id in extension_interfaces:
-                with gr.Tab(title, id=tab_id, elem_id=f"tab_{tab_id}"):
-                    interface.render()
-            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
-                settings.build()
-            with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
-                ExtensionsTab(engine.options, submit=engine.queue.submit).build()
+        with gr.Tabs(elem_id="tabs", selected=first_shown) as main_tabs:
+            for label, tab_id, build, shown in page_tabs:
+                with gr.Tab(label, id=tab_id, elem_id=f"tab_{tab_id}", visible=shown):
+                    build()
         with placeholder:
             dropdown = _checkpoint_row(engine, tabs, settings)
         merger.wire(dropdown)

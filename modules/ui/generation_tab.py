@@ -193,15 +193,33 @@ class GenerationTab:
                 self.styles.build()
         self.extra_networks.build()  # under the prompt, shown with 🎴
 
+    def option(self, key: str, default=None):
+        """An option as it is now (None-safe for a stand-in engine without options)."""
+        options = getattr(self.engine, "options", None)
+        return options.get(key, default) if options is not None else default
+
     def build_sampling(self) -> None:
-        with gr.Row():
-            hidden = self.hidden_samplers()
-            first = samplers.default_visible_sampler(hidden)
-            self.sampler = gr.Dropdown(samplers.visible_sampler_names(hidden), value=first, label="Sampling method",
-                                       elem_id=self._id("sampling"))
-            self.scheduler = gr.Dropdown(schedules_for(first), value="Automatic", label="Schedule type",
-                                         elem_id=self._id("scheduler"))
-        self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
+        """A1111's sampler section, as samplers_in_dropdown says when the page is built (Reload UI):
+        on (its default), the sampler and schedule type pickers in a row with the steps under them;
+        off, the steps, then every sampler as a radio button, then the schedule type (a dropdown either
+        way, as A1111's). `<tab>_sampling` holds the sampler's name in both."""
+        hidden = self.hidden_samplers()
+        names, first = samplers.visible_sampler_names(hidden), samplers.default_visible_sampler(hidden)
+
+        def scheduler() -> gr.Dropdown:
+            return gr.Dropdown(schedules_for(first), value="Automatic", label="Schedule type",
+                               elem_id=self._id("scheduler"))
+
+        if self.option("samplers_in_dropdown", True):
+            with gr.Row(elem_id=f"sampler_selection_{self.tabname}"):
+                self.sampler = gr.Dropdown(names, value=first, label="Sampling method", elem_id=self._id("sampling"))
+                self.scheduler = scheduler()
+            self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
+        else:
+            with gr.Group(elem_id=f"sampler_selection_{self.tabname}"):
+                self.steps = slider("steps", "Sampling steps", 20, self._id("steps"))
+                self.sampler = gr.Radio(names, value=first, label="Sampling method", elem_id=self._id("sampling"))
+                self.scheduler = scheduler()
 
     def hidden_samplers(self) -> list[str]:
         """A1111's hide_samplers: names left out of this page's sampler lists (read when the page is
@@ -223,9 +241,10 @@ class GenerationTab:
         allowed = self.engine.family_samplers()
         return names if allowed is None else [n for n in names if n in allowed]
 
-    def build_size(self, width: int, height: int) -> None:
-        # A1111's layout: the sizes in one column, its ⇅ switch button (`<tab>_res_switch_btn`,
-        # which extensions such as aspect-ratio-helper take over) in the next
+    def build_size(self, width: int, height: int, beside=None) -> None:
+        """A1111's layout: the sizes in one column, its ⇅ switch button (`<tab>_res_switch_btn`,
+        which extensions such as aspect-ratio-helper take over) in the next; `beside` builds more
+        columns in the same row (txt2img's batch sliders, `build_batch_beside`)."""
         with gr.Row():
             with gr.Column(scale=4, min_width=200):
                 self.width = slider("width", "Width", width, self._id("width"))
@@ -233,13 +252,32 @@ class GenerationTab:
             with gr.Column(scale=0, min_width=48, elem_id=self._id("dimensions_row"), elem_classes=["dimensions-tools"]):
                 self.res_switch = gr.Button("⇅", elem_id=self._id("res_switch_btn"), min_width=40, scale=0,
                                             elem_classes=["tool"])
+            if beside is not None:
+                beside()
         self.res_switch.click(None, inputs=[self.width, self.height], outputs=[self.width, self.height],
                               js="(w, h) => [h, w]", queue=False)
 
+    def batch_together(self) -> bool:
+        """A1111's dimensions_and_batch_together (read when the page is built): the batch sliders
+        in a column beside the sizes (its default), or else a row of their own in the "batch" section."""
+        return bool(self.option("dimensions_and_batch_together", True))
+
+    def _batch_sliders(self) -> None:
+        self.batch_count = slider("n_iter", "Batch count", 1, self._id("batch_count"))
+        self.batch_size = slider("batch_size", "Batch size", 1, self._id("batch_size"))
+
+    def build_batch_beside(self) -> None:
+        """The batch sliders as a column of the sizes' row (dimensions_and_batch_together)."""
+        with gr.Column(scale=2, min_width=160, elem_id=self._id("column_batch")):
+            self._batch_sliders()
+
     def build_batch(self) -> None:
-        with gr.Row():
-            self.batch_count = slider("n_iter", "Batch count", 1, self._id("batch_count"))
-            self.batch_size = slider("batch_size", "Batch size", 1, self._id("batch_size"))
+        """A1111's "batch" section: the batch sliders in a row of their own, unless they sit beside
+        the sizes (dimensions_and_batch_together), where this builds nothing."""
+        if self.batch_together():
+            return
+        with gr.Row(elem_id=self._id("column_batch")):
+            self._batch_sliders()
 
     def build_cfg(self) -> None:
         distilled = self.engine.uses_distilled_guidance()

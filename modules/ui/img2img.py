@@ -104,10 +104,11 @@ class Img2ImgTab(GenerationTab):
                     "inpaint": self._build_inpaint_controls,
                     "sampler": self.build_sampling,
                     "accordions": self.build_refiner,
-                    "dimensions": lambda: (self._build_resize(width, height), self.build_batch()),
+                    "dimensions": lambda: self._build_dimensions(width, height),
                     "cfg": self.build_cfg,
                     "denoising": self._build_denoising,
                     "seed": self.build_seed,
+                    "batch": self.build_batch,  # (dimensions_and_batch_together off)
                     "scripts": self.build_scripts,
                 })
             with gr.Column(elem_id="img2img_results"):
@@ -171,6 +172,17 @@ class Img2ImgTab(GenerationTab):
                                        visible=self.allow_folders)
         self.batch_masks = gr.Textbox(label="Inpaint batch mask directory (required for inpaint batch processing only)",
                                       elem_id="img2img_batch_inpaint_mask_dir", visible=self.allow_folders)
+
+    def _build_dimensions(self, width: int, height: int) -> None:
+        """A1111's img2img "dimensions" section: the resize tabs, with dimensions_and_batch_together
+        (its default) the batch sliders in a column beside them."""
+        if not self.batch_together():
+            self._build_resize(width, height)
+            return
+        with gr.Row():
+            with gr.Column(scale=4, min_width=200):
+                self._build_resize(width, height)
+            self.build_batch_beside()
 
     def _build_resize(self, width: int, height: int) -> None:
         self.resize_by = gr.State(False)  # which of the two size tabs is selected

@@ -39,9 +39,11 @@ class Txt2ImgTab(GenerationTab):
                     "sampler": self.build_sampling,
                     "accordions": lambda: (self._build_hires(), self.build_refiner()),
                     "checkboxes": self._build_checkboxes,
-                    "dimensions": lambda: (self.build_size(width, height), self.build_batch()),  # (batch beside it)
+                    "dimensions": lambda: self.build_size(
+                        width, height, beside=self.build_batch_beside if self.batch_together() else None),
                     "cfg": self.build_cfg,
                     "seed": self.build_seed,
+                    "batch": self.build_batch,  # (dimensions_and_batch_together off)
                     "scripts": self.build_scripts,
                 })
             with gr.Column(elem_id="txt2img_results"):

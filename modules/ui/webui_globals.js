@@ -226,8 +226,12 @@ function _easelSetOptions(json) {
     executeCallbacks(optionsChangedCallbacks);
 }
 
+// A1111 runs the onUiLoaded callbacks once txt2img's prompt is there; with txt2img in hidden_tabs
+// (no such tab on the page) once the main tabs are (this runs after each was shown once)
 function _easelCheckLoaded() {
-    if (!executedOnLoaded && gradioApp().querySelector("#txt2img_prompt")) {
+    const app = gradioApp();
+    const ready = app.querySelector("#txt2img_prompt") || (app.querySelector("#tabs") && !app.querySelector("#tab_txt2img-button"));
+    if (!executedOnLoaded && ready) {
         executedOnLoaded = true;
         executeCallbacks(uiLoadedCallbacks);
     }
