@@ -35,6 +35,7 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("Hires refiner", "hires_fix_refiner_pass"),  # the SDXL refiner's options (OptionInfo infotext= in A1111)
     ("Refiner switch by sampling steps", "refiner_switch_by_sample_steps"),
     ("Token merging ratio", "token_merging_ratio"),  # OptionInfo(infotext=...) in A1111
+    ("Old prompt editing timelines", "use_old_scheduling"),  # (idem)
     ("Token merging ratio hr", "token_merging_ratio_hr"),
     # A1111's "Sampler parameters" (their OptionInfo infotext names, and the keys A1111 writes)
     *_SAMPLER_PARAMETER_KEYS.items(),

@@ -89,7 +89,12 @@ def test_gradio3_selectors_switch_button_hidden_components_and_file_route(page: 
     assert probe["buttonInClosedAccordion"], probe
     page.evaluate("() => gradioApp().querySelector('#probe-load-tree-button').click()")
     page.wait_for_function("() => gradioApp().querySelector('#probe-s2c-message-textbox textarea').value === 'tree loaded'")
-    page.locator("#tab_page_probe-button").click()
+    page.locator("#tab_txt2img-button").click()
+    expect(page.locator("#tab_txt2img")).to_be_visible()
+    page.wait_for_timeout(500)  # (the after-update callbacks of that change have run)
+    page.evaluate("() => { window.pageProbe.sawOwnTab = false; }")
+    page.locator("#tab_page_probe-button").click()  # shown before: only a class change
+    page.wait_for_function("() => window.pageProbe.sawOwnTab === true")  # onAfterUiUpdate ran on the tab change
     expect(page.locator("#probe-closed-accordion")).to_be_visible()
     expect(page.locator("#probe-closed-text")).to_be_hidden()
     page.locator("#probe-closed-accordion button.label-wrap").first.click()  # the user opens it

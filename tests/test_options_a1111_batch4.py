@@ -287,8 +287,9 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
         page.goto(server.url)
         expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(re.compile(r"^tiny-sd1"))
         base = page.title()
-        # long enough that a loaded CI machine is still running it after both title checks
-        fill_job(page, "a title in progress", steps=150, size=512)
+        # long enough that a loaded CI machine is still running it after both title checks, of light
+        # steps (a 512 px job there kept the server too busy to answer the page's ticks)
+        fill_job(page, "a title in progress", steps=20, size=64, batch_count=60)
         page.locator("#txt2img_generate").click()
         page.wait_for_function("(base) => /^\\[\\d+%( ETA: \\S+)?\\] /.test(document.title) "
                                "&& document.title.endsWith(base)", arg=base, timeout=JOB_TIMEOUT_MS)

@@ -137,6 +137,7 @@ SETTINGS_FROM_INFOTEXT = {
     "Refiner switch by sampling steps": ("refiner_switch_by_sample_steps", _flag),
     "Token merging ratio": ("token_merging_ratio", FLOAT),
     "Token merging ratio hr": ("token_merging_ratio_hr", FLOAT),
+    "Old prompt editing timelines": ("use_old_scheduling", _flag),
 }
 
 

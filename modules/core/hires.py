@@ -20,6 +20,7 @@ for the hires pass); the job counts two jobs per batch, and the sampler reports 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -73,6 +74,14 @@ def target_size(width: int, height: int, hr_scale: float, resize_x: int = 0, res
     return HiresSize((up_w, up_h), (tx, ty), lat_w * latent_scale, lat_h * latent_scale)
 
 
+def old_first_pass_size(width: int, height: int) -> tuple[int, int]:
+    """A1111's ``old_hires_fix_first_pass_dimensions`` (option ``use_old_hires_fix_width_height``:
+    width/height are the final size): the first pass keeps the aspect at about 512x512 pixels,
+    each side rounded up to a multiple of 64."""
+    scale = math.sqrt(512 * 512 / (width * height))
+    return math.ceil(scale * width / 64) * 64, math.ceil(scale * height / 64) * 64
+
+
 @dataclass(frozen=True)
 class HiresPlan:
     upscaler: str
@@ -122,19 +131,25 @@ def _sampler_and_schedule(request: GenerationRequest, sampler: str, schedule: st
 
 
 def plan(request: GenerationRequest, sampler: str, schedule: str, width: int, height: int, latent_scale: int,
-         checkpoint_title: Callable[[str], str] | None = None) -> HiresPlan | None:
+         checkpoint_title: Callable[[str], str] | None = None,
+         final_size: tuple[int, int] | None = None) -> HiresPlan | None:
     """Check and resolve the hires fields (None when hires is off). ``sampler``/``schedule`` and
     ``width``/``height`` are the first pass's; ``checkpoint_title(name)`` gives A1111's short title
-    of ``hr_checkpoint_name`` and raises ValueError for an unknown one."""
+    of ``hr_checkpoint_name`` and raises ValueError for an unknown one. ``final_size``: the request's
+    width x height under ``use_old_hires_fix_width_height`` (the first pass then being
+    :func:`old_first_pass_size`): A1111 takes it as both resize sides, ``hr_scale`` and the resize
+    fields are not read."""
     if not request.enable_hr:
         return None
     try:
         upscaling.get(request.hr_upscaler)
     except ValueError as exc:
         raise RequestError("hr_upscaler", str(exc)) from exc
-    size = target_size(width, height, request.hr_scale, request.hr_resize_x, request.hr_resize_y, latent_scale)
-    resized = request.hr_resize_x > 0 or request.hr_resize_y > 0
-    blame = ("hr_resize_x" if request.hr_resize_x else "hr_resize_y") if resized else "hr_scale"
+    resize_x, resize_y = final_size if final_size is not None else (request.hr_resize_x, request.hr_resize_y)
+    size = target_size(width, height, request.hr_scale, resize_x, resize_y, latent_scale)
+    resized = resize_x > 0 or resize_y > 0
+    blame = ("width" if final_size is not None else
+             ("hr_resize_x" if request.hr_resize_x else "hr_resize_y") if resized else "hr_scale")
     if size.width < latent_scale or size.height < latent_scale:
         raise RequestError(blame, f"the hires size {size.width}x{size.height} is empty")
     if max(size.upscale_to) > MAX_HIRES_SIDE:
@@ -163,7 +178,7 @@ def plan(request: GenerationRequest, sampler: str, schedule: str, width: int, he
         "Hires schedule type": hr_schedule if hr_schedule != schedule else None,
     }
     if resized:
-        info["Hires resize"] = f"{request.hr_resize_x}x{request.hr_resize_y}"
+        info["Hires resize"] = f"{resize_x}x{resize_y}"
     else:
         info["Hires upscale"] = plain_number(request.hr_scale)
     info["Hires steps"] = request.hr_second_pass_steps or None
@@ -196,18 +211,22 @@ def upscale(hr: HiresPlan, model, hr_model, latents: torch.Tensor) -> torch.Tens
     return x[:, :, ty // 2:x.shape[2] - (ty + 1) // 2, tx // 2:x.shape[3] - (tx + 1) // 2].to(hr_model.device)
 
 
-def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *,
-            seeds: sampling_pass.Seeds, clip_skip: int, hooks: denoise.DenoiseHooks,
-            prompts: list[str] | None = None, negative_prompts: list[str] | None = None,
-            refiner: sampling_pass.RefinerPlan | None = None, conditioning=None) -> sampling_pass.PassResult:
-    """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise.
-    `prompts`/`negative_prompts`: one per image (A1111's hr_prompts); default: the plan's for all."""
-    if hr.denoising_strength == 0:
-        return sampling_pass.PassResult(x, hr_model)
-    batch, shape = x.shape[0], tuple(x.shape[1:])
-    up_w, up_h = hr.size.upscale_to  # A1111 encodes the hires prompts for this size (SDXL)
-    # prompt editing goes on along the first pass's timeline (A1111's hires_steps scheduling)
+def timeline(hr: HiresPlan, request: GenerationRequest) -> tuple[int, int]:
+    """The hires pass's prompt-editing timeline, A1111's ``calculate_hr_conds``: (the first pass's
+    schedule length, the hires pass's), each doubled for a second-order sampler."""
     first_pass = schedule_length(request.steps, samplers.resolve(request.sampler_name, request.scheduler)[0])
+    return first_pass, schedule_length(hr.steps, hr.sampler)
+
+
+def _conds_factory(hr: HiresPlan, request: GenerationRequest, settings, shape: tuple[int, ...], batch: int, *,
+                   clip_skip: int, prompts: list[str] | None, negative_prompts: list[str] | None,
+                   conditioning=None) -> Callable[[object], ScheduledConditioning]:
+    """``conds_for(model)``: the hires prompts' conditioning for every step of the pass, encoded by
+    ``model`` as its weights are when called (its networks applied)."""
+    up_w, up_h = hr.size.upscale_to  # A1111 encodes the hires prompts for this size (SDXL)
+    # prompt editing goes on along the first pass's timeline (A1111's hires_steps scheduling), or,
+    # with use_old_scheduling, restarts on the first pass's own (A1111's old timelines)
+    first_pass, hires_steps = timeline(hr, request)
     prompts = [hr.prompt] * batch if prompts is None else prompts
     negative_prompts = [hr.negative_prompt] * batch if negative_prompts is None else negative_prompts
 
@@ -220,10 +239,20 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
         elif model.spec.edit_model:  # instruct-pix2pix without a picture
             concat = model_ops.edit_image_conditioning(model, None, batch, shape)
         conds = ScheduledConditioning(conditioner, prompts, negative_prompts, first_pass, up_w, up_h,
-                                      hires_steps=schedule_length(hr.steps, hr.sampler), image_conditioning=concat)
+                                      hires_steps=hires_steps, image_conditioning=concat,
+                                      use_old_scheduling=settings.use_old_scheduling)
         hr.used_embeddings.update(conditioner.used_embeddings)
         return conds
 
+    return conds_for
+
+
+def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *,
+            conds_for: Callable[[object], ScheduledConditioning], hooks: denoise.DenoiseHooks,
+            seeds: sampling_pass.Seeds, refiner: sampling_pass.RefinerPlan | None = None) -> sampling_pass.PassResult:
+    """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise and
+    the conditioning of ``conds_for`` (see :func:`_conds_factory`)."""
+    shape = tuple(x.shape[1:])
     # Run exactly hr.steps steps from the end of a longer schedule (A1111's hires rule).
     schedule_steps = int(hr.steps / min(hr.denoising_strength, 0.999))
     strength = min(1.0, (hr.steps + 0.5) / schedule_steps)  # int(schedule_steps * strength) == hr.steps
@@ -256,9 +285,18 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, sett
         raise RequestError("hr_checkpoint_name", "its latents do not match the first checkpoint's")
     x = upscale(hr, model, hr_model, latents)
     final, switched = hr_model, False
-    if refine:
+    if refine and hr.denoising_strength != 0:
+        conds_for = _conds_factory(hr, request, settings, tuple(x.shape[1:]), x.shape[0], clip_skip=clip_skip,
+                                   prompts=prompts, negative_prompts=negative_prompts, conditioning=conditioning)
+        if settings.hires_fix_use_firstpass_conds and hr.checkpoint is None:
+            # A1111's hires_fix_use_firstpass_conds: the hires conds are computed with the first pass
+            # (its setup_conds), under the first prompt's networks; a refiner switch encodes anew
+            firstpass_conds, encode = conds_for(hr_model), conds_for
+            conds_for = lambda m: firstpass_conds if m is hr_model else encode(m)  # noqa: E731
         lora.activate(hr_model, hr.loras)
-        done = _refine(hr, request, hr_model, settings, x, seeds=seeds, clip_skip=clip_skip, hooks=hooks,
-                       prompts=prompts, negative_prompts=negative_prompts, refiner=refiner, conditioning=conditioning)
+        done = _refine(hr, request, hr_model, settings, x, conds_for=conds_for, seeds=seeds, hooks=hooks,
+                       refiner=refiner)
         x, final, switched = done.latents, done.model, done.switched
+    elif refine:
+        lora.activate(hr_model, hr.loras)
     return decode(final, x if before_decode is None else before_decode(x)), switched

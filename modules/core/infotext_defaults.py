@@ -48,7 +48,13 @@ PASTE_KEYS = ("Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", 
               "Hires checkpoint", "Hires sampler", "Hires schedule type", "Hires prompt", "Hires negative prompt",
               "Refiner", "Refiner switch at", "Hires refiner", "Image CFG scale", "Mask blur", "Mask mode",
               "Masked content", "Inpaint area", "Only masked padding", "Conditional mask weight", "ENSD",
-              "Noise multiplier", "Extra noise", "RNG", "Emphasis", "Token merging ratio", "Token merging ratio hr")
+              "Noise multiplier", "Extra noise", "RNG", "Emphasis", "Token merging ratio", "Token merging ratio hr",
+              "Old prompt editing timelines")
+
+# A1111's Compatibility options with an infotext key (OptionInfo(infotext=...)): a paste sets the option.
+# (use_old_karras_scheduler_sigmas, use_old_hires_fix_width_height, hires_fix_use_firstpass_conds: A1111
+# writes no key for them; the old hires size shows as "Size" = the first pass's and "Hires resize")
+COMPATIBILITY_INFOTEXT_TO_OPTION = {"Old prompt editing timelines": "use_old_scheduling"}
 
 
 def _uses_emphasis(text: str) -> bool:

@@ -67,6 +67,15 @@ class GenerationSettings:
     # sdxl_crop_top/left, sdxl_refiner_high/low_aesthetic_score
     conditioning: ConditioningOptions = field(default_factory=ConditioningOptions)
     hires_fix_refiner_pass: str = "second pass"  # hires_fix_refiner_pass: first pass, second pass, both passes
+    # --- A1111's "Compatibility" switches (each brings an old behaviour back)
+    # use_old_scheduling: [a:b:N] with N < 1 a fraction, else a step; the hires pass restarts the first
+    # pass's timeline ("Old prompt editing timelines: True" where that changes a schedule)
+    use_old_scheduling: bool = False
+    # use_old_hires_fix_width_height: width/height are hires fix's final size, the first pass about 512x512
+    use_old_hires_fix_width_height: bool = False
+    # hires_fix_use_firstpass_conds: the hires prompts encoded under the first pass's networks
+    hires_fix_use_firstpass_conds: bool = False
+    # (use_old_karras_scheduler_sigmas is a sampler option: sampler_options below)
     refiner_switch_by_sample_steps: bool = False  # refiner_switch_by_sample_steps
     # <hypernet:name:strength> -> the file (None, or LookupError with the known names, for an unknown one);
     # None here: prompts with hypernetwork tags are refused

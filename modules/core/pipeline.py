@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from . import hires, hypernetwork, image_io, img2img, model_ops, rng, sampler_options, samplers
-from . import noise_inversion, sampling_pass, saving, tiling
+from . import noise_inversion, prompt_parser, sampling_pass, saving, tiling
 from . import lora  # <lora:...> networks
 from .loop_hooks import LoopHooks
 from .prompt_networks import Hypernets, PromptNetworks, with_hypernet
@@ -41,6 +41,7 @@ class _Plan:
     clip_skip: int
     extra: dict = field(default_factory=dict)
     init_image_hash: str | None = None  # save_init_img: the MD5 of the (last) init image, as A1111 writes it
+    hires_final: tuple[int, int] | None = None  # use_old_hires_fix_width_height: the request's width x height
 
 
 def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSettings) -> _Plan:
@@ -55,6 +56,9 @@ def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSet
         native = img2img.default_size(request, model.latent_scale)
     width = request.width or native[0]
     height = request.height or native[1]
+    hires_final = None
+    if request.enable_hr and settings.use_old_hires_fix_width_height:  # A1111: the sliders give the final size
+        hires_final, (width, height) = (width, height), hires.old_first_pass_size(width, height)
     count = request.batch_size * request.n_iter
     seed = rng.fix_seed(request.seed)
     subseed = rng.fix_seed(request.subseed)
@@ -66,6 +70,7 @@ def plan(request: GenerationRequest, model: LoadedModel, settings: GenerationSet
         seeds=rng.all_seeds(seed, count, request.subseed_strength),
         subseeds=rng.all_subseeds(subseed, count),
         clip_skip=request.clip_skip or settings.clip_skip,
+        hires_final=hires_final,
     )
 
 
@@ -252,7 +257,7 @@ class _Job:
             p.extra["Image CFG scale"] = plain_number(request.image_cfg_scale)
             self.image_cfg_scale = request.image_cfg_scale if request.image_cfg_scale != 1.0 else None
         hr = self.hr = hires.plan(request, p.sampler, p.schedule, p.width, p.height, model.latent_scale,
-                                  settings.checkpoint_title)
+                                  settings.checkpoint_title, final_size=p.hires_final)
         if hr is not None:  # hires fix: the result has the second pass's size, the infotext's Size stays the first's
             p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
             self.result.first_pass_size = (p.width, p.height)
@@ -280,6 +285,12 @@ class _Job:
         lora_hashes = lora.infotext_hashes(*used_loras)
         if lora_hashes and settings.add_lora_hashes_to_info:  # A1111's "Lora hashes" (names as written)
             p.extra["Lora hashes"] = lora_hashes
+        if settings.use_old_scheduling:  # A1111 notes it where the old timelines change a schedule
+            self._note_old_timelines(values.prompts, "prompt", values.negative_prompts,
+                                     schedule_length(request.steps, p.sampler))
+            if hr is not None:
+                self._note_old_timelines(values.hr_prompts, "hr_prompt", values.hr_negative_prompts,
+                                         *hires.timeline(hr, request))
         # A1111's sampler parameters ("Eta", "Sigma churn", ...) where it writes them; the hires sampler's too
         p.extra.update(samplers.infotext_params(p.sampler, p.schedule, settings.sampler_options,
                                                 txt2img=self.img2img is None,
@@ -291,6 +302,14 @@ class _Job:
         self.result.extra_generation_params = dict(p.extra)  # A1111's Processed.extra_generation_params (API info)
         self.used_embeddings: dict[str, str] = {}
         self.samples_dir = settings.outdir_samples  # the folder pattern ([date]) below it: modules.core.saving
+
+    def _note_old_timelines(self, prompts: list[str], field_name: str, negatives: list[str], steps: int,
+                            hires_steps: int | None = None) -> None:
+        """A1111's "Old prompt editing timelines: True" (use_old_scheduling changes a schedule here)."""
+        texts = [self.networks.get(x, field_name).prompt for x in prompts]  # as encoded: without <lora:...>
+        if "Old prompt editing timelines" not in self.p.extra and prompt_parser.old_timelines_differ(
+                texts + list(negatives), steps, hires_steps):
+            self.p.extra["Old prompt editing timelines"] = True
 
     # 2. this batch's values; its LoRAs applied ---------------------------------------------------
     def batch_values(self, batch: int) -> BatchValues:
@@ -334,7 +353,8 @@ class _Job:
                                                            self.latent_shape)
             conds = ScheduledConditioning(conditioner, prompts, negatives,
                                           length or schedule_length(request.steps, p.sampler),
-                                          p.width, p.height, image_conditioning=concat)
+                                          p.width, p.height, image_conditioning=concat,
+                                          use_old_scheduling=settings.use_old_scheduling)
             if conditioner.emphasis_noted:  # A1111: a mode other than Original, once an encoded text has brackets
                 p.extra["Emphasis"] = self.result.extra_generation_params["Emphasis"] = settings.emphasis
             self.used_embeddings.update(conditioner.used_embeddings)

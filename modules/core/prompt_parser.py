@@ -307,6 +307,12 @@ def prompt_schedules(prompts: list[str], steps: int, hires_steps: int | None = N
     return [list(done[prompt]) for prompt in prompts]
 
 
+def old_timelines_differ(prompts: list[str], steps: int, hires_steps: int | None = None) -> bool:
+    """Whether ``use_old_scheduling`` changes any of these prompts' schedules: A1111 then writes
+    "Old prompt editing timelines: True" (its ``get_conds_with_caching``)."""
+    return prompt_schedules(prompts, steps, hires_steps, False) != prompt_schedules(prompts, steps, hires_steps, True)
+
+
 def get_learned_conditioning_prompt_schedules(prompts, base_steps, hires_steps=None, use_old_scheduling=False):
     """A1111's name for :func:`prompt_schedules`, for extensions."""
     return prompt_schedules(prompts, base_steps, hires_steps, use_old_scheduling)

@@ -10,6 +10,10 @@ build the scheduler and to answer ``infotext_params``. The rules are A1111 1.10'
 * ``s_churn``/``s_tmin``/``s_tmax`` reach Euler, Heun and DPM2 only; ``s_noise`` those three and the
   noise-adding ones but Euler a and Restart (A1111's ``sampler_extra_params``). Each key is written
   when its value is not the default (``s_tmax`` 0 means infinity).
+* ``use_old_karras_scheduler_sigmas`` (Compatibility): the range every schedule function sees is
+  0.1 to 10 instead of the model's (A1111 1.10 passes it to all of them, not only Karras); a
+  ``sigma_min``/``sigma_max`` option set still replaces its end. No infotext key. Flow models
+  (sigmas ending at 1) keep their own range.
 * ``sigma_min``/``sigma_max`` (0: the model's) and ``rho`` (0: the schedule's own, 7 for Karras,
   1 for Polyexponential, no other schedule has one) reach the schedule function; A1111 writes
   "Schedule min/max sigma" whenever a schedule function runs (every schedule type but a sampler's
@@ -67,6 +71,9 @@ class SamplerOptions:
     skip_early_cond: float = 0.0  # the first fraction of the model calls
     s_min_uncond: float = 0.0  # NGMS: below this sigma, every other call (all with s_min_uncond_all)
     s_min_uncond_all: bool = False
+    # Compatibility: the schedule functions see sigmas 0.1 to 10 instead of the model's range (A1111
+    # writes no infotext key for it; sigma_min/sigma_max, when set, still win)
+    use_old_karras_scheduler_sigmas: bool = False
 
     @property
     def zero_terminal_snr(self) -> bool:
@@ -91,6 +98,7 @@ S_NOISE_ALGORITHMS = CHURN_ALGORITHMS | {"dpm_fast", "dpm_2_ancestral", "dpmpp_2
 ETA_ALGORITHMS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "dpm_fast", "dpm_adaptive",
                             "dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"})
 DEFAULT_RHO = {"karras": 7.0, "polyexponential": 1.0}  # sd_schedulers' default_rho (-1: none)
+OLD_KARRAS_RANGE = (0.1, 10.0)  # use_old_karras_scheduler_sigmas: (sigma_min, sigma_max)
 ZERO_TERMINAL_SNR = "Zero Terminal SNR"
 
 
@@ -128,6 +136,9 @@ def kdiff_plan(algorithm: str, schedule_id: str, schedule_function: bool, option
         discard = True
         info["Discard penultimate sigma"] = True
     if schedule_function:
+        if o.use_old_karras_scheduler_sigmas and training.sigma_max > 1.0:
+            # (a flow model's sigmas end at 1: SD's old range means nothing there, it keeps its own)
+            schedule["sigma_min"], schedule["sigma_max"] = OLD_KARRAS_RANGE
         if o.sigma_min != 0 and o.sigma_min != training.sigma_min:
             schedule["sigma_min"] = float(o.sigma_min)
             info["Schedule min sigma"] = o.sigma_min

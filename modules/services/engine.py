@@ -303,6 +303,10 @@ class Engine:
                 sdxl_clip_l_skip=bool(o.get("sdxl_clip_l_skip", False))),
             hires_fix_refiner_pass=o.get("hires_fix_refiner_pass", "second pass"),
             refiner_switch_by_sample_steps=bool(o.get("refiner_switch_by_sample_steps", False)),
+            # A1111's Compatibility switches (use_old_karras_scheduler_sigmas travels in sampler_options)
+            use_old_scheduling=bool(o.get("use_old_scheduling", False)),
+            use_old_hires_fix_width_height=bool(o.get("use_old_hires_fix_width_height", False)),
+            hires_fix_use_firstpass_conds=bool(o.get("hires_fix_use_firstpass_conds", False)),
             img2img=Img2ImgSettings(
                 color_correction=o.get("img2img_color_correction"),
                 mask_weight=o.get("inpainting_mask_weight"),

@@ -34,7 +34,10 @@ def defs(option_def: type[OptionDef]) -> dict[str, OptionDef]:
         "hires_fix_use_firstpass_conds": O(False, "For hires fix, calculate conds of second pass using extra networks "
                                            "of first pass.", C),
         "use_old_scheduling": O(False, "Use old prompt editing timelines.", C),
-        "dont_fix_second_order_samplers_schedule": O(False, "Do not fix prompt schedule for second order samplers.", C),
+        # (A1111 1.10 defines it and reads it nowhere: second-order samplers' prompt schedules are always
+        # fixed, in Easel too; kept so that configs and API calls that set it are accepted)
+        "dont_fix_second_order_samplers_schedule": O(False, "Do not fix prompt schedule for second order samplers "
+                                                     "(no effect, as in A1111 1.10).", C),
         # the txt2img/img2img columns (modules.ui.generation_tab; read when the page is built)
         "samplers_in_dropdown": O(True, "Use dropdown for sampler selection instead of radio group (Reload UI "
                                   "after a change)", UI),

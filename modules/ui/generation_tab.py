@@ -96,7 +96,7 @@ class Shown:
                    infotexts=[first_text] * len(grids) + result.infotexts,
                    seeds=[first_seed] * len(grids) + result.seeds, first_image=len(grids),
                    paths=grid_paths + image_paths,
-                   note="Interrupted: the images were not saved." if result.interrupted else "")
+                   note="Interrupted: the unfinished pictures were not saved." if result.interrupted else "")
 
     @classmethod
     def of_batch(cls, results: list[GenerationResult], note: str, limit: int) -> "Shown":

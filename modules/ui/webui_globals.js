@@ -242,7 +242,9 @@ function _easelCheckTab() {
     if (newTab && newTab !== uiCurrentTab) {
         uiCurrentTab = newTab;
         executeCallbacks(uiTabChangeCallbacks);
+        return true;
     }
+    return false;
 }
 
 // Gradio 6 puts a tab's content on the page only when the tab is first shown, while A1111
@@ -293,14 +295,19 @@ async function _easelStartWebuiGlobals() {
         _easelCheckTab();
     });
     window._easelWebuiObserver.observe(gradioApp(), {childList: true, subtree: true});
-    // a tab already shown once is shown again by a class change only (no child list change)
+    // a tab already shown once is shown again by a class change only (no child list change); in
+    // A1111 (Gradio 3) showing a tab changed the page's elements, so the update callbacks ran too
+    // (sd-dynamic-prompts loads its Wildcards Manager from onAfterUiUpdate when its tab is shown)
     let tabCheckPending = false;
     new MutationObserver(function() {
         if (tabCheckPending) return;
         tabCheckPending = true;
         requestAnimationFrame(function() {
             tabCheckPending = false;
-            _easelCheckTab();
+            if (_easelCheckTab()) {
+                executeCallbacks(uiUpdateCallbacks, []);
+                scheduleAfterUiUpdateCallbacks();
+            }
         });
     }).observe(gradioApp(), {attributes: true, attributeFilter: ["class"], subtree: true});
     // the page is usually complete already when this runs (a load event): start as A1111 does
