@@ -100,7 +100,8 @@ def url_server(tiny_checkpoints, tmp_path_factory):
     data = tmp_path_factory.mktemp("url-pictures")
     (data / "config.json").write_text(json.dumps({"api_forbid_local_requests": False, "api_useragent": USER_AGENT}),
                                       encoding="utf-8")
-    with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1)) as srv:
+    with run_server(data, tiny_checkpoints.checkpoints_dir, "--api", "--ckpt", str(tiny_checkpoints.sd1),
+                    "--skip-load-model-at-start") as srv:
         yield srv
 
 

@@ -105,6 +105,7 @@ def test_extra_networks_add_text_separator_goes_before_a_cards_text_and_out_with
     assert server.post("/sdapi/v1/options", json={"extra_networks_add_text_separator": ", ",
                                                   "sd_model_checkpoint": "tiny-sd1.safetensors"}).status_code == 200
     context = chromium.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(60_000)  # (a loaded CI machine)
     try:
         page = context.new_page()
         page.goto(server.url)

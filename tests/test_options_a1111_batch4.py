@@ -282,6 +282,7 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
 
     assert server.post("/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-sd1.safetensors"}).status_code == 200
     context = chromium.new_context(viewport={"width": 1280, "height": 1000})
+    context.set_default_timeout(60_000)  # (a loaded CI machine)
     try:
         page = context.new_page()
         page.goto(server.url)

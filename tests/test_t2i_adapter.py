@@ -254,7 +254,9 @@ def test_api_adapter_units(server, api_adapters):
                                             "image": image}]))
     assert not np.array_equal(both, steered)
     batch = _txt2img(server, [unit], batch_size=2)
-    assert batch.status_code == 200 and np.array_equal(_pixels(batch), steered)
+    # the batch's first picture is the single one's, up to the rounding of a batched UNet call (a
+    # missing adapter on any picture of the batch differs by far more: see `steered` above)
+    assert batch.status_code == 200 and np.abs(_pixels(batch).astype(int) - steered).max() <= 2
     assert_error(_txt2img(server, [{**unit, "model": api_adapters["xl"]}]), "alwayson_scripts")
 
 
