@@ -207,6 +207,13 @@ def _made_by_extension() -> bool:
         return False
 
 
+def _input_accordion(kwargs: dict) -> bool:
+    """A1111's InputAccordion (modules.ui_components): its open state is its checkbox's value, which
+    sets it again from the server; opened and closed at load, the two would answer each other."""
+    classes = kwargs.get("elem_classes") or []
+    return "input-accordion" in ([classes] if isinstance(classes, str) else classes)
+
+
 def _mount_closed(kwargs: dict) -> None:
     """An extension's closed accordion is marked; the page opens and closes it once at load (page.js):
     Gradio 6 mounts a closed accordion's children only when it is first opened, Gradio 3 had them in
@@ -229,7 +236,8 @@ def _wrap_init(cls: type, init: Callable) -> Callable:
                 kwargs["visible"] = "hidden"  # in the page, not shown: extensions' JS talks through them
             if "render_children" in accepted and "render_children" not in kwargs and _made_by_extension():
                 kwargs["render_children"] = True  # an extension's tab's elements are in the page from the start
-            if issubclass(cls, gr.Accordion) and kwargs.get("open") is False and _made_by_extension():
+            if issubclass(cls, gr.Accordion) and kwargs.get("open") is False and not _input_accordion(kwargs) \
+                    and _made_by_extension():
                 _mount_closed(kwargs)
         building = _building.__dict__.setdefault("ids", set())
         outermost = id(self) not in building  # subclass -> base constructors: one announcement

@@ -54,6 +54,28 @@ class RunningServer:
 
 
 @contextlib.contextmanager
+def serve_app(app) -> Iterator[str]:
+    """An ASGI app (webui.create_app's) served by uvicorn in a thread of this process on a free port;
+    yields its URL."""
+    import threading
+
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
+    while not server.started:
+        assert thread.is_alive() and time.time() < deadline, "server did not start"
+        time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@contextlib.contextmanager
 def run_server(data_dir: Path, ckpt_dir: Path, *flags: str, ready_path: str = "/sdapi/v1/sd-models",
                auth: tuple[str, str] | None = None, timeout: float = 120) -> Iterator[RunningServer]:
     """The port is free when picked, but another process may bind it before the server does (Ray's

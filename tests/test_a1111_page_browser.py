@@ -71,6 +71,9 @@ def test_gradio3_selectors_switch_button_hidden_components_and_file_route(page: 
     probe = page.evaluate("() => window.pageProbe")
     assert probe["promptBox"] and probe["negBox"], probe
     assert probe["switchButton"] and probe["hiddenOutbox"] and probe["hiddenButton"], probe
+    # every img2img sub-tab's picture is on the page at load (Gradio 6 mounts a tab when first shown),
+    # and the options are there for the onUiLoaded callbacks
+    assert probe["img2imgEditors"] == [] and probe["optsAtLoad"] == "string", probe
     assert probe["csv"] == "probe_tag,0\nsecond_tag,1"
     assert not page.errors, page.errors
 

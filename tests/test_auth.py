@@ -16,8 +16,6 @@ import base64
 import contextlib
 import json
 import re
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +25,7 @@ import requests
 from fastapi import WebSocket
 from PIL import Image
 
-from tests.server import REPO_ROOT, free_port, run_server
+from tests.server import REPO_ROOT, run_server, serve_app
 
 UI_LOGIN = ("anna", "s3cret:x")  # the password may contain ':'
 API_LOGIN = ("bob", "pässwört-api")  # non-ASCII, sent as UTF-8
@@ -55,8 +53,6 @@ class Served:
 @contextlib.contextmanager
 def serve_in_process(data: Path, ckpt_dir: Path, *flags: str) -> Iterator[Served]:
     """webui's app on a free port in this process; an extension-style route is added once it serves."""
-    import uvicorn
-
     import webui
     from modules import cmd_args
 
@@ -66,26 +62,13 @@ def serve_in_process(data: Path, ckpt_dir: Path, *flags: str) -> Iterator[Served
                                 "--ckpt-dir", str(ckpt_dir), "--skip-load-model-at-start", *flags])
     engine = webui.build_engine(opts)
     app = webui.create_app(opts, engine)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 120
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.1)
-
-    # added after start-up, the way A1111 extensions add routes (app.add_api_route in on_app_started)
-    app.add_api_route(LATE, lambda: {"pong": True}, methods=["GET"])
-
-    png = data / "outputs" / "txt2img-images" / "probe.png"
-    png.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (8, 8), (200, 30, 40)).save(png)
-    try:
-        yield Served(f"http://127.0.0.1:{port}", app, png)
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(app) as url:
+        # added after start-up, the way A1111 extensions add routes (app.add_api_route in on_app_started)
+        app.add_api_route(LATE, lambda: {"pong": True}, methods=["GET"])
+        png = data / "outputs" / "txt2img-images" / "probe.png"
+        png.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (200, 30, 40)).save(png)
+        yield Served(url, app, png)
 
 
 def assert_a1111_file_route(srv: Served, get) -> None:

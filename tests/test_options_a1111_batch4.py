@@ -290,10 +290,13 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
         base = page.title()
         # long enough that a loaded CI machine is still running it after both title checks, of light
         # steps (a 512 px job there kept the server too busy to answer the page's ticks)
-        fill_job(page, "a title in progress", steps=20, size=64, batch_count=60)
+        fill_job(page, "a title in progress", steps=150, size=64, batch_count=100)  # (minutes)
         page.locator("#txt2img_generate").click()
         page.wait_for_function("(base) => /^\\[\\d+%( ETA: \\S+)?\\] /.test(document.title) "
                                "&& document.title.endsWith(base)", arg=base, timeout=JOB_TIMEOUT_MS)
+        # the progress bar over the gallery, with its ETA
+        progress = page.locator("#txt2img_gallery").get_by_text(re.compile(r"Batch \d+/100, Step \d+/150, ETA \d+"))
+        expect(progress.first).to_be_visible(timeout=JOB_TIMEOUT_MS)
         # the option off (as Settings' Apply sends it to window.opts): the next tick leaves the title alone
         page.evaluate("() => { window.opts.show_progress_in_title = false; }")
         page.wait_for_function("(base) => document.title === base", arg=base)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.browser import chromium  # noqa: F401  (the module's Chromium)
-from tests.server import free_port
+from tests.server import serve_app
 
 LAYOUT_KEYS = ("samplers_in_dropdown", "dimensions_and_batch_together", "ui_tab_order", "hidden_tabs")
 USUAL_TABS = ["txt2img", "img2img", "Extras", "PNG Info", "Checkpoint Merger", "Settings", "Extensions"]
@@ -254,8 +252,6 @@ def test_hidden_tabs_leaves_the_named_tabs_out_of_the_page_settings_included(eng
 @contextlib.contextmanager
 def serve(data: Path, ckpt_dir: Path, config: dict):
     """webui's app in this process on a free port, its page built with `config` (config.json)."""
-    import uvicorn
-
     import webui
     from modules import cmd_args
 
@@ -264,19 +260,8 @@ def serve(data: Path, ckpt_dir: Path, config: dict):
     opts = cmd_args.parse_args(["--data-dir", str(data), "--ui-settings-file", str(data / "config.json"),
                                 "--ckpt-dir", str(ckpt_dir), "--skip-load-model-at-start"], extra_preloads=[])
     engine = webui.build_engine(opts)
-    app = webui.create_app(opts, engine)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 120
-    while not server.started:
-        assert thread.is_alive() and time.time() < deadline, "server did not start"
-        time.sleep(0.1)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with serve_app(webui.create_app(opts, engine)) as url:
+        yield url
 
 
 def test_a_sampler_picked_in_the_radio_group_makes_the_picture(chromium, tiny_checkpoints, tmp_path):  # noqa: F811

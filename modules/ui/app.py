@@ -191,7 +191,7 @@ def _wire_send_to(tabs: list[GenerationTab], img2img: Img2ImgTab, extras: Extras
             editor_value = image if mode == IMG2IMG else {"background": image, "layers": [], "composite": image}
             return (editor_value, prompt, negative, sampler, scheduler, steps, cfg, width, height,
                     gr.Tabs(selected="img2img"), gr.Tabs(selected=mode), mode,
-                    gr.update(visible=mode != IMG2IMG), sent_seed)
+                    gr.update(), sent_seed)  # (the inpainting controls follow the mode: style.css)
         return send
 
     def to_extras(gallery, selected):

@@ -68,7 +68,7 @@ class ExtrasTab:
     def build(self) -> None:
         with gr.Row(equal_height=False):
             with gr.Column(variant="panel"):
-                self.mode = gr.State(SINGLE)
+                self.mode = gr.Number(SINGLE, precision=0, visible=False)  # the selected tab, kept in the page
                 with gr.Tabs(elem_id="mode_extras") as self.mode_tabs:
                     with gr.Tab("Single Image", id="single_image", elem_id="extras_single_tab") as single:
                         self.image = gr.Image(label="Source", elem_id="extras_image", type="pil", image_mode="RGBA",
@@ -95,9 +95,10 @@ class ExtrasTab:
                                           show_label=False, object_fit="contain",
                                           height=self.engine.options.get("gallery_height") or "auto")
                 self.info = gr.HTML(elem_id="html_info_extras")
-        single.select(lambda: SINGLE, outputs=self.mode, queue=False)
-        batch.select(lambda: BATCH, outputs=self.mode, queue=False)
-        directory.select(lambda: FOLDER, outputs=self.mode, queue=False)
+        # (in the page, in click order: the page may click through the tabs at load)
+        single.select(None, js=f"() => {SINGLE}", outputs=self.mode, queue=False)
+        batch.select(None, js=f"() => {BATCH}", outputs=self.mode, queue=False)
+        directory.select(None, js=f"() => {FOLDER}", outputs=self.mode, queue=False)
         self.image.change(lambda: postprocessing.runner().image_changed(), queue=False, show_progress="hidden")
         inputs = [self.mode, self.image, self.files, self.input_dir, self.output_dir, self.show_results,
                   *self.script_inputs]

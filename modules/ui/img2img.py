@@ -45,6 +45,9 @@ MODES = (
 )
 IMG2IMG, SKETCH, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH = range(len(MODES))
 INPAINT_MODES = (INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD)
+# the selected sub-tab as an attribute of the page (style.css shows #inpaint_controls for the
+# inpainting sub-tabs and Batch)
+MODE_ATTRIBUTE_JS = "(mode) => { document.body.dataset.img2imgMode = String(mode); }"
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 INPAINT_AREAS = ("Whole picture", "Only masked")
 SKETCH_COLOURS = ["#000000", "#ffffff", "#cc3232", "#32cc70", "#3270cc", "#e0c020"]
@@ -131,7 +134,10 @@ class Img2ImgTab(GenerationTab):
         height = int(option("img2img_editor_height", 720))
         sketch_colour = option("img2img_sketch_default_brush_color", "#ffffff")
         inpaint_sketch_colour = option("img2img_inpaint_sketch_default_brush_color", "#ffffff")
-        self.mode = gr.State(IMG2IMG)  # the selected sub-tab, per page
+        # the selected sub-tab, kept in the page (set by the tabs' own clicks, in order, with no round
+        # trip: the page may click through the sub-tabs at load, modules/ui/webui_globals.js); the
+        # inpainting controls follow it (style.css, from the page's data-img2img-mode)
+        self.mode = gr.Number(IMG2IMG, precision=0, visible=False, elem_id="img2img_selected_mode")
         with gr.Tabs(elem_id="mode_img2img") as self.mode_tabs:
             self.mode_tab_list = []
             for index, (label, elem_id) in enumerate(MODES):
@@ -185,7 +191,7 @@ class Img2ImgTab(GenerationTab):
             self.build_batch_beside()
 
     def _build_resize(self, width: int, height: int) -> None:
-        self.resize_by = gr.State(False)  # which of the two size tabs is selected
+        self.resize_by = gr.Checkbox(False, visible=False)  # which of the two size tabs is selected (in the page)
         with gr.Tabs(elem_id="img2img_tabs_resize"):
             with gr.Tab("Resize to", elem_id="img2img_tab_resize_to") as self.resize_to_tab:
                 with gr.Row(elem_id="img2img_column_size"):
@@ -196,7 +202,7 @@ class Img2ImgTab(GenerationTab):
                 self.scale = gr.Slider(0.05, 4.0, step=0.05, value=1.0, label="Scale", elem_id="img2img_scale")
 
     def _build_inpaint_controls(self) -> None:
-        with gr.Group(visible=False, elem_id="inpaint_controls") as self.inpaint_controls:
+        with gr.Group(elem_id="inpaint_controls") as self.inpaint_controls:  # (shown: style.css)
             self.mask_blur = slider("mask_blur", "Mask blur", 4, "img2img_mask_blur")
             self.mask_mode = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], type="index", label="Mask mode",
                                       elem_id="img2img_mask_mode")
@@ -316,10 +322,11 @@ class Img2ImgTab(GenerationTab):
     # -- events ----------------------------------------------------------------------
     def _wire_img2img(self) -> None:
         for index, tab in enumerate(self.mode_tab_list):
-            tab.select(lambda i=index: (i, gr.update(visible=i in INPAINT_MODES or i == BATCH)),
-                       outputs=[self.mode, self.inpaint_controls], queue=False)
-        self.resize_to_tab.select(lambda: False, outputs=self.resize_by, queue=False)
-        self.resize_by_tab.select(lambda: True, outputs=self.resize_by, queue=False)
+            tab.select(None, js=f"() => {index}", outputs=self.mode, queue=False)
+        # the page's attribute the inpainting controls' visibility follows (whoever sets the mode)
+        self.mode.change(None, inputs=self.mode, js=MODE_ATTRIBUTE_JS, queue=False)
+        self.resize_to_tab.select(None, js="() => false", outputs=self.resize_by, queue=False)
+        self.resize_by_tab.select(None, js="() => true", outputs=self.resize_by, queue=False)
         for image in (self.init_img, self.inpaint_base, self.inpaint_mask):
             # checked on arrival, unprocessed: a file Gradio cannot decode would otherwise only
             # fail inside Gradio when Generate is pressed

@@ -55,20 +55,14 @@
     // loads them: before DOMContentLoaded) are not run a second time
     const inHead = new Set(window.easelHeadScripts || []);
     if (!inHead.has("easel/webui_globals.js")) addScript("easel/webui_globals.js", webuiGlobals, false);
-    try {  // the values are there for the files' own top-level code; the callbacks come after them
-        Object.assign(window.opts, JSON.parse(optsJson || "{}"));
-    } catch (e) {
-        console.error("options are not JSON", e);
-    }
     for (const [name, text] of extensionStyles || []) addStyle(`extension-style-${name}`, text);
     for (const [name, source] of extensionScripts || []) {
         if (!inHead.has(name)) addScript(name, source, name.endsWith(".mjs"));
     }
     window.easelOptionsChanged = (json) => window._easelSetOptions && window._easelSetOptions(json);
-    if (window._easelStartWebuiGlobals) {
-        window._easelSetOptions(optsJson);
-        window._easelStartWebuiGlobals();
-    }
+    // the options (window.opts) arrive once every tab's elements are on the page, before the
+    // onUiLoaded callbacks (in A1111 too `opts` is empty while the files' top-level code runs)
+    if (window._easelStartWebuiGlobals) window._easelStartWebuiGlobals(optsJson);
 
     const shown = (el) => el && el.offsetParent !== null;
     const button = (suffix) =>

@@ -74,7 +74,7 @@ class PngInfoTab:
         def to_img2img(infotext: str, image):
             picture = image.copy() if isinstance(image, Image.Image) else gr.update()
             return (gr.Tabs(selected="img2img"), picture, gr.Tabs(selected=img2img_mode), img2img_mode,
-                    gr.update(visible=False), *paste_params.updates(img_fields, infotext))
+                    gr.update(), *paste_params.updates(img_fields, infotext))
 
         self.send_txt2img.click(to_txt2img, inputs=self.infotext, outputs=[main_tabs, *[c for c, _ in txt_fields]],
                                 queue=False)

@@ -78,7 +78,7 @@ def connect(txt2img, img2img, main_tabs: gr.Tabs, extras=None) -> int:
             else:
                 picture = image if mode == IMG2IMG else {"background": image, "layers": [], "composite": image}
             return (gr.Tabs(selected="img2img"), picture, gr.Tabs(selected=mode), mode,
-                    gr.update(visible=mode != IMG2IMG), *filled)
+                    gr.update(), *filled)  # (the inpainting controls follow the mode: style.css)
 
         outputs = [main_tabs]
         if target != "txt2img":

@@ -274,12 +274,43 @@ async function _easelRenderMainTabs() {
             if (again) again.click();
             await frame();
         }
+        await _easelRenderNestedTabs(() => userClicked, frame);
     } finally {
         document.removeEventListener("click", onClick, true);
     }
 }
 
-async function _easelStartWebuiGlobals() {
+// The same for the tab lists inside the main tabs (img2img's Sketch, Inpaint ... whose pictures
+// extensions look up at load: sd-webui-aspect-ratio-helper), each list's selected tab selected again.
+// Easel's own sub-tabs keep their state in the page (no round trip to race); Settings' sections,
+// tabs in a list's overflow menu and tabs without an id stay as Gradio shows them.
+async function _easelRenderNestedTabs(userClicked, frame) {
+    const shown = (id) => gradioApp().querySelector(`#${CSS.escape(id)}`);
+    for (let round = 0; round < 3; round++) {  // a tab shown here may hold tab lists of its own
+        let clicked = false;
+        for (const list of gradioApp().querySelectorAll("#tabs .tabitem [role=tablist]")) {
+            if (list.closest("#tab_settings")) continue;
+            const buttons = Array.from(list.querySelectorAll(":scope > button[id$='-button']"));
+            const original = buttons.find((b) => b.classList.contains("selected"));
+            for (const button of buttons) {
+                if (userClicked()) return;
+                const panelId = button.id.replace(/-button$/, "");
+                if (!panelId || shown(panelId)) continue;
+                button.click();
+                clicked = true;
+                for (let i = 0; i < 100 && !shown(panelId); i++) await frame();
+            }
+            if (original && !original.classList.contains("selected")) {
+                if (userClicked()) return;
+                original.click();
+                await frame();
+            }
+        }
+        if (!clicked) return;
+    }
+}
+
+async function _easelStartWebuiGlobals(optsJson) {
     if (window._easelWebuiObserver) return;
     window._easelWebuiObserver = true;
     try {
@@ -287,6 +318,12 @@ async function _easelStartWebuiGlobals() {
     } catch (e) {
         console.error("showing the main tabs once failed", e);
     }
+    _easelSetOptions(optsJson);
+    // (in A1111 the page changes after the options arrive: extensions' observers waiting for both see it)
+    const marker = document.createElement("span");
+    marker.id = "easel-options-applied";
+    marker.hidden = true;
+    (gradioApp().querySelector(".gradio-container") || document.body).appendChild(marker);
     window._easelWebuiObserver = new MutationObserver(function(m) {
         _easelCheckLoaded();
         _easelApplyTitles();
