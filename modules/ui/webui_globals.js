@@ -255,8 +255,11 @@ async function _easelRenderMainTabs() {
     const buttons = () => Array.from(gradioApp().querySelectorAll("#tabs > .tab-wrapper [role=tablist] > button"));
     const original = buttons().find((b) => b.classList.contains("selected"));
     let userClicked = false;
+    let userTarget = null;  // what the user clicked (the nested round puts back what it changed elsewhere)
     const onClick = (e) => {
-        if (e.isTrusted) userClicked = true;
+        if (!e.isTrusted) return;
+        userClicked = true;
+        userTarget = e.target;
     };
     document.addEventListener("click", onClick, true);
     const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
@@ -274,7 +277,7 @@ async function _easelRenderMainTabs() {
             if (again) again.click();
             await frame();
         }
-        await _easelRenderNestedTabs(() => userClicked, frame);
+        await _easelRenderNestedTabs(() => (userClicked ? userTarget || document.body : null), frame);
     } finally {
         document.removeEventListener("click", onClick, true);
     }
@@ -283,9 +286,15 @@ async function _easelRenderMainTabs() {
 // The same for the tab lists inside the main tabs (img2img's Sketch, Inpaint ... whose pictures
 // extensions look up at load: sd-webui-aspect-ratio-helper), each list's selected tab selected again.
 // Easel's own sub-tabs keep their state in the page (no round trip to race); Settings' sections,
-// tabs in a list's overflow menu and tabs without an id stay as Gradio shows them.
-async function _easelRenderNestedTabs(userClicked, frame) {
+// tabs in a list's overflow menu and tabs without an id stay as Gradio shows them. A click by the
+// user ends the round; the list it was in the middle of gets its tab back unless the click was in it.
+async function _easelRenderNestedTabs(userClick, frame) {
     const shown = (id) => gradioApp().querySelector(`#${CSS.escape(id)}`);
+    const putBack = (list, original) => {
+        const target = userClick();
+        if (target && list.contains(target)) return;  // the user chose a tab of this list
+        if (original && !original.classList.contains("selected")) original.click();
+    };
     for (let round = 0; round < 3; round++) {  // a tab shown here may hold tab lists of its own
         let clicked = false;
         for (const list of gradioApp().querySelectorAll("#tabs .tabitem [role=tablist]")) {
@@ -293,18 +302,16 @@ async function _easelRenderNestedTabs(userClicked, frame) {
             const buttons = Array.from(list.querySelectorAll(":scope > button[id$='-button']"));
             const original = buttons.find((b) => b.classList.contains("selected"));
             for (const button of buttons) {
-                if (userClicked()) return;
+                if (userClick()) return putBack(list, original);
                 const panelId = button.id.replace(/-button$/, "");
                 if (!panelId || shown(panelId)) continue;
                 button.click();
                 clicked = true;
                 for (let i = 0; i < 100 && !shown(panelId); i++) await frame();
             }
-            if (original && !original.classList.contains("selected")) {
-                if (userClicked()) return;
-                original.click();
-                await frame();
-            }
+            putBack(list, original);
+            await frame();
+            if (userClick()) return;
         }
         if (!clicked) return;
     }
