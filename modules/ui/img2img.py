@@ -44,9 +44,8 @@ MODES = (
     ("Batch", "img2img_batch_tab"),
 )
 IMG2IMG, SKETCH, INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH = range(len(MODES))
-INPAINT_MODES = (INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD)
 # the selected sub-tab as an attribute of the page (style.css shows #inpaint_controls for the
-# inpainting sub-tabs and Batch)
+# inpainting sub-tabs and Batch: INPAINT, INPAINT_SKETCH, INPAINT_UPLOAD, BATCH = 2, 3, 4, 5)
 MODE_ATTRIBUTE_JS = "(mode) => { document.body.dataset.img2imgMode = String(mode); }"
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 INPAINT_AREAS = ("Whole picture", "Only masked")
