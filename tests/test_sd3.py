@@ -159,3 +159,26 @@ def test_sd3_lora_in_kohya_layout(sd3, tmp_path):
     finally:
         lora.deactivate(sd3)
     assert torch.equal(block.attn.add_k_proj.weight, before)
+
+
+def test_sd3_lora_in_diffusers_layout(sd3, tmp_path):
+    """diffusers / PEFT SD3 LoRAs name the transformer's own modules (`transformer.` prefix, lora_A/B)."""
+    from safetensors.torch import save_file
+
+    from modules.core import lora
+
+    block = sd3.unet.transformer_blocks[0]
+    hidden = block.attn.to_q.weight.shape[0]
+    g = torch.Generator().manual_seed(2)
+    a, b = torch.randn(4, hidden, generator=g), torch.randn(hidden, 4, generator=g)
+    prefix = "transformer.transformer_blocks.0.attn.to_q"
+    save_file({f"{prefix}.lora_A.weight": a, f"{prefix}.lora_B.weight": b}, str(tmp_path / "sd3-peft.safetensors"))
+    file = lora.LoraFile.from_path(tmp_path / "sd3-peft.safetensors")
+    before, other = block.attn.to_q.weight.detach().clone(), block.attn.to_k.weight.detach().clone()
+    lora.activate(sd3, lora.prepare("<lora:sd3-peft:0.8>", {"sd3-peft": file}.get))
+    try:
+        assert torch.allclose(block.attn.to_q.weight, before + 0.8 * (b @ a), atol=1e-3)
+        assert torch.equal(block.attn.to_k.weight, other)  # only the named module moved
+    finally:
+        lora.deactivate(sd3)
+    assert torch.equal(block.attn.to_q.weight, before)
