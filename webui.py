@@ -95,7 +95,8 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     styles = StyleDatabase(opts.styles_file or [data / "styles.csv"])  # A1111's default: DATA_DIR/styles.csv
     embeddings = EmbeddingDatabase([Path(opts.embeddings_dir)])  # A1111's default: DATA_DIR/embeddings
     loras = LoraRegistry([Path(opts.lora_dir)], show_hidden)  # A1111's default: models/Lora
-    hypernetworks = HypernetworkRegistry([Path(opts.hypernetwork_dir)], show_hidden)  # default: models/hypernetworks
+    hypernetworks = HypernetworkRegistry([Path(opts.hypernetwork_dir)], show_hidden,  # default: models/hypernetworks
+                                         print_extra=lambda: bool(options.get("print_hypernet_extra")))
     options.defs["sd_hypernetwork"].choices = lambda: ("None", *hypernetworks.items())  # the files there now
     for refresh in (registry.refresh, loras.refresh):  # a change of list_hidden_files shows at once
         options.onchange("list_hidden_files", refresh)
@@ -134,6 +135,7 @@ def build_engine(opts: argparse.Namespace) -> Engine:
         categories_dir=data / interrogator.CATEGORIES_FOLDER))
     options.defs["interrogate_clip_skip_categories"].choices = interrogators.category_types  # the lists there now
     live_previews.set_folder(models / "VAE-approx")  # TAESD decoders for the "TAESD" live previews
+    cache.taesd.folder = models / "VAE-approx"  # and TAESD for sd_vae_encode_method / sd_vae_decode_method
     queue = make_queue(opts, state)
     engine = Engine(options, registry, cache, state, queue, data,
                     styles=styles, embeddings=embeddings, loras=loras, vaes=vaes, vae_path=opts.vae_path,
@@ -185,6 +187,9 @@ def start_scripts(engine: Engine, opts: argparse.Namespace) -> None:
 
     gradio_compat.apply()  # before any extension imports gradio: its Gradio 3 calls work
     shared.bind(engine, opts)
+    # A1111's shared.mem_mon: polls the device's free memory during each page job (memmon_poll_rate); the
+    # page shows its figures under the pictures (modules.ui.memory_note)
+    engine.memory_monitor = shared.mem_mon
     scripts.load_scripts()
     script_callbacks.ui_settings_callback()
 

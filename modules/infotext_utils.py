@@ -37,6 +37,10 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("Token merging ratio", "token_merging_ratio"),  # OptionInfo(infotext=...) in A1111
     ("Old prompt editing timelines", "use_old_scheduling"),  # (idem)
     ("Token merging ratio hr", "token_merging_ratio_hr"),
+    ("VAE Encoder", "sd_vae_encode_method"),  # OptionInfo(infotext=...) in A1111
+    ("VAE Decoder", "sd_vae_decode_method"),
+    ("Pad conds", "pad_cond_uncond"),  # OptionInfo(infotext=...) in A1111
+    ("Pad conds v0", "pad_cond_uncond_v0"),
     # A1111's "Sampler parameters" (their OptionInfo infotext names, and the keys A1111 writes)
     *_SAMPLER_PARAMETER_KEYS.items(),
 ]

@@ -138,6 +138,10 @@ SETTINGS_FROM_INFOTEXT = {
     "Token merging ratio": ("token_merging_ratio", FLOAT),
     "Token merging ratio hr": ("token_merging_ratio_hr", FLOAT),
     "Old prompt editing timelines": ("use_old_scheduling", _flag),
+    "VAE Encoder": ("sd_vae_encode_method", _text),  # OptionInfo(infotext=...) in A1111
+    "VAE Decoder": ("sd_vae_decode_method", _text),
+    "Pad conds": ("pad_cond_uncond", _flag),  # OptionInfo(infotext=...) in A1111
+    "Pad conds v0": ("pad_cond_uncond_v0", _flag),
 }
 
 

@@ -5,6 +5,10 @@
   their own buffers, converted to the target dtype one at a time. No memory map:
   a mapped file's touched pages count in the process's resident memory, which would
   double a load's peak for nothing.
+  With A1111's `disable_mmap_load_safetensors` (`CheckpointFile(path, read_whole=True)`, or the
+  loads inside `with reading_whole(True):`), the file is read whole into memory in one sequential
+  read first, and each tensor is copied out of that buffer (its own storage, as
+  `safetensors.torch.load(open(f, 'rb').read())` gives in A1111); the buffer goes at `close()`.
 - `.ckpt`: opened with `torch.load(weights_only=True)` (memory-mapped where the file
   format allows). Anything that would need full unpickling is refused.
 
@@ -17,6 +21,7 @@ naming the file and saying why.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
@@ -158,11 +163,31 @@ def probe(path: str | Path) -> SafetensorsHeader | None:
     return None
 
 
-class CheckpointFile:
-    """Lazy access to the tensors of one checkpoint file."""
+_READ_WHOLE: contextvars.ContextVar[bool] = contextvars.ContextVar("read_whole_safetensors", default=False)
 
-    def __init__(self, path: str | Path):
+
+class reading_whole:
+    """``with reading_whole(on):`` the .safetensors files opened inside (by this thread) are read whole
+    into memory first (A1111's disable_mmap_load_safetensors); the loaders need not pass it along."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+
+    def __enter__(self):
+        self._token = _READ_WHOLE.set(self.on)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        _READ_WHOLE.reset(self._token)
+
+
+class CheckpointFile:
+    """Lazy access to the tensors of one checkpoint file. ``read_whole`` (a .safetensors file): read the
+    whole file in one read at once (None: as the enclosing ``reading_whole`` says)."""
+
+    def __init__(self, path: str | Path, read_whole: bool | None = None):
         self.path = Path(path)
+        self.read_whole = _READ_WHOLE.get() if read_whole is None else bool(read_whole)
         if not self.path.is_file():
             raise CheckpointError(f"checkpoint file not found: {self.path}")
         suffix = self.path.suffix.lower()
@@ -186,6 +211,13 @@ class CheckpointFile:
         self.shapes = {k: tuple(e["shape"]) for k, e in header.tensors.items()}
         self._tensors: dict[str, torch.Tensor] | None = None
         self._staging: torch.Tensor | None = None
+        self._whole: torch.Tensor | None = None  # the data section, read in one go (read_whole)
+        if self.read_whole:
+            size = os.fstat(self._fh.fileno()).st_size - self._data_start
+            self._whole = torch.empty(size, dtype=torch.uint8)
+            self._fh.seek(self._data_start)
+            if size and self._fh.readinto(memoryview(self._whole.numpy())) != size:
+                raise CheckpointError(f"{self.path.name} is cut short (truncated file)")
 
     def _read_safetensor(self, key: str, dtype: torch.dtype | None) -> torch.Tensor:
         """Read one tensor. In the file's dtype it goes straight into its final buffer; to
@@ -195,6 +227,10 @@ class CheckpointFile:
         begin, end = entry["data_offsets"]
         file_dtype = _ST_DTYPES[entry["dtype"]]
         size = end - begin
+        if self._whole is not None:  # copied out (aligned, and no tensor keeps the file's buffer alive)
+            tensor = self._whole[begin:end].clone().view(file_dtype).reshape(entry["shape"])
+            convert = dtype is not None and dtype != file_dtype and file_dtype.is_floating_point
+            return tensor.to(dtype) if convert else tensor
         convert = dtype is not None and dtype != file_dtype and file_dtype.is_floating_point
         if convert:
             if self._staging is None or self._staging.numel() < size:
@@ -273,3 +309,4 @@ class CheckpointFile:
             self._fh = None
         self._tensors = None
         self._staging = None
+        self._whole = None

@@ -103,11 +103,35 @@ class PromptChunker:
         return chunks
 
 
+def persistent_cache(model) -> dict:
+    """The encoded prompts kept with a loaded model from job to job (A1111's persistent_cond_cache): a
+    conditioner given it encodes a text again only when something its result depends on has changed
+    (every such thing is in its cache key). It goes with the model (a reload starts empty)."""
+    return model.extra.setdefault("persistent_conds", {})
+
+
+class Same:
+    """A key part that is one object (an unhashable one, such as an embeddings view) by identity; the
+    key keeps it alive, so its id is never another object's while the entry lasts."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Same) and other.obj is self.obj
+
+
 class TextConditioner:
-    """Encodes batches of prompts for one loaded model. Caches the last few results."""
+    """Encodes batches of prompts for one loaded model. Caches the last few results: its own, or the
+    ``cache`` given (:func:`persistent_cache`, shared by the jobs on the model)."""
 
     def __init__(self, model, clip_skip: int = 1, emphasis: str = emphasis_modes.ORIGINAL, cache_size: int = 8,
-                 embeddings=None, options: ConditioningOptions | None = None):
+                 embeddings=None, options: ConditioningOptions | None = None, cache: dict | None = None):
         self.model = model
         self.family = model.family  # which hidden states, which extra tensors (SDXL's pooled text and ids)
         self.options = options or ConditioningOptions()
@@ -119,7 +143,7 @@ class TextConditioner:
         self.embeddings = embeddings.for_model(model) if embeddings is not None else None
         self.used_embeddings: dict[str, str] = {}  # name -> shorthash of the embeddings encoded so far
         self.chunker = PromptChunker(model.tokenizers[0], self.embeddings, self.options.comma_padding_backtrack)
-        self._cache: dict[tuple, dict] = {}
+        self._cache: dict[tuple, dict] = cache if cache is not None else {}
         self._cache_size = cache_size
 
     def chunks(self, text: str) -> list[Chunk]:
@@ -147,8 +171,13 @@ class TextConditioner:
         if self.emphasis != emphasis_modes.ORIGINAL and any("(" in p or "[" in p for p in prompts):
             self.emphasis_noted = True
         # the applied LoRAs are part of the key: a job may change them between batches (per-batch prompts)
-        key = (tuple(prompts), width, height, negative, self.clip_skip, self.emphasis, lora.active_key(self.model))
+        key = (tuple(prompts), width, height, negative, self.clip_skip, self.emphasis, lora.active_key(self.model),
+               self.options, Same(self.embeddings))
         if key in self._cache:
+            if self.embeddings is not None:  # the infotext's TI hashes, as if encoded here
+                for text in dict.fromkeys(prompts):
+                    for chunk in self.chunks(text):
+                        self.used_embeddings.update((emb.name, emb.shorthash) for _, emb in chunk.fixes)
             return self._cache[key]
         unique = list(dict.fromkeys(prompts))
         rows = torch.tensor([unique.index(p) for p in prompts])
@@ -172,6 +201,11 @@ class TextConditioner:
             self._cache.pop(next(iter(self._cache)))
         self._cache[key] = cond
         return cond
+
+    def empty_context(self, width: int, height: int) -> torch.Tensor:
+        """The empty prompt's context (1, 77, D): one chunk, what A1111 pads a shorter context with
+        (its cond_stage_model_empty_prompt, pad_cond_uncond)."""
+        return self.encode([""], width, height)["context"]
 
     @torch.no_grad()
     def _encode_chunks(self, batch: list[Chunk], row_counts: torch.Tensor | None = None

@@ -21,7 +21,7 @@ uncond pass then runs even at CFG scale 1.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -115,6 +115,68 @@ def k_sigma(scheduler, t: Tensor) -> float | None:
     return ((1 - alpha) / alpha) ** 0.5
 
 
+PAD_MODES = ("", "empty", "v0")
+
+
+@dataclass
+class CondBatching:
+    """How the prompt's and the negative prompt's model calls are made (A1111's "Optimizations"):
+
+    * ``together`` (``batch_cond_uncond``): one call of 2B rows when the two conditionings' shapes
+      allow it; off, a call for each (less memory, same result up to the rounding of a batch);
+    * ``pad`` pads the shorter text context to the longer one's length first, so that the two can be
+      batched: "empty" (``pad_cond_uncond``) with whole chunks of the empty prompt's context, as many as
+      the difference holds; "v0" (``pad_cond_uncond_v0``, which wins in A1111) the negative prompt's
+      context cut to the prompt's length or lengthened by repeating its last vector. Both change the
+      picture where the lengths differ. ``empty()`` gives the empty prompt's context (1, n, D) of the
+      model that runs, or None where the context is not made of text chunks (SD3, Flux): nothing is
+      padded there.
+    * ``padded``: the modes that padded something so far (the job's infotext: "Pad conds", "Pad conds v0").
+    """
+
+    together: bool = True
+    pad: str = ""
+    empty: Callable[[], Tensor | None] | None = None
+    padded: set = field(default_factory=set)
+
+    def __post_init__(self):
+        if self.pad not in PAD_MODES:
+            raise ValueError(f"pad must be one of {PAD_MODES}, not {self.pad!r}")
+
+    def for_model(self, empty: Callable[[], Tensor | None] | None) -> "CondBatching":
+        """The same settings and record, with the empty prompt's context of the model that now runs."""
+        return CondBatching(self.together, self.pad, empty, self.padded)
+
+    def pad_pair(self, cond: dict, uncond: dict) -> tuple[dict, dict]:
+        a, b = cond["context"], uncond["context"]
+        if not self.pad or self.empty is None or a.shape[1] == b.shape[1]:
+            return cond, uncond
+        empty = self.empty()
+        if empty is None:
+            return cond, uncond
+        if self.pad == "v0":
+            if b.shape[1] < a.shape[1]:
+                b = torch.cat([b, b[:, -1:].expand(-1, a.shape[1] - b.shape[1], -1)], dim=1)
+            else:
+                b = b[:, :a.shape[1]]
+            self.padded.add("v0")
+            return cond, {**uncond, "context": b}
+        repeats = (a.shape[1] - b.shape[1]) // empty.shape[1]  # (a floor: a shorter cond gives a negative count)
+        if repeats == 0:
+            return cond, uncond
+        self.padded.add("empty")
+        if repeats < 0:
+            return {**cond, "context": _pad_context(a, -repeats, empty)}, uncond
+        return cond, {**uncond, "context": _pad_context(b, repeats, empty)}
+
+
+def _pad_context(context: Tensor, repeats: int, empty: Tensor) -> Tensor:
+    fill = empty.to(context.device, context.dtype).expand(context.shape[0], -1, -1).repeat(1, repeats, 1)
+    return torch.cat([context, fill], dim=1)
+
+
+_ONE_CALL = CondBatching()
+
 PREVIEW_CONTENTS = ("Combined", "Prompt", "Negative prompt")
 
 
@@ -186,18 +248,19 @@ def _concat(cond: dict, uncond: dict) -> dict:
 
 
 def _predict(model: ModelFn, x: Tensor, t: Tensor, cond: dict, uncond: dict | None,
-             owner: list[int] | None = None) -> Tensor:
+             owner: list[int] | None = None, together: bool = True) -> Tensor:
     """Raw model output: cond rows, then uncond rows when ``uncond`` is given. ``owner[row]`` is the
     image of each cond row (composable prompts); None: one cond row per image.
 
     The cond/uncond concatenation is redone every step on purpose: it costs microseconds next to the
     UNet, and a cache keyed on the dicts would go stale when a ``cfg_denoiser`` hook edits a tensor
     in place. Callers cache the conditioning itself (``cond_for_step`` may return the same objects).
+    ``together`` off (batch_cond_uncond): a call for the cond rows, another for the uncond rows.
     """
     x_cond, t_cond = (x, t) if owner is None else (x[owner], t[owner])
     if uncond is None:
         return model(x_cond, t_cond, cond)
-    if _can_batch(cond, uncond):
+    if together and _can_batch(cond, uncond):
         return model(torch.cat([x_cond, x]), torch.cat([t_cond, t]), _concat(cond, uncond))
     return torch.cat([model(x_cond, t_cond, cond), model(x, t, uncond)])
 
@@ -261,6 +324,7 @@ def sample(
     image_cfg_scale: float | None = None,
     uncond_skipping: UncondSkipping | None = None,
     preview_content: str = "Combined",
+    cond_batching: CondBatching | None = None,
 ) -> Tensor:
     """Run the sampler and return the final latents (B, C, H, W).
 
@@ -281,8 +345,11 @@ def sample(
     uncond pass is left out (see :class:`UncondSkipping`). ``preview_content`` (A1111's
     ``live_preview_content``): what ``hooks.step_end`` gets as ``denoised``: the guided prediction
     ("Combined"), the prompt's own ("Prompt") or the negative prompt's ("Negative prompt").
+    ``cond_batching``: how the cond and uncond calls are made (:class:`CondBatching`; default: one call
+    when the shapes allow, no padding).
     """
     hooks = hooks or _NO_HOOKS
+    batching = cond_batching or _ONE_CALL
     if preview_content not in PREVIEW_CONTENTS:
         raise ValueError(f"preview_content must be one of {', '.join(PREVIEW_CONTENTS)}, not {preview_content!r}")
 
@@ -359,11 +426,15 @@ def sample(
         t_batch = t.expand(batch)
         hooks.cfg_denoiser(i, x, t_batch, cond, uncond if use_cfg else None)
         x_in = scheduler.scale_model_input(x, t)
+        if use_cfg:  # (after the hooks, as A1111 pads: they see the conds as encoded)
+            cond, uncond = batching.pad_pair(cond, uncond)
+        together = batching.together
 
         # 5b. Model, then classifier-free guidance.
         if image_cfg_scale is not None:  # edit model: cond, uncond (with the picture), uncond without it
             no_picture = {**uncond, "c_concat": torch.zeros_like(uncond["c_concat"])}
-            x_pred = torch.cat([_predict(model, x_in, t_batch, cond, uncond), model(x_in, t_batch, no_picture)])
+            x_pred = torch.cat([_predict(model, x_in, t_batch, cond, uncond, together=together),
+                                model(x_in, t_batch, no_picture)])
             hooks.cfg_denoised(i, x_pred)
             pred_cond, pred_uncond, pred_no_picture = x_pred.chunk(3)
             pred = (pred_no_picture + guidance * (pred_cond - pred_uncond)
@@ -375,7 +446,7 @@ def sample(
             hooks.cfg_denoised(i, torch.cat([pred_cond, pred_uncond]))
             pred = pred_cond if owner is None else _combine(pred_cond, pred_uncond, 1.0, composition)
         else:
-            x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner)
+            x_pred = _predict(model, x_in, t_batch, cond, uncond if use_cfg else None, owner, together)
             hooks.cfg_denoised(i, x_pred)
             if use_cfg:
                 pred_cond, pred_uncond = x_pred[:cond_rows], x_pred[cond_rows:]

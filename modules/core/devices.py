@@ -55,6 +55,12 @@ class RunOptions:
     attention_flags: tuple = ()
     attention_disabled: bool = False
     sub_quadratic: object = None  # attention.SubQuadratic (None: its defaults)
+    # sd_vae_encode_method / sd_vae_decode_method: "Full" (the VAE) or "TAESD" (modules.core.model_ops);
+    # taesd(family, "encoder" | "decoder") gives TAESD's part (services.model_cache.TaesdParts)
+    vae_encode_method: str = "Full"
+    vae_decode_method: str = "Full"
+    taesd: object = None
+    disable_mmap_load_safetensors: bool = False  # disable_mmap_load_safetensors: a checkpoint read whole
 
 
 class NansException(Exception):

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from . import denoise, lora, model_ops, samplers, sampling_pass, upscaling
+from .conditioning import persistent_cache
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .image_io import to_model_pixels
 from .infotext import plain_number
@@ -232,7 +233,8 @@ def _conds_factory(hr: HiresPlan, request: GenerationRequest, settings, shape: t
 
     def conds_for(model) -> ScheduledConditioning:
         conditioner = model.family.conditioner(model, clip_skip=clip_skip, emphasis=settings.emphasis,
-                                               embeddings=settings.embeddings, options=conditioning or settings.conditioning)
+                                               embeddings=settings.embeddings, options=conditioning or settings.conditioning,
+                                               cache=persistent_cache(model) if settings.persistent_cond_cache else None)
         concat = None
         if model.spec.inpainting:  # A1111 (mask weight 1): a fully masked grey picture, as in txt2img
             concat = model_ops.txt2img_image_conditioning(model, batch, hr.width, hr.height)
@@ -249,7 +251,8 @@ def _conds_factory(hr: HiresPlan, request: GenerationRequest, settings, shape: t
 
 def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: torch.Tensor, *,
             conds_for: Callable[[object], ScheduledConditioning], hooks: denoise.DenoiseHooks,
-            seeds: sampling_pass.Seeds, refiner: sampling_pass.RefinerPlan | None = None) -> sampling_pass.PassResult:
+            seeds: sampling_pass.Seeds, refiner: sampling_pass.RefinerPlan | None = None,
+            cond_batching: denoise.CondBatching | None = None) -> sampling_pass.PassResult:
     """Step 4: img2img of the upscaled latents at the hires size, with the image seeds' noise and
     the conditioning of ``conds_for`` (see :func:`_conds_factory`)."""
     shape = tuple(x.shape[1:])
@@ -259,7 +262,7 @@ def _refine(hr: HiresPlan, request: GenerationRequest, hr_model, settings, x: to
     return sampling_pass.run(
         hr_model, settings, sampler=hr.sampler, schedule=hr.schedule, conds_for=conds_for, shape=shape,
         seeds=seeds, steps=schedule_steps, cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
-        token_ratio=settings.token_merging_ratio_hr,
+        token_ratio=settings.token_merging_ratio_hr, cond_batching=cond_batching,
         start=lambda noise, scheduler: sampling_pass.Start(init_latents=x, strength=strength,
                                                           extra_noise=settings.img2img.extra_noise),
     )
@@ -272,6 +275,7 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, sett
                 before_decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
                 refiner: sampling_pass.RefinerPlan | None = None,
                 decode: Callable[[object, torch.Tensor], list[Image.Image]] = model_ops.decode_latents,
+                cond_batching: denoise.CondBatching | None = None,
                 ) -> tuple[list[Image.Image], bool]:
     """Upscale one batch's first-pass latents, refine them and decode: (the final pictures, whether
     the pass switched to the refiner). ``model`` made the latents (the first pass ended on it);
@@ -295,7 +299,7 @@ def second_pass(hr: HiresPlan, request: GenerationRequest, model, hr_model, sett
             conds_for = lambda m: firstpass_conds if m is hr_model else encode(m)  # noqa: E731
         lora.activate(hr_model, hr.loras)
         done = _refine(hr, request, hr_model, settings, x, conds_for=conds_for, seeds=seeds, hooks=hooks,
-                       refiner=refiner)
+                       refiner=refiner, cond_batching=cond_batching)
         x, final, switched = done.latents, done.model, done.switched
     elif refine:
         lora.activate(hr_model, hr.loras)

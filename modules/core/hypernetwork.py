@@ -99,6 +99,48 @@ def load(path: str | Path) -> Hypernetwork:
     return network
 
 
+def dropout_structure(layer_structure, use_dropout: bool, last_layer_dropout: bool) -> list:
+    """A1111's ``parse_dropout_structure``: the dropout rate after each layer a file without its own
+    ``dropout_structure`` implies (0.3 where A1111 trains with dropout)."""
+    structure = list(layer_structure) if layer_structure is not None else [1, 2, 1]
+    if not use_dropout:
+        return [0] * len(structure)
+    return [0, *[0.3] * (len(structure) - 3), 0.3 if last_layer_dropout else 0, 0]
+
+
+def extra_info(data: dict) -> list[str]:
+    """The lines A1111 prints with its print_hypernet_extra option when it loads a hypernetwork file
+    (``data``, the file's dict), read with A1111's defaults for what the file leaves out."""
+    structure = data.get("layer_structure", [1, 2, 1])
+    dropouts = data.get("dropout_structure", None)
+    use_dropout = True if dropouts is not None and any(dropouts) else data.get("use_dropout", False)
+    if dropouts is None:
+        dropouts = dropout_structure(structure, use_dropout, data.get("last_layer_dropout", False))
+    lines = []
+    if data.get("optional_info") is not None:
+        lines.append(f"  INFO:\n {data['optional_info']}\n")
+    lines += [f"  Layer structure: {structure}",
+              f"  Activation function: {data.get('activation_func', None)}",
+              f"  Weight initialization: {data.get('weight_initialization', 'Normal')}",
+              f"  Layer norm: {data.get('is_layer_norm', False)}",
+              f"  Dropout usage: {use_dropout}",
+              f"  Activate last layer: {data.get('activate_output', True)}",
+              f"  Dropout structure: {dropouts}"]
+    return lines
+
+
+def read_extra_info(path: str | Path) -> list[str]:
+    """``extra_info`` of a hypernetwork file; HypernetworkError when it cannot be read."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - what weights-only unpickling refuses
+        raise HypernetworkError(f"{path.name} cannot be read as weights only: {exc}") from exc
+    if not isinstance(data, dict):
+        raise HypernetworkError(f"{path.name} is not a hypernetwork (no dict of layers)")
+    return extra_info(data)
+
+
 class _Processor:
     """Cross-attention with the hypernetworks' keys and values contexts (scaled dot-product)."""
 

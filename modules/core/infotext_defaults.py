@@ -49,7 +49,7 @@ PASTE_KEYS = ("Prompt", "Negative prompt", "Steps", "Sampler", "Schedule type", 
               "Refiner", "Refiner switch at", "Hires refiner", "Image CFG scale", "Mask blur", "Mask mode",
               "Masked content", "Inpaint area", "Only masked padding", "Conditional mask weight", "ENSD",
               "Noise multiplier", "Extra noise", "RNG", "Emphasis", "Token merging ratio", "Token merging ratio hr",
-              "Old prompt editing timelines")
+              "Old prompt editing timelines", "VAE Encoder", "VAE Decoder", "Pad conds", "Pad conds v0")
 
 # A1111's Compatibility options with an infotext key (OptionInfo(infotext=...)): a paste sets the option.
 # (use_old_karras_scheduler_sigmas, use_old_hires_fix_width_height, hires_fix_use_firstpass_conds: A1111

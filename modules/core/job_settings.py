@@ -111,6 +111,10 @@ class GenerationSettings:
     return_mask: bool = False  # return_mask
     return_mask_composite: bool = False  # return_mask_composite
     save_incomplete_images: bool = False  # save_incomplete_images: an interrupted job's pictures are saved too
+    # A1111's "Optimizations" for the prompt / negative prompt model calls (modules.core.denoise.CondBatching)
+    batch_cond_uncond: bool = True  # batch_cond_uncond: both in one call when their shapes allow
+    persistent_cond_cache: bool = True  # persistent_cond_cache: encoded prompts kept with the model between jobs
+    pad_cond_uncond: str = ""  # "empty": pad_cond_uncond, "v0": pad_cond_uncond_v0 (wins, as in A1111), "": neither
     live_preview_content: str = "Combined"  # live_preview_content: the previews' subject (denoise.PREVIEW_CONTENTS)
     # live_preview_fast_interrupt: once the job is interrupted, its pictures are decoded with this (the live
     # preview method's decoder: (model, latents) -> pictures at the VAE's size) instead of the VAE

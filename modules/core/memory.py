@@ -129,6 +129,9 @@ class DeviceMemory:
         self.peak_bytes = 0
         self.overflows = 0  # moves that had to exceed the budget (nothing left to evict)
         self.log: list[Move] = []
+        # A1111's sd_checkpoints_keep_in_cpu: a cached checkpoint that is not the current one leaves the
+        # device (True), or stays where it is until the budget needs its room (False)
+        self.keep_cached_off_device = True
 
     @classmethod
     def for_device(cls, device: torch.device, policy: str = "auto") -> "DeviceMemory":
@@ -215,6 +218,15 @@ class DeviceMemory:
         extra = [m for m in model.extra.values() if isinstance(m, torch.nn.Module)]
         for module in (model.unet, model.vae, *model.text_encoders, *extra):
             self.forget(module)
+
+    def set_aside(self, model) -> bool:
+        """A checkpoint stops being the current one but stays cached: off the device with
+        ``keep_cached_off_device`` (A1111's sd_checkpoints_keep_in_cpu), else left resident, the
+        least recently used parts to go first when another part needs the room. True: it was moved."""
+        if self.keep_cached_off_device:
+            self.offload(model)
+            return True
+        return False
 
     def offload(self, model) -> None:
         """Move a model's parts off the device (a cached checkpoint that is not the current one)."""

@@ -4,7 +4,13 @@ call (the family's), pixels <-> latents through the VAE, and an inpainting UNet'
 Every use of a part goes through the model's memory owner (``model.memory.use``), and the outputs
 are checked for NaN as A1111 does (``model.run_options.nan_check``): a UNet giving only NaN stops
 the job with A1111's message; a half-precision VAE giving NaN is turned into fp32 and decodes again
-(``auto_vae_precision``), saying so once. Big pictures go through the VAE in tiles (vae_tiling)."""
+(``auto_vae_precision``), saying so once. Big pictures go through the VAE in tiles (vae_tiling).
+
+A1111's ``sd_vae_encode_method`` / ``sd_vae_decode_method`` = "TAESD" (``run_options.vae_encode_method`` /
+``vae_decode_method``): pictures are encoded / latents decoded by the tiny autoencoder of the model's
+family instead of its VAE (``run_options.taesd(family, "encoder" | "decoder")`` gives it, owned by the
+memory owner like the VAE); TAESD takes and gives the latents as the UNet sees them. A missing file is
+a RequestError on the option, naming the file and its folder (models/VAE-approx)."""
 
 from __future__ import annotations
 
@@ -15,10 +21,15 @@ import torch
 from PIL import Image
 
 from . import memory as memory_owner
+from . import taesd as tiny_vae
 from . import vae_tiling
 from .devices import VAE_FP32_RETRY_MESSAGE, NansException, nans_message
 from .families.base import Denoiser
 from .model_loader import LoadedModel
+from .types import RequestError
+
+# the option that chooses each direction's method (A1111's names: the RequestError's field)
+_METHOD_OPTIONS = {"encoder": "sd_vae_encode_method", "decoder": "sd_vae_decode_method"}
 
 
 def denoiser(model: LoadedModel, residuals=None) -> Denoiser:
@@ -42,6 +53,26 @@ def _using(model: LoadedModel, part: torch.nn.Module):
     return owner.use(part)
 
 
+def vae_method(model: LoadedModel, part: str) -> str:
+    """"Full" (the model's VAE) or "TAESD" for ``part`` "encoder" / "decoder" (the options')."""
+    attribute = "vae_encode_method" if part == "encoder" else "vae_decode_method"
+    return getattr(model.run_options, attribute, "Full") or "Full"
+
+
+def _tiny(model: LoadedModel, part: str) -> torch.nn.Module | None:
+    """The TAESD encoder / decoder to use instead of the VAE, or None when the option says "Full"."""
+    if vae_method(model, part) != "TAESD":
+        return None
+    option = _METHOD_OPTIONS[part]
+    find = getattr(model.run_options, "taesd", None)
+    if find is None:
+        raise RequestError(option, f"TAESD needs its {part} file in models/VAE-approx (no such folder here)")
+    try:
+        return find(model.spec.family, part)
+    except tiny_vae.TaesdError as error:
+        raise RequestError(option, str(error)) from None
+
+
 def vae_dtype(vae: torch.nn.Module) -> torch.dtype:
     """The dtype the VAE runs in: its weights' (fp32 after a NaN retry, whatever the policy said)."""
     return next(vae.parameters()).dtype
@@ -49,7 +80,12 @@ def vae_dtype(vae: torch.nn.Module) -> torch.dtype:
 
 @torch.no_grad()
 def encode_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> scaled latents; the distribution's mean, so it is deterministic."""
+    """(B, 3, H, W) in [-1, 1] -> scaled latents; the distribution's mean, so it is deterministic.
+    With sd_vae_encode_method "TAESD", TAESD's encoder's latents."""
+    encoder = _tiny(model, "encoder")
+    if encoder is not None:
+        with _using(model, encoder):
+            return tiny_vae.encode_tensor(encoder, pixels)
     vae = model.vae
     with _using(model, vae):
         dtype = vae_dtype(vae)
@@ -70,7 +106,12 @@ def encode_pixels(model: LoadedModel, pixels: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def decode_pixels(model: LoadedModel, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents -> (B, 3, H, W) float pixels in about [-1, 1], checked for NaN (see the
-    module's docstring), in tiles when the whole picture would not fit."""
+    module's docstring), in tiles when the whole picture would not fit. With sd_vae_decode_method
+    "TAESD", TAESD's decoder's pictures of the latents as they are."""
+    decoder = _tiny(model, "decoder")
+    if decoder is not None:
+        with _using(model, decoder):
+            return tiny_vae.decode_tensor(decoder, latents)
     vae = model.vae
     scaled = latents.to(model.device).float() / vae.config.scaling_factor + _shift(vae)
     options = model.run_options

@@ -15,11 +15,13 @@ from dataclasses import dataclass, field
 import torch
 from PIL import Image
 
-from . import hires, hypernetwork, image_io, img2img, model_ops, rng, sampler_options, samplers
+from . import denoise, hires, hypernetwork, image_io, img2img, model_ops, rng, sampler_options, samplers
 from . import noise_inversion, prompt_parser, sampling_pass, saving, tiling
 from . import lora  # <lora:...> networks
+from . import upscaling
 from .loop_hooks import LoopHooks
 from .prompt_networks import Hypernets, PromptNetworks, with_hypernet
+from .conditioning import persistent_cache
 from .scheduled_conditioning import ScheduledConditioning, schedule_length
 from .embeddings import ti_hashes
 from .infotext import build_infotext, plain_number
@@ -225,6 +227,8 @@ class _Job:
             raise RequestError("width", f"width and height must be multiples of {model.size_multiple} for this model")
         # what the family's prompt encoder reads besides the prompts (SDXL sizes, Flux's distilled guidance)
         self.conditioning = dataclasses.replace(settings.conditioning, distilled_guidance=request.distilled_cfg_scale)
+        # batch_cond_uncond, pad_cond_uncond(_v0): one record for the job's passes ("Pad conds" infotext)
+        self.cond_batching = denoise.CondBatching(settings.batch_cond_uncond, settings.pad_cond_uncond)
         if model.family.uses_distilled_guidance(model):  # Forge's key
             p.extra["Distilled CFG Scale"] = plain_number(request.distilled_cfg_scale)
         self.networks.get(request.prompt, "prompt")  # an unknown LoRA is refused before any work
@@ -262,6 +266,13 @@ class _Job:
             p.extra.update({"Denoising strength": plain_number(hr.denoising_strength), **hr.infotext})
             self.result.first_pass_size = (p.width, p.height)
             self.result.width, self.result.height = hr.width, hr.height
+        # A1111's sd_vae_encode_method / sd_vae_decode_method when not "Full": where it encodes pictures
+        # (img2img, a hires pass from pixels) and where it decodes latents
+        if self.img2img is not None or (hr is not None and not upscaling.is_latent(hr.upscaler)):
+            if model_ops.vae_method(model, "encoder") != "Full":
+                p.extra["VAE Encoder"] = model_ops.vae_method(model, "encoder")
+        if model_ops.vae_method(model, "decoder") != "Full":
+            p.extra["VAE Decoder"] = model_ops.vae_method(model, "decoder")
         extra_noise = settings.img2img.extra_noise  # A1111's img2img_extra_noise: img2img and the hires pass
         if extra_noise > 0 and (self.img2img is not None or (hr is not None and hr.denoising_strength > 0)):
             p.extra["Extra noise"] = plain_number(extra_noise)
@@ -343,7 +354,9 @@ class _Job:
         def conds_for(model: LoadedModel, prompts=prompts, negatives=negatives,
                       length: int | None = None) -> ScheduledConditioning:
             conditioner = model.family.conditioner(model, clip_skip=p.clip_skip, emphasis=settings.emphasis,
-                                                   embeddings=settings.embeddings, options=self.conditioning)
+                                                   embeddings=settings.embeddings, options=self.conditioning,
+                                                   cache=persistent_cache(model) if settings.persistent_cond_cache
+                                                   else None)
             concat = None
             if model.spec.inpainting:
                 concat = (job.conditioning(len(prompts), model.device) if job
@@ -382,7 +395,8 @@ class _Job:
                                  shape=self.latent_shape, seeds=self._seeds(values_b), steps=request.steps,
                                  cfg_scale=request.cfg_scale, hooks=hooks, refiner=refiner,
                                  start=img2img_start if job is not None else None,
-                                 token_ratio=settings.token_merging_ratio)
+                                 token_ratio=settings.token_merging_ratio, cond_batching=self.cond_batching)
+        self._note_padding()
         latents = done.latents
         if job is not None:
             latents = job.blend(latents, self._init_latents, on_blend, final=True)
@@ -419,7 +433,8 @@ class _Job:
             hooks=LoopHooks(self.observer, self.job_hooks, hr_model),
             refine=not first.stopped,  # skipped: only upscaled, as in A1111
             prompts=values_b.hr_prompts, negative_prompts=values_b.hr_negative_prompts, before_decode=sampled,
-            refiner=refiner, decode=self._decode)
+            refiner=refiner, decode=self._decode, cond_batching=self.cond_batching)
+        self._note_padding()
         if switched:
             self._note_refiner()
         self.used_embeddings.update(hr.used_embeddings)
@@ -579,6 +594,13 @@ class _Job:
             switch_at=self.request.refiner_switch_at or 0.0,
             load=lambda: borrowed.load(name, "refiner_checkpoint"),
             by_steps=self.settings.refiner_switch_by_sample_steps)
+
+    def _note_padding(self) -> None:
+        """A1111 writes "Pad conds" / "Pad conds v0" once its CFG denoiser has padded a context."""
+        extra = {key: True for mode, key in (("empty", "Pad conds"), ("v0", "Pad conds v0"))
+                 if mode in self.cond_batching.padded}
+        self.p.extra.update(extra)
+        self.result.extra_generation_params.update(extra)
 
     def _note_refiner(self) -> None:
         """A1111 writes the refiner's keys once it has switched to it."""

@@ -102,12 +102,13 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
         cfg_scale: float, hooks: denoise.DenoiseHooks,
         start: Callable[[torch.Tensor, object], Start] | None = None,
         refiner: RefinerPlan | None = None, image_cfg_scale: float | None = None,
-        token_ratio: float = 0.0) -> PassResult:
+        token_ratio: float = 0.0, cond_batching: denoise.CondBatching | None = None) -> PassResult:
     """Steps 1-4 of the module docstring. ``conds_for(model)`` returns the pass's
     ``ScheduledConditioning`` for that model; ``start(noise, scheduler)`` says where sampling starts
     (None: txt2img). ``settings`` is the job's ``GenerationSettings``. ``image_cfg_scale``: an
     instruct-pix2pix model's image guidance (its conditioning carries the picture as ``c_concat``).
-    ``token_ratio``: token merging (A1111's token_merging_ratio*) during the pass."""
+    ``token_ratio``: token merging (A1111's token_merging_ratio*) during the pass. ``cond_batching``: the
+    job's cond/uncond calls and padding (the empty prompt's context taken from the model that runs)."""
     spec = model.spec
     noise = rng.create_noise(shape, seeds.seeds, seeds.subseeds, seeds.subseed_strength, seeds.resize_from,
                              device=model.device, source=settings.randn_source)
@@ -120,6 +121,8 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
     control = getattr(settings, "control", None)  # ControlNet units (modules.core.controlnet.ControlJob)
     switch = _Switch(model, conds_for, refiner, control.for_pass(model, shape) if control is not None else None)
     conds = switch.conds
+    if cond_batching is not None:
+        cond_batching = cond_batching.for_model(lambda: switch.conds.empty_context())
     with token_merging.merging(model.unet, token_ratio):  # ToMe on the pass's own model (not a refiner)
         latents = denoise.sample(
             switch, scheduler, (begin.noise if begin.noise is not None else noise).to(model.device),
@@ -132,6 +135,7 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
             uncond_skipping=denoise.UncondSkipping(options.skip_early_cond, options.s_min_uncond,
                                                    options.s_min_uncond_all),
             preview_content=getattr(settings, "live_preview_content", "Combined"),
+            cond_batching=cond_batching,
         )
     return PassResult(latents, switch.model, switch.switched)
 

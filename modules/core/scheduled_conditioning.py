@@ -112,6 +112,13 @@ class ScheduledConditioning:
                       use_old_scheduling=use_old_scheduling)
         self.cond = _Rows(conditioner, row_prompts, extra=cond_extra, **common)
         self.uncond = _Rows(conditioner, list(negative_prompts), extra=uncond_extra, negative=True, **common)
+        self._conditioner, self._size = conditioner, (width, height)
+
+    def empty_context(self) -> torch.Tensor | None:
+        """The empty prompt's text context (1, 77, D), what A1111's pad_cond_uncond pads with; None where
+        the conditioner's context is not a row of text chunks (SD3's, Flux's)."""
+        make = getattr(self._conditioner, "empty_context", None)
+        return make(*self._size) if make is not None else None
 
     def cond_for_step(self, step: int) -> tuple[dict, dict]:
         return self.cond.at(step), self.uncond.at(step)

@@ -263,6 +263,9 @@ class Engine:
             return_mask_composite=bool(o.get("return_mask_composite")),
             save_incomplete_images=bool(o.get("save_incomplete_images")),
             live_preview_content=o.get("live_preview_content") or "Prompt",
+            batch_cond_uncond=bool(o.get("batch_cond_uncond", True)),
+            persistent_cond_cache=bool(o.get("persistent_cond_cache", True)),
+            pad_cond_uncond="v0" if o.get("pad_cond_uncond_v0") else "empty" if o.get("pad_cond_uncond") else "",
             interrupt_decode=(live_previews.interrupt_decoder(o.get("show_progress_type"))
                               if o.get("live_preview_fast_interrupt") else None),
             outdir_init_images=(self.data_path / (o.get("outdir_init_images") or "outputs/init-images")

@@ -1,6 +1,10 @@
 """The hypernetwork files on disk, as A1111 lists them (``--hypernetwork-dir``, default
 models/hypernetworks): every ``*.pt`` below the folder, named by its stem. Read again on each look,
-so a file dropped in is usable at once; an unreadable one is refused when a prompt names it."""
+so a file dropped in is usable at once; an unreadable one is refused when a prompt names it.
+
+With A1111's print_hypernet_extra (``print_extra``), a file a job loads has its description printed
+to the console first (layer structure, activation, weight initialisation, layer norm, dropout, as
+A1111 prints them when it loads one)."""
 
 from __future__ import annotations
 
@@ -11,9 +15,11 @@ from .model_files import in_hidden_folder
 
 
 class HypernetworkRegistry:
-    def __init__(self, folders: list[Path], show_hidden: Callable[[], bool] = lambda: True):
+    def __init__(self, folders: list[Path], show_hidden: Callable[[], bool] = lambda: True,
+                 print_extra: Callable[[], bool] = lambda: False):
         self.folders = [Path(f) for f in folders if f]
         self.show_hidden = show_hidden  # the list_hidden_files setting: files in ".name" folders listed
+        self.print_extra = print_extra  # the print_hypernet_extra setting
 
     def items(self) -> dict[str, Path]:
         found: dict[str, Path] = {}
@@ -28,6 +34,8 @@ class HypernetworkRegistry:
         """The file of a `<hypernet:name>`; LookupError naming the known ones for an unknown name."""
         items = self.items()
         if name in items:
+            if self.print_extra():  # a job is about to load it (modules.core.prompt_networks)
+                self._print_extra(name, items[name])
             return items[name]
         known = ", ".join(items) or "none: put .pt files in " + " or ".join(str(f) for f in self.folders)
         raise LookupError(f"unknown hypernetwork '{name}'; known: {known}")
@@ -38,3 +46,14 @@ class HypernetworkRegistry:
         if not name or name == "None" or name not in self.items():
             return None
         return name, float(strength)
+
+    @staticmethod
+    def _print_extra(name: str, path: Path) -> None:
+        from modules.core import hypernetwork
+
+        try:
+            lines = hypernetwork.read_extra_info(path)
+        except hypernetwork.HypernetworkError:
+            return  # the load that follows refuses it with the reason
+        for line in lines:
+            print(line)

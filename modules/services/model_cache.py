@@ -23,8 +23,8 @@ from typing import Callable
 
 import torch
 
-from modules.core import attention
-from modules.core.checkpoint_file import CheckpointFile
+from modules.core import attention, taesd
+from modules.core.checkpoint_file import CheckpointFile, reading_whole
 from modules.core.devices import DevicePolicy, RunOptions
 from modules.core.memory import DeviceMemory
 from modules.core.model_detection import detect
@@ -61,6 +61,9 @@ class ModelCache:
         self._cached: OrderedDict[str, tuple[LoadedModel, CheckpointInfo, tuple]] = OrderedDict()  # LRU first
         self._lock = threading.RLock()
         self._on_loaded = on_loaded
+        # sd_vae_encode_method / sd_vae_decode_method = "TAESD": the tiny autoencoders the core asks for
+        self.taesd = TaesdParts(self.memory)
+        self.run_options.taesd = self.taesd
 
     def _stamp(self, info: CheckpointInfo) -> tuple:
         """What must not have changed for a cached model to stand for the file: the file itself and
@@ -98,8 +101,8 @@ class ModelCache:
                 probe.close()
             previous = self.info
             self._shrink(self.limit - 1)  # room for the new one within the limit
-            if self.model is not None:
-                self.memory.offload(self.model)
+            if self.model is not None:  # off the device unless sd_checkpoints_keep_in_cpu is off
+                self.memory.set_aside(self.model)
             try:
                 model = self._read(info)
             except Exception:
@@ -121,12 +124,13 @@ class ModelCache:
 
     def _read(self, info: CheckpointInfo) -> LoadedModel:
         self.file_loads += 1
-        return load_checkpoint(info.filename, self.policy, self.companions, memory=self.memory,
-                               run_options=self.run_options)
+        with reading_whole(getattr(self.run_options, "disable_mmap_load_safetensors", False)):
+            return load_checkpoint(info.filename, self.policy, self.companions, memory=self.memory,
+                                   run_options=self.run_options)
 
     def _make_current(self, model: LoadedModel, info: CheckpointInfo) -> None:
         if self.model is not None and self.model is not model:
-            self.memory.offload(self.model)  # stays in RAM, off the device
+            self.memory.set_aside(self.model)  # stays in RAM, off the device (sd_checkpoints_keep_in_cpu)
         self.model, self.info = model, info
 
     def _drop(self, key: str) -> None:
@@ -153,6 +157,13 @@ class ModelCache:
         options.vae_tiling = str(get("vae_tiling") or "Automatic")
         options.fp8_storage = str(get("fp8_storage") or "Disable")
         options.cache_fp16_weight = bool(get("cache_fp16_weight"))
+        keep_in_cpu = get("sd_checkpoints_keep_in_cpu")
+        self.memory.keep_cached_off_device = True if keep_in_cpu is None else bool(keep_in_cpu)
+        # pictures <-> latents: the checkpoint's VAE ("Full") or TAESD (modules.core.model_ops)
+        options.vae_encode_method = str(get("sd_vae_encode_method") or "Full")
+        options.vae_decode_method = str(get("sd_vae_decode_method") or "Full")
+        # .safetensors checkpoints read whole into memory in one read (modules.core.checkpoint_file)
+        options.disable_mmap_load_safetensors = bool(get("disable_mmap_load_safetensors"))
         # the UNet's attention: applied at once to the models held (no reload; between jobs)
         options.upcast_attn = bool(get("upcast_attn"))
         options.attention = attention.choose(get("cross_attention_optimization"), options.attention_flags,
@@ -178,3 +189,42 @@ class ModelCache:
             self.model = None
             self.info = None
             release_memory()
+
+
+class TaesdParts:
+    """TAESD's encoders and decoders for ``sd_vae_encode_method`` / ``sd_vae_decode_method``: each file
+    of ``folder`` (models/VAE-approx; None: the live previews' folder, which the composition root sets)
+    read once, then registered with the memory owner, which places it as it places the VAE."""
+
+    PURPOSE = {"encoder": 'sd_vae_encode_method "TAESD"', "decoder": 'sd_vae_decode_method "TAESD"'}
+
+    def __init__(self, memory: DeviceMemory, folder=None):
+        self.memory = memory
+        self.folder = folder
+        self._loaded: dict = {}
+        self._lock = threading.Lock()
+
+    def _folder(self):
+        if self.folder is not None:
+            return self.folder
+        from . import live_previews  # the same models/VAE-approx the "TAESD" live previews read
+
+        return live_previews._folder
+
+    def __call__(self, family: str, part: str) -> torch.nn.Module:
+        """The ``part`` ("encoder" / "decoder") for a model family; TaesdError naming the file and the
+        folder when it is missing or unusable."""
+        folder = self._folder()
+        if folder is None:
+            raise taesd.TaesdError(f"{self.PURPOSE[part]} needs models/VAE-approx, and no such folder is set")
+        find = taesd.encoder_path if part == "encoder" else taesd.decoder_path
+        path = find(folder, family, purpose=self.PURPOSE[part])
+        with self._lock:
+            key = (path, path.stat().st_mtime_ns)
+            module = self._loaded.get(key)
+            if module is None:
+                module = (taesd.load_encoder if part == "encoder" else taesd.load_decoder)(path)
+                module.requires_grad_(False)
+                self.memory.register(module, f"TAESD:{path.name}")
+                self._loaded[key] = module
+            return module

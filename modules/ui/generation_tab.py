@@ -34,6 +34,7 @@ from . import paste_params
 from .extra_networks import ExtraNetworksPanel
 from .gallery_buttons import GalleryButtons
 from .interrogate_buttons import InterrogateButtons
+from .memory_note import memory_note
 from .prompt_tools import PromptTools
 from .refiner import RefinerControls
 from .scripts_ui import ScriptsSection
@@ -475,6 +476,9 @@ class GenerationTab:
         started = time.time()
         session = request.session_hash if request is not None else f"no-session-{next(_task_numbers)}"
         _page_user.name = getattr(request, "username", None)  # A1111's p.user (--gradio-auth logins)
+        monitor = getattr(self.engine, "memory_monitor", None)  # A1111's shared.mem_mon (webui.py)
+        if monitor is not None:
+            monitor.monitor()
         try:
             shown = self.execute(values, session, progress)
         except CancelledError:
@@ -483,8 +487,11 @@ class GenerationTab:
             return self.failed(str(exc))
         except Exception as exc:  # noqa: BLE001 - shown to the user; the worker printed the traceback
             return self.failed(f"{type(exc).__name__}: {exc}")
+        finally:
+            memory = monitor.stop() if monitor is not None else {}
         separator = "\n" if "\n" in shown.note else " "  # a batch's list of skipped files: one per line
-        note = separator.join(filter(None, [shown.note, f"Time taken: {time.time() - started:.1f} s"]))
+        note = separator.join(filter(None, [shown.note, f"Time taken: {time.time() - started:.1f} s",
+                                            memory_note(memory)]))
         state = {"infotexts": shown.infotexts, "seeds": shown.seeds, "note": note,
                  "index_of_first_image": shown.first_image, "paths": shown.paths}
         # nothing selected yet (-1): the reuse-seed and send-to buttons take the first entry, Save all of them

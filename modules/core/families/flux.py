@@ -21,7 +21,7 @@ import dataclasses
 import torch
 
 from .. import emphasis as emphasis_modes
-from .. import flow_matching, flux_layout, ldm_parts, prompt_parser, t5_encoder
+from .. import flow_matching, flux_layout, ldm_parts, lora, prompt_parser, t5_encoder
 from ..checkpoint_shapes import ModelSpec, Shapes, TextEncoderSpec, UnsupportedCheckpoint, hf_clip_config
 from ..conditioning_options import ConditioningOptions
 from .base import ModelParts, has_prefix
@@ -160,14 +160,14 @@ class FluxConditioner:
     distilled guidance. Prompt weights scale the T5 states as A1111's emphasis modes say."""
 
     def __init__(self, model, clip_skip: int = 1, emphasis: str = emphasis_modes.ORIGINAL, cache_size: int = 8,
-                 embeddings=None, options: ConditioningOptions | None = None):
+                 embeddings=None, options: ConditioningOptions | None = None, cache: dict | None = None):
         self.model = model
         self.emphasis = emphasis_modes.check(emphasis)
         self.emphasis_noted = False
         self.used_embeddings: dict[str, str] = {}  # textual inversion does not apply to Flux's encoders
         self.options = options or ConditioningOptions()
         self.length = 512 if model.unet.config.guidance_embeds else 256
-        self._cache: dict[tuple, dict] = {}
+        self._cache: dict[tuple, dict] = cache if cache is not None else {}  # (conditioning.persistent_cache)
         self._cache_size = cache_size
 
     def _clip_tokens(self, text: str) -> list[int]:
@@ -181,7 +181,7 @@ class FluxConditioner:
     def encode(self, prompts: list[str], width: int, height: int, negative: bool = False) -> dict[str, torch.Tensor]:
         if self.emphasis != emphasis_modes.ORIGINAL and any("(" in p or "[" in p for p in prompts):
             self.emphasis_noted = True
-        key = (tuple(prompts), self.emphasis, self.options.distilled_guidance)
+        key = ("flux", tuple(prompts), self.emphasis, self.options.distilled_guidance, lora.active_key(self.model))
         if key in self._cache:
             return self._cache[key]
         device = self.model.device

@@ -155,13 +155,13 @@ class SD3Conditioner:
     """CLIP-L and CLIP-G through A1111's prompt handling (chunks, weights, embeddings), then T5."""
 
     def __init__(self, model, clip_skip: int = 1, emphasis: str = emphasis_modes.ORIGINAL, cache_size: int = 8,
-                 embeddings=None, options: ConditioningOptions | None = None):
+                 embeddings=None, options: ConditioningOptions | None = None, cache: dict | None = None):
         self.model = model
         self.emphasis = emphasis_modes.check(emphasis)
         clips = SimpleNamespace(text_encoders=model.text_encoders[:2], tokenizers=model.tokenizers[:2],
                                 family=model.family, device=model.device, spec=model.spec, extra=model.extra)
         self.clip = TextConditioner(clips, clip_skip=clip_skip, emphasis=emphasis, cache_size=cache_size,
-                                    embeddings=embeddings, options=options)
+                                    embeddings=embeddings, options=options, cache=cache)  # (T5: each time)
 
     @property
     def emphasis_noted(self) -> bool:
