@@ -108,3 +108,16 @@ def test_refusals_name_the_field_and_run_nothing(sd1, registry, hn_dir, tmp_path
     assert not (tmp_path / "PWNED").exists()
     with pytest.raises(RequestError, match="no hypernetwork folder"):
         generate(GenerationRequest(**{**SMALL, "prompt": "a <hypernet:shapes>"}), sd1, GenerationSettings())
+
+
+def test_a_file_silent_on_activate_output_activates_the_last_layer(tmp_path):
+    """A1111 reads a missing ``activate_output`` as True (older files lack the key): the last layer's
+    output goes through the activation too."""
+    g = torch.Generator().manual_seed(5)
+    torch.save({8: [_mlp_state(8, g), _mlp_state(8, g)], "layer_structure": [1, 2, 1], "activation_func": "relu"},
+               tmp_path / "old.pt")
+    network = hypernetwork.load(tmp_path / "old.pt")
+    keys = network.layers[8][0].linear
+    assert [type(m).__name__ for m in keys] == ["Linear", "ReLU", "Linear", "ReLU"]
+    x = torch.randn(3, 8, generator=g)
+    assert (keys(x) >= 0).all()  # a ReLU last

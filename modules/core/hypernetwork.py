@@ -85,7 +85,8 @@ def load(path: str | Path) -> Hypernetwork:
         raise HypernetworkError(f"{path.name} is not a hypernetwork (no dict of layers)")
     options = {"layer_structure": data.get("layer_structure") or [1, 2, 1],
                "activation_func": data.get("activation_func"), "is_layer_norm": bool(data.get("is_layer_norm")),
-               "use_dropout": bool(data.get("use_dropout")), "activate_output": bool(data.get("activate_output")),
+               "use_dropout": bool(data.get("use_dropout")),
+               "activate_output": bool(data.get("activate_output", True)),  # A1111: on when the file is silent
                "last_layer_dropout": bool(data.get("last_layer_dropout", True))}
     network = Hypernetwork(path.stem, path)
     for width, pair in data.items():
