@@ -393,3 +393,91 @@ def test_options_reach_a_real_job_and_its_infotext(sd1):
     assert "Sigma churn" not in plain.infotexts[0]
     difference = np.abs(np.asarray(plain.images[0], dtype=float) - np.asarray(churned.images[0], dtype=float))
     assert difference.max() > 8
+
+
+def test_enable_quantization_travels_from_the_options_to_the_scheduler():
+    """A1111's enable_quantization reaches the k-diffusion samplers of a job (the numbers: the
+    k-diffusion comparison in test_samplers_reference.py); no infotext key, no effect elsewhere."""
+    from modules.core import ksampling
+    from modules.services.options import Options
+
+    options = Options(None)
+    assert options.get("enable_quantization") is False
+    options.set("enable_quantization", True)
+    got = SamplerOptions.from_options(options.get)
+    assert got.enable_quantization is True
+    scheduler = samplers.build_scheduler("DPM++ 2M", "Karras", options=got)
+    assert isinstance(scheduler, ksampling.KSamplerScheduler) and scheduler.quantize
+    scheduler.set_timesteps(8)
+    assert torch.equal(scheduler.timesteps, scheduler.timesteps.round())
+    assert not samplers.build_scheduler("DPM++ 2M", "Karras", options=SamplerOptions()).quantize
+    assert samplers.infotext_params("DPM++ 2M", "Karras", got) == {}
+
+
+def _a1111_unipc_model_times(skip_type, n):
+    """A1111's uni_pc.py: NoiseScheduleVP('discrete') on SD's alphas_cumprod, get_time_steps from
+    t_T = 1 to t_0 = 1/1000, the model fed (t - 1/1000) * 1000 (written out in torch float64)."""
+    betas = torch.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=torch.float64) ** 2
+    log_alpha = 0.5 * torch.cumprod(1 - betas, 0).log()
+    t_array = torch.linspace(0, 1, 1001, dtype=torch.float64)[1:]
+
+    def interp(x, xs, ys):  # piecewise linear, xs ascending
+        i = torch.searchsorted(xs, x).clamp(1, len(xs) - 1)
+        w = (x - xs[i - 1]) / (xs[i] - xs[i - 1])
+        return ys[i - 1] + w * (ys[i] - ys[i - 1])
+
+    def marginal_lambda(t):
+        lmc = interp(t, t_array, log_alpha)
+        return lmc - 0.5 * torch.log(1 - torch.exp(2 * lmc))
+
+    t_T, t_0 = torch.tensor([1.0], dtype=torch.float64), torch.tensor([1e-3], dtype=torch.float64)
+    if skip_type == "logSNR":
+        lambdas = torch.linspace(float(marginal_lambda(t_T)), float(marginal_lambda(t_0)), n + 1, dtype=torch.float64)
+        la = -0.5 * torch.logaddexp(torch.zeros(1, dtype=torch.float64), -2 * lambdas)
+        t = interp(la, log_alpha.flip(0), t_array.flip(0))
+    elif skip_type == "time_quadratic":
+        t = torch.linspace(1.0, 1e-3 ** 0.5, n + 1, dtype=torch.float64) ** 2
+    else:
+        t = torch.linspace(1.0, 1e-3, n + 1, dtype=torch.float64)
+    return ((t[:-1] - 1e-3) * 1000).to(torch.float32)
+
+
+@pytest.mark.parametrize("skip_type", ["time_uniform", "time_quadratic", "logSNR"])
+def test_unipc_skip_type_sets_a1111s_unipc_times(skip_type):
+    from modules import infotext_utils
+    from modules.services.options import Options
+
+    options = Options(None)
+    assert options.get("uni_pc_skip_type") == "time_uniform"
+    options.set("uni_pc_skip_type", skip_type)
+    got = SamplerOptions.from_options(options.get)
+    scheduler = samplers.build_scheduler("UniPC", options=got)
+    scheduler.set_timesteps(10)
+    expected = _a1111_unipc_model_times(skip_type, 10)
+    assert scheduler.timesteps.shape == expected.shape
+    assert torch.allclose(scheduler.timesteps, expected, atol=2e-3), (scheduler.timesteps, expected)
+    # the sigmas are the training schedule's at those times, ending at its smallest sigma (A1111's t_0)
+    ac = scheduler.alphas_cumprod.double()
+    train = ((1 - ac) / ac) ** 0.5
+    assert float(scheduler.sigmas[-1]) == pytest.approx(float(train[0]), rel=1e-5)
+    assert float(scheduler.sigmas[0]) == pytest.approx(float(train[-1]), rel=1e-5)
+    # the sampler runs there (the model sees those timesteps) and the choice changes the picture
+    seen = []
+
+    def model(x, t, cond):
+        seen.append(float(t[0]))
+        return eps_model(x, t)
+
+    out = denoise.sample(model, samplers.build_scheduler("UniPC", options=got), _noise(),
+                         lambda i: ({"context": torch.zeros(SHAPE[0], 1, 1)}, None), steps=10, cfg_scale=1.0)
+    assert torch.isfinite(out).all() and seen == pytest.approx(expected.tolist(), abs=2e-3)
+    if skip_type != "time_uniform":
+        default = denoise.sample(lambda x, t, c: eps_model(x, t), samplers.build_scheduler("UniPC"), _noise(),
+                                 lambda i: ({"context": torch.zeros(SHAPE[0], 1, 1)}, None), steps=10, cfg_scale=1.0)
+        assert float((out - default).abs().max()) > 1e-3
+    # A1111 writes no infotext key for it; its option's infotext name pastes back
+    assert samplers.infotext_params("UniPC", None, got) == {}
+    assert infotext_utils.create_override_settings_dict([f"UniPC skip type: {skip_type}"]) == {
+        "uni_pc_skip_type": skip_type}
+    with pytest.raises(ValueError, match="skip type"):
+        samplers.build_scheduler("UniPC", options=SamplerOptions(uni_pc_skip_type="quad"))

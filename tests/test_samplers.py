@@ -1,19 +1,16 @@
-"""Sampler registry and denoising loop, checked numerically against diffusers' own pipelines.
+"""Sampler registry and denoising loop; the rows that run diffusers' schedulers checked numerically
+against diffusers' own pipelines.
 
-The acceptance check: for every sampler x (Automatic, Karras) that the registry supports, our
-``denoise.sample`` with ``samplers.build_scheduler`` must land on the same latents as diffusers'
-``StableDiffusionPipeline`` driving the same scheduler (tiny random UNet, 6 steps, CFG 5, batch 2,
-per-image generators). DPM++ 2S a has no diffusers scheduler and is checked against a plain
-transcription of k-diffusion's ``sample_dpmpp_2s_ancestral`` written over sigmas.
-"""
+The acceptance check: for every sampler that stays on a diffusers scheduler (A1111's timestep
+samplers DDIM, PLMS, UniPC, and LCM on its own schedule), our ``denoise.sample`` with
+``samplers.build_scheduler`` must land on the same latents as diffusers' ``StableDiffusionPipeline``
+driving the same scheduler (tiny random UNet, 6 steps, CFG 5, batch 2, per-image generators). The
+k-diffusion rows are checked against the ``k-diffusion`` package in tests/test_samplers_reference.py."""
 
-import math
-
-import numpy as np
 import pytest
 import torch
 
-from modules.core import denoise, rng, samplers
+from modules.core import denoise, ksampling, rng, samplers
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # numpy 2 vs diffusers internals
 
@@ -126,19 +123,17 @@ def run_diffusers(unet, vae, scheduler, embeds, *, steps=STEPS, cfg=CFG):
 
 
 def compare_cases():
-    """Every sampler x (Automatic, Karras), plus Uniform where Automatic means something else."""
+    """Every sampler that a job runs on a diffusers scheduler (its own schedule: the others ignore the
+    schedule type or run k-diffusion)."""
     for name in samplers.SAMPLER_NAMES:
-        if name == "DPM++ 2S a":
-            continue  # no diffusers scheduler: see test_dpmpp_2s_a_matches_k_diffusion_transcription
-        spec = samplers.get_spec(name)
-        if spec.scheduler is None or name == "DDIM CFG++":
-            continue  # no diffusers scheduler: checked in test_samplers_reference.py
-        for schedule in ("Automatic", "Karras", "Uniform"):
-            if schedule not in samplers.supported_schedules(name):
-                continue
-            if schedule == "Uniform" and samplers.effective_schedule(name) == "Uniform":
-                continue
-            yield name, schedule
+        if name == "DDIM CFG++":
+            continue  # Easel's own scheduler: checked in test_samplers_reference.py
+        if not isinstance(samplers.build_scheduler(name), ksampling.KSamplerScheduler):
+            yield name, "Automatic"
+
+
+def test_compare_cases_are_the_diffusers_rows():
+    assert list(compare_cases()) == [(n, "Automatic") for n in ("DDIM", "PLMS", "UniPC", "LCM")]
 
 
 def build_pair(name, schedule, **kw):
@@ -166,7 +161,7 @@ def test_matches_diffusers_pipeline(unet, vae, embeds, name, schedule):
     assert diff <= TOL, f"{name} / {schedule}: max abs diff {diff:.3g}"
 
 
-@pytest.mark.parametrize("name", ["Euler", "DDIM", "DPM++ 2M"])
+@pytest.mark.parametrize("name", ["DDIM", "PLMS", "UniPC"])
 def test_v_prediction_matches_diffusers_pipeline(unet, vae, embeds, name):
     ours_sched, their_sched, extra = build_pair(name, "Automatic", prediction_type="v_prediction")
     ours = run_ours(unet, ours_sched, embeds, **extra)
@@ -188,7 +183,7 @@ def test_img2img_matches_diffusers_pipeline(unet, vae, embeds):
     cond, uncond = embeds
     init = torch.randn((2, *LATENT), generator=torch.Generator().manual_seed(3))
     strength = 0.5
-    for name in ("Euler", "DDIM", "Heun"):
+    for name in ("DDIM", "PLMS", "UniPC"):
         pipe = pipeline(StableDiffusionImg2ImgPipeline, unet, vae, samplers.build_scheduler(name))
         theirs = pipe(
             prompt_embeds=cond, negative_prompt_embeds=uncond, image=init, strength=strength,
@@ -203,132 +198,6 @@ def test_img2img_matches_diffusers_pipeline(unet, vae, embeds):
             generators=gens_for(), init_latents=init, denoising_strength=strength,
         )
         assert (ours - theirs).abs().max().item() <= TOL, name
-
-
-# --------------------------------------------------------------------------------------------
-# DPM++ 2S a against a plain transcription of k-diffusion's algorithm
-# --------------------------------------------------------------------------------------------
-
-def _train_sigmas():
-    betas = np.linspace(0.00085 ** 0.5, 0.012 ** 0.5, 1000, dtype=np.float64) ** 2
-    alphas_cumprod = np.cumprod(1.0 - betas)
-    return np.sqrt((1 - alphas_cumprod) / alphas_cumprod)
-
-
-def _reference_sigmas(schedule, n):
-    train = _train_sigmas()
-    if schedule == "Uniform":  # t = 999 -> 0, sigma interpolated linearly as diffusers does
-        ts = np.linspace(999, 0, n)
-        sigmas = np.interp(ts, np.arange(1000), train)
-    else:  # Karras et al. (2022), rho 7, over the training sigma range
-        ramp = np.linspace(0, 1, n)
-        lo, hi = train[0] ** (1 / 7), train[-1] ** (1 / 7)
-        sigmas = (hi + ramp * (lo - hi)) ** 7
-        ts = None
-    return np.append(sigmas, 0.0), ts
-
-
-def _sigma_to_t(sigma):
-    train = _train_sigmas()
-    return float(np.interp(np.log(sigma), np.log(train), np.arange(1000)))
-
-
-def _k_dpmpp_2s_ancestral(denoiser, x, sigmas, noise):
-    """k-diffusion ``sample_dpmpp_2s_ancestral`` with eta = s_noise = 1, over a list of sigmas."""
-    for i in range(len(sigmas) - 1):
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = denoiser(x, sigma, i)
-        sigma_up = min(sigma_next, (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
-        sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5
-        if sigma_down == 0:
-            x = x + (x - denoised) / sigma * (sigma_down - sigma)
-        else:
-            t, t_next = -math.log(sigma), -math.log(sigma_down)
-            h = t_next - t
-            s = t + 0.5 * h
-            x_2 = (math.exp(-s) / math.exp(-t)) * x - math.expm1(-0.5 * h) * denoised
-            denoised_2 = denoiser(x_2, math.exp(-s), None)
-            x = (math.exp(-t_next) / math.exp(-t)) * x - math.expm1(-h) * denoised_2
-        if sigma_next > 0:
-            x = x + noise() * sigma_up
-    return x
-
-
-@pytest.mark.parametrize("schedule,prediction", [("Uniform", "epsilon"), ("Karras", "epsilon"),
-                                                 ("Karras", "v_prediction")])
-def test_dpmpp_2s_a_matches_k_diffusion_transcription(unet, embeds, schedule, prediction):
-    """The algorithm: the transcription runs on our sigmas (checked separately below) and, at its
-    k-th model call, on the scheduler's k-th timestep — so only the update rules are compared."""
-    cond, uncond = embeds
-    scheduler = samplers.build_scheduler("DPM++ 2S a", schedule, prediction_type=prediction)
-    scheduler.set_timesteps(STEPS)
-    sigmas = [float(s) for s in scheduler.sigmas]
-    call_timesteps = iter(scheduler.timesteps)
-
-    def denoiser(x, sigma, step):  # CompVis(V)Denoiser + CFG
-        t = next(call_timesteps)
-        x_in = x / (sigma ** 2 + 1) ** 0.5
-        out_c, out_u = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=torch.cat([cond, uncond])).sample.chunk(2)
-        out = out_u + CFG * (out_c - out_u)
-        if prediction == "epsilon":
-            return x - sigma * out
-        return x / (sigma ** 2 + 1) - out * sigma / (sigma ** 2 + 1) ** 0.5
-
-    gens = gens_for()
-    with torch.no_grad():
-        expected = _k_dpmpp_2s_ancestral(
-            denoiser, noise_for() * sigmas[0], sigmas,
-            lambda: torch.cat([torch.randn((1, *LATENT), generator=g) for g in gens]),
-        )
-    assert next(call_timesteps, None) is None  # as many model calls as timesteps
-    ours = run_ours(unet, samplers.build_scheduler("DPM++ 2S a", schedule, prediction_type=prediction), embeds)
-    assert len(scheduler.timesteps) == 2 * STEPS - 1
-    assert (ours - expected).abs().max().item() <= TOL
-
-
-@pytest.mark.parametrize("schedule", ["Uniform", "Karras"])
-def test_dpmpp_2s_a_schedule_matches_independent_computation(schedule):
-    """The schedule: sigmas from float64 formulas; timesteps by log-sigma interpolation (k-diffusion's
-    sigma_to_t). diffusers computes these in float32, hence the allowances."""
-    ref_sigmas, ref_ts = _reference_sigmas(schedule, STEPS)
-    scheduler = samplers.build_scheduler("DPM++ 2S a", schedule)
-    scheduler.set_timesteps(STEPS)
-    np.testing.assert_allclose(scheduler.sigmas.numpy(), ref_sigmas, rtol=2e-5, atol=0)  # diffusers keeps alphas_cumprod in float32
-    expected_t = []
-    for i in range(STEPS):
-        sigma, sigma_next = ref_sigmas[i], ref_sigmas[i + 1]
-        expected_t.append(ref_ts[i] if ref_ts is not None else _sigma_to_t(sigma))
-        if sigma_next > 0:  # midpoint in log sigma between sigma and sigma_down (eta 1)
-            sigma_down = sigma_next ** 2 / sigma
-            expected_t.append(_sigma_to_t(math.sqrt(sigma * sigma_down)))
-    np.testing.assert_allclose(scheduler.timesteps.numpy(), expected_t, rtol=0, atol=2e-3)
-
-
-def test_dpmpp_2s_a_sigmas_follow_euler():
-    from diffusers import EulerDiscreteScheduler
-
-    for schedule, extra in [("Karras", {"use_karras_sigmas": True}), ("Exponential", {"use_exponential_sigmas": True}),
-                            ("SGM Uniform", {"timestep_spacing": "trailing"})]:
-        ours = samplers.build_scheduler("DPM++ 2S a", schedule)
-        ours.set_timesteps(8)
-        cfg = {**samplers.SD_TRAINING_SCHEDULE, "timestep_spacing": "linspace", **extra}
-        euler = EulerDiscreteScheduler(**cfg)
-        euler.set_timesteps(8)
-        assert torch.equal(ours.sigmas, euler.sigmas)
-        assert torch.equal(ours.timesteps[::2], euler.timesteps)
-
-
-def test_euler_a_karras_uses_euler_karras_sigmas():
-    from diffusers import EulerDiscreteScheduler
-
-    ours = samplers.build_scheduler("Euler a", "Karras")
-    ours.set_timesteps(10)
-    euler = EulerDiscreteScheduler(**samplers.SD_TRAINING_SCHEDULE, use_karras_sigmas=True)
-    euler.set_timesteps(10)
-    assert torch.equal(ours.sigmas, euler.sigmas) and torch.equal(ours.timesteps, euler.timesteps)
-    plain = samplers.build_scheduler("Euler a", "Uniform")
-    plain.set_timesteps(10)
-    assert not torch.equal(plain.sigmas, ours.sigmas)
 
 
 # --------------------------------------------------------------------------------------------
@@ -407,17 +276,19 @@ def test_automatic_follows_a1111_defaults_and_schedules_map_to_config():
     assert samplers.effective_schedule("DPM++ 2M SDE") == "Exponential"
     assert samplers.effective_schedule("Euler a") == "Uniform"
     assert samplers.effective_schedule("DPM++ 2M", "Uniform") == "Uniform"
-    cfg = samplers.build_scheduler("DPM++ 2M").config
-    assert cfg.use_karras_sigmas and cfg.algorithm_type == "dpmsolver++"
-    sde = samplers.build_scheduler("DPM++ 2M SDE", "Automatic")  # k-diffusion's, on a Brownian tree
-    assert (sde.algorithm_name, sde.schedule_id) == ("dpmpp_2m_sde", "exponential")
-    cfg = samplers.build_scheduler("Euler", "Uniform").config
-    assert cfg.timestep_spacing == "linspace" and not cfg.use_karras_sigmas
-    assert cfg.beta_schedule == "scaled_linear" and cfg.beta_start == 0.00085 and cfg.beta_end == 0.012
+    # A1111's k-diffusion samplers: k-diffusion's algorithm on the schedule ("Automatic": the sampler's own)
+    for name, schedule, expected in [("DPM++ 2M", "Automatic", ("dpmpp_2m", "karras")),
+                                     ("DPM++ 2M SDE", "Automatic", ("dpmpp_2m_sde", "exponential")),
+                                     ("Euler", "Uniform", ("euler", "uniform")),
+                                     ("Euler", "SGM Uniform", ("euler", "sgm_uniform")),
+                                     ("DPM2", "Automatic", ("dpm_2", "karras"))]:
+        scheduler = samplers.build_scheduler(name, schedule)
+        assert (scheduler.algorithm_name, scheduler.schedule_id) == expected, name
+    training = samplers.build_scheduler("Euler").training
+    assert float(training.sigma_max) == pytest.approx(14.6146, abs=1e-4)  # SD's scaled-linear betas
     cfg = samplers.build_scheduler("DDIM").config
     assert (cfg.timestep_spacing, cfg.steps_offset, cfg.clip_sample, cfg.set_alpha_to_one) == ("leading", 1, False, False)
     assert samplers.build_scheduler("PLMS").config.skip_prk_steps
-    assert samplers.build_scheduler("Euler", "SGM Uniform").config.timestep_spacing == "trailing"
     assert samplers.build_scheduler("DDIM", rescale_betas_zero_snr=True).config.rescale_betas_zero_snr
     assert samplers.build_scheduler("UniPC", options={"solver_order": 2}).config.solver_order == 2
 
@@ -488,7 +359,7 @@ def test_hooks_called_once_per_step_in_order(unet, embeds, name, evaluations):
     expected = []
     for i in range(evaluations):
         expected += [("denoiser", i, (2, *LATENT), (2,)), ("denoised", i, 4), ("after_cfg", i, 2),
-                     ("end", i, evaluations, name != "DPM++ 2M")]
+                     ("end", i, evaluations, True)]  # (k-diffusion's DPM++ 2M hands its denoised out too)
     assert rec.calls == expected
 
 
@@ -607,8 +478,11 @@ def test_extra_noise_adds_noise_in_k_diffusion_units(unet, embeds, name):
     basis = torch.stack([init.flatten(), noise.flatten()], dim=1)
     c0, c1 = torch.linalg.lstsq(basis, plain.first.flatten()[:, None]).solution.flatten().tolist()
     assert torch.allclose(plain.first, c0 * init + c1 * noise, atol=1e-5)
-    alpha = samplers.build_scheduler(name).alphas_cumprod[round(plain.t)].item()
-    assert c0 == pytest.approx(1.0 if name == "Euler" else alpha ** 0.5, abs=1e-4)
+    if name == "Euler":
+        assert c0 == pytest.approx(1.0, abs=1e-4)
+    else:
+        alpha = samplers.build_scheduler(name).alphas_cumprod[round(plain.t)].item()
+        assert c0 == pytest.approx(alpha ** 0.5, abs=1e-4)
     # k-diffusion's x_i + 0.5 * noise, in the scheduler's units
     assert torch.allclose(extra.first, plain.first + 0.5 * c0 * noise, atol=1e-5)
     assert torch.equal(zeroed.first, plain.first)  # the hook's noise is what is added

@@ -28,9 +28,9 @@ from tests.k_reference import (SEEDS, SHAPE, STEPS, TOL, _generators, _noise, _o
 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning")  # torchsde, see ksampling
 
-def run_reference(kd, training, algorithm, sigmas):
+def run_reference(kd, training, algorithm, sigmas, quantize=False):
     """k-diffusion's sampler on the CompVis-wrapped toy model, fed the same noise as Easel."""
-    model = kd.external.DiscreteEpsDDPMDenoiser(eps_model, training.alphas_cumprod, quantize=False)
+    model = kd.external.DiscreteEpsDDPMDenoiser(eps_model, training.alphas_cumprod, quantize=quantize)
     x = _noise() * sigmas[0]
     spec = ksampling.ALGORITHMS[algorithm]
     kwargs = dict(spec.options)
@@ -68,6 +68,105 @@ def test_algorithms_match_k_diffusion_on_every_schedule(kd, training, algorithm)
         worst = max(worst, diff)
         assert diff < TOL, (algorithm, schedule_id, diff)
     print(f"{algorithm}: max |easel - k-diffusion| = {worst:.2e}")
+
+
+def lcm_reference(training, sigmas):
+    """k-diffusion's sample_lcm (newer than the pinned package, so written out from its contract):
+    each step the prediction, noised afresh to the next sigma with the image's own noise."""
+    generators = _generators()
+    x = _noise() * sigmas[0]
+    for i in range(len(sigmas) - 1):
+        sigma = sigmas[i]
+        c_in = 1 / (sigma ** 2 + 1) ** 0.5
+        x = x - sigma * eps_model(x * c_in, training.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]))
+        if sigmas[i + 1] > 0:
+            fresh = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
+            x = x + sigmas[i + 1] * fresh
+    return x
+
+
+def job_reference(kd, training, scheduler):
+    """The k-diffusion reference for whatever algorithm ``scheduler`` runs, on its sigmas."""
+    algorithm, sigmas = scheduler.algorithm_name, scheduler.sigmas
+    if algorithm == "lcm":
+        return lcm_reference(training, sigmas)
+    if algorithm == "restart":
+        model = kd.external.DiscreteEpsDDPMDenoiser(eps_model, training.alphas_cumprod, quantize=False)
+        gens = _generators()
+        return restart_reference(kd, model, _noise() * sigmas[0], sigmas,
+                                 lambda: torch.stack([torch.randn(SHAPE[1:], generator=g) for g in gens]))
+    return run_reference(kd, training, algorithm, sigmas)
+
+
+# A1111 1.10's timestep samplers (sd_samplers_timesteps: DDIM, PLMS, UniPC; DDIM CFG++) have no
+# k-diffusion counterpart, nor has its LCM on its own schedule (sd_samplers_lcm's LCM denoiser)
+NOT_K_DIFFUSION = {"DDIM", "DDIM CFG++", "PLMS", "UniPC"}
+
+
+@pytest.mark.parametrize("name", [n for n in samplers.SAMPLER_NAMES if n not in NOT_K_DIFFUSION])
+def test_job_path_matches_k_diffusion_for_every_schedule(kd, training, name):
+    """What a job runs: ``build_scheduler`` with the default sampler parameters (as the engine passes
+    them), for every schedule type the sampler takes, lands within TOL (2e-4 max abs on latents of
+    size ~1..15) of k-diffusion's sampler on the same sigmas, model and noise."""
+    from modules.core.sampler_options import SamplerOptions
+
+    worst = 0.0
+    for schedule in samplers.supported_schedules(name):
+        scheduler = samplers.build_scheduler(name, schedule, options=SamplerOptions())
+        if not isinstance(scheduler, ksampling.KSamplerScheduler):
+            # only LCM's own schedule stays on diffusers (A1111's LCM denoiser, see samplers)
+            assert name == "LCM" and samplers.effective_schedule(name, schedule) == "Uniform", (name, schedule)
+            continue
+        assert scheduler.algorithm_name == samplers.get_spec(name).kdiff
+        ours = run_easel(scheduler)
+        ref = job_reference(kd, training, scheduler)
+        assert torch.isfinite(ours).all(), (name, schedule)
+        diff = float((ours - ref).abs().max())
+        worst = max(worst, diff)
+        assert diff < TOL, (name, schedule, diff)
+    print(f"{name}: max |job path - k-diffusion| = {worst:.2e}")
+
+
+def test_job_path_does_not_depend_on_unrelated_options(training):
+    """A sampler parameter that does not reach a sampler leaves its route and its picture alone."""
+    from modules.core.sampler_options import SamplerOptions
+
+    for name, schedule in [("DPM2", "Automatic"), ("DPM++ 2M", "Karras"), ("Euler a", "SGM Uniform")]:
+        plain = samplers.build_scheduler(name, schedule, options=SamplerOptions())
+        other = samplers.build_scheduler(name, schedule, options=SamplerOptions(eta_ddim=0.5, uni_pc_order=2))
+        assert type(plain) is type(other) is ksampling.KSamplerScheduler
+        assert torch.equal(run_easel(plain), run_easel(other)), name
+    # DPM2 drops the next-to-last sigma on its default route too (A1111's discard_next_to_last_sigma)
+    dpm2 = samplers.build_scheduler("DPM2", "Karras")
+    dpm2.set_timesteps(STEPS)
+    full = sigma_schedules.sigmas_for("karras", STEPS + 1, training)
+    assert torch.equal(dpm2.sigmas, torch.cat([full[:-2], full[-1:]]))
+
+
+@pytest.mark.parametrize("name,schedule", [("Euler", "Automatic"), ("DPM2", "Automatic"),
+                                           ("DPM++ 2M SDE", "Karras"), ("DPM++ 2S a", "SGM Uniform")])
+def test_enable_quantization_is_k_diffusions_quantize(kd, training, name, schedule):
+    """A1111's enable_quantization: the model is called at the nearest training timestep (integers),
+    as k-diffusion's CompVis denoiser with quantize=True; the result is k-diffusion's with it."""
+    from modules.core.sampler_options import SamplerOptions
+
+    scheduler = samplers.build_scheduler(name, schedule, options=SamplerOptions(enable_quantization=True))
+    seen = []
+
+    def model(x, t, cond):
+        seen.extend(t.tolist())
+        return eps_model(x, t)
+
+    ours = denoise.sample(model, scheduler, _noise(), lambda i: ({"context": torch.zeros(SHAPE[0], 1, 1)}, None),
+                          steps=STEPS, cfg_scale=1.0, generators=_generators(), brownian_seeds=SEEDS)
+    assert seen and all(float(t).is_integer() for t in seen), seen
+    ref = run_reference(kd, training, scheduler.algorithm_name, scheduler.sigmas, quantize=True)
+    assert float((ours - ref).abs().max()) < TOL
+    # off (the default) the timesteps are interpolated, and the picture differs
+    plain = samplers.build_scheduler(name, schedule, options=SamplerOptions())
+    plain.set_timesteps(STEPS)
+    assert not all(float(t).is_integer() for t in plain.timesteps)
+    assert float((run_easel(plain) - ours).abs().max()) > 1e-4
 
 
 def restart_reference(kd, model, x, sigmas, noise):
@@ -231,8 +330,11 @@ def test_new_rows_follow_a1111():
 def test_build_scheduler_routes_to_k_diffusion(name, schedule, algorithm):
     scheduler = samplers.build_scheduler(name, schedule)
     assert isinstance(scheduler, ksampling.KSamplerScheduler) and scheduler.algorithm_name == algorithm
-    # the diffusers-native schedules of the older rows keep their diffusers scheduler
-    assert not isinstance(samplers.build_scheduler("Euler", "Karras"), ksampling.KSamplerScheduler)
+    # every k-diffusion row runs k-diffusion's algorithm, on diffusers' schedule types as well (A1111
+    # does); only the timestep samplers and LCM's own schedule keep a diffusers scheduler
+    assert samplers.build_scheduler("Euler", "Karras").algorithm_name == "euler"
+    assert not isinstance(samplers.build_scheduler("UniPC", "Karras"), ksampling.KSamplerScheduler)
+    assert not isinstance(samplers.build_scheduler("LCM"), ksampling.KSamplerScheduler)
 
 
 def test_brownian_seeds_make_sde_images_independent_of_the_batch(training):

@@ -152,14 +152,15 @@ class KSamplerScheduler:
     them; ``schedule_kwargs`` (``sigma_min``, ``sigma_max``, ``rho``, ``alpha``, ``beta``) to the schedule
     (:func:`~modules.core.sigma_schedules.sigmas_for`); ``discard_penultimate`` overrides the
     algorithm's own choice; ``sgm_noise_multiplier`` makes txt2img's starting noise
-    sqrt(1 + sigma_max^2) instead of sigma_max.
+    sqrt(1 + sigma_max^2) instead of sigma_max; ``quantize`` (A1111's ``enable_quantization``) feeds
+    the model the nearest training timestep.
     """
 
     def __init__(self, algorithm: str, schedule_id: str, *, prediction_type: str = "epsilon",
                  training: TrainingSigmas | None = None, model_family: str = "sd1", eta: float = 1.0,
                  algorithm_kwargs: dict | None = None, schedule_kwargs: dict | None = None,
                  discard_penultimate: bool | None = None, sgm_noise_multiplier: bool = False,
-                 flow: tuple | None = None):
+                 flow: tuple | None = None, quantize: bool = False):
         known = {**ALGORITHMS, **FLOW_ALGORITHMS} if flow is not None else ALGORITHMS
         if algorithm not in known:
             raise ValueError(f"unknown k-diffusion algorithm {algorithm!r}")
@@ -185,6 +186,9 @@ class KSamplerScheduler:
         self.discard_penultimate = (self.algorithm.discard_penultimate if discard_penultimate is None
                                     else bool(discard_penultimate))
         self.sgm_noise_multiplier = sgm_noise_multiplier
+        # A1111's enable_quantization (k-diffusion's quantize=True): the model sees the nearest
+        # training timestep instead of the interpolated one; the scalings keep the exact sigma
+        self.quantize = bool(quantize) and flow is None
         self.order = self.algorithm.order
         # what callers read of a diffusers scheduler's config
         self.config = SimpleNamespace(prediction_type=prediction_type, num_train_timesteps=len(self.training.sigmas),
@@ -226,7 +230,7 @@ class KSamplerScheduler:
             calls = self._eval_sigmas(sigmas)
         if self.flow is not None:
             return calls, (torch.stack(calls) * 1000 if calls else torch.zeros(0))
-        ts = self.training.sigma_to_t(torch.stack(calls)) if calls else torch.zeros(0)
+        ts = self.training.sigma_to_t(torch.stack(calls), self.quantize) if calls else torch.zeros(0)
         return calls, ts
 
     def set_timesteps(self, num_inference_steps: int, device=None):
@@ -292,7 +296,7 @@ class KSamplerScheduler:
         """The timestep of model call ``i`` (an adaptive sampler's calls as they come)."""
         if i not in self._call_timesteps:
             sigma = self._calls[i]
-            t = sigma * 1000 if self.flow is not None else self.training.sigma_to_t(sigma.reshape(1))[0]
+            t = sigma * 1000 if self.flow is not None else self.training.sigma_to_t(sigma.reshape(1), self.quantize)[0]
             self._call_timesteps[i] = t.to(self._device)
         return self._call_timesteps[i]
 

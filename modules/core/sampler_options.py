@@ -24,8 +24,12 @@ build the scheduler and to answer ``infotext_params``. The rules are A1111 1.10'
   already (DPM2, DPM2 a, DPM++ 3M SDE do): "Discard penultimate sigma: True".
 * ``sgm_noise_multiplier``: txt2img's starting noise is scaled by sqrt(1 + sigma_max^2) instead of
   sigma_max (SDXL's reference code): "SGM noise multiplier: True" (txt2img only, as A1111).
-* UniPC: ``uni_pc_variant`` (bh1/bh2), ``uni_pc_order``, ``uni_pc_lower_order_final``; A1111 writes
-  no infotext for them.
+* UniPC: ``uni_pc_variant`` (bh1/bh2), ``uni_pc_order``, ``uni_pc_lower_order_final``,
+  ``uni_pc_skip_type`` (the times it runs at: uniform in t, in sqrt(t) or in log SNR); A1111 writes no
+  infotext for them (its option table names "UniPC skip type" etc., so a pasted one is read back).
+* ``enable_quantization``: the k-diffusion samplers call the model at the nearest training timestep
+  instead of the interpolated one (k-diffusion's ``quantize=True``, A1111's CompVisDenoiser); no
+  infotext key.
 * ``sd_noise_schedule`` "Zero Terminal SNR": the training schedule rescaled to zero terminal SNR
   (last alpha_bar 4.9e-8, A1111's) for every sampler: "Noise Schedule: Zero Terminal SNR", first.
 * ``skip_early_cond``, ``s_min_uncond`` (NGMS) and ``s_min_uncond_all`` skip the negative prompt's
@@ -64,6 +68,7 @@ class SamplerOptions:
     uni_pc_variant: str = "bh1"
     uni_pc_order: int = 3
     uni_pc_lower_order_final: bool = True
+    uni_pc_skip_type: str = "time_uniform"  # the times UniPC runs at (A1111's uni_pc.py get_time_steps)
     beta_dist_alpha: float = BETA_ALPHA
     beta_dist_beta: float = BETA_BETA
     sd_noise_schedule: str = "Default"  # "Zero Terminal SNR": the training schedule rescaled
@@ -74,6 +79,8 @@ class SamplerOptions:
     # Compatibility: the schedule functions see sigmas 0.1 to 10 instead of the model's range (A1111
     # writes no infotext key for it; sigma_min/sigma_max, when set, still win)
     use_old_karras_scheduler_sigmas: bool = False
+    # k-diffusion's quantize=True: the model is called at the nearest training timestep (no infotext)
+    enable_quantization: bool = False
 
     @property
     def zero_terminal_snr(self) -> bool:
@@ -245,6 +252,7 @@ INFOTEXT_TO_OPTION: Mapping[str, str] = {
     "UniPC variant": "uni_pc_variant",
     "UniPC order": "uni_pc_order",
     "UniPC lower order final": "uni_pc_lower_order_final",
+    "UniPC skip type": "uni_pc_skip_type",
     "Beta schedule alpha": "beta_dist_alpha",
     "Beta schedule beta": "beta_dist_beta",
     "Beta scheduler alpha": "beta_dist_alpha",

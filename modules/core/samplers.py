@@ -1,60 +1,48 @@
 """Sampler registry: A1111 sampler name + schedule type -> a fresh diffusers-API scheduler.
 
-Every sampler is one row of data (:data:`_ROWS`): its A1111 name and aliases, the scheduler that
-implements it, the constructor options that make it behave like A1111, the schedule A1111's
-"Automatic" picks for it, and the schedule types it can honour. Names and aliases are unique
-case-insensitively; a duplicate is an error at import.
+Every sampler is one row of data (:data:`_ROWS`): its A1111 name and aliases, what implements it,
+the schedule A1111's "Automatic" picks for it, and whether the schedule type shapes it. Names and
+aliases are unique case-insensitively; a duplicate is an error at import.
 
-Schedule types map onto scheduler configuration:
+Two kinds of rows, as in A1111 1.10:
 
-=============  ============  ==========================================================
-label          id            configuration
-=============  ============  ==========================================================
-Automatic      automatic     the sampler's default schedule (A1111 >= 1.9 semantics)
-Uniform        uniform       ``timestep_spacing="linspace"`` (t = 999 -> 0, like k-diffusion);
-                             DDIM/PLMS: ``"leading"`` + ``steps_offset=1`` like A1111's
-                             timestep samplers
-Karras         karras        ``use_karras_sigmas=True`` (rho 7, training sigma range)
-Exponential    exponential   ``use_exponential_sigmas=True``
-SGM Uniform    sgm_uniform   ``timestep_spacing="trailing"``
-=============  ============  ==========================================================
+* A1111's k-diffusion samplers (``sd_samplers_kdiffusion``: Euler a, Euler, LMS, Heun, DPM2, DPM2 a,
+  DPM++ 2S a, DPM++ 2M, DPM++ SDE, DPM++ 2M SDE (Heun), DPM++ 3M SDE, DPM fast, DPM adaptive,
+  Restart) run the row's k-diffusion algorithm (``kdiff``, :class:`~modules.core.ksampling.KSamplerScheduler`)
+  on every schedule type (:mod:`modules.core.sigma_schedules`), whatever A1111's sampler parameters
+  say: continuous timesteps interpolated in log sigma, A1111's sigma schedules, DPM2's and DPM++ 3M
+  SDE's discarded next-to-last sigma, Brownian-tree noise for the SDE samplers. (diffusers'
+  schedulers for these round timesteps to integers, space SGM Uniform differently and keep the
+  next-to-last sigma, so their pictures differ from A1111's.)
+* A1111's timestep samplers (``sd_samplers_timesteps``: DDIM, PLMS, UniPC; DDIM CFG++) have no
+  k-diffusion counterpart: diffusers' schedulers (DDIM CFG++: :mod:`modules.core.ddim_cfgpp`) on
+  A1111's timestep grid (``"leading"`` spacing + ``steps_offset=1`` for DDIM and PLMS). A1111 never
+  reads the schedule type for them: any type is accepted, kept in the infotext, and runs the
+  sampler's own timesteps. LCM (A1111's ``sd_samplers_lcm``: its own LCM denoiser with the 50-step
+  skipping timesteps) is diffusers' ``LCMScheduler`` on Automatic / Uniform and k-diffusion's
+  ``sample_lcm`` on the other schedule types.
 
 "Automatic" follows A1111 1.9+, where it means the sampler's own default: Karras for DPM++ 2M,
 DPM++ SDE, DPM++ 2S a, DPM2, DPM2 a and Restart, Exponential for DPM++ 2M SDE (Heun) and DPM++ 3M
-SDE, Uniform for the rest. So
-"DPM++ 2M" with "Automatic" makes the same image as A1111's "DPM++ 2M" (which is Karras there).
-
-The other A1111 1.10 schedule types (Polyexponential, KL Optimal, Align Your Steps, Simple, Normal,
-DDIM, Beta; :mod:`modules.core.sigma_schedules`) run the row's k-diffusion algorithm (``kdiff``,
-:mod:`modules.core.ksampling`), as do the rows without a diffusers scheduler on every schedule
-type: the Brownian-tree SDE samplers (DPM++ 2M SDE, DPM++ 2M SDE Heun, DPM++ 3M SDE), DPM fast,
-DPM adaptive and Restart.
-
-Unsupported combinations raise ``ValueError`` (DDIM, DDIM CFG++, PLMS and UniPC are timestep
-samplers, which A1111 runs without a schedule type; LCM keeps its own skipping schedule). "DPM++ 2S a" has no diffusers
-scheduler: it is implemented below (:class:`DPMPP2SAncestralScheduler`) on the sigmas of ``EulerDiscreteScheduler``,
-and "Euler a" gets Karras/Exponential by taking its sigmas from ``EulerDiscreteScheduler`` as well.
+SDE, Uniform for the rest. So "DPM++ 2M" with "Automatic" makes the same image as A1111's "DPM++ 2M"
+(which is Karras there).
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Mapping
 
-import numpy as np
 import torch
-from diffusers import EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+from diffusers import UniPCMultistepScheduler
 
 from . import ksampling
 from .ddim_cfgpp import DDIMCFGPPScheduler
 from .sampler_options import KPlan, SamplerOptions, kdiff_plan, timestep_infotext
-from .sigma_schedules import TrainingSigmas
+from .sigma_schedules import UNIPC_SKIP_TYPES, TrainingSigmas, unipc_sigmas, unipc_times
 
 # Stable Diffusion's training noise schedule (SD 1.x, 2.x, XL).
 SD_TRAINING_SCHEDULE = MappingProxyType(
@@ -79,198 +67,30 @@ SCHEDULE_TYPES: list[tuple[str, str]] = [
 _SCHEDULE_LABEL_BY_KEY = {k.lower(): label for label, sid in SCHEDULE_TYPES for k in (label, sid)}
 _SCHEDULE_LABEL_BY_KEY["sgmuniform"] = "SGM Uniform"  # A1111's alias
 _SCHEDULE_ID_BY_LABEL = dict(SCHEDULE_TYPES)
-# the schedule types diffusers' schedulers can be configured for; the rest run on k-diffusion's
-# algorithms (modules.core.ksampling) over modules.core.sigma_schedules
-_ALL_SCHEDULES = frozenset({"uniform", "karras", "exponential", "sgm_uniform"})
+# the diffusers rows run their own timesteps ("uniform"); k-diffusion's algorithms
+# (modules.core.ksampling) run on every schedule type of modules.core.sigma_schedules
+_OWN_SCHEDULE = frozenset({"uniform"})
 _SIGMA_SCHEDULES = frozenset(sid for _label, sid in SCHEDULE_TYPES[1:])
 
 
 # --------------------------------------------------------------------------------------------
-# Schedulers that diffusers lacks
+# UniPC on A1111's times
 # --------------------------------------------------------------------------------------------
 
-def _plain_config(config: Mapping) -> dict:
-    return {k: v for k, v in dict(config).items() if not k.startswith("_")}
+class A1111UniPCScheduler(UniPCMultistepScheduler):
+    """diffusers' UniPC update on the times A1111's UniPC runs at (``uni_pc_skip_type``:
+    :func:`~modules.core.sigma_schedules.unipc_times`): continuous model timesteps (t - 1/N) * N, not
+    diffusers' rounded ones, and their sigmas, down to the smallest training sigma (A1111's t_0)."""
 
+    skip_type = "time_uniform"
 
-class EulerAncestralAnyScheduleScheduler(EulerAncestralDiscreteScheduler):
-    """diffusers' Euler ancestral step on sigmas from ``EulerDiscreteScheduler``.
-
-    ``EulerAncestralDiscreteScheduler`` only knows timestep spacings; A1111 offers "Euler a" with
-    Karras and Exponential too. The ancestral step only reads ``self.sigmas``/``self.timesteps``,
-    so we let ``EulerDiscreteScheduler`` (same training schedule) compute them.
-    ``sigma_options`` holds ``use_karras_sigmas``/``use_exponential_sigmas``.
-    """
-
-    sigma_options: Mapping = MappingProxyType({})
-
-    def set_timesteps(self, num_inference_steps: int, device=None):
-        super().set_timesteps(num_inference_steps, device=device)
-        if not self.sigma_options:
-            return
-        source = EulerDiscreteScheduler(**_plain_config(self.config), **self.sigma_options)
-        source.set_timesteps(num_inference_steps, device=device)
-        self.sigmas = source.sigmas
-        self.timesteps = source.timesteps
-
-
-@dataclass
-class DPMPP2SAncestralOutput(BaseOutput):
-    prev_sample: torch.Tensor
-    pred_original_sample: torch.Tensor | None = None
-
-
-class DPMPP2SAncestralScheduler:
-    """k-diffusion's ``sample_dpmpp_2s_ancestral`` (eta 1, s_noise 1) behind diffusers' scheduler API.
-
-    Each step from sigma_i to sigma_{i+1} splits into an ancestral pair (sigma_down, sigma_up). A
-    DPM-Solver++(2S) step goes to sigma_down through a midpoint at sigma_s = sqrt(sigma_i*sigma_down)
-    (half way in log sigma), then noise of size sigma_up is added. The last step (to sigma 0) has
-    sigma_down 0 and is a plain Euler step. So every step but the last costs two model calls, and
-    ``timesteps`` interleaves them: [t_0, t_s0, t_1, t_s1, ..., t_{n-1}] (2n - 1 entries, ``order`` 2,
-    so ``timesteps[k * order]`` is the start of step k, as diffusers' img2img expects).
-
-    Sigmas (and the timesteps of the step starts) come from ``EulerDiscreteScheduler`` with the same
-    configuration, so every schedule type Euler supports works here. Midpoint timesteps are found by
-    interpolating log sigma over the training schedule, as k-diffusion's ``sigma_to_t``.
-    """
-
-    order = 2
-
-    def __init__(self, **config):
-        self._sigma_source = EulerDiscreteScheduler(**config)
-        self.config = self._sigma_source.config
-        if self.config.prediction_type not in ("epsilon", "v_prediction"):
-            raise ValueError(f"DPM++ 2S a supports epsilon and v_prediction, not {self.config.prediction_type!r}")
-        alphas_cumprod = self._sigma_source.alphas_cumprod.double().numpy()
-        self._log_train_sigmas = np.log(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5)
-        self.num_inference_steps = None
-        self.timesteps = None
-        self.sigmas = None
-        self._step_index = None
-        self._begin_index = None
-
-    # ---- schedule ---------------------------------------------------------------------------
-    @staticmethod
-    def _ancestral(sigma_from: float, sigma_to: float) -> tuple[float, float]:
-        sigma_up = min(sigma_to, (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
-        sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
-        return sigma_down, sigma_up
-
-    def _sigma_to_t(self, sigma: float) -> float:
-        log_train = self._log_train_sigmas
-        log_sigma = math.log(sigma)
-        low = int(np.clip(np.searchsorted(log_train, log_sigma, side="right") - 1, 0, len(log_train) - 2))
-        w = (log_train[low] - log_sigma) / (log_train[low] - log_train[low + 1])
-        return low + min(max(w, 0.0), 1.0)
-
-    def set_timesteps(self, num_inference_steps: int, device=None):
-        source = self._sigma_source
-        source.set_timesteps(num_inference_steps, device="cpu")
-        sigmas = [float(s) for s in source.sigmas]
-        step_timesteps = [float(t) for t in source.timesteps]
-
-        # One entry per model call: (step index, is first stage, sigma of the call).
-        self._stages: list[tuple[int, bool, float]] = []
-        timesteps = []
-        self._plan = []  # per step: (sigma, sigma_next, sigma_down, sigma_up, sigma_mid)
-        for i in range(num_inference_steps):
-            sigma, sigma_next = sigmas[i], sigmas[i + 1]
-            sigma_down, sigma_up = self._ancestral(sigma, sigma_next)
-            sigma_mid = math.sqrt(sigma * sigma_down) if sigma_down > 0 else None
-            self._plan.append((sigma, sigma_next, sigma_down, sigma_up, sigma_mid))
-            self._stages.append((i, True, sigma))
-            timesteps.append(step_timesteps[i])
-            if sigma_mid is not None:
-                self._stages.append((i, False, sigma_mid))
-                timesteps.append(self._sigma_to_t(sigma_mid))
-
-        self.num_inference_steps = num_inference_steps
-        self.sigmas = torch.tensor(sigmas, dtype=torch.float32)
-        self.timesteps = torch.tensor(timesteps, dtype=torch.float32, device=device)
-        self._step_index = None
-        self._begin_index = None
-        self._x_start = None
-
-    @property
-    def init_noise_sigma(self) -> float:
-        return float(self.sigmas.max())
-
-    @property
-    def step_index(self):
-        return self._step_index
-
-    @property
-    def begin_index(self):
-        return self._begin_index
-
-    def set_begin_index(self, begin_index: int = 0):
-        self._begin_index = begin_index
-
-    @property
-    def state_in_first_order(self) -> bool:
-        return self._stages[self._current_index()][1]
-
-    def __len__(self):
-        return self.config.num_train_timesteps
-
-    def _current_index(self) -> int:
-        if self._step_index is None:
-            self._step_index = self._begin_index or 0
-        return self._step_index
-
-    # ---- model input / output ----------------------------------------------------------------
-    def scale_model_input(self, sample: torch.Tensor, timestep=None) -> torch.Tensor:
-        sigma = self._stages[self._current_index()][2]
-        return sample / ((sigma ** 2 + 1) ** 0.5)
-
-    def _to_denoised(self, model_output: torch.Tensor, sample: torch.Tensor, sigma: float) -> torch.Tensor:
-        if self.config.prediction_type == "epsilon":
-            return sample - sigma * model_output
-        # v-prediction in sigma terms (k-diffusion CompVisVDenoiser)
-        return sample / (sigma ** 2 + 1) - model_output * (sigma / (sigma ** 2 + 1) ** 0.5)
-
-    def step(self, model_output, timestep, sample, generator=None, return_dict: bool = True):
-        index = self._current_index()
-        step_i, first_stage, sigma = self._stages[index]
-        sigma_i, sigma_next, sigma_down, sigma_up, sigma_mid = self._plan[step_i]
-        denoised = self._to_denoised(model_output, sample, sigma)
-
-        if first_stage and sigma_mid is None:
-            # sigma_down == 0: Euler step straight to the end
-            derivative = (sample - denoised) / sigma_i
-            prev = sample + derivative * (sigma_down - sigma_i)
-            prev = self._add_noise_up(prev, sigma_next, sigma_up, generator)
-        elif first_stage:
-            # to the midpoint: t = -log sigma, h = t_down - t, s = t + h / 2
-            h = math.log(sigma_i) - math.log(sigma_down)
-            self._x_start, self._h = sample, h
-            prev = (sigma_mid / sigma_i) * sample - math.expm1(-h / 2) * denoised
-        else:
-            x_start, h = self._x_start, self._h
-            prev = (sigma_down / sigma_i) * x_start - math.expm1(-h) * denoised
-            prev = self._add_noise_up(prev, sigma_next, sigma_up, generator)
-            self._x_start = None
-
-        self._step_index = index + 1
-        if not return_dict:
-            return (prev, denoised)
-        return DPMPP2SAncestralOutput(prev_sample=prev, pred_original_sample=denoised)
-
-    @staticmethod
-    def _add_noise_up(x, sigma_next, sigma_up, generator):
-        if sigma_next <= 0:
-            return x
-        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        return x + noise * sigma_up
-
-    def add_noise(self, original_samples, noise, timesteps):
-        """img2img start: sigma of the step where sampling begins (``set_begin_index``)."""
-        index = self._begin_index if self._begin_index is not None else 0
-        if self._step_index is not None:
-            index = self._step_index
-        sigma = self._stages[index][2]
-        return original_samples + noise * sigma
+    def set_timesteps(self, num_inference_steps=None, device=None, **kwargs):
+        super().set_timesteps(num_inference_steps, device=device, **kwargs)
+        n = len(self.timesteps)
+        total = len(self.alphas_cumprod)
+        times = unipc_times(self.skip_type, n, self.alphas_cumprod)
+        self.timesteps = ((times[:-1] - 1.0 / total) * total).to(device=device, dtype=torch.float32)
+        self.sigmas = unipc_sigmas(times, self.alphas_cumprod).to(torch.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -281,14 +101,15 @@ class DPMPP2SAncestralScheduler:
 class SamplerSpec:
     name: str
     aliases: tuple[str, ...]
-    scheduler: str | type | None  # a diffusers class name, a class defined here, or None (kdiff only)
+    scheduler: str | type | None  # a diffusers class name or a class; None: the k-diffusion algorithm
     options: Mapping = field(default_factory=dict)  # constructor options that make it A1111's
     default_schedule: str = "uniform"  # what "Automatic" means for it (schedule id)
-    schedules: frozenset = _ALL_SCHEDULES  # schedule ids the diffusers scheduler honours
+    schedules: frozenset = _OWN_SCHEDULE  # schedule ids the diffusers scheduler honours
     stochastic: bool = False  # adds noise at each step (ancestral / SDE / LCM)
-    uniform_spacing: str = "linspace"  # k-diffusion style; "leading" for A1111's timestep samplers
-    sigma_schedules_via: str = "config"  # "config": use_*_sigmas kwargs; "attribute": sigma_options
-    # k-diffusion algorithm (modules.core.ksampling.ALGORITHMS) for every other schedule type
+    uniform_spacing: str = "linspace"  # diffusers' spacing for Uniform; "leading" for A1111's timestep samplers
+    # k-diffusion algorithm (modules.core.ksampling.ALGORITHMS): A1111's k-diffusion samplers run it on
+    # every schedule type; a row with a diffusers scheduler too (LCM) runs it on the types that
+    # scheduler lacks
     kdiff: str | None = None
     # A1111's timestep samplers (DDIM, PLMS, UniPC, DDIM CFG++) run their own timesteps whatever the
     # schedule type says, and the infotext keeps the type: such infotexts are reproduced as A1111
@@ -303,6 +124,10 @@ class SamplerSpec:
         if self.scheduler is not None and schedule_id in self.schedules:
             return True
         return self.kdiff is not None and schedule_id in _SIGMA_SCHEDULES
+
+    def runs_diffusers(self, schedule_id: str) -> bool:
+        """Whether ``schedule_id`` (a concrete one) runs the row's diffusers scheduler."""
+        return self.scheduler is not None and (self.kdiff is None or schedule_id in self.schedules)
 
     def second_order(self) -> bool:
         """A1111's ``second_order`` (two model calls a step): prompt schedules count steps twice."""
@@ -320,24 +145,22 @@ class SamplerSpec:
         return getattr(diffusers, self.scheduler)
 
 
-_DPMPP = {"solver_order": 2, "solver_type": "midpoint", "lower_order_final": True}
+# A1111 1.10's sd_samplers_kdiffusion rows: k-diffusion's algorithms on every schedule type (as A1111
+# runs them: continuous timesteps, its sigma schedules; diffusers' schedulers round timesteps, space
+# them differently and keep the next-to-last sigma, so they are not used for these)
 _ROWS: tuple[SamplerSpec, ...] = (
-    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), EulerAncestralAnyScheduleScheduler,
-                stochastic=True, sigma_schedules_via="attribute", kdiff="euler_ancestral"),
-    SamplerSpec("Euler", ("k_euler",), "EulerDiscreteScheduler", kdiff="euler"),
-    SamplerSpec("LMS", ("k_lms",), "LMSDiscreteScheduler", kdiff="lms"),
-    SamplerSpec("Heun", ("k_heun",), "HeunDiscreteScheduler", kdiff="heun"),
-    SamplerSpec("DPM2", ("k_dpm_2",), "KDPM2DiscreteScheduler", default_schedule="karras", kdiff="dpm_2"),
-    SamplerSpec("DPM2 a", ("k_dpm_2_a",), "KDPM2AncestralDiscreteScheduler", default_schedule="karras",
-                stochastic=True, kdiff="dpm_2_ancestral"),
-    SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), DPMPP2SAncestralScheduler, default_schedule="karras",
-                stochastic=True, kdiff="dpmpp_2s_ancestral"),
-    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), "DPMSolverMultistepScheduler",
-                {"algorithm_type": "dpmsolver++", **_DPMPP}, default_schedule="karras", kdiff="dpmpp_2m"),
-    SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), "DPMSolverSDEScheduler", default_schedule="karras",
-                stochastic=True, kdiff="dpmpp_sde"),
-    # Brownian-tree SDE samplers: k-diffusion's algorithms on every schedule type (diffusers'
-    # sde-dpmsolver++ draws fresh noise per step instead of A1111's seeded Brownian tree)
+    SamplerSpec("Euler a", ("k_euler_a", "k_euler_ancestral"), None, stochastic=True, kdiff="euler_ancestral"),
+    SamplerSpec("Euler", ("k_euler",), None, kdiff="euler"),
+    SamplerSpec("LMS", ("k_lms",), None, kdiff="lms"),
+    SamplerSpec("Heun", ("k_heun",), None, kdiff="heun"),
+    SamplerSpec("DPM2", ("k_dpm_2",), None, default_schedule="karras", kdiff="dpm_2"),
+    SamplerSpec("DPM2 a", ("k_dpm_2_a",), None, default_schedule="karras", stochastic=True,
+                kdiff="dpm_2_ancestral"),
+    SamplerSpec("DPM++ 2S a", ("k_dpmpp_2s_a",), None, default_schedule="karras", stochastic=True,
+                kdiff="dpmpp_2s_ancestral"),
+    SamplerSpec("DPM++ 2M", ("k_dpmpp_2m",), None, default_schedule="karras", kdiff="dpmpp_2m"),
+    SamplerSpec("DPM++ SDE", ("k_dpmpp_sde",), None, default_schedule="karras", stochastic=True, kdiff="dpmpp_sde"),
+    # Brownian-tree SDE samplers (seeded as A1111's create_noise_sampler)
     SamplerSpec("DPM++ 2M SDE", ("k_dpmpp_2m_sde",), None, default_schedule="exponential", stochastic=True,
                 kdiff="dpmpp_2m_sde"),
     SamplerSpec("DPM++ 2M SDE Heun", ("k_dpmpp_2m_sde_heun",), None, default_schedule="exponential",
@@ -351,20 +174,24 @@ _ROWS: tuple[SamplerSpec, ...] = (
     SamplerSpec("DPM adaptive", ("k_dpm_ad",), None, stochastic=True, kdiff="dpm_adaptive"),
     # A1111's Restart: Heun steps with one or two noisy jumps back up (from 20 steps on)
     SamplerSpec("Restart", ("restart",), None, default_schedule="karras", stochastic=True, kdiff="restart"),
+    # A1111's sd_samplers_timesteps rows: diffusers' schedulers on A1111's timestep grids, whatever
+    # the schedule type (A1111's get_timesteps never reads it)
     SamplerSpec("DDIM", (), "DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": False},
-                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading", ignores_schedule=True),
+                schedules=_OWN_SCHEDULE, uniform_spacing="leading", ignores_schedule=True),
     # A1111's "DDIM CFG++": its own timestep grid, guidance / 12.5, the uncond prediction to renoise
-    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), DDIMCFGPPScheduler, schedules=frozenset({"uniform"}),
+    SamplerSpec("DDIM CFG++", ("ddim_cfgpp",), DDIMCFGPPScheduler, schedules=_OWN_SCHEDULE,
                 uniform_spacing="leading", ignores_schedule=True),
     SamplerSpec("PLMS", (), "PNDMScheduler", {"skip_prk_steps": True, "set_alpha_to_one": False},
-                schedules=frozenset({"uniform", "sgm_uniform"}), uniform_spacing="leading", ignores_schedule=True),
+                schedules=_OWN_SCHEDULE, uniform_spacing="leading", ignores_schedule=True),
     # A1111's UniPC defaults: order 3, variant bh1, lower order final; like A1111 it stops at the
     # smallest training sigma (diffusers' bh1 step to sigma 0 also divides by zero: NaN latents)
-    SamplerSpec("UniPC", ("uni_pc",), "UniPCMultistepScheduler",
+    SamplerSpec("UniPC", ("uni_pc",), A1111UniPCScheduler,
                 {"solver_order": 3, "solver_type": "bh1", "lower_order_final": True,
-                 "final_sigmas_type": "sigma_min"}, ignores_schedule=True),
-    # A1111's LCM is k-diffusion's sample_lcm: the other schedule types run it on their sigmas
-    SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=frozenset({"uniform"}), stochastic=True, kdiff="lcm"),
+                 "final_sigmas_type": "sigma_min"}, schedules=_OWN_SCHEDULE, ignores_schedule=True),
+    # A1111's LCM (sd_samplers_lcm) runs sample_lcm on its own LCM denoiser: the 50-step skipping
+    # timesteps and the consistency boundary scalings, which diffusers' LCMScheduler has and plain
+    # k-diffusion does not; the other schedule types run k-diffusion's sample_lcm on their sigmas
+    SamplerSpec("LCM", ("k_lcm",), "LCMScheduler", schedules=_OWN_SCHEDULE, stochastic=True, kdiff="lcm"),
 )
 
 
@@ -506,12 +333,6 @@ def is_ancestral(sampler_name: str) -> bool:
 def _schedule_config(spec: SamplerSpec, schedule_id: str) -> dict:
     if schedule_id == "uniform":
         return {"timestep_spacing": spec.uniform_spacing}
-    if schedule_id == "sgm_uniform":
-        return {"timestep_spacing": "trailing"}
-    if schedule_id == "karras":
-        return {"timestep_spacing": "linspace", "use_karras_sigmas": True}
-    if schedule_id == "exponential":
-        return {"timestep_spacing": "linspace", "use_exponential_sigmas": True}
     raise AssertionError(schedule_id)
 
 
@@ -570,10 +391,10 @@ def build_scheduler(
     ``options``: A1111's sampler parameters (:class:`~modules.core.sampler_options.SamplerOptions`:
     eta, churn, sigma range, rho, discard, SGM noise, UniPC's ...), or a mapping that overrides
     constructor options of the row (e.g. ``{"solver_order": 2}`` for UniPC).
-    Schedule types diffusers cannot do run the row's k-diffusion algorithm
-    (:class:`~modules.core.ksampling.KSamplerScheduler`, mapping options: ``eta``), and so does any
-    k-diffusion sampler whose sampler parameters differ from the defaults; ``model_family``
-    ("sd1"/"sd2"/"sdxl") picks Align Your Steps' sigmas.
+    A1111's k-diffusion samplers always run their k-diffusion algorithm
+    (:class:`~modules.core.ksampling.KSamplerScheduler`, mapping options: ``eta``); LCM does on the
+    schedule types other than its own, and on its own one when A1111's sampler parameters change
+    something there; ``model_family`` ("sd1"/"sd2"/"sdxl") picks Align Your Steps' sigmas.
     """
     if prediction_type not in ("epsilon", "v_prediction"):
         raise ValueError(f"prediction_type must be 'epsilon' or 'v_prediction', not {prediction_type!r}")
@@ -585,45 +406,39 @@ def build_scheduler(
         # A1111's sd_noise_schedule: every sampler on the rescaled schedule (k-diffusion ones on
         # A1111's own rescale, below)
         rescale_betas_zero_snr = rescale_betas_zero_snr or sampler_options.zero_terminal_snr
-    plan = None
-    if spec.kdiff is not None and sampler_options is not None:
-        training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
-        plan = _kdiff_plan(spec, schedule, sampler_options, training)
     schedule_id = _SCHEDULE_ID_BY_LABEL[schedule]
     if schedule_id == "automatic" or not spec.honours(schedule_id):  # (a timestep sampler's ignored type)
         schedule_id = spec.default_schedule
-    if plan is not None and (spec.scheduler is None or schedule_id not in spec.schedules or plan.changes_anything()
-                             or sampler_options.zero_terminal_snr):
-        # A1111's parameters reach k-diffusion's algorithms, not diffusers' schedulers
-        return ksampling.KSamplerScheduler(
-            spec.kdiff, schedule_id, prediction_type=prediction_type, training=training, model_family=model_family,
-            eta=plan.algorithm_kwargs.get("eta", 1.0), algorithm_kwargs=plan.algorithm_kwargs,
-            schedule_kwargs=plan.schedule_kwargs, discard_penultimate=plan.discard_penultimate,
-            sgm_noise_multiplier=plan.sgm_noise_multiplier)
+    if spec.kdiff is not None:
+        training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
+        plan = _kdiff_plan(spec, schedule, sampler_options, training)
+        # LCM keeps diffusers' LCMScheduler (A1111's LCM denoiser) on Uniform unless A1111's sampler
+        # parameters or the rescaled schedule ask for what only the k-diffusion route does
+        keep_diffusers = spec.runs_diffusers(schedule_id) and not (
+            plan.changes_anything() or (sampler_options is not None and sampler_options.zero_terminal_snr))
+        if not keep_diffusers:
+            extra = dict(options or {})
+            refused = sorted(set(extra) - {"eta"})
+            if refused:
+                raise ValueError(f"{name!r} (k-diffusion {spec.kdiff}) does not support {', '.join(refused)}")
+            algorithm_kwargs = dict(plan.algorithm_kwargs)
+            eta = float(extra.get("eta", algorithm_kwargs.get("eta", 1.0)))
+            if "eta" in algorithm_kwargs:
+                algorithm_kwargs["eta"] = eta
+            return ksampling.KSamplerScheduler(
+                spec.kdiff, schedule_id, prediction_type=prediction_type, training=training,
+                model_family=model_family, eta=eta, algorithm_kwargs=algorithm_kwargs,
+                schedule_kwargs=plan.schedule_kwargs, discard_penultimate=plan.discard_penultimate,
+                sgm_noise_multiplier=plan.sgm_noise_multiplier,
+                quantize=sampler_options is not None and sampler_options.enable_quantization)
     if sampler_options is not None and spec.kdiff is None:
         options = _timestep_sampler_config(name, sampler_options)
-    if spec.scheduler is None or schedule_id not in spec.schedules or (
-            rescale_betas_zero_snr and spec.kdiff is not None
-            and "rescale_betas_zero_snr" not in _constructor_params(spec.scheduler_class())):
-        # (k-diffusion's algorithm also where diffusers' scheduler cannot rescale the schedule)
-        extra = dict(options or {})
-        refused = sorted(set(extra) - {"eta"})
-        if refused:
-            raise ValueError(f"{name!r} (k-diffusion {spec.kdiff}) does not support {', '.join(refused)}")
-        training = TrainingSigmas.from_config(**SD_TRAINING_SCHEDULE, rescale_betas_zero_snr=rescale_betas_zero_snr)
-        return ksampling.KSamplerScheduler(spec.kdiff, schedule_id, prediction_type=prediction_type,
-                                           training=training, model_family=model_family, **extra)
 
     cls = spec.scheduler_class()
     # steps_offset 1 as in SD's shipped scheduler config (only "leading" spacing reads it; diffusers'
     # SD pipelines would otherwise rewrite it)
     config = {**SD_TRAINING_SCHEDULE, "steps_offset": 1, "prediction_type": prediction_type, **spec.options}
-    schedule_config = _schedule_config(spec, schedule_id)
-    sigma_options = {}
-    if spec.sigma_schedules_via == "attribute":
-        sigma_options = {k: schedule_config.pop(k) for k in ("use_karras_sigmas", "use_exponential_sigmas")
-                         if k in schedule_config}
-    config.update(schedule_config)
+    config.update(_schedule_config(spec, schedule_id))
     accepted = _constructor_params(cls)
     if rescale_betas_zero_snr:
         if "rescale_betas_zero_snr" in accepted or "trained_betas" not in accepted:
@@ -637,8 +452,11 @@ def build_scheduler(
     if refused:
         raise ValueError(f"{name!r} ({cls.__name__}) does not support {', '.join(refused)}")
     scheduler = cls(**config)
-    if sigma_options:
-        scheduler.sigma_options = MappingProxyType(sigma_options)
+    if name == "UniPC":
+        skip_type = sampler_options.uni_pc_skip_type if sampler_options is not None else "time_uniform"
+        if skip_type not in UNIPC_SKIP_TYPES:
+            raise ValueError(f"UniPC skip type must be one of {', '.join(UNIPC_SKIP_TYPES)}, not {skip_type!r}")
+        scheduler.skip_type = skip_type
     if name == "DDIM" and sampler_options is not None and sampler_options.eta_ddim:
         # diffusers' DDIM takes eta per step: A1111's eta_ddim becomes the step's default
         scheduler.step = functools.partial(scheduler.step, eta=float(sampler_options.eta_ddim))
@@ -652,6 +470,4 @@ def _zero_snr_betas() -> list[float]:
 
 
 def _constructor_params(cls: type) -> set[str]:
-    if cls is DPMPP2SAncestralScheduler:
-        cls = EulerDiscreteScheduler  # it forwards its configuration there
     return set(inspect.signature(cls.__init__).parameters) - {"self"}

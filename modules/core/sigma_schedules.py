@@ -86,9 +86,13 @@ class TrainingSigmas:
     def sigma_max(self) -> float:
         return float(self.sigmas[-1]) if self._range is None else self._range[1]
 
-    def sigma_to_t(self, sigma) -> torch.Tensor:
+    def sigma_to_t(self, sigma, quantize: bool = False) -> torch.Tensor:
+        """k-diffusion's ``DiscreteSchedule.sigma_to_t``: t interpolated in log sigma, or with
+        ``quantize`` (A1111's ``enable_quantization``) the nearest training timestep (as a float)."""
         log_sigma = torch.as_tensor(sigma, dtype=torch.float32).log()
         dists = log_sigma - self.log_sigmas[:, None]
+        if quantize:
+            return dists.abs().argmin(dim=0).to(torch.float32).view(torch.as_tensor(sigma).shape)
         low = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=self.log_sigmas.shape[0] - 2)
         high = low + 1
         lo, hi = self.log_sigmas[low], self.log_sigmas[high]
@@ -218,3 +222,41 @@ def sigmas_for(schedule_id: str, steps: int, ts: TrainingSigmas, family: str = "
     if discard_penultimate:
         sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
     return sigmas
+
+
+UNIPC_SKIP_TYPES = ("time_uniform", "time_quadratic", "logSNR")
+
+
+def unipc_times(skip_type: str, n: int, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """A1111's UniPC times (its uni_pc.py ``get_time_steps`` on the discrete ``NoiseScheduleVP``):
+    ``n + 1`` continuous times from t_T = 1 down to t_0 = 1/N (N training steps), uniform in t
+    ("time_uniform"), in sqrt(t) ("time_quadratic") or in log SNR ("logSNR"; log alpha interpolated
+    piecewise linearly over t_i = (i + 1) / N). The model sees (t - 1/N) * N, float64 here."""
+    log_alpha = 0.5 * torch.as_tensor(alphas_cumprod, dtype=torch.float64).log().numpy()
+    total = len(log_alpha)
+    t_grid = np.linspace(0.0, 1.0, total + 1)[1:]
+    t_T, t_0 = 1.0, 1.0 / total
+    if skip_type == "time_uniform":
+        t = np.linspace(t_T, t_0, n + 1)
+    elif skip_type == "time_quadratic":
+        t = np.linspace(t_T ** 0.5, t_0 ** 0.5, n + 1) ** 2
+    elif skip_type == "logSNR":
+        def lam(time):
+            lmc = np.interp(time, t_grid, log_alpha)
+            return lmc - 0.5 * np.log(1 - np.exp(2 * lmc))
+
+        lambdas = np.linspace(lam(t_T), lam(t_0), n + 1)
+        log_alphas = -0.5 * np.logaddexp(0.0, -2.0 * lambdas)
+        t = np.interp(log_alphas, log_alpha[::-1], t_grid[::-1])
+    else:
+        raise ValueError(f"UniPC skip type must be one of {', '.join(UNIPC_SKIP_TYPES)}, not {skip_type!r}")
+    return torch.from_numpy(np.asarray(t, dtype=np.float64))
+
+
+def unipc_sigmas(times: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The sigmas (k-diffusion's, sqrt(1 - a) / sqrt(a)) of UniPC times, log alpha interpolated as
+    A1111's NoiseScheduleVP does."""
+    log_alpha = 0.5 * torch.as_tensor(alphas_cumprod, dtype=torch.float64).log().numpy()
+    t_grid = np.linspace(0.0, 1.0, len(log_alpha) + 1)[1:]
+    lmc = np.interp(times.numpy(), t_grid, log_alpha)
+    return torch.from_numpy(np.sqrt(1 - np.exp(2 * lmc)) / np.exp(lmc))

@@ -59,8 +59,8 @@ def defs(option_def: type[OptionDef]) -> dict[str, OptionDef]:
         # samplers' denoiser: modules.core.ksampling), read at each job
         "enable_quantization": O(False, "Enable quantization in K samplers for sharper and cleaner results. This may "
                                  "change existing seeds", "Stable Diffusion"),
-        # the timestep samplers' step choice (modules.core.samplers.build_scheduler), read at each job
-        "ddim_discretize": O("uniform", "img2img DDIM discretize", "Sampler parameters", choices=("uniform", "quad")),
+        # UniPC's time steps, A1111's get_time_steps (modules.core.samplers.build_scheduler), read at each job
+        # (not here: ddim_discretize, which A1111 1.10 defines and reads nowhere)
         "uni_pc_skip_type": O("time_uniform", "UniPC skip type", "Sampler parameters",
                               choices=("time_uniform", "time_quadratic", "logSNR")),
         # the VAE's encode / decode: the checkpoint's VAE or TAESD from models/VAE-approx (modules.core.model_ops)

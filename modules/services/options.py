@@ -448,8 +448,8 @@ def _image_upscalers() -> tuple:
 
 def _sampler_parameter_defs(U: str) -> dict[str, OptionDef]:
     """A1111 1.10's "Sampler parameters" (modules.core.sampler_options: what each does and when the
-    infotext names it). Not here: ddim_discretize and uni_pc_skip_type (not implemented), the
-    "vary_coeff" UniPC variant (likewise)."""
+    infotext names it). Not here: the "vary_coeff" UniPC variant (not implemented); uni_pc_skip_type and
+    enable_quantization are in option_sections."""
     from modules.core.samplers import SAMPLER_NAMES
 
     return {
