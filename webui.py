@@ -239,7 +239,9 @@ def create_app(opts: argparse.Namespace, engine: Engine) -> FastAPI:
         shared.demo = demo
         demo.queue(default_concurrency_limit=None)
         allowed = [str(engine.data_path / "outputs"), *opts.gradio_allowed_path]
-        app = gr.mount_gradio_app(app, demo, path=opts.subpath or "/", auth=ui_users or None, allowed_paths=allowed)
+        app = gr.mount_gradio_app(app, demo, path=opts.subpath or "/", auth=ui_users or None, allowed_paths=allowed,
+                                  theme=demo.theme)  # gradio_theme (modules.ui.app.page_theme; Gradio 6 takes it here)
+        shared.gradio_theme = demo.theme
         ui_mount = app.router.routes[-1]
         app.router.routes = _RoutesBeforeUi(app.router.routes, ui_mount)
         policy.ui_path = opts.subpath or "/"

@@ -262,7 +262,9 @@ def _add_jobs(parser: argparse.ArgumentParser) -> None:
                        help="where generations run: 'local', one worker thread (default), or 'ray', one Ray "
                             "actor per device on a local Ray cluster (installs requirements-ray.txt)")
     group.add_argument("--ray-address", type=str, default=None, metavar="ADDRESS",
-                       help="run the workers on this Ray cluster (implies --workers ray), e.g. 'ray://host:10001'")
+                       help="run the workers on this Ray cluster (implies --workers ray): its head's address, "
+                            "'HOST:PORT' (the --port of `ray start --head`, default 6379) or Ray Client's "
+                            "'ray://HOST:10001'")
     group.add_argument("--ray-workers", type=int, default=None, metavar="N",
                        help="how many Ray workers (default: one per GPU, else 1)")
 

@@ -338,5 +338,6 @@ def html(filename: str) -> str:
 
 
 def reload_gradio_theme(theme_name=None):
-    """A1111 switches the Gradio theme here; Easel's theme is fixed."""
+    """A1111 switches the Gradio theme here; Easel's page takes the gradio_theme option when it is built
+    (modules.ui.app.page_theme; `gradio_theme` above is the page's theme once it is served)."""
 

@@ -184,9 +184,13 @@ def test_split_flux_through_the_api(tmp_path, flux_files):
 
 
 def _page_follows_the_family(url: str) -> None:
-    """With Flux dev loaded the page shows Forge's Distilled CFG Scale and starts CFG at 1."""
+    """With Flux dev loaded the page shows Forge's Distilled CFG Scale and starts CFG at 1, and its
+    Generate makes a Flux picture with the scale the page gave."""
+    from playwright.sync_api import expect
+
     from modules.core import samplers
     from tests.browser import launch_browser, require_chromium
+    from tests.test_ui_browser import JOB_TIMEOUT_MS, fill_job, info_text, set_number
 
     require_chromium()
     with launch_browser() as browser:
@@ -201,6 +205,14 @@ def _page_follows_the_family(url: str) -> None:
         options = page.locator("ul[role=listbox] li").all_inner_texts()
         assert sorted(o.replace("✓", "").strip() for o in options) == sorted(samplers.SAMPLER_NAMES), options
         assert page.locator("#txt2img_distilled_cfg_scale").is_visible()
+        page.keyboard.press("Escape")
+        fill_job(page, "a red cube on a table", steps=2)
+        set_number(page, "txt2img_distilled_cfg_scale", 2.5, on_step=False)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect(page.locator("#html_info_txt2img")).to_contain_text("Distilled CFG Scale: 2.5", timeout=JOB_TIMEOUT_MS)
+        info = info_text(page)
+        assert "Steps: 2," in info and "Size: 64x64" in info and "CFG scale: 1," in info, info
 
 
 def test_flux_loras_in_kohya_and_diffusers_layouts(tmp_path, flux):

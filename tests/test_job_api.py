@@ -218,3 +218,84 @@ def test_finished_records_expire():
                                                            ("task(3)", "queued")]
     registry.expire(time.time() + 11)
     assert [r.id for r in registry.list()] == ["task(3)"]  # a queued job never expires
+
+
+def test_finished_jobs_survive_a_restart_and_expire_with_their_files(tiny_checkpoints, tmp_path):
+    """A finished job's record is written to DATA/jobs/<id>.json (with PNG copies of the pictures the
+    job did not save); a second server on the same data folder answers it with the same pictures, and
+    deletes the records that expired (the JSON and the copies)."""
+    import json
+
+    from tests.server import run_server
+
+    data = tmp_path / "data"
+    flags = ("--nowebui", "--ckpt", str(tiny_checkpoints.sd1), "--job-retention", "600")
+    with run_server(data, tiny_checkpoints.checkpoints_dir, *flags) as first:
+        kept = wait_for(first, submit(first, {**SMALL, "seed": 31}))  # not saved: copies are kept
+        saved = wait_for(first, submit(first, {**SMALL, "seed": 32, "save_images": True}))  # its own files
+        old = wait_for(first, submit(first, {**SMALL, "seed": 33}))
+        failed = wait_for(first, submit(first, {**SMALL, "override_settings": {"sd_model_checkpoint": "nope"}}))
+    assert [j["status"] for j in (kept, saved, old, failed)] == ["done", "done", "done", "failed"]
+    jobs = data / "jobs"
+    on_disk = {job["id"]: json.loads((jobs / f"{job['id']}.json").read_text()) for job in (kept, saved, old, failed)}
+    assert on_disk[kept["id"]]["status"] == "done" and on_disk[failed["id"]]["error"] == failed["error"]
+    copies = on_disk[kept["id"]]["result"]["files"]
+    assert [Path(f).parent for f in copies] == [jobs / kept["id"]]  # a copy under jobs/<id>/
+    assert on_disk[saved["id"]]["result"]["files"] == [str(Path(p).resolve()) for p in saved["result"]["paths"]]
+    # one finished an hour ago: over the retention
+    aged = {**on_disk[old["id"]], "finished": time.time() - 3600}
+    (jobs / f"{old['id']}.json").write_text(json.dumps(aged))
+    assert (jobs / old["id"]).is_dir()
+
+    with run_server(data, tiny_checkpoints.checkpoints_dir, *flags) as second:
+        for before in (kept, saved, failed):
+            after = second.get(f"{JOBS}/{before['id']}").json()
+            assert {k: after.get(k) for k in ("status", "kind", "created", "started", "finished", "worker", "error")} \
+                == {k: before.get(k) for k in ("status", "kind", "created", "started", "finished", "worker", "error")}
+            if before["status"] == "done":
+                assert after["result"]["info"] == before["result"]["info"]
+                assert after["result"]["parameters"] == before["result"]["parameters"]
+                assert after["result"]["paths"] == before["result"]["paths"]
+                assert len(after["result"]["images"]) == len(before["result"]["images"]) == 1
+                assert np.array_equal(np.asarray(picture(after["result"]["images"][0])),
+                                      np.asarray(picture(before["result"]["images"][0])))
+                assert picture(after["result"]["images"][0]).info["parameters"] \
+                    == picture(before["result"]["images"][0]).info["parameters"]
+        # the copy is exactly the picture answered
+        assert second.get(f"{JOBS}/{kept['id']}").json()["result"]["images"] == kept["result"]["images"]
+        listed = [j["id"] for j in second.get(JOBS).json()["jobs"]]
+        assert listed == [kept["id"], saved["id"], failed["id"]]  # in submission order; the aged one gone
+        assert second.get(f"{JOBS}/{old['id']}").status_code == 404
+        assert not (jobs / f"{old['id']}.json").exists() and not (jobs / old["id"]).exists()
+        assert second.post(f"{JOBS}/{kept['id']}/cancel").json()["cancelled"] is False
+        assert second.get(f"{JOBS}/{kept['id']}/preview").status_code == 404
+        # a new job of this run is written beside them
+        new = wait_for(second, submit(second, {**SMALL, "seed": 34}))
+        assert new["status"] == "done" and (jobs / f"{new['id']}.json").is_file()
+    # the saved pictures themselves stay where the job saved them
+    assert all(Path(p).is_file() for p in saved["result"]["paths"])
+
+
+def test_persisted_records_expire_from_disk(tmp_path):
+    """JobRegistry.persist: what ends is written, loaded by the next registry, deleted at expiry."""
+    def encode(record, pictures):
+        pictures.mkdir(parents=True)
+        (pictures / "00000.png").write_bytes(b"png")
+        return {"id": record.id, "kind": record.kind, "status": record.status, "created": record.created,
+                "finished": record.finished, "error": str(record.error)}
+
+    registry = JobRegistry(keep_s=10)
+    registry.persist(tmp_path, encode)
+    record = registry.add("task(x/1)", "txt2img", None)  # an id that is no file name
+    future: Future = Future()
+    registry.bind(record, future)
+    future.set_running_or_notify_cancel()
+    future.set_exception(ValueError("bad"))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2 and files[1] == files[0] + ".json"  # the JSON and its pictures' folder
+    again = JobRegistry(keep_s=10)
+    again.persist(tmp_path, encode)
+    loaded = again.get("task(x/1)")
+    assert loaded.status == "failed" and loaded.stored["error"] == "bad" and loaded.finished == record.finished
+    again.expire(time.time() + 11)
+    assert again.get("task(x/1)") is None and list(tmp_path.iterdir()) == []

@@ -13,7 +13,10 @@ The jobs are the engine queue's (modules.services.job_registry): the UI's Genera
 followed and cancelled here. The request is checked as A1111's route checks it (same pydantic models,
 same conversion, same 4xx answers naming the field) before the job id is given. A finished job's
 result is the answer `/sdapi/v1/txt2img` would have given, kept `--job-retention` seconds; the
-pictures are saved to the output folders as any job's are.
+pictures are saved to the output folders as any job's are. Finished jobs are kept on disk as well,
+in the data folder's `jobs/` (`<id>.json`: this answer without the base64, with the picture files:
+those the job saved, else PNG copies in `jobs/<id>/`), so they are still answered after a restart
+until they expire, when both are deleted.
 
 Under /easel/ rather than /sdapi/: /sdapi/v1 is A1111's namespace, which clients probe route by route
 and A1111 may extend; Easel's own API gets its own versioned prefix (the same logins and request
@@ -23,8 +26,10 @@ guards apply to both, modules.auth and modules.request_guard).
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import json
+from pathlib import Path
 from typing import Any, Literal, Optional
 
 from fastapi import APIRouter, Response
@@ -108,6 +113,7 @@ class CancelAnswer(BaseModel):
 
 def build_router(engine: Engine) -> APIRouter:
     r = APIRouter(tags=["jobs"])
+    engine.queue.jobs.persist(engine.data_path / "jobs", lambda record, pictures: stored(engine, record, pictures))
 
     @r.get(WORKERS, response_model=WorkerList, summary="The generation workers and what they do")
     def workers():
@@ -206,6 +212,8 @@ def _not_found(job_id: str) -> JSONResponse:
 
 
 def describe(engine: Engine, record: JobRecord, images: bool = True) -> dict:
+    if record.stored is not None:  # an earlier run's job, read back from disk
+        return _from_disk(record.stored, images)
     info: dict[str, Any] = {
         "id": record.id, "kind": record.kind, "status": record.status, "created": record.created,
         "started": record.started, "finished": record.finished, "worker": record.worker,
@@ -252,3 +260,48 @@ def _result(engine: Engine, record: JobRecord, images: bool) -> dict:
         if images else []
     info = convert.processed_info(record.request, result, 0, result.job_timestamp)
     return {"images": encoded, "parameters": {}, "info": json.dumps(info), "paths": paths}
+
+
+def stored(engine: Engine, record: JobRecord, pictures: Path) -> dict:
+    """A finished job as written to disk: its answer, the pictures as files instead of base64 (the
+    files the job saved when they are its PNG pictures, else copies written to `pictures`)."""
+    info = describe(engine, record, images=True)
+    result = info.get("result")
+    if result is not None:
+        encoded = result.pop("images")
+        result["files"] = _picture_files(encoded, result.get("paths") or [], pictures)
+    return info
+
+
+def _picture_files(encoded: list[str], paths: list[str], pictures: Path) -> list[str]:
+    answered = [base64.b64decode(data.split(",", 1)[-1]) for data in encoded]
+    if answered and len(paths) == len(answered) and all(_same_picture(p, data) for p, data in zip(paths, answered)):
+        return [str(Path(p).resolve()) for p in paths]
+    files = []
+    for n, data in enumerate(answered):
+        pictures.mkdir(parents=True, exist_ok=True)
+        path = pictures / f"{n:05d}.png"
+        path.write_bytes(data)
+        files.append(str(path.resolve()))
+    return files
+
+
+def _same_picture(path: str, data: bytes) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as saved, Image.open(io.BytesIO(data)) as answered:
+            return saved.format == "PNG" and saved.size == answered.size and saved.mode == answered.mode
+    except OSError:
+        return False
+
+
+def _from_disk(data: dict, images: bool) -> dict:
+    info = dict(data)
+    if info.get("result") is not None:
+        result = dict(info["result"])
+        files = result.pop("files", [])
+        result["images"] = [base64.b64encode(Path(f).read_bytes()).decode("ascii")
+                            for f in files if Path(f).is_file()] if images else []
+        info["result"] = result
+    return info

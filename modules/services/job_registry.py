@@ -4,16 +4,29 @@ A job is a txt2img or img2img request submitted through `Engine.submit_txt2img/s
 whoever sent it (the UI, A1111's `/sdapi/v1` routes, the asynchronous job API), so all of them show
 up in one list under the task id they were queued with. A record goes queued -> running -> done,
 failed or cancelled; its result (the pictures, infotexts and saved paths) is kept `keep_s` seconds
-after it ended (`--job-retention`), then the record is dropped (the pictures stay on disk).
+after it ended (`--job-retention`), then the record is dropped (the pictures the job saved to the
+output folders stay on disk).
+
+On disk too (`persist`, which the job API turns on with the data folder's `jobs/`): when a job ends
+its record is written to `jobs/<id>.json` in the form the job API answers it (status, info, error,
+times, the result's picture files: the files the job saved, else PNG copies written to `jobs/<id>/`).
+The records there are loaded at start, so a job can still be read after a restart, and both the
+JSON and the copies are deleted when the record expires.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+import shutil
 import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
 FINAL = (DONE, FAILED, CANCELLED)
@@ -35,9 +48,12 @@ class JobRecord:
     attempts: int = 0  # how many times a worker started it (more than 1: a worker died under it)
     meta: dict = field(default_factory=dict)  # what the submitter wants back with the result (API body)
     future: Future | None = None
+    stored: dict | None = None  # a record read back from disk (an earlier run's): the answer as written
 
     @property
     def checkpoint(self) -> str | None:
+        if self.stored is not None:
+            return self.stored.get("checkpoint")
         return getattr(self.request, "checkpoint", None)
 
     @property
@@ -55,6 +71,64 @@ class JobRegistry:
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
         self._checked = 0.0  # when expire() last looked through the records
+        self.folder: Path | None = None  # persist(): where finished records are written
+        self._encode: Callable[[JobRecord, Path], dict] | None = None
+
+    # -- on disk ------------------------------------------------------------------------------
+    def persist(self, folder: Path, encode: Callable[[JobRecord, Path], dict]) -> None:
+        """Write every record that ends to `folder` as `encode(record, pictures_folder)` (a JSON-able
+        dict with at least id, kind, status, created, finished; encode saves the pictures that need
+        a copy into pictures_folder), and load the records an earlier run wrote there."""
+        folder.mkdir(parents=True, exist_ok=True)
+        loaded = []
+        for path in folder.glob("*.json"):
+            try:
+                data = json.loads(path.read_text(encoding="utf8"))
+                record = JobRecord(str(data["id"]), data["kind"], None, created=float(data["created"]),
+                                   status=data["status"], started=data.get("started"),
+                                   finished=float(data["finished"]), worker=data.get("worker"),
+                                   attempts=int(data.get("attempts") or 0), stored=data)
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                print(f"[easel] ignored the job record {path}: {exc}")
+                continue
+            if record.ended:
+                loaded.append(record)
+        with self._lock:
+            self.folder, self._encode = folder, encode
+            known = dict(self._records)
+            self._records = {r.id: r for r in sorted(loaded, key=lambda r: r.created) if r.id not in known}
+            self._records.update(known)  # (a job of this run keeps its id)
+        self.expire(force=True)
+
+    def _stem(self, job_id: str) -> str:
+        if re.fullmatch(r"[A-Za-z0-9_()\-][A-Za-z0-9_.()\-]{0,100}", job_id):
+            return job_id
+        digest = hashlib.sha1(job_id.encode("utf8")).hexdigest()[:10]
+        return f"{re.sub(r'[^A-Za-z0-9_.()-]', '_', job_id)[:80]}-{digest}"
+
+    def _write(self, record: JobRecord) -> None:
+        folder, encode = self.folder, self._encode
+        if folder is None or encode is None or record.stored is not None:
+            return
+        stem = self._stem(record.id)
+        pictures = folder / stem
+        shutil.rmtree(pictures, ignore_errors=True)  # a reused id's earlier pictures
+        try:
+            data = encode(record, pictures)
+            temporary = folder / f".{stem}.json.tmp"
+            temporary.write_text(json.dumps(data), encoding="utf8")
+            os.replace(temporary, folder / f"{stem}.json")
+        except Exception as exc:  # the job's own answer stays in memory whatever happens here
+            print(f"[easel] could not write the record of job {record.id} to {folder}: {exc}")
+
+    def _delete(self, job_ids) -> None:
+        folder = self.folder
+        if folder is None:
+            return
+        for job_id in job_ids:
+            stem = self._stem(job_id)
+            (folder / f"{stem}.json").unlink(missing_ok=True)
+            shutil.rmtree(folder / stem, ignore_errors=True)
 
     def add(self, job_id: str, kind: str, request: Any, meta: dict | None = None) -> JobRecord:
         record = JobRecord(job_id, kind, request, meta=dict(meta or {}))
@@ -73,14 +147,13 @@ class JobRegistry:
         record.finished = time.time()
         if future.cancelled():
             record.status = CANCELLED
-            return
-        error = future.exception()
-        if error is not None:
+        elif (error := future.exception()) is not None:
             record.error, record.status = error, FAILED
-            return
-        record.result = future.result()
-        # a running job that was cancelled stops early: what it made so far is kept with it
-        record.status = CANCELLED if record.cancel_requested else DONE
+        else:
+            record.result = future.result()
+            # a running job that was cancelled stops early: what it made so far is kept with it
+            record.status = CANCELLED if record.cancel_requested else DONE
+        self._write(record)
 
     def mark_running(self, job_id: str, worker: str = "local") -> JobRecord | None:
         record = self.get(job_id)
@@ -110,11 +183,11 @@ class JobRegistry:
         """The waiting jobs' ids, first to run first."""
         return [r.id for r in self.list() if r.status == QUEUED]
 
-    def expire(self, now: float | None = None) -> None:
-        """Drop what is too old or too many; looks through the records at most once a second
-        unless there are more than `keep_max` (a burst of submissions costs no scan each)."""
+    def expire(self, now: float | None = None, force: bool = False) -> None:
+        """Drop what is too old or too many (and its files); looks through the records at most once
+        a second unless there are more than `keep_max` (a burst of submissions costs no scan each)."""
         now = time.time() if now is None else now
-        if now - self._checked < 1.0 and len(self._records) <= self.keep_max:
+        if not force and now - self._checked < 1.0 and len(self._records) <= self.keep_max:
             return
         with self._lock:
             self._checked = now
@@ -126,3 +199,4 @@ class JobRegistry:
                 too_old.update(r.id for r in kept[:extra])
             for job_id in too_old:
                 del self._records[job_id]
+        self._delete(too_old)

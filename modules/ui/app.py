@@ -81,14 +81,38 @@ def page_script() -> str:
     script = (HERE / "page.js").read_text(encoding="utf-8").strip()
     webui_globals = (HERE / "webui_globals.js").read_text(encoding="utf-8")
     args = ", ".join(json.dumps(a) for a in (css, HINTS))
-    # Easel's own prompt tools (Ctrl+↑/↓, Generate forever, icons) run first, as A1111's javascript/ files do
-    scripts = [("easel/prompt_tools.js", (HERE / "prompt_tools.js").read_text(encoding="utf-8")), *_extension_files("js")]
+    # Easel's own prompt tools (Ctrl+↑/↓, Generate forever, icons), the full page image viewer
+    # (lightbox.js) and the extra networks' folder buttons (extra_networks.js) run first, as
+    # A1111's javascript/ files do
+    own = [(f"easel/{name}", (HERE / name).read_text(encoding="utf-8")) for name in ("prompt_tools.js", "lightbox.js", "extra_networks.js")]
+    scripts = [*own, *_extension_files("js")]
     # A1111's notification_audio plays the install's notification.mp3 when it is there as the page is built
     from modules.file_route import allowed_files
 
     sound = any(path.name == "notification.mp3" and path.is_file() for path in allowed_files())
     extension_args = ", ".join(json.dumps(a) for a in (webui_globals, scripts, _extension_files("css"), sound))
     return f"(optsJson) => ({script})({args}, optsJson, {extension_args})"
+
+
+# A1111's gradio_theme: "Default" or a theme's name on the Hugging Face hub. The themes that ship
+# with Gradio are built here from its own classes (no download); the choices are
+# modules.services.option_sections.GRADIO_THEMES
+_BUILT_IN_THEMES = {
+    "gradio/base": "Base", "gradio/glass": "Glass", "gradio/monochrome": "Monochrome", "gradio/soft": "Soft",
+    "gradio/citrus": "Citrus", "gradio/ocean": "Ocean", "gradio/origin": "Origin",
+}
+
+
+def page_theme(options) -> gr.themes.ThemeClass:
+    """The page's Gradio theme as the option gradio_theme names it, read as the page is built
+    (A1111: Reload UI after a change). Gradio 6 takes the theme where the page is mounted
+    (`gr.mount_gradio_app(..., theme=...)`, webui.py); create_ui also keeps it as `demo.theme`.
+    An unknown name is reported and the default theme used, as A1111 does when a theme fails."""
+    name = options.get("gradio_theme") or "Default"
+    class_name = _BUILT_IN_THEMES.get(name, "Default")
+    if name != "Default" and name not in _BUILT_IN_THEMES:
+        print(f"[easel] Gradio theme {name!r} is not one that ships with Gradio: the default theme is used")
+    return getattr(gr.themes, class_name)()
 
 
 def _size_fields(tabs: list[GenerationTab]) -> list[gr.components.Component]:
@@ -314,6 +338,7 @@ def _create_ui(engine: Engine, allow_folders: bool) -> gr.Blocks:
         demo.load(settings.options_json, outputs=settings.json, queue=False).then(
             None, inputs=settings.json, js=page_script(), queue=False)
         page_localization.add_to_page(demo, engine.options)  # the chosen localization's texts
+    demo.theme = page_theme(engine.options)  # (Gradio 6: what webui.py mounts the page with)
     register_paste_fields("txt2img", txt2img.all_paste_fields())
     register_paste_fields("img2img", img2img.all_paste_fields(), init_img=img2img.init_img)
     return demo

@@ -16,6 +16,14 @@ The lists come from the engine: `engine.checkpoints`, `engine.loras.items()` and
 `engine.embeddings.loaded`; a service that is not there gives an empty tab. A preview is the
 picture beside the file with the same stem (`name.png`, `name.preview.png`, also jpg/jpeg/webp),
 sent inside the page as a small thumbnail, so it is covered by the UI's own login.
+
+A1111's Extra Networks settings: above the cards, a button per folder of the page's model folders
+(A1111's dirs view: a click searches for that folder, a second click clears the search;
+extra_networks.js), the hidden ones (a name starting with ".") only with
+`extra_networks_show_hidden_directories`; the cards of models in hidden folders are shown per
+`extra_networks_hidden_models`: "Always", "When searched" (only while the search text has 4
+characters or more) or "Never" (not on the page); `ui_extra_networks_tab_reorder` orders the tabs
+as the page is built (A1111's matching: the first comma-separated part found in a tab's name).
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +66,7 @@ class Card:
     key: str = ""  # unique within its page: what the ✏️ editor asks the server about (default: name)
     negative: str = ""  # a Lora card's `negative text`, toggled in the negative prompt
     metadata: dict = field(default_factory=dict)  # the user metadata (the .json beside the file)
+    search_only: bool = False  # in a hidden folder, extra_networks_hidden_models "When searched"
 
     def __post_init__(self):
         self.key = self.key or self.name
@@ -71,7 +81,7 @@ def checkpoint_cards(engine: Engine) -> list[Card]:
     for info in engine.checkpoints.list():
         stem = info.model_name
         cards.append(Card(stem.rsplit("/", 1)[-1], "checkpoints", info.title,
-                          f"{info.name} {info.title}".lower(), info.filename, info.name, key=info.name))
+                          f"{info.name} {info.title} {info.filename}".lower(), info.filename, info.name, key=info.name))
     return cards
 
 
@@ -113,8 +123,86 @@ def embedding_cards(engine: Engine) -> list[Card]:
     return sorted(cards, key=lambda c: c.name.lower())
 
 
+def page_roots(engine: Engine, page: str) -> list[Path]:
+    """The folders a page's models come from (A1111's allowed_directories_for_previews)."""
+    source = {"checkpoints": engine.checkpoints, "lora": getattr(engine, "loras", None),
+              "textual_inversion": getattr(engine, "embeddings", None)}[page]
+    return [Path(d) for d in getattr(source, "dirs", None) or []]
+
+
+def in_hidden_place(path: Path | None, roots: list[Path]) -> bool:
+    """A1111's test for a hidden model: its path below its models folder has a part (a folder or
+    the file itself) whose name starts with "."."""
+    if path is None:
+        return False
+    for root in roots:
+        try:
+            parts = Path(path).resolve().relative_to(Path(root).resolve()).parts
+        except ValueError:
+            continue
+        return any(part.startswith(".") for part in parts)
+    return False
+
+
 def cards_for(engine: Engine, page: str) -> list[Card]:
-    return {"checkpoints": checkpoint_cards, "lora": lora_cards, "textual_inversion": embedding_cards}[page](engine)
+    """The page's cards as extra_networks_hidden_models says: models in hidden folders left out
+    ("Never"), marked to show only when searched ("When searched", A1111's default) or as any other."""
+    cards = {"checkpoints": checkpoint_cards, "lora": lora_cards, "textual_inversion": embedding_cards}[page](engine)
+    mode = engine.options.get("extra_networks_hidden_models", "When searched")
+    if mode == "Always":
+        return cards
+    roots = page_roots(engine, page)
+    shown = []
+    for card in cards:
+        if in_hidden_place(card.path, roots):
+            if mode == "Never":
+                continue
+            card.search_only = True
+        shown.append(card)
+    return shown
+
+
+def page_folders(engine: Engine, page: str) -> list[str]:
+    """A1111's dirs view: each models folder of the page by its name, then its sub-folders that
+    hold something ("Lora/style"), in natural order; the folders whose name starts with "." (and
+    what is in them) only with extra_networks_show_hidden_directories."""
+    show_hidden = engine.options.get("extra_networks_show_hidden_directories", True)
+    folders: list[str] = []
+    for root in page_roots(engine, page):
+        if not root.is_dir():
+            continue
+        folders.append(root.name)
+        found = []
+        for sub in root.rglob("*"):
+            try:
+                if not sub.is_dir() or not any(sub.iterdir()):
+                    continue
+            except OSError:
+                continue
+            rel = sub.relative_to(root).parts
+            if not show_hidden and any(part.startswith(".") for part in rel):
+                continue
+            found.append("/".join((root.name, *rel)))
+        folders.extend(sorted(found, key=_natural_key))
+    return list(dict.fromkeys(folders))
+
+
+def _natural_key(text: str) -> list:
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+
+
+def ordered_pages(order: str | None) -> list[tuple[str, str]]:
+    """PAGES in the order of A1111's ui_extra_networks_tab_reorder: each tab goes by the first
+    comma-separated part (lower case, trimmed) that its name contains, unmatched tabs last, ties in
+    the usual order (A1111's matching: an empty part matches every tab)."""
+    parts = [part.lower().strip() for part in (order or "").split(",")]
+
+    def score(item: tuple[int, tuple[str, str]]):
+        index, (_, title) = item
+        name = title.lower()
+        return next((i for i, part in enumerate(parts) if part in name), len(PAGES)), index
+
+    return [page for _, page in sorted(enumerate(PAGES), key=score)]
 
 
 def refresh_sources(engine: Engine) -> None:
@@ -197,10 +285,12 @@ def card_html(card: Card, options=None) -> str:
     scale = float(get("extra_networks_card_text_scale", 1.0))
     text_style = f" style='font-size: {scale * 100:g}%'" if scale != 1.0 else ""
     negative = f"data-negative='{attr(card.negative)}' " if card.negative else ""
+    # extra_networks.js shows such a card only while the search text has 4 characters or more
+    search_only = " search-only' data-search-only='1" if card.search_only else ""
     # A1111's ✏️ (its class and title); page.js opens the editor and keeps the click from the card
     edit = ("<div class='button-row'><button type='button' class='card-button edit-button' title='Edit metadata' "
             "data-easel-icon='edit'>✏️</button></div>") if card.path is not None else ""
-    return (f"<div class='card' tabindex='0' data-kind='{attr(card.kind)}' data-name='{attr(card.name)}' "
+    return (f"<div class='card{search_only}' tabindex='0' data-kind='{attr(card.kind)}' data-name='{attr(card.name)}' "
             f"data-key='{attr(card.key)}' data-insert='{attr(card.insert)}' {negative}"
             f"data-search='{attr(card.search)}' {style}title='{attr(str(card.path or card.name))}'>"
             f"{image}{edit}<div class='actions'{text_style}><span class='name'>{html.escape(card.name)}</span>"
@@ -215,9 +305,19 @@ EMPTY = {
 }
 
 
-def page_html(tabname: str, page: str, cards: list[Card], options=None) -> str:
+def dirs_html(tabname: str, page: str, folders: list[str]) -> str:
+    """A1111's dirs view: a button per folder (its classes; extra_networks.js does the click)."""
+    buttons = "".join(f"<button type='button' class='lg secondary gradio-button custom-button' "
+                      f"data-path='{html.escape(folder, quote=True)}'>{html.escape(folder)}</button>"
+                      for folder in folders)
+    return (f"<div class='extra-network-dirs' id='{tabname}_{page}_dirs' data-tab='{tabname}'>{buttons}</div>"
+            if buttons else "")
+
+
+def page_html(tabname: str, page: str, cards: list[Card], options=None, folders: list[str] | None = None) -> str:
     body = "".join(card_html(c, options) for c in cards) or f"<div class='no-cards'>{html.escape(EMPTY[page])}</div>"
-    return (f"<div class='extra-network-cards' id='{tabname}_{page}_cards' data-tab='{tabname}' "
+    return (dirs_html(tabname, page, folders or [])
+            + f"<div class='extra-network-cards' id='{tabname}_{page}_cards' data-tab='{tabname}' "
             f"data-page='{page}'>{body}</div>")
 
 
@@ -246,14 +346,14 @@ class ExtraNetworksPanel:
                                          elem_id=self._id("extra_search"), scale=4)
                 self.refresh_button = gr.Button("Refresh", elem_id=self._id("extra_refresh"), scale=0, min_width=100)
             with gr.Tabs(elem_id=self._id("extra_tabs")):
-                for page, title in PAGES:
+                # ui_extra_networks_tab_reorder, read as the page is built (Reload UI)
+                for page, title in ordered_pages(self.engine.options.get("ui_extra_networks_tab_reorder")):
                     with gr.Tab(title, elem_id=self._id(page), elem_classes=["extra-page"]):
                         self.pages[page] = gr.HTML(page_html(self.tabname, page, []),
                                                    elem_id=self._id(f"{page}_cards_html"))
                         self.editors[page] = MetadataEditor(
                             self.engine, self.tabname, page, cards=lambda page=page: cards_for(self.engine, page),
-                            html_of=lambda cards, page=page: page_html(self.tabname, page, cards,
-                                                                       self.engine.options))
+                            html_of=lambda cards, page=page: self.page_html(page, cards))
                         self.editors[page].build()
         # a checkpoint card: page.js puts its title in window.easelDesiredCheckpoint and clicks
         # this button; app.py wires it to the checkpoint picker's load, the title going in as
@@ -262,8 +362,11 @@ class ExtraNetworksPanel:
         self.checkpoint_button = gr.Button("load checkpoint", visible="hidden",
                                            elem_id=self._id("extra_change_checkpoint"))
 
+    def page_html(self, page: str, cards: list[Card]) -> str:
+        return page_html(self.tabname, page, cards, self.engine.options, page_folders(self.engine, page))
+
     def html(self) -> list[str]:
-        return [page_html(self.tabname, page, cards_for(self.engine, page), self.engine.options) for page, _ in PAGES]
+        return [self.page_html(page, cards_for(self.engine, page)) for page, _ in PAGES]
 
     def wire(self) -> None:
         outputs = [self.pages[page] for page, _ in PAGES]

@@ -19,10 +19,13 @@ This module is imported only with those flags (webui.make_queue); nothing else i
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import io
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -93,11 +96,27 @@ class SaveJournal:
         (folder / _journal_name(job_id, attempt)).unlink(missing_ok=True)
 
 
+def _server_paths(opts: dict) -> None:
+    """In a worker process: the server's --data-dir, --models-dir and --ckpt on this process's command
+    line, which modules.paths_internal reads when first imported (as A1111's paths do), so the data
+    folder's extensions, and whatever extensions find through A1111's paths, are the server's."""
+    import importlib
+
+    argv = [sys.argv[0] if sys.argv else "easel-worker"]
+    for flag, key in (("--data-dir", "data_dir"), ("--models-dir", "models_dir"), ("--ckpt", "ckpt")):
+        if opts.get(key):
+            argv += [flag, str(opts[key])]
+    sys.argv = argv
+    if "modules.paths_internal" in sys.modules:  # (a fresh actor process has not imported it yet)
+        importlib.reload(sys.modules["modules.paths_internal"])
+
+
 class WorkerActor:
     """One Easel engine in a Ray worker process (made a Ray actor by RayBackend)."""
 
     def __init__(self, opts: dict, name: str, journal_dir: str, torch_threads: int):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        _server_paths(opts)
         import torch
 
         # Ray gives an actor one thread per CPU it reserved; the server's own count instead, since
@@ -123,12 +142,16 @@ class WorkerActor:
     def ready(self) -> int:
         return os.getpid()
 
-    def run(self, job_id: str, attempt: int, kind: str, request, overrides: dict, scripts, options: dict) -> dict:
+    def run(self, job_id: str, attempt: int, kind: str, request, overrides: dict, scripts, options: dict,
+            given: dict | None = None) -> dict:
+        """`given`: what the server's Engine._job bound to the job besides the request (the page's
+        logged-in `user`, `console_prompt`), given to Engine._run here as on one worker."""
         engine = self.engine
         engine.options.data.update(options)  # the server's settings as they were at submission
         self.journal.current = (job_id, attempt)
+        fn = functools.partial(engine._run, **given) if given else engine._run
         try:
-            result = engine.queue.submit_job(kind, engine._run, request, overrides, scripts, task_id=job_id).result()
+            result = engine.queue.submit_job(kind, fn, request, overrides, scripts, task_id=job_id).result()
         except RequestError as exc:
             return {"error": ("request", exc.field, exc.message)}
         except ValueError as exc:
@@ -220,9 +243,10 @@ class RayBackend(Backend):
 
     def run(self, worker: RayWorker, job: Job) -> tuple[Any, str | None]:
         self._ready(worker)
-        kind, request, overrides, scripts, options = job.payload
+        kind, request, overrides, scripts, options, given = job.payload
         try:
-            answer = ray.get(worker.actor.run.remote(job.id, job.attempt, kind, request, overrides, scripts, options))
+            answer = ray.get(worker.actor.run.remote(job.id, job.attempt, kind, request, overrides, scripts, options,
+                                                     given))
         except RayActorError as exc:
             raise WorkerLost(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
         if "error" in answer:
@@ -259,9 +283,28 @@ def start_ray(opts: argparse.Namespace) -> tuple[int, float]:
     workers = opts.ray_workers or (gpus if gpus else 1)
     path = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     runtime_env = {"env_vars": {"PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}}
+    if opts.ray_address and opts.ray_address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+        raise SystemExit(f"--ray-address {opts.ray_address}: a ray:// address (Ray Client) needs grpcio, which "
+                         "requirements-ray.txt pins: venv/bin/pip install -r requirements-ray.txt; or give the "
+                         "cluster's GCS address HOST:PORT (the --port of `ray start --head`)")
     if not ray.is_initialized():
         if opts.ray_address:
-            ray.init(address=opts.ray_address, runtime_env=runtime_env, namespace="easel", log_to_driver=True)
+            # Ray Client starts a server process for each connection on the head: on a busy head that
+            # can fail or time out the first time
+            tries = 3 if opts.ray_address.startswith("ray://") else 1
+            for attempt in range(1, tries + 1):
+                try:
+                    ray.init(address=opts.ray_address, runtime_env=runtime_env, namespace="easel", log_to_driver=True)
+                    break
+                except ConnectionError as exc:
+                    if attempt == tries:
+                        raise
+                    print(f"[easel] could not connect to {opts.ray_address} ({exc}); trying again")
+                    try:
+                        ray.shutdown()  # what the failed connection left
+                    except Exception:
+                        pass
+                    time.sleep(2)
         else:
             ray.init(num_cpus=max(workers, os.cpu_count() or 1), num_gpus=gpus, include_dashboard=False,
                      runtime_env=runtime_env, namespace="easel", log_to_driver=True)
@@ -269,6 +312,18 @@ def start_ray(opts: argparse.Namespace) -> tuple[int, float]:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         workers = opts.ray_workers or (gpus if gpus else 1)
     return workers, (1.0 if gpus else 0.0)
+
+
+def _bound(fn: Callable[..., Any]) -> dict:
+    """The keywords Engine._job bound to the job's function (`user`, `console_prompt`): the function
+    itself stays here (it is the server's engine), the actor applies them to its own Engine._run."""
+    given: dict = {}
+    while isinstance(fn, functools.partial):
+        if fn.args:
+            raise TypeError("a Ray job's function may bind keywords only, not positional arguments")
+        given = {**fn.keywords, **given}
+        fn = fn.func
+    return given
 
 
 class RayWorkQueue(WorkQueue):
@@ -301,7 +356,7 @@ class RayWorkQueue(WorkQueue):
         task_id = task_id or f"task({next(self._ids)})"
         record = self.jobs.add(task_id, kind, request)
         options = dict(self.engine.options.data) if self.engine is not None else {}
-        job = Job(task_id, kind, (kind, request, overrides, scripts, options), self._checkpoint_file(request))
+        job = Job(task_id, kind, (kind, request, overrides, scripts, options, _bound(fn)), self._checkpoint_file(request))
         with self._ids_lock:
             self.queued[task_id] = job.queued_at
         future = self.dispatcher.submit(job)
