@@ -257,7 +257,8 @@ def test_ui_config_file_sets_defaults_and_limits(tiny_checkpoints, tmp_path):
     ui_config = tmp_path / "elsewhere" / "my-ui-config.json"
     ui_config.parent.mkdir()
     ui_config.write_text(json.dumps({"txt2img/Sampling steps/value": 33, "txt2img/Sampling steps/maximum": 77,
-                                     "txt2img/Batch size/visible": False, "txt2img/Sampling method/value": "No such"}))
+                                     "txt2img/Batch size/visible": False, "txt2img/Sampling method/value": "No such",
+                                     "modelmerger/Multiplier (M) - set to 0 to get model A/value": 0.55}))
     opts = cmd_args.parse_args(["--data-dir", str(tmp_path), "--ckpt-dir", str(tiny_checkpoints.checkpoints_dir),
                                 "--ui-config-file", str(ui_config), "--skip-load-model-at-start"], extra_preloads=[])
     engine = webui.build_engine(opts)
@@ -281,6 +282,10 @@ def test_ui_config_file_sets_defaults_and_limits(tiny_checkpoints, tmp_path):
               if c["props"].get("label") == "Masked content"}
     assert masked["script_poor_mans_outpainting_inpainting_fill"] == "fill"
     assert saved["img2img/Masked content/value"] == masked["img2img_inpainting_fill"] != "fill"
+    # the Checkpoint Merger's controls have keys too, under A1111's prefix for that tab
+    assert props["modelmerger_interp_amount"]["value"] == 0.55
+    assert saved["modelmerger/Interpolation Method/value"] == props["modelmerger_interp_method"]["value"]
+    assert saved["modelmerger/Save as float16/value"] is False
     assert not (tmp_path / "ui-config.json").exists()
 
 

@@ -304,9 +304,13 @@ def test_the_img2img_tab_has_the_controls_with_a1111s_element_ids(server):
                     "script_loopback_loops", "script_loopback_final_denoising_strength",
                     "script_loopback_denoising_curve", "script_outpainting_mk2_pixels",
                     "script_outpainting_mk2_mask_blur", "script_outpainting_mk2_direction",
-                    "script_outpainting_mk2_noise_q", "script_outpainting_mk2_color_variation"):
+                    "script_outpainting_mk2_noise_q", "script_outpainting_mk2_color_variation",
+                    *(f"script_img2img_alternative_test_{name}" for name in (
+                        "override_sampler", "override_prompt", "original_prompt", "original_negative_prompt",
+                        "override_steps", "st", "override_strength", "cfg", "randomness", "sigma_adjustment"))):
         assert elem_id in ids, elem_id
     labels = {c["props"].get("label") for c in components}
+    assert "Override `Denoising strength` to 1?" in labels
     loopback = next(c["props"] for c in components if c["props"].get("elem_id") == "script_loopback_append_interrogation")
     assert loopback["label"] == "Append interrogated prompt at each iteration"
     assert [c[0] if isinstance(c, (list, tuple)) else c for c in loopback["choices"]] == ["None", "CLIP", "DeepBooru"]
@@ -368,12 +372,20 @@ def test_the_noise_found_is_a1111s_on_k_diffusions_denoiser(sd1, sigma_adjustmen
 ALT = "img2img alternative test"
 
 
+def alt_args(prompt, negative, cfg, steps, randomness, sigma_adjustment, *, override_sampler=False,
+             override_prompt=False, override_steps=False, override_strength=False):
+    """A1111's 11 script_args: [info, override_sampler, override_prompt, original_prompt,
+    original_negative_prompt, override_steps, st, override_strength, cfg, randomness, sigma_adjustment]."""
+    return [None, override_sampler, override_prompt, prompt, negative, override_steps, steps, override_strength,
+            cfg, randomness, sigma_adjustment]
+
+
 def _alt(server, args, **fields):
     return img2img(server, ALT, args, **{"denoising_strength": 1.0, "steps": 4, "sampler_name": "Euler", **fields})
 
 
 def test_img2img_alternative_test_starts_from_the_pictures_noise(server):
-    args = ["a red circle", "", 1.0, 4, 0.0, False]
+    args = alt_args("a red circle", "", 1.0, 4, 0.0, False)
     first, info = _alt(server, args, seed=11)
     again, _ = _alt(server, args, seed=12345)
     # randomness 0: the start is the picture's own noise, the seed plays no part
@@ -385,19 +397,51 @@ def test_img2img_alternative_test_starts_from_the_pictures_noise(server):
     assert len(first) == 1 and info["seed"] == 11
     listed = {s["name"]: s for s in server.get("/sdapi/v1/script-info").json() if s["is_img2img"]}
     assert [a["label"] for a in listed[ALT]["args"]] == [
-        "Original prompt", "Original negative prompt", "Decode CFG scale", "Decode steps", "Randomness",
+        "", "Override `Sampling method` to Euler?(this method is built for it)",
+        "Override `prompt` to the same value as `original prompt`?(and `negative prompt`)",
+        "Original prompt", "Original negative prompt",
+        "Override `Sampling Steps` to the same value as `Decode steps`?", "Decode steps",
+        "Override `Denoising strength` to 1?", "Decode CFG scale", "Randomness",
         "Sigma adjustment for finding noise for image"]
+    assert [a["value"] for a in listed[ALT]["args"]][1:] == [True, True, None, None, True, 50, True, 1.0, 0.0, False]
 
     # randomness: fresh noise from seed + 1 mixed in, so the seed counts again
-    mixed_a, _ = _alt(server, ["a red circle", "", 1.0, 4, 0.5, False], seed=11)
-    mixed_b, _ = _alt(server, ["a red circle", "", 1.0, 4, 0.5, False], seed=12)
+    mixed_a, _ = _alt(server, alt_args("a red circle", "", 1.0, 4, 0.5, False), seed=11)
+    mixed_b, _ = _alt(server, alt_args("a red circle", "", 1.0, 4, 0.5, False), seed=12)
     assert not np.array_equal(px(mixed_a[0]), px(mixed_b[0]))
     assert not np.array_equal(px(mixed_a[0]), px(first[0]))
 
     # the other inversion and a DPM++ scheduler (VP-scaled noising) run too, one picture each
-    adjusted, info_adj = _alt(server, ["a red circle", "blurry", 2.0, 3, 0.0, True], sampler_name="DPM++ 2M",
+    adjusted, info_adj = _alt(server, alt_args("a red circle", "blurry", 2.0, 3, 0.0, True), sampler_name="DPM++ 2M",
                               batch_size=2, n_iter=2)
     assert len(adjusted) == 1 and "Sigma Adjustment: True" in info_adj["infotexts"][0]
+    assert "Sampler: DPM++ 2M" in info_adj["infotexts"][0]
+
+
+def test_img2img_alternative_test_takes_an_a1111_clients_eleven_args(server):
+    """An A1111 client's call: the info's value first, the overrides on (A1111's defaults), so the job
+    runs with Euler, the original prompts, the decode steps and denoising strength 1, whatever the
+    request said; the same call with the overrides off keeps the request's own values."""
+    a1111 = ["* `CFG Scale` should be 2 or lower.", True, True, "a blue square", "ugly", True, 3, True, 1.5, 0.0, False]
+    pics, info = img2img(server, ALT, a1111, prompt="something else", negative_prompt="", steps=7,
+                         sampler_name="DPM++ 2M", denoising_strength=0.3, seed=5)
+    text = info["infotexts"][0]
+    assert len(pics) == 1
+    assert text.startswith("a blue square\nNegative prompt: ugly\n"), text
+    for part in ("Steps: 3,", "Sampler: Euler,", "Denoising strength: 1,", "Decode prompt: a blue square",
+                 "Decode negative prompt: ugly", "Decode CFG scale: 1.5", "Decode steps: 3"):
+        assert part in text, (part, text)
+    # the same picture as the call that asked for these values itself, with no overrides
+    plain, _ = img2img(server, ALT, alt_args("a blue square", "ugly", 1.5, 3, 0.0, False), prompt="a blue square",
+                       negative_prompt="ugly", steps=3, sampler_name="Euler", denoising_strength=1.0, seed=5)
+    assert np.array_equal(px(pics[0]), px(plain[0]))
+    kept, kept_info = img2img(server, ALT, [None, False, False, "a blue square", "ugly", False, 3, False, 1.5, 0.0,
+                                            False], prompt="something else", negative_prompt="", steps=2,
+                              sampler_name="DPM++ 2M", denoising_strength=0.9, seed=5)
+    text = kept_info["infotexts"][0]
+    assert text.startswith("something else\n"), text
+    for part in ("Steps: 2,", "Sampler: DPM++ 2M,", "Denoising strength: 0.9,"):
+        assert part in text, (part, text)
 
 
 def test_img2img_alternative_test_with_full_randomness_is_txt2img_from_the_next_seed(server):
@@ -406,7 +450,7 @@ def test_img2img_alternative_test_with_full_randomness_is_txt2img_from_the_next_
     no longer matters."""
     base = {**SMALL, "steps": 3, "sampler_name": "Euler", "prompt": "a red circle", "negative_prompt": "",
             "seed": 40}
-    args = ["a red circle", "", 1.0, 3, 1.0, False]
+    args = alt_args("a red circle", "", 1.0, 3, 1.0, False)
     alt, _ = _alt(server, args, **base)
     other, _ = _alt(server, args, **{**base, "init_images": [b64(picture(64, 64).transpose(Image.Transpose.ROTATE_90))]})
     txt, _ = post(server, "/sdapi/v1/txt2img", {**base, "seed": 41})
@@ -415,12 +459,14 @@ def test_img2img_alternative_test_with_full_randomness_is_txt2img_from_the_next_
 
 
 @pytest.mark.parametrize("args,hint", [
-    (["x", "", 16, 4, 0.0, False], "decode CFG scale (3rd)"),
-    (["x", "", 1.0, 0, 0.0, False], "decode steps (4th)"),
-    (["x", "", 1.0, 4, 1.5, False], "randomness (5th)"),
-    (["x", "", 1.0, 4, 0.0, "yes"], "sigma adjustment (6th)"),
-    ([3, "", 1.0, 4, 0.0, False], "original prompt (1st)"),
-], ids=["cfg", "steps", "randomness", "sigma", "prompt"])
+    (alt_args("x", "", 16, 4, 0.0, False), "decode CFG scale (9th)"),
+    (alt_args("x", "", 1.0, 0, 0.0, False), "decode steps (7th)"),
+    (alt_args("x", "", 1.0, 4, 1.5, False), "randomness (10th)"),
+    (alt_args("x", "", 1.0, 4, 0.0, "yes"), "sigma adjustment (11th)"),
+    (alt_args(3, "", 1.0, 4, 0.0, False), "original prompt (4th)"),
+    (alt_args("x", "", 1.0, 4, 0.0, False, override_sampler="x"), "override sampler (2nd)"),
+    (alt_args("x", "", 1.0, 4, 0.0, False, override_strength=1.0), "override strength (8th)"),
+], ids=["cfg", "steps", "randomness", "sigma", "prompt", "override-sampler", "override-strength"])
 def test_img2img_alternative_test_refuses_bad_args_by_name(server, args, hint):
     r = server.post("/sdapi/v1/img2img", json={**SMALL, "init_images": [b64(INIT)], "denoising_strength": 1.0,
                                                "script_name": ALT, "script_args": args})

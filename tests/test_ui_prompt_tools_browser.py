@@ -100,6 +100,64 @@ def test_generate_forever_repeats_until_cancelled(page, server):
     assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
 
 
+def test_generate_forever_stops_on_interrupt(page, server):
+    fill_job(page, "a long job", steps=150, batch_count=8)  # long enough to be running when Interrupt comes
+    before = len(saved_images(server))
+    page.locator("#txt2img_generate").click(button="right")
+    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+    interrupt = page.locator("#txt2img_interrupt")
+    expect(interrupt).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is True
+    interrupt.click(timeout=JOB_TIMEOUT_MS)
+    expect_idle(page)
+    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+    done = len(saved_images(server))
+    assert done < before + 8, "the job was interrupted before its 8 pictures"
+    page.wait_for_timeout(2000)  # no job starts again
+    expect(page.locator("#txt2img_interrupt")).to_be_hidden()
+    assert len(saved_images(server)) == done
+    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+
+
+def test_a1111_token_counter_globals_recount_through_the_hidden_buttons(page):
+    """A1111's token-counters.js contract, for extensions that change a prompt box from their own
+    script: update_token_counter('<tab>_token_button') or recalculatePromptTokens('<tab>_prompt')
+    clicks the hidden `<tab>_token_button`, which counts the box again."""
+    for elem_id in ("txt2img_token_button", "txt2img_negative_token_button", "img2img_token_button",
+                    "img2img_negative_token_button"):
+        expect(page.locator(f"#{elem_id}")).to_be_attached()
+        expect(page.locator(f"#{elem_id}")).to_be_hidden()
+    counter = page.locator("#txt2img_token_counter")
+    page.locator("#txt2img_prompt textarea").fill("cat " * 80)
+    page.locator("#txt2img_neg_prompt textarea").fill("blurry")
+    expect(counter).to_have_text("80/150")
+    expect(page.locator("#txt2img_negative_token_counter")).to_have_text("1/75")
+    page.wait_for_timeout(500)  # the typing's own counts are over
+
+    def body(response) -> str:
+        try:
+            return response.text() or ""
+        except Exception:  # noqa: BLE001 - a response without a body (a stream, a redirect)
+            return ""
+
+    def recount(call: str, shown: str) -> None:
+        """`call` makes the page ask the server for a count, and the answer is `shown`."""
+        with page.expect_response(lambda r: r.request.method == "POST" and shown in body(r),
+                                  timeout=JOB_TIMEOUT_MS):
+            page.evaluate(call)
+
+    recount("() => update_token_counter('txt2img_token_button')", "80/150")
+    recount("() => update_token_counter('txt2img_negative_token_button')", "1/75")
+    recount("() => recalculatePromptTokens('txt2img_prompt')", "80/150")
+    page.evaluate("() => update_token_counter('no_such_button')")  # an id A1111 does not know: nothing
+    # the functions A1111's Gradio events call as `_js`: they recount and pass their arguments on
+    assert page.evaluate("() => update_txt2img_tokens('x', 'y')") == "x"  # two arguments: the first
+    assert page.evaluate("() => recalculate_prompts_txt2img('a', 'b', 'c')") == ["a", "b", "c"]
+    for name in ("update_img2img_tokens", "recalculate_prompts_img2img", "promptTokenCountUpdateFunctions"):
+        assert page.evaluate(f"() => typeof {name}") != "undefined", name
+    expect(counter).to_have_text("80/150")
+
+
 def test_generate_forever_stops_on_a_failing_job_and_keeps_its_message(page, server):
     fill_job(page, "never made", steps=1)
     set_number(page, "txt2img_width", 100, on_step=False)  # not a multiple of 8: every job fails

@@ -6,6 +6,10 @@
 //   to the left or right, as A1111's edit-order.js (option keyedit_move);
 // - A1111's context menus (contextMenus.js globals: appendContextMenuOption, ...) with "Generate
 //   forever" / "Cancel generate forever" on the right-click of Generate;
+// - A1111's token-counter globals (token-counters.js): update_token_counter(button_id),
+//   recalculatePromptTokens(prompt_id), update_txt2img_tokens / update_img2img_tokens,
+//   recalculate_prompts_txt2img / _img2img: each recounts by clicking the hidden
+//   `<tab>_token_button` / `<tab>_negative_token_button` (the counters follow typing on their own);
 // - icon buttons whose id Easel does not know (extensions' ToolButtons) get `data-easel-icon`, so
 //   style.css draws their glyph without an emoji font.
 
@@ -150,6 +154,59 @@
 
     document.addEventListener("keydown", editOrder);
 })();
+
+// -- A1111's token-counter globals --------------------------------------------------------------
+// promptTokenCountUpdateFunctions: prompt id and button id -> a recount, as A1111 fills it
+var promptTokenCountUpdateFunctions = {};
+(function() {
+    const boxes = [["txt2img_prompt", "txt2img_token_counter", "txt2img_token_button"],
+        ["txt2img_neg_prompt", "txt2img_negative_token_counter", "txt2img_negative_token_button"],
+        ["img2img_prompt", "img2img_token_counter", "img2img_token_button"],
+        ["img2img_neg_prompt", "img2img_negative_token_counter", "img2img_negative_token_button"]];
+    for (const [prompt, counter, button] of boxes) {
+        const recount = () => {
+            const shown = document.getElementById(counter);
+            if (!shown || (window.opts || {}).disable_token_counters) return;  // counters off: nothing to show
+            const hidden = document.getElementById(button);
+            if (hidden) hidden.click();
+        };
+        promptTokenCountUpdateFunctions[prompt] = recount;
+        promptTokenCountUpdateFunctions[button] = recount;
+    }
+})();
+
+function update_token_counter(button_id) {
+    promptTokenCountUpdateFunctions[button_id]?.();
+}
+
+function recalculatePromptTokens(name) {
+    promptTokenCountUpdateFunctions[name]?.();
+}
+
+// A1111 calls these from Gradio's `_js`: they pass their arguments on (two: the first alone)
+function update_txt2img_tokens(...args) {
+    update_token_counter("txt2img_token_button");
+    update_token_counter("txt2img_negative_token_button");
+    return args.length == 2 ? args[0] : args;
+}
+
+function update_img2img_tokens(...args) {
+    update_token_counter("img2img_token_button");
+    update_token_counter("img2img_negative_token_button");
+    return args.length == 2 ? args[0] : args;
+}
+
+function recalculate_prompts_txt2img(...args) {
+    recalculatePromptTokens("txt2img_prompt");
+    recalculatePromptTokens("txt2img_neg_prompt");
+    return args;
+}
+
+function recalculate_prompts_img2img(...args) {
+    recalculatePromptTokens("img2img_prompt");
+    recalculatePromptTokens("img2img_neg_prompt");
+    return args;
+}
 
 // -- context menus (A1111's contextMenus.js globals) ------------------------------------------
 var contextMenuInit = function() {

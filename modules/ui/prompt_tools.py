@@ -9,6 +9,11 @@ It follows the box as the user types: the box's `change` event with `trigger_mod
 Gradio 6 needs no hidden button and programmatic edits (a card, 📋, ↙️, 🗑️) are counted too.
 Extensions may change what is counted through the `before_token_counter` callback.
 
+A1111's hidden buttons are there too (`<tab>_token_button`, `<tab>_negative_token_button`): a click
+counts its box again, and the page's A1111 globals (`update_token_counter(button_id)`,
+`recalculatePromptTokens(prompt_id)`, `update_txt2img_tokens`, ... in prompt_tools.js) click them, so
+extensions that ask for a recount after changing a box from their own script get it.
+
 Ctrl+↑/↓ (weights), Generate forever and the icons are the page's: prompt_tools.js, style.css.
 """
 
@@ -97,10 +102,12 @@ class PromptTools:
         name = "negative_token_counter" if negative else "token_counter"
         counter = gr.HTML(counter_html(0, 75), elem_id=self._id(name), elem_classes=["token-counter"],
                           padding=False, container=False, visible=self.counting())
+        # A1111's hidden button: clicked by update_token_counter(id) and recalculatePromptTokens(id)
+        button = gr.Button(visible="hidden", elem_id=self._id("negative_token_button" if negative else "token_button"))
         if negative:
-            self.negative_counter = counter
+            self.negative_counter, self.negative_token_button = counter, button
         else:
-            self.counter = counter
+            self.counter, self.token_button = counter, button
         return counter
 
     def build_buttons(self) -> None:
@@ -127,6 +134,12 @@ class PromptTools:
             source.change(count_both, inputs=[prompt, negative, steps, styles],
                           outputs=[self.counter, self.negative_counter], queue=False, show_progress="hidden",
                           trigger_mode="always_last")
+        for box, counter, button, positive in ((prompt, self.counter, self.token_button, True),
+                                               (negative, self.negative_counter, self.negative_token_button, False)):
+            button.click(lambda text, steps_value, selected, positive=positive: count_one(text, steps_value, selected,
+                                                                                         positive),
+                         inputs=[box, steps, styles], outputs=counter, queue=False, show_progress="hidden",
+                         trigger_mode="always_last")
         # A1111 asks first ("Delete prompt?"); the answer is the page's, so the event is all JS
         self.clear_button.click(
             None, inputs=[prompt, negative], outputs=[prompt, negative], queue=False,

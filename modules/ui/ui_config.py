@@ -1,8 +1,9 @@
 """A1111's ui-config.json (--ui-config-file): the UI's default values, slider limits and shown
 controls, by "<tab>/<label>/<field>" keys such as "txt2img/Sampling steps/value",
 "img2img/Width/maximum" or "txt2img/Batch size/visible"; a script's controls as
-"customscript/<script file>/<tab>/<label>/<field>"; a button without a label by its text
-("txt2img/Generate/visible").
+"customscript/<script file>/<tab>/<label>/<field>"; the Checkpoint Merger's as
+"modelmerger/<label>/<field>" (A1111's prefix: "modelmerger/Interpolation Method/value"); a button
+without a label by its text ("txt2img/Generate/visible").
 
 Applied to the built page before it is served: a key in the file sets that field of every
 component with that label in that tab. The keys the file lacks are added with the page's own
@@ -24,7 +25,8 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-TABS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": "extras"}  # tab label -> key prefix
+# tab label -> key prefix (A1111's ifid of the tab, as its ui.py passes to ui_loadsave.add_block)
+TABS = {"txt2img": "txt2img", "img2img": "img2img", "Extras": "extras", "Checkpoint Merger": "modelmerger"}
 FIELDS = {gr.Slider: ("value", "minimum", "maximum", "step"), gr.Number: ("value", "minimum", "maximum"),
           gr.Textbox: ("value",), gr.Checkbox: ("value",), gr.Radio: ("value",), gr.Dropdown: ("value",),
           gr.CheckboxGroup: ("value",)}
