@@ -490,3 +490,24 @@ def test_api_job_on_tiny_sd3_with_euler_a_and_karras(tmp_path):
         refused = requests.post(server.url + "/sdapi/v1/txt2img", json={**body, "scheduler": "Align Your Steps"},
                                 timeout=60)
         assert refused.status_code == 422 and "Align Your Steps" in refused.text
+        _page_generates(server.url)
+
+
+def _page_generates(url: str) -> None:
+    """The page's Generate on an SD3 checkpoint: a picture, and the infotext of what the page asked."""
+    from playwright.sync_api import expect
+
+    from tests.browser import launch_browser, require_chromium
+    from tests.test_ui_browser import JOB_TIMEOUT_MS, fill_job, info_text
+
+    require_chromium()
+    with launch_browser() as browser:
+        page = browser.new_page()
+        page.goto(url)
+        page.locator("#txt2img_prompt textarea").wait_for(timeout=60_000)
+        fill_job(page, "a blue sphere", steps=2)
+        page.locator("#txt2img_generate").click()
+        expect(page.locator("#txt2img_gallery img").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        expect(page.locator("#html_info_txt2img")).to_contain_text("a blue sphere", timeout=JOB_TIMEOUT_MS)
+        info = info_text(page)
+        assert "Steps: 2," in info and "Size: 64x64" in info and "Model: tiny-sd35" in info, info
