@@ -17,7 +17,8 @@ The extension's rules, kept here:
   (classifier-free guidance then amplifies the control: CFG injection). The rows are told apart by
   the ``control_mark`` entry this module adds to the cond dicts (1 conditional, 0 unconditional);
 - **resize modes** of the map: "Just Resize" stretches, "Crop and Resize" fills and crops the centre,
-  "Resize and Fill" fits inside and fills the borders with the map's median border colour;
+  "Resize and Fill" fits inside and fills the borders with the map's median border colour (an
+  inpaint map's borders masked: they are generated, outpainting);
 - **hires fix** (``hr_option``): with a hires pass, a unit acts in "Both", only the first pass ("Low
   res only") or only the hires one ("High res only"); a pass is the hires one when its size is nearer
   the hires size than the first size (the extension's rule). Without a hires pass every unit acts;
@@ -77,6 +78,8 @@ class ControlUnit:
     hr_option: str = "Both"
     colorfix: ColorFix | None = None  # tile_colorfix(+sharp)'s fix of the output's colours
     image_tokens: tuple[torch.Tensor, torch.Tensor] | None = None  # an IP-Adapter's (cond, uncond) tokens
+    # inpaint_only+lama: the job's first noise carries the filled picture (the extension's HackedImageRNG)
+    noise_from_map: bool = False
 
     def __post_init__(self):
         if self.control_mode not in CONTROL_MODES:
@@ -126,6 +129,8 @@ def fit_map(detected: np.ndarray, width: int, height: int, mode: str) -> np.ndar
     borders = np.concatenate([detected[0], detected[-1], detected[:, 0], detected[:, -1]], axis=0)
     out = np.empty((height, width, detected.shape[2]), dtype=detected.dtype)
     out[:] = np.median(borders, axis=0).astype(detected.dtype)
+    if detected.shape[2] == 4:  # an inpaint map: the filled borders are to generate (the extension's inpaint hijack)
+        out[:, :, 3] = 255
     top, left = (height - new_h) // 2, (width - new_w) // 2
     out[top:top + new_h, left:left + new_w] = resized
     return out
@@ -163,6 +168,25 @@ class ControlJob:
         if self.first_height is None or self.hires_height is None:
             return False
         return not abs(height - self.first_height) < abs(height - self.hires_height)
+
+    def initial_noise(self, model, noise: torch.Tensor, encode) -> torch.Tensor:
+        """The first pass's starting noise as sd-webui-controlnet makes it for ``inpaint_only+lama``: the
+        VAE latents x0 of the unit's filled picture (its map's colours, fitted to the pass's size; the last
+        such unit's) mixed in as the diffusion's q_sample at the last training timestep,
+        sqrt(a_999) x0 + sqrt(1 - a_999) noise (about 7 % of the picture for SD). Not in the hires pass,
+        whose size differs (the extension's check of the shapes). ``encode``: pixels in [-1, 1] -> the
+        model's scaled latents. Other jobs: ``noise`` as it is."""
+        units = [u for u in self.units if u.noise_from_map]
+        if not units:
+            return noise
+        height, width = noise.shape[-2] * model.latent_scale, noise.shape[-1] * model.latent_scale
+        if self.is_hires(height):
+            return noise
+        picture = fit_map(units[-1].detected_map, width, height, units[-1].resize_mode)[..., :3]
+        pixels = torch.from_numpy(np.array(picture, dtype=np.float32)).div(127.5).sub(1.0).permute(2, 0, 1)[None]
+        x0 = encode(pixels).to(noise.device, noise.dtype)
+        a = TrainingSigmas.from_config(rescale_betas_zero_snr=bool(model.spec.zero_terminal_snr)).alphas_cumprod[999]
+        return float(a) ** 0.5 * x0 + float(1 - a) ** 0.5 * noise
 
     def for_pass(self, model, latent_shape: tuple[int, ...]) -> "UnetResiduals | None":
         height, width = latent_shape[-2] * model.latent_scale, latent_shape[-1] * model.latent_scale

@@ -16,7 +16,7 @@ files are missing is refused with a message naming the files and where they go; 
 Those whose network Easel has (HED: ``modules.core.annotator_hed``, PiDiNet: ``annotator_pidinet``, M-LSD:
 ``annotator_mlsd``, OpenPose: ``annotator_openpose``, ``annotator_openpose_hand_face``, the lineart
 networks: ``annotator_lineart``, ``annotator_lineart_anime``; MiDaS and Depth
-Anything through transformers: ``annotator_depth``) run from the user's files: their ``run`` takes the files'
+Anything through transformers: ``annotator_depth``; TEED: ``annotator_teed``; LaMa: ``annotator_lama``) run from the user's files: their ``run`` takes the files'
 paths as a fifth argument.
 """
 
@@ -31,12 +31,14 @@ import numpy as np
 
 from . import annotator_depth
 from . import annotator_hed
+from . import annotator_lama
 from . import annotator_lineart
 from . import annotator_lineart_anime
 from . import annotator_mlsd
 from . import annotator_openpose
 from . import annotator_openpose_hand_face
 from . import annotator_pidinet
+from . import annotator_teed
 
 
 @dataclass(frozen=True)
@@ -444,8 +446,12 @@ for _row in (
                run=_pidinet),
     _annotator("pidinet_safe", ("SoftEdge",), _PIDINET, label="softedge_pidisafe", resolution=False,
                run=_pidinet_safe),
-    _annotator("softedge_teed", ("SoftEdge",), ("TEED/7_model.pth",), slider_1=Slider("Safe Steps", 2, 0, 10, 1)),
-    _annotator("softedge_anyline", ("SoftEdge",), ("TEED/MTEED.pth",), slider_1=Slider("Safe Steps", 2, 0, 10, 1)),
+    _annotator("softedge_teed", ("SoftEdge",), (annotator_teed.FILE,), slider_1=Slider("Safe Steps", 2, 0, 10, 1),
+               run=_padded(annotator_teed.softedge_teed)),
+    # the extension's anyline shows its resolution slider at 1280
+    Preprocessor("softedge_anyline", _padded(annotator_teed.softedge_anyline), tags=("SoftEdge",),
+                 weights=(annotator_teed.FILE_MTEED,), resolution=Slider("Resolution", 1280, 64, 2048, 8),
+                 slider_1=Slider("Safe Steps", 2, 0, 10, 1)),
     _annotator("scribble_hed", ("Scribble", "SparseCtrl"), _HED, run=_scribble_hed),
     _annotator("pidinet_scribble", ("Scribble", "SparseCtrl"), _PIDINET, label="scribble_pidinet", priority=100,
                resolution=False, run=_scribble_pidinet),
@@ -467,8 +473,8 @@ for _row in (
     _annotator("oneformer_coco", ("Segmentation",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",),
                label="seg_ofcoco", resolution=False),
     _annotator("anime_face_segment", ("Segmentation",), ("anime_face_segment/UNet.pth",), label="seg_anime_face"),
-    _annotator("inpaint_only+lama", ("Inpaint",), ("lama/ControlNetLama.pth",), resolution=False,
-               accepts_mask=True, requires_mask=True),
+    _annotator("inpaint_only+lama", ("Inpaint",), (annotator_lama.FILE,), resolution=False,
+               accepts_mask=True, requires_mask=True, run=annotator_lama.preprocess),
     _annotator("ip-adapter_clip_sd15", ("IP-Adapter",), (CLIP_VISION_H,), label="ip-adapter_clip_h", priority=100,
                resolution=False, run=_clip_picture),
     _annotator("ip-adapter_clip_sdxl", ("IP-Adapter",), (CLIP_VISION_G,), label="ip-adapter_clip_g",

@@ -116,9 +116,11 @@ def run(model: LoadedModel, settings, *, sampler: str, schedule: str,
     scheduler = model.family.build_scheduler(sampler, schedule, spec, shape, options)
     generators = rng.step_generators(seeds.seeds, settings.eta_noise_seed_delta, device=model.device, shape=shape,
                                      source=settings.randn_source)
+    control = getattr(settings, "control", None)  # ControlNet units (modules.core.controlnet.ControlJob)
+    if control is not None:  # (inpaint_only+lama starts from noise carrying its filled picture)
+        noise = control.initial_noise(model, noise, lambda pixels: model_ops.encode_pixels(model, pixels))
     begin = start(noise, scheduler) if start is not None else Start()
     steps_run = begin.schedule_steps or steps
-    control = getattr(settings, "control", None)  # ControlNet units (modules.core.controlnet.ControlJob)
     switch = _Switch(model, conds_for, refiner, control.for_pass(model, shape) if control is not None else None)
     conds = switch.conds
     if cond_batching is not None:

@@ -474,7 +474,8 @@ def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: I
         ready.append(controlnet.ControlUnit(built, detected, weight=unit.weight, guidance_start=unit.guidance_start,
                                             guidance_end=unit.guidance_end, control_mode=unit.control_mode,
                                             resize_mode=unit.resize_mode, name=name, hr_option=unit.hr_option,
-                                            colorfix=_colorfix(pre, unit), image_tokens=tokens))
+                                            colorfix=_colorfix(pre, unit), image_tokens=tokens,
+                                            noise_from_map=pre.name == "inpaint_only+lama"))
         unit.model = title
         unit.settle()
         infotext[name] = unit.serialize()
