@@ -231,7 +231,8 @@ def test_disable_token_counters_leaves_the_counters_and_their_counting_out_of_th
         return tools, len(blocks.fns)
 
     shown, events = built()
-    assert shown.counter.visible and shown.negative_counter.visible and events == 5  # 4 counts + 🗑️
+    # 4 counts, A1111's two hidden token buttons, 🗑️
+    assert shown.counter.visible and shown.negative_counter.visible and events == 7
     engine.options.set("disable_token_counters", True)
     try:
         hidden, events = built()

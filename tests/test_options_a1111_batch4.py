@@ -297,11 +297,15 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
         # the progress bar over the gallery, with its ETA
         progress = page.locator("#txt2img_gallery").get_by_text(re.compile(r"Batch \d+/100, Step \d+/150, ETA \d+"))
         expect(progress.first).to_be_visible(timeout=JOB_TIMEOUT_MS)
-        # the option off (as Settings' Apply sends it to window.opts): the next tick leaves the title alone
+        # the option off (as Settings' Apply sends it to window.opts): the next tick leaves the title alone.
+        # Saved on the server too: the page may refresh window.opts from the server while the job runs (a
+        # quicksetting's late change event on a loaded machine), which must not bring the old value back
+        assert server.post("/sdapi/v1/options", json={"show_progress_in_title": False}).status_code == 200
         page.evaluate("() => { window.opts.show_progress_in_title = false; }")
         page.wait_for_function("(base) => document.title === base", arg=base)
         # the plain title came from the option, not from the job's end
         assert server.get("/sdapi/v1/progress?skip_current_image=true").json()["state"]["job_count"] > 0
+        server.post("/sdapi/v1/options", json={"show_progress_in_title": True})
         page.evaluate("() => { window.opts.show_progress_in_title = true; }")
         # interrupt through the API: no race with the Interrupt button hiding when the job ends by itself
         server.interrupt_and_wait_idle()
@@ -309,4 +313,5 @@ def test_the_tab_title_shows_the_jobs_progress_while_it_runs(server, chromium):
         page.wait_for_function("(base) => document.title === base", arg=base)
     finally:
         context.close()
+        server.post("/sdapi/v1/options", json={"show_progress_in_title": True})
         server.interrupt_and_wait_idle()  # (a failure above leaves the long job running)

@@ -101,22 +101,38 @@ def test_generate_forever_repeats_until_cancelled(page, server):
 
 
 def test_generate_forever_stops_on_interrupt(page, server):
-    fill_job(page, "a long job", steps=150, batch_count=8)  # long enough to be running when Interrupt comes
-    before = len(saved_images(server))
-    page.locator("#txt2img_generate").click(button="right")
-    page.get_by_role("menuitem", name="Generate forever", exact=True).click()
-    interrupt = page.locator("#txt2img_interrupt")
-    expect(interrupt).to_be_visible(timeout=JOB_TIMEOUT_MS)
-    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is True
-    interrupt.click(timeout=JOB_TIMEOUT_MS)
-    expect_idle(page)
-    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
-    done = len(saved_images(server))
-    assert done < before + 8, "the job was interrupted before its 8 pictures"
-    page.wait_for_timeout(2000)  # no job starts again
-    expect(page.locator("#txt2img_interrupt")).to_be_hidden()
-    assert len(saved_images(server)) == done
-    assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+    server.interrupt_and_wait_idle()  # the job below is the only one
+    # a long job of light steps (as the interrupt test's: minutes of work, the server answering the page),
+    # A1111's interrupt_after_current off so that the click stops the picture that runs
+    assert server.post("/sdapi/v1/options", json={"interrupt_after_current": False}).status_code == 200
+    try:
+        fill_job(page, "a long job", steps=150, batch_count=100)
+        before = len(saved_images(server))
+        page.locator("#txt2img_generate").click(button="right")
+        page.get_by_role("menuitem", name="Generate forever", exact=True).click()
+        deadline = time.time() + JOB_TIMEOUT_MS / 1000
+        while True:  # the click comes once the server samples (the page may learn of the job late)
+            state = requests.get(server.url + "/sdapi/v1/progress?skip_current_image=true", timeout=30).json()["state"]
+            if state["job_count"] > 0 and state["sampling_step"] >= 1:
+                break
+            assert time.time() < deadline, state
+            time.sleep(0.2)
+        assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is True
+        interrupt = page.locator("#txt2img_interrupt")
+        expect(interrupt).to_be_visible(timeout=JOB_TIMEOUT_MS)
+        interrupt.dispatch_event("click")  # (re-rendered while the job runs: a pointer click can miss it)
+        expect_idle(page)
+        assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+        done = len(saved_images(server))
+        assert done < before + 100, "the job was interrupted before its 100 pictures"
+        page.wait_for_timeout(2000)  # no job starts again
+        expect(page.locator("#txt2img_interrupt")).to_be_hidden()
+        assert len(saved_images(server)) == done
+        assert requests.get(server.url + "/sdapi/v1/progress", timeout=30).json()["state"]["job_count"] == 0
+        assert page.evaluate("() => window.easelGenerateForever.running('txt2img')") is False
+    finally:
+        server.post("/sdapi/v1/options", json={"interrupt_after_current": True})
+        server.interrupt_and_wait_idle()
 
 
 def test_a1111_token_counter_globals_recount_through_the_hidden_buttons(page):

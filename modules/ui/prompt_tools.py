@@ -134,8 +134,9 @@ class PromptTools:
             source.change(count_both, inputs=[prompt, negative, steps, styles],
                           outputs=[self.counter, self.negative_counter], queue=False, show_progress="hidden",
                           trigger_mode="always_last")
-        for box, counter, button, positive in ((prompt, self.counter, self.token_button, True),
-                                               (negative, self.negative_counter, self.negative_token_button, False)):
+        buttons = ((prompt, self.counter, self.token_button, True),
+                   (negative, self.negative_counter, self.negative_token_button, False))
+        for box, counter, button, positive in buttons if counted else ():  # (disabled counters: no counting)
             button.click(lambda text, steps_value, selected, positive=positive: count_one(text, steps_value, selected,
                                                                                          positive),
                          inputs=[box, steps, styles], outputs=counter, queue=False, show_progress="hidden",
