@@ -76,6 +76,24 @@ def serve_app(app) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def serve_webui(data: Path, ckpt_dir: Path, config: dict) -> Iterator[str]:
+    """webui's app (page and API) in this process on a free port, with `config` as its config.json
+    (the page is built with those options); yields its URL."""
+    import json
+
+    import webui
+    from modules import cmd_args
+
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "config.json").write_text(json.dumps(config))
+    opts = cmd_args.parse_args(["--data-dir", str(data), "--ui-settings-file", str(data / "config.json"),
+                                "--ckpt-dir", str(ckpt_dir), "--skip-load-model-at-start"], extra_preloads=[])
+    engine = webui.build_engine(opts)
+    with serve_app(webui.create_app(opts, engine)) as url:
+        yield url
+
+
+@contextlib.contextmanager
 def run_server(data_dir: Path, ckpt_dir: Path, *flags: str, ready_path: str = "/sdapi/v1/sd-models",
                auth: tuple[str, str] | None = None, timeout: float = 120) -> Iterator[RunningServer]:
     """The port is free when picked, but another process may bind it before the server does (Ray's

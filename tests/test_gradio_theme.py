@@ -4,30 +4,11 @@ on a free port over a data folder whose config.json names the theme."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-from pathlib import Path
-
 import pytest
 import requests
 
 from modules.services.option_sections import GRADIO_THEMES
-from tests.server import serve_app
-
-
-@contextlib.contextmanager
-def serve(data: Path, ckpt_dir: Path, config: dict):
-    """webui's app (page and API) with `config` as its config.json; yields its URL."""
-    import webui
-    from modules import cmd_args
-
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "config.json").write_text(json.dumps(config))
-    opts = cmd_args.parse_args(["--data-dir", str(data), "--ui-settings-file", str(data / "config.json"),
-                                "--ckpt-dir", str(ckpt_dir), "--skip-load-model-at-start"], extra_preloads=[])
-    engine = webui.build_engine(opts)
-    with serve_app(webui.create_app(opts, engine)) as url:
-        yield url
+from tests.server import serve_webui as serve
 
 
 def served_theme(url: str) -> tuple[str, str]:

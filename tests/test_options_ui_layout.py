@@ -11,14 +11,12 @@ row holds what, the tabs' order and visibility) and once in a real browser:
 from __future__ import annotations
 
 import contextlib
-import json
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.browser import chromium  # noqa: F401  (the module's Chromium)
-from tests.server import serve_app
+from tests.server import serve_webui as serve
 
 LAYOUT_KEYS = ("samplers_in_dropdown", "dimensions_and_batch_together", "ui_tab_order", "hidden_tabs")
 USUAL_TABS = ["txt2img", "img2img", "Extras", "PNG Info", "Checkpoint Merger", "Settings", "Extensions"]
@@ -248,21 +246,6 @@ def test_hidden_tabs_leaves_the_named_tabs_out_of_the_page_settings_included(eng
 
 
 # ------------------------------------------------------------------------------------ in a browser
-
-@contextlib.contextmanager
-def serve(data: Path, ckpt_dir: Path, config: dict):
-    """webui's app in this process on a free port, its page built with `config` (config.json)."""
-    import webui
-    from modules import cmd_args
-
-    data.mkdir(parents=True, exist_ok=True)
-    (data / "config.json").write_text(json.dumps(config))
-    opts = cmd_args.parse_args(["--data-dir", str(data), "--ui-settings-file", str(data / "config.json"),
-                                "--ckpt-dir", str(ckpt_dir), "--skip-load-model-at-start"], extra_preloads=[])
-    engine = webui.build_engine(opts)
-    with serve_app(webui.create_app(opts, engine)) as url:
-        yield url
-
 
 def test_a_sampler_picked_in_the_radio_group_makes_the_picture(chromium, tiny_checkpoints, tmp_path):  # noqa: F811
     """samplers_in_dropdown off: the user clicks "Euler" among the radio buttons and generates; the

@@ -595,21 +595,8 @@ def test_ddim_cfgpp_follows_the_cfgpp_update_on_a1111s_grid(training, steps, cfg
 
 
 def test_lcm_is_k_diffusions_sample_lcm_on_every_schedule(training):
-    """k-diffusion's sample_lcm (newer than the pinned package, so written out from its contract):
-    each step the prediction, noised afresh to the next sigma with the image's own noise."""
-    from tests.k_reference import _generators, _noise, eps_model
-
+    """k-diffusion's sample_lcm (written out: lcm_reference) on every schedule."""
     for schedule_id in SIGMA_SCHEDULES:
         scheduler = ksampling.KSamplerScheduler("lcm", schedule_id, training=training)
         ours = run_easel(scheduler)
-        sigmas = scheduler.sigmas
-        generators = _generators()
-        x = _noise() * sigmas[0]
-        for i in range(len(sigmas) - 1):
-            sigma = sigmas[i]
-            c_in = 1 / (sigma ** 2 + 1) ** 0.5
-            x = x - sigma * eps_model(x * c_in, training.sigma_to_t(sigma.reshape(1)).expand(x.shape[0]))
-            if sigmas[i + 1] > 0:
-                fresh = torch.stack([torch.randn(x.shape[1:], generator=g) for g in generators])
-                x = x + sigmas[i + 1] * fresh
-        assert float((ours - x).abs().max()) < TOL, schedule_id
+        assert float((ours - lcm_reference(training, scheduler.sigmas)).abs().max()) < TOL, schedule_id
