@@ -39,6 +39,8 @@ infotext_to_setting_name_mapping: list[tuple[str, str]] = [
     ("Token merging ratio hr", "token_merging_ratio_hr"),
     ("VAE Encoder", "sd_vae_encode_method"),  # OptionInfo(infotext=...) in A1111
     ("VAE Decoder", "sd_vae_decode_method"),
+    ("FP8 weight", "fp8_storage"),  # OptionInfo(infotext=...) in A1111
+    ("Cache FP16 weight for LoRA", "cache_fp16_weight"),
     ("Pad conds", "pad_cond_uncond"),  # OptionInfo(infotext=...) in A1111
     ("Pad conds v0", "pad_cond_uncond_v0"),
     # A1111's "Sampler parameters" (their OptionInfo infotext names, and the keys A1111 writes)

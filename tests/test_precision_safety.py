@@ -11,7 +11,7 @@ from modules.core import fp8, lora, model_ops
 from modules.core.devices import DevicePolicy, NansException, RunOptions, nans_message
 from modules.core.memory import DeviceMemory, module_bytes
 from modules.core.model_loader import load_checkpoint
-from modules.core.pipeline import generate
+from modules.core.pipeline import GenerationSettings, generate
 from modules.core.types import GenerationRequest
 
 CPU = torch.device("cpu")
@@ -172,3 +172,31 @@ def test_upcast_sampling_runs_attention_in_fp32_for_half_weights(tiny_checkpoint
     got_plain, got_upcast = model_ops.denoiser(plain)(x, t, cond), model_ops.denoiser(upcast)(x, t, cond)
     assert not torch.equal(got_plain, got_upcast) and got_upcast.dtype == torch.float32
     assert (got_upcast - reference).norm() / reference.norm() < 0.05
+
+
+def test_fp8_jobs_say_so_in_the_infotext_and_a_job_override_applies_to_that_job_only(tiny_checkpoints, server):
+    """A1111's "FP8 weight" / "Cache FP16 weight for LoRA" keys while the UNet is stored in fp8; through
+    the API, override_settings' fp8_storage reloads the model for that job only, and pasting the infotext
+    sets it again."""
+    import json
+
+    import requests
+
+    model = load_checkpoint(tiny_checkpoints.sd1, FULL, run_options=RunOptions(fp8_storage="Enable",
+                                                                                cache_fp16_weight=True))
+    request = GenerationRequest(prompt="a red cube", steps=2, width=64, height=64, seed=3, save_images=False)
+    text = generate(request, model, GenerationSettings()).infotexts[0]
+    assert "FP8 weight: Enable, Cache FP16 weight for LoRA: True" in text
+
+    body = {"prompt": "a red cube", "steps": 2, "width": 64, "height": 64, "seed": 3}
+
+    def job(**extra) -> str:
+        r = requests.post(f"{server.url}/sdapi/v1/txt2img", json={**body, **extra}, timeout=300)
+        assert r.status_code == 200, r.text
+        return json.loads(r.json()["info"])["infotexts"][0]
+
+    with_fp8 = job(override_settings={"fp8_storage": "Enable"})
+    assert "FP8 weight: Enable, Cache FP16 weight for LoRA: False" in with_fp8
+    assert "FP8 weight" not in job()  # the next job: the setting's own value, the model reloaded without
+    assert "FP8 weight: Enable" in job(infotext=with_fp8)  # the pasted key sets it for that job
+    assert "FP8 weight" not in job()

@@ -140,6 +140,8 @@ SETTINGS_FROM_INFOTEXT = {
     "Old prompt editing timelines": ("use_old_scheduling", _flag),
     "VAE Encoder": ("sd_vae_encode_method", _text),  # OptionInfo(infotext=...) in A1111
     "VAE Decoder": ("sd_vae_decode_method", _text),
+    "FP8 weight": ("fp8_storage", _text),  # OptionInfo(infotext=...) in A1111
+    "Cache FP16 weight for LoRA": ("cache_fp16_weight", _flag),
     "Pad conds": ("pad_cond_uncond", _flag),  # OptionInfo(infotext=...) in A1111
     "Pad conds v0": ("pad_cond_uncond_v0", _flag),
 }

@@ -98,7 +98,8 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
     for module in (unet, vae, *encoders):
         module.eval().requires_grad_(False)
     run_options = run_options if run_options is not None else RunOptions()
-    if fp8.wanted(run_options.fp8_storage, spec.family):
+    stored_fp8 = fp8.wanted(run_options.fp8_storage, spec.family)
+    if stored_fp8:
         fp8.store(unet, policy.unet_dtype, keep_copy=run_options.cache_fp16_weight)
     if policy.attention == "xformers":
         unet.enable_xformers_memory_efficient_attention()
@@ -108,6 +109,8 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
     model = LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, 0.0,
                         memory=memory if memory is not None else DeviceMemory(policy.device),
                         run_options=run_options)
+    if stored_fp8:  # what A1111's infotext says of it ("FP8 weight", "Cache FP16 weight for LoRA")
+        model.extra["fp8_storage"] = (run_options.fp8_storage, bool(run_options.cache_fp16_weight))
     model.memory_policy = model.memory.attach(model)  # the owner moves the parts (nothing else does)
     model.load_seconds = time.perf_counter() - started
     return model

@@ -231,6 +231,8 @@ class _Job:
         self.cond_batching = denoise.CondBatching(settings.batch_cond_uncond, settings.pad_cond_uncond)
         if model.family.uses_distilled_guidance(model):  # Forge's key
             p.extra["Distilled CFG Scale"] = plain_number(request.distilled_cfg_scale)
+        if "fp8_storage" in model.extra:  # A1111's keys while the model's UNet weights are stored in fp8
+            p.extra["FP8 weight"], p.extra["Cache FP16 weight for LoRA"] = model.extra["fp8_storage"]
         self.networks.get(request.prompt, "prompt")  # an unknown LoRA is refused before any work
         self.hypernets.get(request.prompt, "prompt")  # an unknown hypernetwork too
         self.refiner_title = _refiner_title(request, settings)
