@@ -16,7 +16,8 @@ files are missing is refused with a message naming the files and where they go; 
 Those whose network Easel has (HED: ``modules.core.annotator_hed``, PiDiNet: ``annotator_pidinet``, M-LSD:
 ``annotator_mlsd``, OpenPose: ``annotator_openpose``, ``annotator_openpose_hand_face``, the lineart
 networks: ``annotator_lineart``, ``annotator_lineart_anime``; MiDaS and Depth
-Anything through transformers: ``annotator_depth``; TEED: ``annotator_teed``; LaMa: ``annotator_lama``) run from the user's files: their ``run`` takes the files'
+Anything through transformers: ``annotator_depth``; TEED: ``annotator_teed``; LaMa: ``annotator_lama``; anime face segmentation:
+``annotator_anime_face``) run from the user's files: their ``run`` takes the files'
 paths as a fifth argument.
 """
 
@@ -29,12 +30,14 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from . import annotator_anime_face
 from . import annotator_depth
 from . import annotator_hed
 from . import annotator_lama
 from . import annotator_lineart
 from . import annotator_lineart_anime
 from . import annotator_mlsd
+from . import annotator_normal_bae
 from . import annotator_openpose
 from . import annotator_openpose_hand_face
 from . import annotator_pidinet
@@ -424,7 +427,8 @@ for _row in (
     _annotator("normal_map", ("NormalMap",), _MIDAS, label="normal_midas",
                slider_1=Slider("Normal Background Threshold", 0.4, 0.0, 1.0, 0.01),
                run=_padded(annotator_depth.normal_midas)),
-    _annotator("normal_bae", ("NormalMap",), ("normal_bae/scannet.pt",), priority=100, resolution=False),
+    _annotator("normal_bae", ("NormalMap",), (annotator_normal_bae.FILE,), priority=100, resolution=False,
+               run=_padded(annotator_normal_bae.normal_bae)),
     _annotator("normal_dsine", ("NormalMap",), ("normal_dsine/dsine.pt",), slider_1=Slider("Fov", 60, 0, 360, 0.1),
                slider_2=Slider("Iterations", 5, 1, 20, 1)),
     _annotator("openpose", ("OpenPose",), (annotator_openpose.FILE,), run=_openpose),
@@ -472,7 +476,8 @@ for _row in (
                label="seg_ofade20k", priority=100, resolution=False),
     _annotator("oneformer_coco", ("Segmentation",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",),
                label="seg_ofcoco", resolution=False),
-    _annotator("anime_face_segment", ("Segmentation",), ("anime_face_segment/UNet.pth",), label="seg_anime_face"),
+    _annotator("anime_face_segment", ("Segmentation",), (annotator_anime_face.FILE,), label="seg_anime_face",
+               run=_padded(annotator_anime_face.anime_face_segment)),
     _annotator("inpaint_only+lama", ("Inpaint",), (annotator_lama.FILE,), resolution=False,
                accepts_mask=True, requires_mask=True, run=annotator_lama.preprocess),
     _annotator("ip-adapter_clip_sd15", ("IP-Adapter",), (CLIP_VISION_H,), label="ip-adapter_clip_h", priority=100,
