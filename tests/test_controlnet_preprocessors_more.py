@@ -67,15 +67,15 @@ def test_detect_with_annotator_weights_is_refused_naming_file_and_folder(server)
         assert name in detail
     assert str(_annotators(server) / "openpose") in detail
     # the files in place: still refused, saying the network is what is missing (no option that only looks present)
-    folder = _annotators(server) / "normal_bae"
+    folder = _annotators(server) / "zoedepth"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scannet.pt").write_bytes(b"\0" * 16)
+    (folder / "ZoeD_M12_N.pt").write_bytes(b"\0" * 16)
     try:
         r = requests.post(server.url + "/controlnet/detect", timeout=60, json={
-            "controlnet_module": "normal_bae", "controlnet_input_images": [b64(picture(64, 64))]})
+            "controlnet_module": "depth_zoe", "controlnet_input_images": [b64(picture(64, 64))]})
         assert r.status_code == 422 and "no built-in" in r.json()["detail"]
     finally:
-        (folder / "scannet.pt").unlink()
+        (folder / "ZoeD_M12_N.pt").unlink()
 
 
 def test_annotator_folder_follows_the_extension_flag(tmp_path):

@@ -17,7 +17,7 @@ Those whose network Easel has (HED: ``modules.core.annotator_hed``, PiDiNet: ``a
 ``annotator_mlsd``, OpenPose: ``annotator_openpose``, ``annotator_openpose_hand_face``, the lineart
 networks: ``annotator_lineart``, ``annotator_lineart_anime``; MiDaS and Depth
 Anything through transformers: ``annotator_depth``; TEED: ``annotator_teed``; LaMa: ``annotator_lama``; anime face segmentation:
-``annotator_anime_face``) run from the user's files: their ``run`` takes the files'
+``annotator_anime_face``; normal BAE: ``annotator_normal_bae``) run from the user's files: their ``run`` takes the files'
 paths as a fifth argument.
 """
 
