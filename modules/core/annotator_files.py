@@ -1,7 +1,8 @@
 """What the ControlNet annotator networks share (``annotator_hed``, ``annotator_pidinet``,
 ``annotator_mlsd``, ``annotator_lineart*``, ``annotator_depth``, ``annotator_openpose*``): reading a
-user's file as weights only, loading it strictly into the network built from its shapes, and keeping
-the built networks while their files are unchanged."""
+user's file as weights only, loading it strictly into the network built from its shapes, keeping
+the built networks while their files are unchanged, and the extension's picture resizing (``hwc3``,
+``resize_with_pad``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Callable
 
+import cv2
+import numpy as np
 import torch
 from torch import nn
 
@@ -74,3 +77,32 @@ class NetworkCache:
                     self._built.popitem(last=False)
             self._built.move_to_end(full)
             return self._built[full]
+
+
+# the pictures' resizing the extension's preprocessors share (modules.core.controlnet_preprocessors re-exports them)
+def hwc3(x: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3); alpha composited over white."""
+    if x.ndim == 2:
+        x = x[:, :, None]
+    if x.shape[2] == 1:
+        return np.concatenate([x, x, x], axis=2)
+    if x.shape[2] == 3:
+        return x
+    color, alpha = x[:, :, :3].astype(np.float32), x[:, :, 3:4].astype(np.float32) / 255.0
+    return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
+
+
+def resize_with_pad(image: np.ndarray, resolution: int):
+    """The extension's resize: the short side to ``resolution``, edges padded to multiples of 64;
+    returns the padded picture and the function that cuts a result back to the unpadded size."""
+    h, w = image.shape[:2]
+    k = float(resolution) / float(min(h, w))
+    target_h, target_w = int(np.round(h * k)), int(np.round(w * k))
+    image = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
+    pad_h, pad_w = -target_h % 64, -target_w % 64
+    padded = np.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], mode="edge")
+
+    def remove_pad(x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(x[:target_h, :target_w])
+
+    return np.ascontiguousarray(padded), remove_pad

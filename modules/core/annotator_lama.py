@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .annotator_files import NetworkCache, load, not_this, read_state
+from .annotator_files import NetworkCache, load, not_this, read_state, resize_with_pad
 
 FILE = "lama/ControlNetLama.pth"  # under the annotator folder, as the extension's annotator/downloads
 WHAT = "LaMa inpainting generator (inpaint_only+lama)"
@@ -216,8 +216,6 @@ def fill(net: LamaGenerator, rgba: np.ndarray) -> np.ndarray:
     """sd-webui-controlnet's ``inpaint_only+lama`` map of an (H, W, 4) picture with its mask as alpha:
     LaMa's fill at ``RESOLUTION`` (the extension's resize: short side to the size, edges padded to 64)
     cut back, scaled to (W, H) and laid over the picture by the mask; alpha the mask."""
-    from .controlnet_preprocessors import resize_with_pad  # that module lists this one's preprocessor
-
     h, w = rgba.shape[:2]
     padded, remove_pad = resize_with_pad(rgba, RESOLUTION)
     predicted = cv2.resize(remove_pad(inpaint(net, padded)), (w, h))

@@ -42,6 +42,7 @@ from . import annotator_openpose
 from . import annotator_openpose_hand_face
 from . import annotator_pidinet
 from . import annotator_teed
+from .annotator_files import hwc3, resize_with_pad  # noqa: F401  (the extension's resizing; others import it here)
 
 
 @dataclass(frozen=True)
@@ -105,34 +106,6 @@ class Preprocessor:
                 raise ValueError(f"preprocessor {self.name} needs the folder of its annotator weights")
             return self.run(rgb, res, a, b, [Path(annotator_dir) / w for w in self.weights])
         return self.run(rgb, res, a, b)
-
-
-def hwc3(x: np.ndarray) -> np.ndarray:
-    """(H, W), (H, W, 1), (H, W, 3) or (H, W, 4) uint8 -> (H, W, 3); alpha composited over white."""
-    if x.ndim == 2:
-        x = x[:, :, None]
-    if x.shape[2] == 1:
-        return np.concatenate([x, x, x], axis=2)
-    if x.shape[2] == 3:
-        return x
-    color, alpha = x[:, :, :3].astype(np.float32), x[:, :, 3:4].astype(np.float32) / 255.0
-    return (color * alpha + 255.0 * (1.0 - alpha)).clip(0, 255).astype(np.uint8)
-
-
-def resize_with_pad(image: np.ndarray, resolution: int):
-    """The extension's resize: the short side to ``resolution``, edges padded to multiples of 64;
-    returns the padded picture and the function that cuts a result back to the unpadded size."""
-    h, w = image.shape[:2]
-    k = float(resolution) / float(min(h, w))
-    target_h, target_w = int(np.round(h * k)), int(np.round(w * k))
-    image = cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_CUBIC if k > 1 else cv2.INTER_AREA)
-    pad_h, pad_w = -target_h % 64, -target_w % 64
-    padded = np.pad(image, [[0, pad_h], [0, pad_w], [0, 0]], mode="edge")
-
-    def remove_pad(x: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(x[:target_h, :target_w])
-
-    return np.ascontiguousarray(padded), remove_pad
 
 
 def _none(img, res, a, b):
