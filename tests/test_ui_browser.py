@@ -49,8 +49,11 @@ def page(browser, server) -> Page:
     context.set_default_timeout(TIMEOUT_MS)
     page = context.new_page()
     page.goto(server.url)
-    # ready once the page's load event has shown the loaded checkpoint in the picker
+    # ready once the page's load event has shown the loaded checkpoint in the picker and its start-up
+    # (each tab shown once, then the options given: webui_globals.js) is over, as a user's first click
+    # lands (a file picked during the start-up's tab round on a loaded machine could miss its editor)
     expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(re.compile(r"^tiny-sd1\.safetensors \["))
+    expect(page.locator("#easel-options-applied")).to_be_attached()
     yield page
     context.close()
 
