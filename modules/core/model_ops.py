@@ -55,8 +55,8 @@ def _using(model: LoadedModel, part: torch.nn.Module):
 
 def vae_method(model: LoadedModel, part: str) -> str:
     """"Full" (the model's VAE) or "TAESD" for ``part`` "encoder" / "decoder" (the options')."""
-    attribute = "vae_encode_method" if part == "encoder" else "vae_decode_method"
-    return getattr(model.run_options, attribute, "Full") or "Full"
+    options = model.run_options
+    return (options.vae_encode_method if part == "encoder" else options.vae_decode_method) or "Full"
 
 
 def _tiny(model: LoadedModel, part: str) -> torch.nn.Module | None:
@@ -64,7 +64,7 @@ def _tiny(model: LoadedModel, part: str) -> torch.nn.Module | None:
     if vae_method(model, part) != "TAESD":
         return None
     option = _METHOD_OPTIONS[part]
-    find = getattr(model.run_options, "taesd", None)
+    find = model.run_options.taesd
     if find is None:
         raise RequestError(option, f"TAESD needs its {part} file in models/VAE-approx (no such folder here)")
     try:

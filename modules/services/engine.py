@@ -49,6 +49,7 @@ class Engine:
     hypernetworks: object | None = None  # services.hypernetworks.HypernetworkRegistry; None: <hypernet:...> refused
     vaes: VaeRegistry | None = None  # VAE files (--vae-dir): listed (/sdapi/v1/sd-vae), chosen by sd_vae
     vae_path: str | None = None  # --vae-path: this VAE file always (overrides sd_vae)
+    memory_monitor: object | None = None  # A1111's shared.mem_mon (modules.memmon), set by webui.py
     # A1111's script flow (modules.script_host, from webui.py); None: jobs run without scripts
     script_host: script_jobs.ScriptHost | None = None
     # who asked for the job running now (the UI's logged-in user, A1111's p.user; None: unknown), for

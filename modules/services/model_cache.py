@@ -124,7 +124,7 @@ class ModelCache:
 
     def _read(self, info: CheckpointInfo) -> LoadedModel:
         self.file_loads += 1
-        with reading_whole(getattr(self.run_options, "disable_mmap_load_safetensors", False)):
+        with reading_whole(self.run_options.disable_mmap_load_safetensors):
             return load_checkpoint(info.filename, self.policy, self.companions, memory=self.memory,
                                    run_options=self.run_options)
 
@@ -193,7 +193,7 @@ class ModelCache:
 
 class TaesdParts:
     """TAESD's encoders and decoders for ``sd_vae_encode_method`` / ``sd_vae_decode_method``: each file
-    of ``folder`` (models/VAE-approx; None: the live previews' folder, which the composition root sets)
+    of ``folder`` (models/VAE-approx, which the composition root sets; None: no TAESD, said by name)
     read once, then registered with the memory owner, which places it as it places the VAE."""
 
     PURPOSE = {"encoder": 'sd_vae_encode_method "TAESD"', "decoder": 'sd_vae_decode_method "TAESD"'}
@@ -204,17 +204,10 @@ class TaesdParts:
         self._loaded: dict = {}
         self._lock = threading.Lock()
 
-    def _folder(self):
-        if self.folder is not None:
-            return self.folder
-        from . import live_previews  # the same models/VAE-approx the "TAESD" live previews read
-
-        return live_previews._folder
-
     def __call__(self, family: str, part: str) -> torch.nn.Module:
         """The ``part`` ("encoder" / "decoder") for a model family; TaesdError naming the file and the
         folder when it is missing or unusable."""
-        folder = self._folder()
+        folder = self.folder  # models/VAE-approx (webui.py sets it)
         if folder is None:
             raise taesd.TaesdError(f"{self.PURPOSE[part]} needs models/VAE-approx, and no such folder is set")
         find = taesd.encoder_path if part == "encoder" else taesd.decoder_path

@@ -12,6 +12,7 @@ import gradio as gr
 
 from modules import gradio_compat
 from modules.services.engine import Engine
+from modules.services.option_sections import GRADIO_THEMES
 
 from . import localization as page_localization
 from .extensions_tab import ExtensionsTab
@@ -97,10 +98,8 @@ def page_script() -> str:
 # A1111's gradio_theme: "Default" or a theme's name on the Hugging Face hub. The themes that ship
 # with Gradio are built here from its own classes (no download); the choices are
 # modules.services.option_sections.GRADIO_THEMES
-_BUILT_IN_THEMES = {
-    "gradio/base": "Base", "gradio/glass": "Glass", "gradio/monochrome": "Monochrome", "gradio/soft": "Soft",
-    "gradio/citrus": "Citrus", "gradio/ocean": "Ocean", "gradio/origin": "Origin",
-}
+# the option's choices ("gradio/soft") -> Gradio's class of that theme (gr.themes.Soft)
+_BUILT_IN_THEMES = {name: name.split("/", 1)[1].capitalize() for name in GRADIO_THEMES if name != "Default"}
 
 
 def page_theme(options) -> gr.themes.ThemeClass:

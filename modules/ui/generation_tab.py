@@ -476,7 +476,7 @@ class GenerationTab:
         started = time.time()
         session = request.session_hash if request is not None else f"no-session-{next(_task_numbers)}"
         _page_user.name = getattr(request, "username", None)  # A1111's p.user (--gradio-auth logins)
-        monitor = getattr(self.engine, "memory_monitor", None)  # A1111's shared.mem_mon (webui.py)
+        monitor = self.engine.memory_monitor  # A1111's shared.mem_mon (webui.py)
         if monitor is not None:
             monitor.monitor()
         try:
