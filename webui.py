@@ -65,7 +65,9 @@ def build_engine(opts: argparse.Namespace) -> Engine:
     data = Path(opts.data_dir)
     data.mkdir(parents=True, exist_ok=True)
     policy, notes = choose_policy(opts.use_cpu, opts.no_half, opts.no_half_vae, opts.precision, opts.xformers,
-                                  int(opts.device_id) if opts.device_id else None)
+                                  int(opts.device_id) if opts.device_id else None,
+                                  compile_backend=opts.torch_compile_backend if opts.torch_compile else None,
+                                  compile_mode=opts.torch_compile_mode)
     for note in notes:
         print(f"[easel] {note}")
     print(f"[easel] {policy.describe()}")
@@ -176,6 +178,8 @@ def _model_loaded(model, info) -> None:
     from modules import processing, script_callbacks
 
     processing.describe_model(model, info)
+    if "torch_compile" in model.extra:  # --torch-compile
+        print(f"[easel] {info.name}: UNet {model.extra['torch_compile']}")
     script_callbacks.model_loaded_callback(model)
 
 

@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     from modules.core.model_loader import load_checkpoint
 
     ckpt, cn_path = files(args.model)
-    model = load_checkpoint(ckpt, choose_policy()[0])
+    model = load_checkpoint(ckpt, choose_policy(precision="full")[0])
     built = controlnet_model.load(cn_path, model.policy.unet_dtype)
     built.module.to(model.device)
     hint = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3), dtype=np.uint8)

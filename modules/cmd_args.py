@@ -127,11 +127,20 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device-id", type=str, default=None, metavar="ID",
                        help="index of the CUDA device to use (cuda:ID)")
     group.add_argument("--precision", type=str, choices=["full", "half", "autocast"], default="autocast",
-                       help="compute precision: full (fp32), half (fp16) or autocast (fp16 on CUDA; default)")
+                       help="compute precision: full (fp32), half (fp16 on CUDA, bf16 on the CPU) or autocast "
+                            "(default: fp16 on CUDA; on the CPU bf16 where it is native, else fp32)")
     group.add_argument("--no-half", action="store_true", help="keep model weights in fp32")
     group.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
     group.add_argument("--upcast-sampling", action="store_true", help="with half-precision weights, run the UNet's attention in fp32 (sampling is fp32 already)")
     group.add_argument("--xformers", action="store_true", help="use xformers attention if it is installed")
+    group.add_argument("--torch-compile", action="store_true",
+                       help="compile the UNet with torch.compile when a checkpoint loads (for CUDA; the first "
+                            "picture of each size waits for the compile; not under --medvram / --lowvram)")
+    group.add_argument("--torch-compile-backend", type=str, default="inductor", metavar="BACKEND",
+                       help="torch.compile's backend for --torch-compile (default inductor)")
+    group.add_argument("--torch-compile-mode", type=str, default="default",
+                       choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+                       help="inductor's mode for --torch-compile")
     group.add_argument("--force-enable-xformers", action="store_true", help="use xformers even if the check fails")
     group.add_argument("--opt-sdp-attention", action="store_true",
                        help="use PyTorch's scaled dot product attention")

@@ -13,6 +13,21 @@ if str(REPO_ROOT) not in sys.path:
 
 import pytest  # noqa: E402
 
+from modules.core import devices as _devices  # noqa: E402
+
+# The suite compares pictures with fp32 references (diffusers, k-diffusion, stored values), so the engines
+# it builds in this process compute in fp32 on every CPU; servers it starts get `--precision full`
+# (tests/server.py). tests/test_precision_default.py checks the automatic bf16 choice with the real probe.
+REAL_CPU_NATIVE_BF16 = getattr(_devices.cpu_native_bf16, "real", _devices.cpu_native_bf16)  # (imported twice)
+
+
+def _suite_in_fp32() -> bool:
+    return False
+
+
+_suite_in_fp32.real = REAL_CPU_NATIVE_BF16
+_devices.cpu_native_bf16 = _suite_in_fp32
+
 QUICKSETTINGS = ["sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers"]  # the shared server's
 UI_CONFIG = {"txt2img/Sampling steps/maximum": 151}  # the shared server's ui-config.json (only its browser test reads it)
 

@@ -122,8 +122,10 @@ def _run_server(data_dir: Path, ckpt_dir: Path, flags, ready_path: str, auth, ti
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / f"server-{port}.log"
+    # fp32 as the suite's references are, unless the test asks for a precision (tests/conftest.py)
+    precision = [] if any(str(f).startswith("--precision") for f in flags) else ["--precision", "full"]
     cmd = [sys.executable, str(REPO_ROOT / "webui.py"), "--port", str(port), "--data-dir", str(data_dir),
-           "--ckpt-dir", str(ckpt_dir), *flags]
+           "--ckpt-dir", str(ckpt_dir), *precision, *flags]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)

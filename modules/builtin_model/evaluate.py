@@ -59,7 +59,7 @@ def load_model(path: Path):
     from modules.core.devices import choose_policy
     from modules.core.model_loader import load_checkpoint
 
-    return load_checkpoint(path, choose_policy()[0])
+    return load_checkpoint(path, choose_policy(precision="full")[0])
 
 
 def generate_images(model, prompt: str, seed: int, count: int = 1, negative: str = "",

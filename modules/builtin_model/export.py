@@ -96,7 +96,7 @@ def verify_roundtrip(path: Path, unet, te, vae, atol: float = 5e-2) -> dict[str,
     from modules.core.devices import choose_policy
     from modules.core.model_loader import load_checkpoint
 
-    policy, _ = choose_policy()
+    policy, _ = choose_policy(precision="full")
     loaded = load_checkpoint(path, policy)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 49408, (2, 77), generator=g)

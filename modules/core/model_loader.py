@@ -73,6 +73,22 @@ def probe_v_prediction(unet) -> bool:
     return (out.float() - x.float()).mean().item() < -1
 
 
+def compile_unet(model: LoadedModel) -> str:
+    """--torch-compile: the denoiser's calls go through torch.compile (its weights stay the module's own
+    tensors, so LoRA patches, fp8 casts and option changes reach the compiled code; a change torch.compile
+    cannot see as the same graph compiles again). Not under --medvram / --lowvram, whose hooks move weights
+    between devices during the call. Returns what was done, also kept as ``model.extra["torch_compile"]``."""
+    policy = model.policy
+    if model.memory_policy != "all":
+        done = f"not compiled: the UNet is moved in and out under {model.memory_policy}"
+    else:
+        kwargs = {"mode": policy.compile_mode} if policy.compile_backend == "inductor" else {}
+        model.unet.compile(backend=policy.compile_backend, **kwargs)
+        done = f"compiled with torch.compile ({policy.compile_backend})"
+    model.extra["torch_compile"] = done
+    return done
+
+
 def load_checkpoint(path: str | Path, policy: DevicePolicy,
                     companions: Callable[[str], Path | None] | None = None, memory: DeviceMemory | None = None,
                     run_options: RunOptions | None = None) -> LoadedModel:
@@ -112,5 +128,7 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
     if stored_fp8:  # what A1111's infotext says of it ("FP8 weight", "Cache FP16 weight for LoRA")
         model.extra["fp8_storage"] = (run_options.fp8_storage, bool(run_options.cache_fp16_weight))
     model.memory_policy = model.memory.attach(model)  # the owner moves the parts (nothing else does)
+    if policy.compile_backend:
+        compile_unet(model)
     model.load_seconds = time.perf_counter() - started
     return model
