@@ -34,8 +34,9 @@ import sys
 from modules.installer import (  # noqa: F401
     EXTENSIONS_STAMP_NAME, INSTALLER_OUTPUT_TAIL, NO_DEPS_REQUIREMENTS, NO_DEPS_REQUIREMENTS_FILE, REQUIREMENTS_FILE, STAMP_NAME,
     TEST_NO_DEPS_REQUIREMENTS_FILE, TEST_REQUIREMENTS_FILE, commit_hash, dir_repos, extensions_stamp_path,
-    file_hash, git, git_clone, git_tag, index_url, install_extension, install_requirements, install_torch,
-    installer_fingerprint, installer_reason, is_installed, is_recorded, pinned_version, pip_install_requirements,
+    ensure_torchvision, file_hash, git, git_clone, git_tag, index_url, install_extension, install_requirements,
+    install_torch, installer_fingerprint, installer_reason, is_installed, is_recorded, pinned_version,
+    pip_install_requirements,
     python, read_requirements, read_stamp, record_installed, repo_dir, requirement_met, requirements_met, run,
     run_extension_installer, run_extensions_installers, run_pip, run_python, script_path, stamp_path,
     unmet_requirements,
@@ -200,6 +201,7 @@ def prepare_environment(opts: argparse.Namespace) -> None:
             problem = ensure_chromium()
             print(f"Chromium: {problem}" if problem else f"Chromium: {CHROMIUM_PATH}", flush=True)
         run_extensions_installers(opts.ui_settings_file, opts)
+        ensure_torchvision()  # after the extensions' installers: one may have brought a torchvision of its own
 
 
 def pytest_command(pytest_args: list[str]) -> list[str]:
