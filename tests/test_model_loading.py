@@ -124,6 +124,22 @@ def test_corrupt_ckpt_is_refused(tmp_path):
         load_checkpoint(path, POLICY)
 
 
+def test_training_checkpoints_are_read_from_their_state_dict_or_model_entry(tmp_path):
+    """{"state_dict": ...} (LDM) and {"model": ..., "epoch": ...} (annotators' training saves) hold the weights
+    one level down; a top level that holds tensors itself is read as it is."""
+    weights = {"a.weight": torch.ones(2, 2), "b.bias": torch.zeros(3)}
+    for name, saved in (("ldm.ckpt", {"state_dict": weights, "global_step": 1}),
+                        ("annotator.pt", {"model": weights, "epoch": 7}),
+                        ("flat.pth", {**weights, "model": {"x": torch.ones(1)}})):
+        torch.save(saved, tmp_path / name)
+        file = CheckpointFile(tmp_path / name)
+        try:
+            assert set(file.shapes) == set(weights), name  # (flat.pth's nested "model" is not a tensor)
+            assert torch.equal(file.get("a.weight"), torch.ones(2, 2))
+        finally:
+            file.close()
+
+
 def test_file_that_is_not_a_full_checkpoint(tmp_path):
     from safetensors.torch import save_file
 

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .annotator_files import NetworkCache, load, not_this, read_state
-from .checkpoint_file import CheckpointError
 
 FILE = "normal_bae/scannet.pt"  # under the annotator folder, as the extension's annotator/downloads
 WHAT = "NormalBae normal estimator (normal_bae)"
@@ -234,28 +233,9 @@ class NormalBae(nn.Module):
         return self.decoder(self.encoder.original_model(x))
 
 
-def _model_entry(path: Path) -> dict[str, torch.Tensor]:
-    """The ``model`` state dict of a checkpoint saved as ``{"model": ...}`` (read weights-only, as
-    ``read_state`` has just read the same file; floats as float32, without ``module.``)."""
-    try:
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
-            if "mmap" not in str(exc):
-                raise
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever torch says, named with the file
-        raise CheckpointError(f"{WHAT}: {Path(path).name} cannot be read: {exc}") from None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict):
-        return {}
-    return {str(k).removeprefix("module."): v.float() if v.is_floating_point() else v
-            for k, v in model.items() if isinstance(v, torch.Tensor)}
-
-
 def build(path: Path) -> NormalBae:
     """The network of a scannet.pt file (CheckpointError, naming the file, when it is not one)."""
-    state = read_state(path, WHAT) or _model_entry(path)  # the real file keeps its weights under "model"
+    state = read_state(path, WHAT)  # the real file keeps its weights under "model" (read_state unwraps it)
     if "encoder.original_model.conv_stem.weight" not in state or "decoder.out_conv_res1.6.weight" not in state:
         raise not_this(path, WHAT, "encoder.original_model (EfficientNet-B5), decoder.conv2, up1..4, "
                                    "out_conv_res8/4/2/1, under 'model'")

@@ -265,6 +265,9 @@ class CheckpointFile:
             raise CheckpointError(f"{self.path.name} is corrupt or truncated: {exc}") from exc
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
+        elif (isinstance(data, dict) and isinstance(data.get("model"), dict)
+              and not any(isinstance(v, torch.Tensor) for v in data.values())):
+            data = data["model"]  # {"model": state dict, "epoch": ...}: training checkpoints (annotators)
         if not isinstance(data, dict):
             raise CheckpointError(f"{self.path.name} does not hold a state dict")
         self._tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
