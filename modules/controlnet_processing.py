@@ -72,6 +72,8 @@ def job_for(p) -> ControlJob | None:
     job, infotext = controlnets.prepare_job(units, width=int(p.width), height=int(p.height), init_image=init,
                                             init_mask=getattr(p, "image_mask", None),
                                             hires_height=int(getattr(p, "hr_upscale_to_y", 0) or 0) if hires else None,
-                                            model=getattr(p, "sd_model", None))  # Control-LoRAs build on it
+                                            model=getattr(p, "sd_model", None),  # Control-LoRAs build on it
+                                            # Revision units blank the text context when both prompts are empty
+                                            empty_prompts=not getattr(p, "prompt", "") and not getattr(p, "negative_prompt", ""))
     p.extra_generation_params.update(infotext)
     return job

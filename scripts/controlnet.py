@@ -56,20 +56,27 @@ class ControlNetScript(scripts.Script):
         return any(isinstance(a, dict) and a.get("enabled") for a in args or [])
 
     def postprocess_batch(self, p, *args, **kwargs):
-        """The extension's ``inpaint_only`` finish: the decoded pictures (``images``, (B, 3, H, W) in
-        [0, 1]) keep the unit's picture outside its mask (dilated and blurred by
+        """The extension's finishes of the decoded pictures (``images``, (B, 3, H, W) in [0, 1]): the
+        recolor units' gray map written into their lightness (Lab L) or intensity (HSV V); then
+        ``inpaint_only``'s: the pictures keep the unit's picture outside its mask (dilated and blurred by
         ``control_net_inpaint_blur_sigma``). Not with img2img's own inpainting mask: there the
         extension falls back to its global inpaint, and A1111's overlay keeps the unmasked pixels."""
         images = kwargs.get("images")
         if images is None or not len(images) or not self.wanted_for(args):
             return
-        if getattr(p, "init_images", None) and getattr(p, "image_mask", None) is not None:
-            return
+        from modules.core import controlnet as core_controlnet
         from modules.controlnet_processing import with_axis_values
 
         units = controlnets.units_from_args(with_axis_values(p, list(args)))
         init = p.init_images[0] if getattr(p, "init_images", None) else None
         height, width = images[0].shape[-2:]
+        for kind, feed in controlnets.recolor_feeds(units, width=width, height=height, init_image=init):
+            for i in range(len(images)):
+                x = images[i]
+                done = core_controlnet.recolor(x.detach().float().permute(1, 2, 0).cpu().numpy(), feed, kind)
+                images[i] = torch.from_numpy(done).permute(2, 0, 1).to(x)
+        if init is not None and getattr(p, "image_mask", None) is not None:
+            return
         sigma = int(shared.opts.data.get("control_net_inpaint_blur_sigma", controlnets.INPAINT_BLUR_SIGMA))
         keeps = controlnets.inpaint_keeps(units, width=width, height=height, init_image=init, sigma=sigma)
         for raw, keep in keeps:

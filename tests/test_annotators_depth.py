@@ -294,7 +294,7 @@ def test_depth_anything_runs_from_the_users_file(server, api_models, version):
     try:
         for image in (square, wide):
             reference = depth_anything_reference(model, np.asarray(image.convert("RGB")))
-            depth = _map(_detect(server, module, image, controlnet_processor_res=64))  # no resolution slider: 512
+            depth = _map(_detect(server, module, image))  # detect's processor_res: 512 (no slider shown)
             assert depth.shape == reference.shape == ((512, 512) if image is square else (512, 768))
             assert reference.max() - reference.min() > 100
             assert np.abs(depth.astype(int) - reference).max() <= 1

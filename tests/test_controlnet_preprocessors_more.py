@@ -67,15 +67,15 @@ def test_detect_with_annotator_weights_is_refused_naming_file_and_folder(server)
         assert name in detail
     assert str(_annotators(server) / "openpose") in detail
     # the files in place: still refused, saying the network is what is missing (no option that only looks present)
-    folder = _annotators(server) / "zoedepth"
+    folder = _annotators(server) / "oneformer"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "ZoeD_M12_N.pt").write_bytes(b"\0" * 16)
+    (folder / "150_16_swin_l_oneformer_coco_100ep.pth").write_bytes(b"\0" * 16)
     try:
         r = requests.post(server.url + "/controlnet/detect", timeout=60, json={
-            "controlnet_module": "depth_zoe", "controlnet_input_images": [b64(picture(64, 64))]})
+            "controlnet_module": "oneformer_coco", "controlnet_input_images": [b64(picture(64, 64))]})
         assert r.status_code == 422 and "no built-in" in r.json()["detail"]
     finally:
-        (folder / "ZoeD_M12_N.pt").unlink()
+        (folder / "150_16_swin_l_oneformer_coco_100ep.pth").unlink()
 
 
 def test_annotator_folder_follows_the_extension_flag(tmp_path):

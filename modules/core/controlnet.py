@@ -24,7 +24,9 @@ The extension's rules, kept here:
   the hires size than the first size (the extension's rule). Without a hires pass every unit acts;
 - **tile_colorfix** (``modules.core.controlnet_colorfix``): after the UNet, the prediction's low
   frequencies are taken from the control picture's latents (``finish``, once per model call);
-- **inpaint maps** (``inpaint_only``): RGBA, the hint is ``rgb * (1 - mask) - mask`` (masked pixels -1);
+- **inpaint maps** (``inpaint_only``, ``inpaint``): RGBA, the hint is ``rgb * (1 - mask) - mask`` (masked pixels -1);
+- **recolor** (``recolor_luminance`` / ``recolor_intensity``): after decoding, the picture's Lab
+  lightness / HSV value is replaced by the unit's gray map fitted to the picture (``recolor``);
 - **T2I-Adapters** (``modules.core.t2i_adapter``): a unit whose model is an adapter gives, once per pass,
   features for the UNet's ``down_intrablock_additional_residuals``, summed over the adapter units and
   given beside the ControlNets' residuals, under the same guidance range and control modes;
@@ -32,6 +34,13 @@ The extension's rules, kept here:
   image tokens (``image_tokens``: conditional, unconditional); while it is inside its guidance range the
   UNet's cross-attention layers get them, scaled by the weight, for the one model call (the
   unconditional rows the unconditional tokens); the UNet's own processors are back after each call;
+- **Revision** (``revision_clipvision``, ``revision_ignore_prompt``; SDXL only, no model): a unit whose
+  ``controlnet`` is a :class:`Revision` carries its picture's CLIP-G image embedding, noise-augmented
+  once (the Noise Augmentation slider as the q_sample timestep of a linear 1e-4..2e-2 schedule). While
+  such units act, the conditional rows' pooled embedding (SDXL's ``text_embeds``, the first 1280 of
+  ``y``) is the sum of their weighted embeddings and the unconditional rows' is zero; with a
+  ``revision_ignore_prompt`` unit in the job (or both prompts empty: ``ControlJob.empty_prompts``) the
+  text context of every row is zero too (``UnetResiduals.mark``);
 - **Reference** (``modules.core.controlnet_reference``): a unit with no model whose ``controlnet`` is a
   ``Reference`` (reference_only, reference_adain, reference_adain+attn): while it acts, its picture's
   noised latents go through the UNet before each model call and the call's self-attention / block
@@ -62,12 +71,58 @@ MARK = "control_mark"  # the cond dicts' entry telling conditional rows (1) from
 SOFT_INJECTION_BASE = 0.825  # the extension's per-block factor for the prompt-first modes
 
 
+REVISION = ("revision_clipvision", "revision_ignore_prompt")
+
+
+@dataclass
+class Revision:
+    """A Revision unit's model-free "controlnet": its module and the noise-augmented CLIP-G image
+    embedding (1, width) of its picture (``revision_embedding``)."""
+
+    module: str
+    embedding: torch.Tensor
+
+    @property
+    def ignore_prompt(self) -> bool:
+        return "ignore_prompt" in self.module
+
+
+def revision_alphas_cumprod() -> np.ndarray:
+    """The extension's revision q_sampler schedule: linear betas (sqrt-spaced) 1e-4 .. 2e-2 over 1000 steps."""
+    betas = np.linspace(1e-4 ** 0.5, 2e-2 ** 0.5, 1000, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - betas)
+
+
+def revision_pixels(picture: np.ndarray, size: int) -> torch.Tensor:
+    """(1, 3, size, size): the extension's CLIP detector input: the picture squeezed to size x size
+    (cv2 INTER_AREA, no crop), [0, 1], CLIP's mean and std."""
+    from .ip_adapter import CLIP_MEAN, CLIP_STD
+
+    squeezed = cv2.resize(np.ascontiguousarray(picture[:, :, :3]), (size, size), interpolation=cv2.INTER_AREA)
+    x = torch.from_numpy(squeezed.astype(np.float32) / 255.0).permute(2, 0, 1)
+    return ((x - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1))[None]
+
+
+@torch.no_grad()
+def revision_embedding(clip, picture: np.ndarray, noise_augmentation: float,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+    """The picture's CLIP image embedding (``image_embeds``, (1, projection width), float32 on the CPU),
+    q-sampled at timestep ``int(noise_augmentation * 1000)`` (clipped to 0..999): sqrt(a) e + sqrt(1 - a)
+    noise (``noise``: standard normal, drawn when not given), as the extension does once per unit."""
+    param = next(clip.parameters())
+    pixels = revision_pixels(picture, clip.config.image_size).to(param.device, param.dtype)
+    embeds = clip(pixel_values=pixels).image_embeds.float().cpu()
+    a = float(revision_alphas_cumprod()[min(max(int(noise_augmentation * 1000), 0), 999)])
+    noise = torch.randn_like(embeds) if noise is None else noise.to(embeds)
+    return np.float32(a ** 0.5) * embeds + np.float32((1 - a) ** 0.5) * noise
+
+
 @dataclass
 class ControlUnit:
     """One enabled unit, ready to run: its ControlNet or T2I-Adapter (on the device), the preprocessed
     map (H, W, 3 uint8, or H, W, 4 with the inpaint mask as alpha) and the extension's parameters."""
 
-    controlnet: ControlNetFile | AdapterFile | IPAdapterFile | Reference
+    controlnet: ControlNetFile | AdapterFile | IPAdapterFile | Reference | Revision
     detected_map: np.ndarray
     weight: float = 1.0
     guidance_start: float = 0.0
@@ -112,7 +167,10 @@ class ControlUnit:
         return self.hr_option == "Both" or (self.hr_option == "High res only") == hires
 
     def active(self, fraction: float) -> bool:
-        return self.guidance_start <= fraction <= self.guidance_end and self.weight != 0
+        return self.in_range(fraction) and self.weight != 0
+
+    def in_range(self, fraction: float) -> bool:
+        return self.guidance_start <= fraction <= self.guidance_end
 
 
 def fit_map(detected: np.ndarray, width: int, height: int, mode: str) -> np.ndarray:
@@ -144,6 +202,33 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return out if out.ndim == 3 else out[:, :, None]
 
 
+RECOLOR = {"recolor_luminance": "luminance", "recolor_intensity": "intensity"}  # module -> the channel kept
+
+
+def recolor_feed(fitted: np.ndarray) -> np.ndarray:
+    """The gray channel (H, W) uint8 the recolor finish writes: the fitted map's first channel through
+    the extension's float round trip (/ 255 as the control tensor, * 255 back, truncated)."""
+    x = fitted[:, :, 0].astype(np.float32) / np.float32(255.0)
+    return (x * np.float32(255.0)).clip(0, 255).astype(np.uint8)
+
+
+def recolor(picture: np.ndarray, feed: np.ndarray, kind: str) -> np.ndarray:
+    """The extension's recolor post-processing of a decoded picture ((H, W, 3) float in [0, 1]): to
+    uint8, its Lab L (``luminance``) or HSV V (``intensity``) replaced by ``feed`` ((H, W) uint8 at the
+    picture's size), back to RGB in [0, 1]. A size mismatch leaves the picture as it is (the extension
+    logs and skips)."""
+    if kind not in ("luminance", "intensity"):
+        raise ValueError(f"unknown recolor kind {kind!r}")
+    if picture.shape[:2] != feed.shape[:2] or picture.ndim != 3 or picture.shape[2] != 3:
+        return picture
+    h = (np.asarray(picture, dtype=np.float32) * 255).clip(0, 255).astype(np.uint8)
+    to, back, channel = (cv2.COLOR_RGB2LAB, cv2.COLOR_LAB2RGB, 0) if kind == "luminance" \
+        else (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2)
+    h = cv2.cvtColor(h, to)
+    h[:, :, channel] = feed
+    return (cv2.cvtColor(h, back).astype(np.float32) / 255.0).clip(0, 1)
+
+
 def hint_tensor(fitted: np.ndarray) -> torch.Tensor:
     """(1, 3, H, W) in [0, 1] (an inpaint map: masked pixels at -1), as the ControlNet reads it."""
     x = torch.from_numpy(np.array(fitted, dtype=np.float32)).div(255.0).permute(2, 0, 1)[None]
@@ -162,6 +247,7 @@ class ControlJob:
     units: list[ControlUnit] = field(default_factory=list)
     first_height: int | None = None
     hires_height: int | None = None
+    empty_prompts: bool = False  # the job's prompt and negative prompt are both empty (Revision's rule)
 
     def is_hires(self, height: int) -> bool:
         """The extension's rule: the pass is the hires one unless its size is nearer the first size."""
@@ -199,7 +285,11 @@ class ControlJob:
         slots = t2i_adapter.injection_slots(model.unet, latent_shape[-2], latent_shape[-1]) if adapters else []
         for unit in units:
             cn = unit.controlnet
-            if isinstance(cn, Reference):
+            if isinstance(cn, Revision):
+                if family != "sdxl":
+                    raise RequestError("alwayson_scripts", f"{unit.name}: Preprocessor 'revision' only supports "
+                                                           f"SDXL, the checkpoint is {model.spec.label}")
+            elif isinstance(cn, Reference):
                 if family not in ("sd1", "sd2", "sdxl"):
                     raise RequestError("alwayson_scripts", f"{unit.name}: {cn.module} runs on SD 1.x, 2.x and "
                                                            f"SDXL models only, the checkpoint is {model.spec.label}")
@@ -220,7 +310,7 @@ class ControlJob:
         if any(u.colorfix for u in units) and model.spec.prediction_type not in ("epsilon", "v_prediction"):
             raise RequestError("alwayson_scripts", f"tile_colorfix needs an SD 1.x, 2.x or XL model, "
                                                    f"the checkpoint is {model.spec.label}")
-        return UnetResiduals(model, units, width, height, slots, hires=hires)
+        return UnetResiduals(model, units, width, height, slots, hires=hires, empty_prompts=self.empty_prompts)
 
 
 class UnetResiduals:
@@ -229,8 +319,11 @@ class UnetResiduals:
     arguments. ``slots``: where the UNet adds adapter features (``t2i_adapter.injection_slots``)."""
 
     def __init__(self, model, units: list[ControlUnit], width: int, height: int,
-                 slots: list[tuple[int, tuple[int, int]]] | None = None, hires: bool = False):
+                 slots: list[tuple[int, tuple[int, int]]] | None = None, hires: bool = False,
+                 empty_prompts: bool = False):
         self.model = model
+        self.revision = [u for u in units if isinstance(u.controlnet, Revision)]
+        self.empty_prompts = empty_prompts
         self.dtype = model.policy.unet_dtype
         self.units = units
         self.hints = [hint_tensor(fit_map(u.detected_map, width, height, u.resize_mode)).to(model.device, self.dtype)
@@ -274,13 +367,34 @@ class UnetResiduals:
     def at_step(self, step: int, total: int) -> None:
         self.fraction = step / max(total, 1)
 
-    @staticmethod
-    def mark(cond: dict, uncond: dict | None) -> tuple[dict, dict | None]:
+    def mark(self, cond: dict, uncond: dict | None) -> tuple[dict, dict | None]:
+        """The cond dicts with their ``control_mark``, and the Revision units' pooled embedding (and the
+        zeroed context) while one is inside its guidance range."""
         def marked(d: dict, value: float) -> dict:
             rows = d["context"].shape[0]
             return {**d, MARK: torch.full((rows,), value, device=d["context"].device)}
 
-        return marked(cond, 1.0), (marked(uncond, 0.0) if uncond is not None else None)
+        cond, uncond = marked(cond, 1.0), (marked(uncond, 0.0) if uncond is not None else None)
+        acting = [u for u in self.revision if u.in_range(self.fraction)]  # the weight scales, even 0
+        if not acting:
+            return cond, uncond
+        pooled = cond["text_embeds"]
+        total = sum(u.controlnet.embedding * u.weight for u in acting)
+        if total.shape[-1] != pooled.shape[-1]:
+            raise RequestError("alwayson_scripts", f"{acting[0].name}: the CLIP vision embedding has width "
+                                                   f"{total.shape[-1]}, the checkpoint's pooled embedding "
+                                                   f"{pooled.shape[-1]} (Revision needs CLIP-G, clip_g.pth)")
+        blank = self.empty_prompts or any(u.controlnet.ignore_prompt for u in self.revision)
+
+        def revised(d: dict, positive: bool) -> dict:
+            rows = d["text_embeds"].shape[0]
+            embeds = total.to(d["text_embeds"]).expand(rows, -1) if positive else torch.zeros_like(d["text_embeds"])
+            out = {**d, "text_embeds": embeds}
+            if blank:
+                out["context"] = torch.zeros_like(d["context"])
+            return out
+
+        return revised(cond, True), (revised(uncond, False) if uncond is not None else None)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> dict:
@@ -289,7 +403,7 @@ class UnetResiduals:
         family = self.model.family
         intrablock: list[torch.Tensor] | None = None
         for index, (unit, hint) in enumerate(zip(self.units, self.hints)):
-            if not unit.active(self.fraction) or isinstance(unit.controlnet, (IPAdapterFile, Reference)):
+            if not unit.active(self.fraction) or isinstance(unit.controlnet, (IPAdapterFile, Reference, Revision)):
                 continue
             if isinstance(unit.controlnet, AdapterFile):
                 outs = self._adapter(index, unit, hint, cond, x.shape[0])

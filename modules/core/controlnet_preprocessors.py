@@ -5,7 +5,11 @@ control types of ``/controlnet/control_types``), its sliders (resolution, slider
 unit's ``processor_res``, ``threshold_a``, ``threshold_b``, out-of-range values replaced by the
 defaults as the extension does) and the function. Functions take an (H, W, 3) uint8 RGB array (an
 (H, W, 4) one, the mask as alpha, for those that accept a mask) and return an (H, W, 3) uint8 map
-(``inpaint_only``: (H, W, 4)).
+(``inpaint_only``, ``inpaint``: (H, W, 4)). A row without a resolution slider still gets the unit's
+processor_res (``Preprocessor.resolution_range``: 64..2048, else 512, as the extension's legacy rows;
+its newer rows that hide the slider ignore the value). ``recolor_*`` rows give the gray map the decoded
+picture's lightness / value is taken from (``modules.core.controlnet.recolor``); the Revision rows
+give the picture, which the unit encodes with ``clip_g.pth`` (``modules.core.controlnet.Revision``).
 
 The extension's preprocessors that run a network (depth, openpose, softedge, lineart, normal, seg,
 mlsd, LaMa, ...) are listed too, with ``weights``: the annotator files they read, as
@@ -32,16 +36,20 @@ import numpy as np
 
 from . import annotator_anime_face
 from . import annotator_depth
+from . import annotator_dwpose
 from . import annotator_hed
 from . import annotator_lama
+from . import annotator_leres
 from . import annotator_lineart
 from . import annotator_lineart_anime
 from . import annotator_mlsd
 from . import annotator_normal_bae
+from . import annotator_normal_dsine
 from . import annotator_openpose
 from . import annotator_openpose_hand_face
 from . import annotator_pidinet
 from . import annotator_teed
+from . import annotator_zoe
 from .annotator_files import hwc3, resize_with_pad  # noqa: F401  (the extension's resizing; others import it here)
 
 
@@ -66,6 +74,9 @@ class Slider:
 
 
 RESOLUTION = Slider("Resolution", 512, 64, 2048, 8)
+# the extension's hidden parameter (PreprocessorParameter(visible=False): 0.5 in [0, 1]): the resolution
+# "slider" of its newer preprocessors that hide it (invert, inpaint, inpaint_only, ...), which ignore it
+HIDDEN = Slider("", 0.5, 0.0, 1.0, 0.01)
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,15 @@ class Preprocessor:
     requires_mask: bool = False
     weights: tuple[str, ...] = ()  # annotator files ("midas/dpt_hybrid-midas-501f0c75.pt") its network reads
     model_free: bool = False  # the unit needs no ControlNet model (the extension's do_not_need_model)
+    # the range processor_res is checked against when the slider is hidden (``resolution`` None): the
+    # extension's legacy rows keep the 64..2048 one (default 512; the unit's processor_res, or pixel
+    # perfect's, reaches them), its newer rows a hidden parameter (``HIDDEN``; shuffle's says 512)
+    hidden_resolution: Slider = RESOLUTION
+
+    @property
+    def resolution_range(self) -> Slider:
+        """The range a unit's processor_res is settled in (shown slider or hidden one)."""
+        return self.resolution or self.hidden_resolution
 
     @property
     def title(self) -> str:
@@ -91,9 +111,12 @@ class Preprocessor:
         return [s for s in (self.resolution, self.slider_1, self.slider_2) if s is not None]
 
     def __call__(self, image: np.ndarray, resolution=-1, threshold_a=-1, threshold_b=-1,
-                 annotator_dir: Path | None = None) -> np.ndarray:
-        """The map; ``annotator_dir``: where a network's ``weights`` are (those rows only)."""
-        res = int(self.resolution.pick(resolution)) if self.resolution else 512
+                 annotator_dir: Path | None = None, exact_resolution: bool = False) -> np.ndarray:
+        """The map; ``annotator_dir``: where a network's ``weights`` are (those rows only).
+        ``resolution``: the unit's processor_res, settled in ``resolution_range`` as the extension's bound
+        check does (a hidden slider's row too); ``exact_resolution``: as given (pixel perfect's, which
+        the extension passes unchecked)."""
+        res = int(resolution) if exact_resolution else int(self.resolution_range.pick(resolution))
         a = self.slider_1.pick(threshold_a) if self.slider_1 else 0.0
         b = self.slider_2.pick(threshold_b) if self.slider_2 else 0.0
         if self.run is None:
@@ -198,6 +221,32 @@ def _inpaint_only(img, res, a, b):
     if img.ndim != 3 or img.shape[2] != 4:
         raise ValueError("inpaint_only needs a mask (the unit's mask, or the img2img inpainting mask)")
     return img
+
+
+def _inpaint_global(img, res, a, b):
+    """inpaint_global_harmonious: the same RGBA map as inpaint_only."""
+    if img.ndim != 3 or img.shape[2] != 4:
+        raise ValueError("inpaint needs a mask (the unit's mask, or the img2img inpainting mask)")
+    return img
+
+
+GAMMA = Slider("Gamma Correction", 1.0, 0.1, 2.0, 0.001)  # the recolor rows' slider
+
+
+def _gamma_gray(channel: np.ndarray, gamma: float) -> np.ndarray:
+    """The recolor maps: a channel in [0, 1] to the power ``gamma``, as gray RGB."""
+    x = (channel.astype(np.float32) / 255.0) ** gamma
+    return cv2.cvtColor((x * 255.0).clip(0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
+
+
+def _recolor_luminance(img, res, gamma, b):
+    """The extension's recolor_luminance: L of Lab, the RGB picture read as BGR (its cvtColor call)."""
+    return _gamma_gray(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2LAB)[:, :, 0], gamma)
+
+
+def _recolor_intensity(img, res, gamma, b):
+    """The extension's recolor_intensity: V of HSV (the largest of the three channels)."""
+    return _gamma_gray(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2HSV)[:, :, 2], gamma)
 
 
 def _hed_edges(img, res, files, safe: bool) -> np.ndarray:
@@ -325,7 +374,8 @@ def register(p: Preprocessor) -> Preprocessor:
 for _row in (
     Preprocessor("none", _none, tags=("InstructP2P",), priority=10),
     Preprocessor("invert", _invert, label="invert (from white bg & black line)",
-                 tags=("Canny", "Lineart", "Scribble", "MLSD"), resolution=None, priority=20),
+                 tags=("Canny", "Lineart", "Scribble", "MLSD"), resolution=None, hidden_resolution=HIDDEN,
+                 priority=20),
     Preprocessor("canny", _canny, tags=("Canny",), priority=100,
                  slider_1=Slider("Low Threshold", 100, 1, 255), slider_2=Slider("High Threshold", 200, 1, 255)),
     Preprocessor("threshold", _threshold, tags=("Scribble",), slider_1=Slider("Binarization Threshold", 127, 0, 255)),
@@ -339,10 +389,19 @@ for _row in (
     Preprocessor("tile_colorfix+sharp", _none, tags=("Tile",), resolution=None,
                  slider_1=Slider("Variation", 8.0, 3.0, 32.0), slider_2=Slider("Sharpness", 1.0, 0.0, 2.0, 0.01)),
     Preprocessor("blur_gaussian", _blur_gaussian, tags=("Tile",), slider_1=Slider("Sigma", 9.0, 0.01, 64.0, 0.01)),
-    Preprocessor("shuffle", _shuffle, tags=("Shuffle",), priority=100),
+    # the extension hides shuffle's slider (a hidden parameter saying 512: 512 unless pixel perfect)
+    Preprocessor("shuffle", _shuffle, tags=("Shuffle",), priority=100, resolution=None,
+                 hidden_resolution=Slider("", 512, 0.0, 1.0, 0.01)),
     Preprocessor("color", _color, tags=("T2I-Adapter",)),
-    Preprocessor("inpaint_only", _inpaint_only, tags=("Inpaint",), resolution=None, priority=100,
-                 accepts_mask=True, requires_mask=True),
+    Preprocessor("inpaint_only", _inpaint_only, tags=("Inpaint",), resolution=None, hidden_resolution=HIDDEN,
+                 priority=100, accepts_mask=True, requires_mask=True),
+    # the extension's PreprocessorInpaint: the same RGBA map as inpaint_only, without its paste-back
+    # (and what inpaint_only falls back to in img2img's inpainting, whose mask A1111 already keeps)
+    Preprocessor("inpaint", _inpaint_global, label="inpaint_global_harmonious", tags=("Inpaint",), resolution=None,
+                 hidden_resolution=HIDDEN, accepts_mask=True, requires_mask=True),
+    Preprocessor("recolor_luminance", _recolor_luminance, tags=("Recolor",), resolution=None, priority=100,
+                 slider_1=GAMMA),
+    Preprocessor("recolor_intensity", _recolor_intensity, tags=("Recolor",), resolution=None, slider_1=GAMMA),
     # model-free: the picture as it is; the UNet reads it (modules.core.controlnet_reference)
     Preprocessor("reference_only", _none, tags=("Reference",), resolution=None, model_free=True, priority=100,
                  slider_1=Slider("Style Fidelity (only for Balanced mode)", 0.5, 0.0, 1.0, 0.01)),
@@ -359,6 +418,7 @@ _OPENPOSE = ("openpose/body_pose_model.pth", "openpose/hand_pose_model.pth", "op
 _HED, _PIDINET = (annotator_hed.FILE,), (annotator_pidinet.FILE,)
 CLIP_VISION_H = "clip_vision/clip_h.pth"  # the extension's image encoders for the IP-Adapters: ViT-H/14,
 CLIP_VISION_G = "clip_vision/clip_g.pth"  # ViT-bigG/14
+NOISE_AUGMENTATION = Slider("Noise Augmentation", 0.0, 0.0, 1.0, 0.01)  # the Revision rows' slider
 _LERES_SLIDERS = dict(slider_1=Slider("Remove Near %", 0, 0, 100, 0.1),
                       slider_2=Slider("Remove Background %", 0, 0, 100, 0.1))
 
@@ -390,9 +450,11 @@ def _annotator(name: str, tags: tuple[str, ...], weights: tuple[str, ...], label
 for _row in (
     _annotator("depth", ("Depth",), _MIDAS, label="depth_midas", priority=100,
                run=_padded(annotator_depth.depth_midas)),
-    _annotator("depth_leres", ("Depth",), ("leres/res101.pth",), **_LERES_SLIDERS),
-    _annotator("depth_leres++", ("Depth",), ("leres/res101.pth", "leres/latest_net_G.pth"), **_LERES_SLIDERS),
-    _annotator("depth_zoe", ("Depth",), ("zoedepth/ZoeD_M12_N.pt",), resolution=False),
+    _annotator("depth_leres", ("Depth",), ("leres/res101.pth",), **_LERES_SLIDERS, run=annotator_leres.depth_leres),
+    _annotator("depth_leres++", ("Depth",), ("leres/res101.pth", "leres/latest_net_G.pth"), **_LERES_SLIDERS,
+               run=annotator_leres.depth_leres_boost),
+    _annotator("depth_zoe", ("Depth",), (annotator_zoe.FILE,), resolution=False,
+               run=_padded(annotator_zoe.depth_zoe)),
     _annotator("depth_anything", ("Depth",), (annotator_depth.DEPTH_ANYTHING_FILE,), resolution=False,
                run=_padded(annotator_depth.depth_anything)),
     _annotator("depth_anything_v2", ("Depth",), (annotator_depth.DEPTH_ANYTHING_V2_FILE,), resolution=False,
@@ -402,17 +464,19 @@ for _row in (
                run=_padded(annotator_depth.normal_midas)),
     _annotator("normal_bae", ("NormalMap",), (annotator_normal_bae.FILE,), priority=100, resolution=False,
                run=_padded(annotator_normal_bae.normal_bae)),
-    _annotator("normal_dsine", ("NormalMap",), ("normal_dsine/dsine.pt",), slider_1=Slider("Fov", 60, 0, 360, 0.1),
-               slider_2=Slider("Iterations", 5, 1, 20, 1)),
+    _annotator("normal_dsine", ("NormalMap",), (annotator_normal_dsine.FILE,), slider_1=Slider("Fov", 60, 0, 360, 0.1),
+               slider_2=Slider("Iterations", 5, 1, 20, 1), run=annotator_normal_dsine.normal_dsine),
     _annotator("openpose", ("OpenPose",), (annotator_openpose.FILE,), run=_openpose),
     _annotator("openpose_face", ("OpenPose",), _OPENPOSE[::2], resolution=False, run=_openpose_parts(False, True)),
     _annotator("openpose_faceonly", ("OpenPose",), _OPENPOSE[::2], resolution=False,
                run=_openpose_parts(False, True, with_body=False)),
     _annotator("openpose_full", ("OpenPose",), _OPENPOSE, priority=100, run=_openpose_parts(True, True)),
     _annotator("openpose_hand", ("OpenPose",), _OPENPOSE[:2], resolution=False, run=_openpose_parts(True, False)),
-    _annotator("dw_openpose_full", ("OpenPose",), ("openpose/yolox_l.onnx", "openpose/dw-ll_ucoco_384.onnx")),
+    _annotator("dw_openpose_full", ("OpenPose",), ("openpose/yolox_l.onnx", "openpose/dw-ll_ucoco_384.onnx"),
+               run=_padded(annotator_dwpose.dw_openpose_full)),
     _annotator("animal_openpose", ("OpenPose",), (
-        "openpose/yolox_l.onnx", "openpose/rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx")),
+        "openpose/yolox_l.onnx", "openpose/rtmpose-m_simcc-ap10k_pt-aic-coco_210e-256x256-7a041aa1_20230206.onnx"),
+               run=_padded(annotator_dwpose.animal_openpose)),
     _annotator("densepose", ("OpenPose",), ("densepose/densepose_r50_fpn_dl.torchscript",),
                label="densepose (pruple bg & purple torso)"),
     _annotator("densepose_parula", ("OpenPose",), ("densepose/densepose_r50_fpn_dl.torchscript",),
@@ -451,7 +515,7 @@ for _row in (
                label="seg_ofcoco", resolution=False),
     _annotator("anime_face_segment", ("Segmentation",), (annotator_anime_face.FILE,), label="seg_anime_face",
                run=_padded(annotator_anime_face.anime_face_segment)),
-    _annotator("inpaint_only+lama", ("Inpaint",), (annotator_lama.FILE,), resolution=False,
+    _annotator("inpaint_only+lama", ("Inpaint",), (annotator_lama.FILE,), resolution=False, hidden_resolution=HIDDEN,
                accepts_mask=True, requires_mask=True, run=annotator_lama.preprocess),
     _annotator("ip-adapter_clip_sd15", ("IP-Adapter",), (CLIP_VISION_H,), label="ip-adapter_clip_h", priority=100,
                resolution=False, run=_clip_picture),
@@ -459,6 +523,11 @@ for _row in (
                resolution=False, run=_clip_picture),
     _annotator("ip-adapter_clip_sdxl_plus_vith", ("IP-Adapter",), (CLIP_VISION_H,), resolution=False,
                run=_clip_picture),
+    # SDXL Revision: no model; the unit's picture through clip_g.pth (modules.core.controlnet.Revision)
+    _annotator("revision_clipvision", ("Revision",), (CLIP_VISION_G,), priority=100, resolution=False,
+               run=_clip_picture, model_free=True, slider_1=NOISE_AUGMENTATION),
+    _annotator("revision_ignore_prompt", ("Revision",), (CLIP_VISION_G,), resolution=False,
+               run=_clip_picture, model_free=True, slider_1=NOISE_AUGMENTATION),
 ):
     register(_row)
 

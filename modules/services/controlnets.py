@@ -35,6 +35,11 @@ network.
 their ``model`` is ignored ("None", as the extension sends it) and their picture guides the UNet
 itself (``modules.core.controlnet_reference``), with the Style Fidelity slider as ``threshold_a``.
 
+**Revision** units (``revision_clipvision``, ``revision_ignore_prompt``; SDXL) need no model either:
+their picture's CLIP-G embedding (``clip_g.pth``) becomes the pooled prompt embedding
+(``modules.core.controlnet.Revision``). **Recolor** units' gray maps are written into the decoded
+pictures (``recolor_feeds`` + ``controlnet.recolor``, by the script's postprocess).
+
 **Infotext**: ``ControlNet N: "Module: canny, Model: name [hash], Weight: 1, ..."`` (the extension's
 ``serialize``) and its parse.
 """
@@ -280,15 +285,17 @@ class UnitArgs:
 
     def settle(self) -> None:
         """The extension's bound check: processor_res / thresholds outside the preprocessor's sliders
-        (-1: not given) become its defaults (a hidden slider's: 0.5 in [0, 1])."""
+        (-1: not given) become its defaults (a hidden threshold slider's: 0.5 in [0, 1]). A hidden
+        resolution slider keeps the extension's range for the row (``resolution_range``): 64..2048
+        (512) for its legacy rows, whose preprocessors get the unit's processor_res too."""
         pre = controlnet_preprocessors.find(self.module)
         self.module = pre.name
-        self.processor_res = (pre.resolution or _HIDDEN).pick(self.processor_res)
+        self.processor_res = pre.resolution_range.pick(self.processor_res)
         self.threshold_a = float((pre.slider_1 or _HIDDEN).pick(self.threshold_a))
         self.threshold_b = float((pre.slider_2 or _HIDDEN).pick(self.threshold_b))
 
 
-_HIDDEN = controlnet_preprocessors.Slider("", 0.5, 0.0, 1.0, 0.01)
+_HIDDEN = controlnet_preprocessors.HIDDEN
 
 
 def resize_mode_name(value) -> str:
@@ -405,12 +412,18 @@ def unit_pictures(unit: UnitArgs, index: int) -> tuple[Image.Image | None, Image
 
 
 def detect(module: str, picture: Image.Image, mask: Image.Image | None = None, *, resolution=-1,
-           threshold_a=-1, threshold_b=-1, registry: ControlNets | None = None) -> np.ndarray:
+           threshold_a=-1, threshold_b=-1, registry: ControlNets | None = None,
+           exact_resolution: bool = False, for_unit: bool = False) -> np.ndarray:
     """Run a preprocessor on a picture (and mask): the map, (H, W, 3) or (H, W, 4) uint8. A network's
-    annotator files are read from the registry's ``annotator_dir``."""
+    annotator files are read from the registry's ``annotator_dir``. ``resolution``: the unit's
+    processor_res, settled in the row's range (``exact_resolution``: as given, pixel perfect's).
+    The Revision rows give an embedding, not a map: only a unit (``for_unit``) runs them, as the
+    extension's /controlnet/detect refuses them."""
     pre = controlnet_preprocessors.find(module)
     if pre is None:
         raise RequestError("controlnet_module", f"Module {module} not available")
+    if pre.name in controlnet.REVISION and not for_unit:
+        raise RequestError("controlnet_module", "Module not supported")
     registry = registry or get()
     problem = weights_problem(pre, registry)
     if problem:
@@ -422,7 +435,8 @@ def detect(module: str, picture: Image.Image, mask: Image.Image | None = None, *
         alpha = np.asarray(mask.convert("L").resize(picture.size, Image.NEAREST))
         array = np.concatenate([array, alpha[:, :, None]], axis=2)
     try:
-        return pre(array, resolution, threshold_a, threshold_b, annotator_dir=registry.annotator_dir)
+        return pre(array, resolution, threshold_a, threshold_b, annotator_dir=registry.annotator_dir,
+                   exact_resolution=exact_resolution)
     except ValueError as exc:
         raise RequestError("controlnet_module", str(exc)) from None
     except OSError as exc:  # an annotator file that cannot be read (a bad one: CheckpointError, a ValueError)
@@ -431,10 +445,12 @@ def detect(module: str, picture: Image.Image, mask: Image.Image | None = None, *
 
 def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: Image.Image | None = None,
                 init_mask: Image.Image | None = None, registry: ControlNets | None = None,
-                hires_height: int | None = None, model=None) -> tuple[controlnet.ControlJob, dict[str, str]]:
+                hires_height: int | None = None, model=None,
+                empty_prompts: bool = False) -> tuple[controlnet.ControlJob, dict[str, str]]:
     """The enabled units ready to run (preprocessed, models loaded) and their infotext entries.
     ``hires_height``: the hires pass's picture height when the job has one (units' ``hr_option``);
-    ``model``: the job's checkpoint, which Control-LoRA units are built on."""
+    ``model``: the job's checkpoint, which Control-LoRA units are built on; ``empty_prompts``: the job's
+    prompt and negative prompt are both empty (Revision units then blank the text context)."""
     registry = registry or get()
     ready, infotext = [], {}
     for index, unit in enumerate(units):
@@ -446,8 +462,9 @@ def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: I
             raise RequestError(FIELD, f"{name}: module({unit.module}): {problem}")
         pre = controlnet_preprocessors.find(unit.module)
         reference = pre.name in controlnet_reference.NAMES  # model-free: the UNet itself is guided
-        found = None if reference else registry.find(unit.model)
-        if found is None and not reference:
+        revision = pre.name in controlnet.REVISION  # model-free: the pooled embedding is the picture's
+        found = None if reference or revision else registry.find(unit.model)
+        if found is None and not (reference or revision):
             known = ", ".join(registry.titles()) or "none"
             raise RequestError(FIELD, f"{name}: model({unit.model}) not found; ControlNet models here: {known}")
         title, path = found or ("None", None)
@@ -456,18 +473,23 @@ def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: I
             picture, mask = init_image, mask if mask is not None else init_mask
         if picture is None:
             raise RequestError(FIELD, f"{name}: ControlNet is enabled but no input image is given")
-        resolution = unit.processor_res
-        if unit.pixel_perfect and pre.resolution is not None:
-            resolution = controlnet_preprocessors.pixel_perfect_resolution(
-                picture.height, picture.width, height, width, unit.resize_mode)
+        # the extension: pixel perfect sets processor_res for every row, its slider shown or hidden
+        resolution = controlnet_preprocessors.pixel_perfect_resolution(
+            picture.height, picture.width, height, width, unit.resize_mode) if unit.pixel_perfect \
+            else unit.processor_res
         try:
             detected = detect(unit.module, picture, mask, resolution=resolution, threshold_a=unit.threshold_a,
-                              threshold_b=unit.threshold_b, registry=registry)
+                              threshold_b=unit.threshold_b, registry=registry, exact_resolution=unit.pixel_perfect,
+                              for_unit=True)
         except RequestError as exc:
             raise RequestError(FIELD, f"{name}: module({unit.module}): {exc.message}") from None
         try:
-            built = controlnet_reference.Reference(pre.name, float(pre.slider_1.pick(unit.threshold_a))) \
-                if reference else registry.load(path, model)
+            if revision:
+                built = _revision(pre, unit, detected, registry, name)
+            elif reference:
+                built = controlnet_reference.Reference(pre.name, float(pre.slider_1.pick(unit.threshold_a)))
+            else:
+                built = registry.load(path, model)
         except (CheckpointError, UnsupportedCheckpoint) as exc:
             raise RequestError(FIELD, f"{name}: {path.name}: {exc}") from None
         tokens = _image_tokens(built, pre, detected, registry, name) if isinstance(built, IPAdapterFile) else None
@@ -479,8 +501,22 @@ def prepare_job(units: list[UnitArgs], *, width: int, height: int, init_image: I
         unit.model = title
         unit.settle()
         infotext[name] = unit.serialize()
-    job = controlnet.ControlJob(ready, first_height=height if hires_height else None, hires_height=hires_height or None)
+    job = controlnet.ControlJob(ready, first_height=height if hires_height else None, hires_height=hires_height or None,
+                                empty_prompts=empty_prompts)
     return job, infotext
+
+
+def _revision(pre: controlnet_preprocessors.Preprocessor, unit: UnitArgs, detected: np.ndarray,
+              registry: ControlNets, name: str) -> controlnet.Revision:
+    """A Revision unit's embedding: its picture through clip_g.pth (present: ``weights_problem`` has
+    checked), noise-augmented by the Noise Augmentation slider (``threshold_a``)."""
+    clip_file = controlnet_preprocessors.CLIP_VISION_G
+    try:
+        clip = registry.clip_vision(registry.annotator_file(clip_file))
+        embedding = controlnet.revision_embedding(clip, detected, float(pre.slider_1.pick(unit.threshold_a)))
+    except (CheckpointError, UnsupportedCheckpoint, ValueError) as exc:
+        raise RequestError(FIELD, f"{name}: module({pre.name}): {Path(clip_file).name}: {exc}") from None
+    return controlnet.Revision(pre.name, embedding)
 
 
 def _image_tokens(adapter: IPAdapterFile, pre: controlnet_preprocessors.Preprocessor, detected: np.ndarray,
@@ -533,6 +569,26 @@ def inpaint_keeps(units: list[UnitArgs], *, width: int, height: int, init_image:
         if sigma > 0:
             keep = cv2.blur(cv2.dilate(keep, np.ones((sigma, sigma), dtype=np.uint8)), (sigma, sigma))
         out.append((fitted[:, :, :3], keep[:, :, None].astype(np.float32)))
+    return out
+
+
+def recolor_feeds(units: list[UnitArgs], *, width: int, height: int,
+                  init_image: Image.Image | None = None) -> list[tuple[str, np.ndarray]]:
+    """For each enabled ``recolor_luminance`` / ``recolor_intensity`` unit, what the extension writes
+    into the decoded (width x height) picture (``controlnet.recolor``): (the kind, "luminance" or
+    "intensity"; the unit's gray map fitted to the picture as (H, W) uint8)."""
+    out = []
+    for index, unit in enumerate(units):
+        pre = controlnet_preprocessors.find(unit.module) if unit.enabled else None
+        if pre is None or pre.name not in controlnet.RECOLOR:
+            continue
+        picture, _mask = unit_pictures(unit, index)
+        picture = picture if picture is not None else init_image
+        if picture is None:
+            continue
+        detected = pre(np.asarray(picture.convert("RGB")), unit.processor_res, unit.threshold_a, unit.threshold_b)
+        fitted = controlnet.fit_map(detected, width, height, unit.resize_mode)
+        out.append((controlnet.RECOLOR[pre.name], controlnet.recolor_feed(fitted)))
     return out
 
 
