@@ -308,7 +308,14 @@ def _apply_output_choices(p, settings, engine) -> None:
 
 
 def describe_model(model, info) -> None:
-    """A1111's attributes on shared.sd_model that extensions test (is_sdxl, sd_model_hash, ...)."""
+    """A1111's attributes on shared.sd_model that extensions test (is_sdxl, sd_model_hash, ...), and
+    its ``model.diffusion_model`` with LDM's CrossAttention modules (modules.ldm_view)."""
+    from modules import ldm_view
+
+    try:
+        ldm_view.attach(model)
+    except Exception as error:  # noqa: BLE001 - a model type the view does not fit: extensions only lose it
+        print(f"[easel] {info.name}: no A1111 model.diffusion_model view ({error})")
     for name, value in (*model.family.a1111_flags.items(), ("sd_model_hash", info.shorthash),
                         ("sd_checkpoint_info", info), ("sd_model_checkpoint", str(info.filename))):
         try:
