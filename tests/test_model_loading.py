@@ -130,6 +130,7 @@ def test_training_checkpoints_are_read_from_their_state_dict_or_model_entry(tmp_
     weights = {"a.weight": torch.ones(2, 2), "b.bias": torch.zeros(3)}
     for name, saved in (("ldm.ckpt", {"state_dict": weights, "global_step": 1}),
                         ("annotator.pt", {"model": weights, "epoch": 7}),
+                        ("res101.pth", {"depth_model": weights}),  # LeReS
                         ("flat.pth", {**weights, "model": {"x": torch.ones(1)}})):
         torch.save(saved, tmp_path / name)
         file = CheckpointFile(tmp_path / name)

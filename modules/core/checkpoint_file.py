@@ -181,6 +181,9 @@ class reading_whole:
         _READ_WHOLE.reset(self._token)
 
 
+NESTED_STATE_KEYS = ("model", "depth_model")  # where a save without top-level tensors keeps its weights
+
+
 class CheckpointFile:
     """Lazy access to the tensors of one checkpoint file. ``read_whole`` (a .safetensors file): read the
     whole file in one read at once (None: as the enclosing ``reading_whole`` says)."""
@@ -265,9 +268,11 @@ class CheckpointFile:
             raise CheckpointError(f"{self.path.name} is corrupt or truncated: {exc}") from exc
         if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
             data = data["state_dict"]
-        elif (isinstance(data, dict) and isinstance(data.get("model"), dict)
-              and not any(isinstance(v, torch.Tensor) for v in data.values())):
-            data = data["model"]  # {"model": state dict, "epoch": ...}: training checkpoints (annotators)
+        elif isinstance(data, dict) and not any(isinstance(v, torch.Tensor) for v in data.values()):
+            # training saves that keep the weights one level down: {"model": ..., "epoch": ...} (annotators
+            # such as normal_bae's and DSINE's), LeReS's {"depth_model": ...}
+            nested = next((data[k] for k in NESTED_STATE_KEYS if isinstance(data.get(k), dict)), None)
+            data = nested if nested is not None else data
         if not isinstance(data, dict):
             raise CheckpointError(f"{self.path.name} does not hold a state dict")
         self._tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}

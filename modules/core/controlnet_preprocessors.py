@@ -17,12 +17,14 @@ mlsd, LaMa, ...) are listed too, with ``weights``: the annotator files they read
 ``modules.services.controlnets.annotator_dir_for``). Easel downloads nothing: asking for one whose
 files are missing is refused with a message naming the files and where they go; those without a
 ``run`` (a network Easel does not have) are refused even with their files in place.
-Those whose network Easel has (HED: ``modules.core.annotator_hed``, PiDiNet: ``annotator_pidinet``, M-LSD:
-``annotator_mlsd``, OpenPose: ``annotator_openpose``, ``annotator_openpose_hand_face``, the lineart
-networks: ``annotator_lineart``, ``annotator_lineart_anime``; MiDaS and Depth
-Anything through transformers: ``annotator_depth``; TEED: ``annotator_teed``; LaMa: ``annotator_lama``; anime face segmentation:
-``annotator_anime_face``; normal BAE: ``annotator_normal_bae``) run from the user's files: their ``run`` takes the files'
-paths as a fifth argument.
+Those whose network Easel has run from the user's files (their ``run`` takes the files' paths as a fifth
+argument): HED ``modules.core.annotator_hed``, PiDiNet ``annotator_pidinet``, M-LSD ``annotator_mlsd``,
+OpenPose ``annotator_openpose`` / ``annotator_openpose_hand_face``, DW pose and animal pose
+``annotator_dwpose`` (ONNX through OpenCV), lineart ``annotator_lineart`` / ``annotator_lineart_anime``,
+MiDaS and Depth Anything ``annotator_depth`` (transformers' classes), LeReS ``annotator_leres``, ZoeDepth
+``annotator_zoe``, TEED ``annotator_teed``, LaMa ``annotator_lama``, anime face segmentation
+``annotator_anime_face``, UniFormer segmentation ``annotator_uniformer``, normal BAE ``annotator_normal_bae``,
+DSINE ``annotator_normal_dsine``, insightface's detector and ArcFace (FaceID, InstantID) ``face_analysis``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,9 @@ from . import annotator_openpose
 from . import annotator_openpose_hand_face
 from . import annotator_pidinet
 from . import annotator_teed
+from . import annotator_uniformer
 from . import annotator_zoe
+from . import face_analysis
 from .annotator_files import hwc3, resize_with_pad  # noqa: F401  (the extension's resizing; others import it here)
 
 
@@ -508,7 +512,8 @@ for _row in (
     _annotator("mlsd", ("MLSD",), (annotator_mlsd.FILE,), priority=100, run=_mlsd,
                slider_1=Slider("MLSD Value Threshold", 0.1, 0.01, 2.0, 0.01),
                slider_2=Slider("MLSD Distance Threshold", 0.1, 0.01, 20.0, 0.01)),
-    _annotator("segmentation", ("Segmentation",), ("uniformer/upernet_global_small.pth",), label="seg_ufade20k"),
+    _annotator("segmentation", ("Segmentation",), (annotator_uniformer.FILE,), label="seg_ufade20k",
+               run=_padded(annotator_uniformer.segmentation)),
     _annotator("oneformer_ade20k", ("Segmentation",), ("oneformer/250_16_swin_l_oneformer_ade20k_160k.pth",),
                label="seg_ofade20k", priority=100, resolution=False),
     _annotator("oneformer_coco", ("Segmentation",), ("oneformer/150_16_swin_l_oneformer_coco_100ep.pth",),
@@ -528,6 +533,35 @@ for _row in (
                run=_clip_picture, model_free=True, slider_1=NOISE_AUGMENTATION),
     _annotator("revision_ignore_prompt", ("Revision",), (CLIP_VISION_G,), resolution=False,
                run=_clip_picture, model_free=True, slider_1=NOISE_AUGMENTATION),
+):
+    register(_row)
+
+
+# the extension's face rows (insightface's FaceAnalysis: modules.core.face_analysis). The embedding rows give
+# the picture as their map once a face is found in it; a unit's IP-Adapter reads the embedding
+# (modules.services.controlnets); instant_id_face_keypoints gives InstantID's keypoints map.
+def _face_id(img, res, a, b, files):
+    face_analysis.face_id_embedding(img, files[:2])
+    return img
+
+
+def _instant_id_embedding(img, res, a, b, files):
+    face_analysis.instant_id_embedding(img, res, files)
+    return img
+
+
+def _instant_id_keypoints(img, res, a, b, files):
+    return face_analysis.instant_id_keypoints(img, res, files)
+
+
+for _row in (
+    _annotator("ip-adapter_face_id", ("IP-Adapter",), face_analysis.BUFFALO_L_FILES, resolution=False, run=_face_id),
+    _annotator("ip-adapter_face_id_plus", ("IP-Adapter",), (*face_analysis.BUFFALO_L_FILES, CLIP_VISION_H),
+               resolution=False, run=_face_id),
+    _annotator("instant_id_face_embedding", ("Instant-ID",), face_analysis.ANTELOPEV2_FILES, resolution=False,
+               run=_instant_id_embedding),
+    _annotator("instant_id_face_keypoints", ("Instant-ID",), face_analysis.ANTELOPEV2_FILES[:1], resolution=False,
+               run=_instant_id_keypoints),
 ):
     register(_row)
 

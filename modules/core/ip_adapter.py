@@ -11,8 +11,19 @@
 - **full face** (``proj.0`` ... ``proj.3``: an MLP): the penultimate hidden states -> one token per
   patch (``IPAdapterFullImageProjection``).
 
-diffusers' own converter builds the projection from the file's names. FaceID / InstantID files (an
-insightface embedding, not a CLIP one) are refused with that reason. ``ip_adapter.{2j+1}.to_k_ip`` /
+- **FaceID** (``proj.0``, ``proj.2``, ``norm``: the extension's ``MLPProjModelFaceId``;
+  ``ip-adapter-faceid_sd15.bin``, ``ip-adapter-faceid_sdxl.bin``, ``ip-adapter-faceid-portrait_sd15.bin``):
+  the insightface embedding (512, normed: ``ip-adapter_face_id``) -> 4 tokens (16: portrait), told by
+  the shapes (diffusers' ``IPAdapterFaceIDImageProjection``);
+- **FaceID plus** (that MLP plus ``perceiver_resampler.*``: ``ProjModelFaceIdPlus``;
+  ``ip-adapter-faceid-plus(v2)_sd15.bin``): the embedding's tokens refined by a resampler reading the
+  CLIP-H penultimate hidden states (``ip-adapter_face_id_plus``); a ``v2`` file name adds the tokens
+  back (the extension's ``shortcut``) (diffusers' ``IPAdapterFaceIDPlusImageProjection``).
+
+diffusers' own converter builds the projection from the file's names. The FaceID files' LoRA tensors
+(``ip_adapter.N.to_q_lora...``) are not applied, as the extension does not: their LoRA file
+(``ip-adapter-faceid_sd15_lora.safetensors``) goes in the prompt as any LoRA. InstantID files (a resampler
+over the antelopev2 embedding, with its own ControlNet) are refused with that reason. ``ip_adapter.{2j+1}.to_k_ip`` /
 ``to_v_ip`` are the image tokens' key and value projections of the UNet's j-th cross-attention layer,
 in diffusers' ``attn_processors`` order (down blocks, up blocks, middle: the extension's input blocks,
 output blocks, middle block).
@@ -76,11 +87,18 @@ class IPAdapterFile:
     """A built IP-Adapter (on the CPU, in the dtype asked for) and what it fits."""
 
     path: Path
-    kind: str  # "plain", "plus", "full"
+    kind: str  # "plain", "plus", "full", "faceid", "faceid_plus"
     cross_attention_dim: int
     layers: int  # the cross-attention layers it has projections for
-    embed_dim: int  # the CLIP width it reads: the projected embedding (plain) or the hidden states
+    embed_dim: int  # the CLIP width it reads: the projected embedding (plain) or the hidden states;
+    # FaceID: the face embedding's width (512); FaceID plus: the CLIP hidden states'
     module: IPAdapterModule
+    shortcut: bool = False  # FaceID plus v2: the embedding's tokens added to the resampler's
+
+    @property
+    def reads_face(self) -> bool:
+        """Whether it reads an insightface face embedding (FaceID, FaceID plus)."""
+        return self.kind in ("faceid", "faceid_plus")
 
 
 def read_tensors(path: str | Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -117,11 +135,18 @@ def from_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> IPAdapte
     if not proj or not layers:
         raise UnsupportedCheckpoint("not an IP-Adapter (no image_proj / ip_adapter tensors)")
     name = Path(path).name.lower()
-    if "perceiver_resampler.proj_in.weight" in proj or ("norm.weight" in proj and "proj.0.weight" in proj) \
-            or "faceid" in name or "instant_id" in name:
-        raise UnsupportedCheckpoint("this is a FaceID / InstantID IP-Adapter (it reads an insightface face "
-                                    "embedding); those are not supported, only CLIP vision IP-Adapters")
-    if "proj.3.weight" in proj:
+    if "instant_id" in name:
+        raise UnsupportedCheckpoint("this is an InstantID IP-Adapter (it reads the antelopev2 face embedding "
+                                    "through a resampler); those are not supported")
+    faceid_mlp = all(k in proj for k in ("proj.0.weight", "proj.2.weight", "norm.weight")) and "proj.3.weight" not in proj
+    if faceid_mlp and "perceiver_resampler.proj_in.weight" in proj:
+        kind, embed_dim = "faceid_plus", proj["perceiver_resampler.proj_in.weight"].shape[1]
+    elif faceid_mlp:
+        kind, embed_dim = "faceid", proj["proj.0.weight"].shape[1]
+    elif "faceid" in name or "perceiver_resampler.proj_in.weight" in proj:
+        raise UnsupportedCheckpoint("a FaceID IP-Adapter whose image projection is not FaceID's "
+                                    "(image_proj.proj.0 / proj.2 / norm, and perceiver_resampler.* for plus)")
+    elif "proj.3.weight" in proj:
         kind, embed_dim = "full", proj["proj.0.weight"].shape[1]
     elif "latents" in proj:
         kind, embed_dim = "plus", proj["proj_in.weight"].shape[1]
@@ -136,7 +161,8 @@ def from_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> IPAdapte
         image_proj = UNet2DConditionLoadersMixin._convert_ip_adapter_image_proj_to_diffusers(
             None, proj, low_cpu_mem_usage=False)
     except (RuntimeError, KeyError) as exc:
-        raise UnsupportedCheckpoint(f"IP-Adapter image projection does not match its kind ({kind}): "
+        label = {"faceid": "FaceID", "faceid_plus": "FaceID plus"}.get(kind, kind)
+        raise UnsupportedCheckpoint(f"IP-Adapter image projection does not match its kind ({label}): "
                                     f"{str(exc).splitlines()[0]}") from None
     image_proj = image_proj.to(next(iter(proj.values())).dtype)
 
@@ -149,7 +175,8 @@ def from_tensors(path: str | Path, tensors: dict[str, torch.Tensor]) -> IPAdapte
     to_k = [linear(layers[f"{i}.to_k_ip.weight"]) for i in ids]
     to_v = [linear(layers[f"{i}.to_v_ip.weight"]) for i in ids]
     module = IPAdapterModule(image_proj, to_k, to_v).eval().requires_grad_(False)
-    return IPAdapterFile(Path(path), kind, to_k[0].in_features, len(ids), embed_dim, module)
+    return IPAdapterFile(Path(path), kind, to_k[0].in_features, len(ids), embed_dim, module,
+                         shortcut=kind == "faceid_plus" and "v2" in name)
 
 
 def load(path: str | Path, dtype: torch.dtype = torch.float32) -> IPAdapterFile:
@@ -231,6 +258,38 @@ def image_tokens(adapter: IPAdapterFile, clip: CLIPVisionModelWithProjection,
         raise ValueError(f"the IP-Adapter '{adapter.path.name}' reads CLIP features of width {adapter.embed_dim}, "
                          f"the CLIP vision model gives {width}")
     return proj(cond_in.to(dtype)), proj(uncond_in.to(dtype))
+
+
+@torch.no_grad()
+def face_tokens(adapter: IPAdapterFile, embedding, clip: CLIPVisionModelWithProjection | None = None,
+                picture: Image.Image | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A FaceID adapter's (conditional, unconditional) tokens, each (1, tokens, cross_attention_dim):
+    the face embedding's, and a zero embedding's (FaceID plus: with the picture's CLIP penultimate hidden
+    states, and a zero picture's for the unconditional ones)."""
+    proj = adapter.module.image_proj
+    param = next(proj.parameters())
+    face = torch.as_tensor(np.asarray(embedding, np.float32)).reshape(1, -1).to(param.device, param.dtype)
+    if face.shape[-1] != adapter.embed_dim and adapter.kind == "faceid":
+        raise ValueError(f"the IP-Adapter '{adapter.path.name}' reads a face embedding of width {adapter.embed_dim}, "
+                         f"got {face.shape[-1]}")
+    if adapter.kind == "faceid":
+        return proj(face), proj(torch.zeros_like(face))
+    if clip is None or picture is None:
+        raise ValueError(f"the FaceID plus IP-Adapter '{adapter.path.name}' needs the picture's CLIP-H features")
+    if clip.config.hidden_size != adapter.embed_dim:
+        raise ValueError(f"the IP-Adapter '{adapter.path.name}' reads CLIP features of width {adapter.embed_dim}, "
+                         f"the CLIP vision model gives {clip.config.hidden_size}")
+    clip_param = next(clip.parameters())
+    pixels = clip_pixels(picture, clip.config.image_size).to(clip_param.device, clip_param.dtype)
+    cond_clip = clip(pixel_values=pixels, output_hidden_states=True).hidden_states[-2]
+    uncond_clip = clip(pixel_values=torch.zeros_like(pixels), output_hidden_states=True).hidden_states[-2]
+    proj.shortcut, proj.shortcut_scale = adapter.shortcut, 1.0
+    out = []
+    for face_in, clip_in in ((face, cond_clip), (torch.zeros_like(face), uncond_clip)):
+        proj.clip_embeds = clip_in.to(param.dtype)[:, None]  # diffusers' (batch, images, tokens, width)
+        out.append(proj(face_in))
+    proj.clip_embeds = None
+    return out[0], out[1]
 
 
 # -- the UNet's cross-attention layers ----------------------------------------------------------------

@@ -10,7 +10,11 @@ files (``ip-adapter_sd15.pth``, ``ip-adapter-plus_sd15.safetensors``, ...), whos
 ``ip-adapter_clip_sd15`` / ``ip-adapter_clip_sdxl_plus_vith`` / ``ip-adapter_clip_sdxl`` preprocessor's
 CLIP vision file (``clip_vision/clip_h.pth`` or ``clip_g.pth`` under the annotator folder, or a ComfyUI
 ``CLIP-ViT-H-14*`` / ``CLIP-ViT-bigG-14*`` safetensors in ``models/clip_vision``) encodes into image
-tokens when the job starts. Control-LoRA files (``control-lora-canny-rank128.safetensors``, ...) are
+tokens when the job starts. FaceID IP-Adapters (``ip-adapter-faceid_sd15.bin``, ``-plusv2``, ``_sdxl``)
+read the largest face's embedding found by the ``ip-adapter_face_id`` / ``ip-adapter_face_id_plus`` module
+(insightface's buffalo_l files under the annotator folder: ``modules.core.face_analysis``; plus: and the
+picture's ``clip_h.pth`` features); a FaceID file with another module, or a CLIP one with a face module,
+is refused. Control-LoRA files (``control-lora-canny-rank128.safetensors``, ...) are
 built on the job's checkpoint (``prepare_job``'s ``model``), once per file version and checkpoint.
 
 **Units** (``units_from_args``): the extension's unit fields and value forms, as API clients send
@@ -59,7 +63,7 @@ import torch
 from PIL import Image
 
 from modules.core import controlnet, controlnet_model, controlnet_preprocessors, image_io, memory
-from modules.core import controlnet_colorfix, controlnet_reference, ip_adapter
+from modules.core import controlnet_colorfix, controlnet_reference, face_analysis, ip_adapter
 from modules.core import control_lora
 from modules.core.checkpoint_file import CheckpointError
 from modules.core.controlnet_colorfix import ColorFix
@@ -522,8 +526,17 @@ def _revision(pre: controlnet_preprocessors.Preprocessor, unit: UnitArgs, detect
 def _image_tokens(adapter: IPAdapterFile, pre: controlnet_preprocessors.Preprocessor, detected: np.ndarray,
                   registry: ControlNets, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """An IP-Adapter unit's (conditional, unconditional) image tokens: its picture through the CLIP
-    vision file of its preprocessor (present: ``weights_problem`` has checked) and the projection."""
+    vision file of its preprocessor (present: ``weights_problem`` has checked) and the projection; a
+    FaceID one's: the face embedding of ``ip-adapter_face_id`` (FaceID plus: ``ip-adapter_face_id_plus``,
+    the embedding and the picture's CLIP-H features), as the extension pairs them."""
     clip_file = next((w for w in pre.weights if w.startswith("clip_vision/")), None)
+    face_module = {"faceid": "ip-adapter_face_id", "faceid_plus": "ip-adapter_face_id_plus"}.get(adapter.kind)
+    if face_module or pre.name in FACE_ID_MODULES:
+        if pre.name != face_module:
+            wants = face_module or "ip-adapter_clip_sd15, ip-adapter_clip_sdxl_plus_vith or ip-adapter_clip_sdxl"
+            raise RequestError(FIELD, f"{name}: the IP-Adapter {adapter.path.name} needs the module {wants}; "
+                                      f"got module({pre.name})")
+        return _face_tokens(adapter, pre, detected, registry, name, clip_file)
     if clip_file is None:
         raise RequestError(FIELD, f"{name}: the IP-Adapter {adapter.path.name} needs a module that encodes the "
                                   f"picture (ip-adapter_clip_sd15, ip-adapter_clip_sdxl_plus_vith, "
@@ -533,6 +546,27 @@ def _image_tokens(adapter: IPAdapterFile, pre: controlnet_preprocessors.Preproce
         return ip_adapter.image_tokens(adapter, clip, Image.fromarray(np.ascontiguousarray(detected[:, :, :3])))
     except (CheckpointError, UnsupportedCheckpoint, ValueError) as exc:
         raise RequestError(FIELD, f"{name}: module({pre.name}): {Path(clip_file).name}: {exc}") from None
+
+
+FACE_ID_MODULES = ("ip-adapter_face_id", "ip-adapter_face_id_plus")
+
+
+def _face_tokens(adapter: IPAdapterFile, pre: controlnet_preprocessors.Preprocessor, detected: np.ndarray,
+                 registry: ControlNets, name: str, clip_file: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A FaceID unit's tokens: the picture's largest face's normed buffalo_l embedding (the preprocessor
+    has found it; the analysis is kept), through the adapter's projection."""
+    picture = np.ascontiguousarray(detected[:, :, :3])
+    face_files = [registry.annotator_file(w) for w in face_analysis.BUFFALO_L_FILES]
+    current = face_analysis.BUFFALO_L_FILES[0]
+    try:
+        embedding = face_analysis.face_id_embedding(picture, face_files)
+        if adapter.kind == "faceid":
+            return ip_adapter.face_tokens(adapter, embedding)
+        current = clip_file
+        clip = registry.clip_vision(registry.annotator_file(clip_file))
+        return ip_adapter.face_tokens(adapter, embedding, clip, Image.fromarray(picture))
+    except (CheckpointError, UnsupportedCheckpoint, ValueError) as exc:
+        raise RequestError(FIELD, f"{name}: module({pre.name}): {Path(current).name}: {exc}") from None
 
 
 def _colorfix(pre: controlnet_preprocessors.Preprocessor, unit: UnitArgs) -> ColorFix | None:
