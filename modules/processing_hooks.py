@@ -47,6 +47,16 @@ def _to_image(sample) -> Image.Image:
     return Image.fromarray(array.squeeze(-1) if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
+def _builtin_lora_networks():
+    """A1111's built-in Lora extension's ``networks`` module (extensions-builtin/Lora, importable once the
+    scripts are loaded), or None."""
+    try:
+        import networks
+    except ImportError:
+        return None
+    return networks if hasattr(networks, "set_loaded") else None
+
+
 class ScriptHooks(JobHooks):
     """The core's hook points as A1111's script hooks and callbacks, on one `p`."""
 
@@ -106,6 +116,11 @@ class ScriptHooks(JobHooks):
         from modules import extra_networks
 
         p = self.p
+        networks = _builtin_lora_networks()
+        if networks is not None:  # A1111's loaded_networks: the batch's LoRAs as its tags give them
+            from modules.core.extra_networks import parse_loras
+
+            networks.set_loaded(parse_loras(p.prompts[0])[1] if p.prompts else [])
         if getattr(p, "disable_extra_networks", False) or not extra_networks.extra_network_registry:
             return
         _, p.extra_network_data = extra_networks.parse_prompts(list(p.prompts))

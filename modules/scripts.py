@@ -252,6 +252,9 @@ def load_scripts(extension_list=None) -> None:
     load_errors.clear()
     script_callbacks.clear_callbacks()
 
+    lora_modules = os.path.join(paths_internal.extensions_builtin_dir, "Lora")
+    if lora_modules not in sys.path:  # A1111's built-in Lora modules stay importable: `import lora`, `networks`
+        sys.path.append(lora_modules)
     for scriptfile in list_scripts("scripts", ".py", extension_list=extension_list):
         syspath = list(sys.path)
         try:

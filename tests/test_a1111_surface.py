@@ -178,6 +178,7 @@ def surface_engine(tiny_checkpoints, tmp_path_factory):
     from tests.fixtures.tiny_embeddings import write_a1111_pt
 
     write_a1111_pt(data / "embeddings" / "probe-emb.pt", torch.zeros(1, 64))
+    write_probe_lora(data / "models" / "Lora", tiny_checkpoints.sd1)
     opts = cmd_args.parse_args(["--data-dir", str(data), "--ckpt-dir", str(tiny_checkpoints.checkpoints_dir),
                                 "--ckpt", str(tiny_checkpoints.sd1)], extra_preloads=[])
     engine = webui.build_engine(opts)
@@ -194,13 +195,27 @@ def surface_engine(tiny_checkpoints, tmp_path_factory):
     extra_networks.extra_network_registry.pop("probe", None)
 
 
+def write_probe_lora(folder, checkpoint) -> None:
+    """A LoRA for the tiny SD1 (one attention projection) as models/Lora/probe-lora.safetensors."""
+    from modules.core.devices import choose_policy
+    from modules.core.model_loader import load_checkpoint
+    from tests.fixtures.tiny_loras import _K, RANK, _T, _tensors, _write, module_of
+
+    shape = tuple(module_of(load_checkpoint(checkpoint, choose_policy(precision="full")[0]), "unet",
+                            f"{_T}.attn1.to_q").weight.shape)
+    folder.mkdir(parents=True)
+    _write(folder / "probe-lora.safetensors",
+           _tensors(torch.Generator().manual_seed(1), f"{_K}_attn1_to_q", "lora", shape, {}, float(RANK)))
+
+
 def test_a_job_activates_the_extensions_network_and_sees_embeddings(surface_engine, tmp_path, monkeypatch):
     from modules import processing, scripts
     from modules import sd_hijack
 
     log = tmp_path / "surface.jsonl"
     monkeypatch.setenv("EASEL_SURFACE_LOG", str(log))
-    p = processing.StableDiffusionProcessingTxt2Img(prompt="a [red:blue:2] cat <probe:x:te=0.5>", steps=3, width=64,
+    p = processing.StableDiffusionProcessingTxt2Img(prompt="a [red:blue:2] cat <probe:x:te=0.5> <lora:probe-lora:0.7>",
+                                                    steps=3, width=64,
                                                     height=64, seed=1, do_not_save_samples=True,
                                                     do_not_save_grid=True)
     p.scripts = scripts.scripts_txt2img
@@ -213,8 +228,14 @@ def test_a_job_activates_the_extensions_network_and_sees_embeddings(surface_engi
     assert entries[0]["items"] == [["x", "te=0.5"]]
     batch = entries[1]
     # process_batch sees the prompts without their tags, as in A1111
-    assert batch["schedules"] == [[[2, "a red cat "], [3, "a blue cat "]]]
+    assert batch["schedules"] == [[[2, "a red cat  "], [3, "a blue cat  "]]]
     assert batch["networks"] == []
-    assert entries[0]["prompts"] == ["a [red:blue:2] cat <probe:x:te=0.5>"]
+    assert entries[0]["prompts"] == ["a [red:blue:2] cat <probe:x:te=0.5> <lora:probe-lora:0.7>"]
     assert "probe-emb" in sd_hijack.model_hijack.embedding_db.word_embeddings
     assert batch["words"] == ["probe-emb"]
+    # A1111's built-in Lora modules (extensions-builtin/Lora): the files, and the batch's LoRA with its weights
+    assert batch["available"] == ["probe-lora"]
+    assert batch["loaded"] == [["probe-lora", 0.7, 0.7]]
+    # the UNet as LDM's diffusion_model with CrossAttention modules, the text encoder's A1111 chunking
+    assert batch["cross_attention"] > 0
+    assert batch["tokens"] == [77, [77, 77], [49406, 320, 2368, 49407]]  # "a cat" BREAK "a dog": 75 + 2

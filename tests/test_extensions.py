@@ -397,7 +397,8 @@ def test_server_with_broken_and_disabled_extensions_serves_and_generates(tiny_ch
         assert flags_seen["easel_test_flag"] == "hello"
 
         listed = {e["name"]: e for e in server.get("/sdapi/v1/extensions").json()}
-        assert set(listed) == {"preload_flag", "broken_syntax", "broken_import", "page_assets", "switched_off"}
+        # and, as in A1111, the built-in Lora extension (its lora / networks modules for extensions)
+        assert set(listed) == {"preload_flag", "broken_syntax", "broken_import", "page_assets", "switched_off", "Lora"}
         assert listed["switched_off"]["enabled"] is False and listed["broken_syntax"]["enabled"] is True
         assert set(listed["page_assets"]) == {"name", "remote", "branch", "commit_hash", "version", "commit_date", "enabled"}
 

@@ -56,7 +56,8 @@ def row(page: Page, name: str):
 
 
 def test_table_lists_extensions_with_state_and_problems(page):
-    expect(page.locator("#extensions tbody tr")).to_have_count(3)
+    expect(page.locator("#extensions tbody tr")).to_have_count(4)  # and the built-in Lora, as in A1111
+    expect(row(page, "Lora").locator("input.extension-enable")).to_be_checked()
     expect(row(page, "broken_import").locator(".extension_status")).to_contain_text(
         "ImportError: broken_import needs a package that is not installed")
     expect(row(page, "page_assets").locator("input.extension-enable")).to_be_checked()
@@ -85,7 +86,7 @@ def test_untick_apply_restarts_and_persists(page, ext_server):
     response = ext_server.get("/sdapi/v1/extensions")
     assert response.status_code == 200, response.text
     listed = {e["name"]: e["enabled"] for e in response.json()}
-    assert listed == {"page_assets": False, "preload_flag": True, "broken_import": True}
+    assert listed == {"page_assets": False, "preload_flag": True, "broken_import": True, "Lora": True}
     # the restarted process got the same flags
     assert ext_server.get("/sdapi/v1/cmd-flags").json()["easel_test_flag"] == "browser"
 
