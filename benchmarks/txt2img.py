@@ -402,10 +402,13 @@ class Variant:
                 callback_on_step_end=on_step_end,
             ).images[0]
         total = clock() - started
-        edges = [timer.text_end, *timer.marks]
+        # no text encoding when ours reuses the prompt's conditioning (persistent_cond_cache, as a user's
+        # repeated prompt does): the loop starts with the job
+        text_end = timer.text_end if timer.text_end is not None else started
+        edges = [text_end, *timer.marks]
         return PhaseTimes(
             total=total, text=timer.sums["text"], unet=timer.sums["unet"], unet_calls=timer.calls["unet"],
-            loop=timer.marks[-1] - timer.text_end, steps=[b - a for a, b in zip(edges, edges[1:])],
+            loop=timer.marks[-1] - text_end, steps=[b - a for a, b in zip(edges, edges[1:])],
             vae=timer.sums["vae"], image=image,
         )
 

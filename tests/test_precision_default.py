@@ -54,3 +54,21 @@ def test_a_server_without_precision_flags_takes_the_cpus_choice(tiny_checkpoints
     assert picture.size == (64, 64)
     expected = "UNet bf16, text encoder bf16, VAE bf16" if native else "UNet fp32, text encoder fp32, VAE fp32"
     assert expected in log, log[-2000:]
+
+
+def test_bf16_cpu_models_compute_in_channels_last(tiny_checkpoints):
+    """oneDNN's bf16 convolutions are faster on channels-last tensors (benchmarks/README.md: the 512x512
+    generation at 2.04x diffusers' fp32 pipeline); fp32 keeps diffusers' layout, for identical pictures."""
+    from modules.core.model_loader import load_checkpoint
+    from modules.core.pipeline import GenerationSettings, generate
+    from modules.core.types import GenerationRequest
+
+    half = load_checkpoint(tiny_checkpoints.sd1, choose_policy(precision="half")[0])
+    full = load_checkpoint(tiny_checkpoints.sd1, choose_policy(precision="full")[0])
+    for model, layout in ((half, torch.channels_last), (full, torch.contiguous_format)):
+        for module in (model.unet.conv_in, model.vae.decoder.conv_in):
+            assert module.weight.is_contiguous(memory_format=layout)
+            assert module.weight.is_contiguous() == (layout == torch.contiguous_format)
+    request = GenerationRequest(prompt="a cat", steps=2, width=64, height=64, seed=3, save_images=False)
+    pictures = [generate(request, m, GenerationSettings(save_grid=False)).images[0] for m in (half, full)]
+    assert pictures[0].size == pictures[1].size == (64, 64)

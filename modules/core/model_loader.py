@@ -122,6 +122,12 @@ def load_checkpoint(path: str | Path, policy: DevicePolicy,
         vae.enable_xformers_memory_efficient_attention()
     # the option's / flags' attention backend, upcast with upcast_attn or --upcast-sampling on half weights
     attention.apply(unet, spec.family, run_options, half=policy.unet_dtype != torch.float32)
+    if policy.device.type == "cpu" and policy.unet_dtype == torch.bfloat16:
+        # oneDNN's bf16 convolutions run on channels-last tensors: at 512x512 the UNet's step is 6 % and the
+        # VAE's decode 20 % faster than in the contiguous layout (benchmarks/README.md); fp32 keeps the
+        # layout diffusers has (bit-identical pictures)
+        for module in (unet, vae):
+            module.to(memory_format=torch.channels_last)
     model = LoadedModel(Path(path), spec, unet, vae, encoders, parts.tokenizers, policy, 0.0,
                         memory=memory if memory is not None else DeviceMemory(policy.device),
                         run_options=run_options)
