@@ -149,7 +149,10 @@ def test_ray_client_address_and_the_pages_user_reach_the_worker(cluster, tiny_ch
     from modules.core.types import GenerationRequest
 
     _, client_address = cluster
-    common = ["--ckpt-dir", str(tiny_checkpoints.checkpoints_dir), "--ckpt", str(tiny_checkpoints.sd1)]
+    # fp32 named: the Ray worker's process decides its precision from these flags, not from this process's
+    # fp32 pin (tests/conftest.py), and the pictures are compared bit for bit
+    common = ["--ckpt-dir", str(tiny_checkpoints.checkpoints_dir), "--ckpt", str(tiny_checkpoints.sd1),
+              "--precision", "full"]
     request = GenerationRequest(prompt="a cup", steps=1, width=64, height=64, seed=4, sampler_name="Euler",
                                 save_images=True)
 
