@@ -39,7 +39,8 @@ def figures(output: str) -> list[str]:
     """The lines of a part's output that carry its results: its markdown tables and summary lines."""
     keep = []
     for line in output.splitlines():
-        if line.startswith("|") or any(w in line for w in ("median cached switch", "PSNR", "speed-up", "overhead")):
+        if line.startswith("|") or " / ref-" in line or any(w in line for w in ("median cached switch", "PSNR",
+                                                                                  "speed-up", "overhead")):
             keep.append(line)
     return keep
 

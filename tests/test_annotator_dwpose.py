@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from onnx import TensorProto, checker, helper, numpy_helper, save
 from PIL import Image
 
@@ -27,7 +26,7 @@ from modules.core.annotator_openpose import COLORS
 from modules.core.checkpoint_file import CheckpointError
 from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64
+from tests.annotator_common import detect
 
 GRIDS = ((8, 80), (16, 40), (32, 20))  # (stride, cells a side) of a 640x640 input: 6400 + 1600 + 400 anchors
 
@@ -251,8 +250,7 @@ def test_files_of_another_kind_are_refused(files, tmp_path):
 
 
 def _detect(server, module, image):
-    return requests.post(server.url + "/controlnet/detect", timeout=120, json={
-        "controlnet_module": module, "controlnet_input_images": [b64(image)], "controlnet_processor_res": 256})
+    return detect(server, module, image, controlnet_processor_res=256)
 
 
 def test_detect_runs_dwpose_and_animal_pose_from_the_users_files(server, files):

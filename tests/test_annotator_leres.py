@@ -14,14 +14,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import requests
 import torch
 
 from modules.core import annotator_leres as leres
 from modules.core.checkpoint_file import CheckpointError
 from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64, picture
+from tests.pictures import picture
+from tests.annotator_common import detect
 
 TINY = leres.LeresSizes(stem=8, stages=((1, 8, 16, 2), (2, 8, 16, 2), (1, 16, 32, 2), (1, 16, 32, 4)),
                         top=16, mid=8, head=4)
@@ -186,9 +186,7 @@ def test_boost_refines_patches_and_blends_them_into_the_base(files):
     assert np.array_equal(out[..., 0], leres.depth_to_map(boosted, 0, 0))
 
 
-def _detect(server, module, image, **extra):
-    return requests.post(server.url + "/controlnet/detect", timeout=300, json={
-        "controlnet_module": module, "controlnet_input_images": [b64(image)], **extra})
+_detect = detect
 
 
 def test_detect_runs_leres_from_the_users_files(server, files):

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import requests
 import torch
 
 from modules.core import annotator_normal_bae
 from modules.core.checkpoint_file import CheckpointError
-from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64, picture
+from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
+from tests.annotator_common import annotators, detect
 
 STAGE_BLOCKS = [3, 5, 5, 7, 7, 9, 3]  # EfficientNet-B5 (gen-efficientnet's tf_efficientnet_b5_ap)
 SHAPES = {  # some of scannet.pt's keys (without "module.") and their shapes
@@ -48,13 +47,11 @@ SHAPES = {  # some of scannet.pt's keys (without "module.") and their shapes
 FACING = (127, 127, 255)  # the colour of a normal (0, 0, 1): a surface facing the camera
 
 
-def _annotators(server):
-    return server.data_dir / "models" / controlnets.ANNOTATOR_FOLDER
+_annotators = annotators
 
 
 def _detect(server, image, **extra):
-    return requests.post(server.url + "/controlnet/detect", timeout=300, json={
-        "controlnet_module": "normal_bae", "controlnet_input_images": [b64(image)], **extra})
+    return detect(server, "normal_bae", image, **extra)
 
 
 def random_state(seed=0) -> dict[str, torch.Tensor]:

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import requests
 import torch
 
 from modules.core import annotator_normal_dsine
 from modules.core.checkpoint_file import CheckpointError
-from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64, picture
+from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
+from tests.annotator_common import annotators, detect
 
 SHAPES = {  # some of dsine.pt's keys (without "module.") and their shapes
     "encoder.original_model.conv_stem.weight": (48, 3, 3, 3),
@@ -51,13 +50,11 @@ FACING = (127, 127, 255)  # the colour of a normal (0, 0, 1): a surface facing t
 TILTED = (204, 127, 229)  # the colour of (0.6, 0, 0.8)
 
 
-def _annotators(server):
-    return server.data_dir / "models" / controlnets.ANNOTATOR_FOLDER
+_annotators = annotators
 
 
 def _detect(server, image, **extra):
-    return requests.post(server.url + "/controlnet/detect", timeout=300, json={
-        "controlnet_module": "normal_dsine", "controlnet_input_images": [b64(image)], **extra})
+    return detect(server, "normal_dsine", image, **extra)
 
 
 def random_state(seed=0) -> dict[str, torch.Tensor]:

@@ -13,16 +13,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import requests
 import torch
 import torch.nn.functional as F
 
 from modules.core import annotator_uniformer
 from modules.core.checkpoint_file import CheckpointError
-from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64, picture
+from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
+from tests.annotator_common import annotators, detect
 
 SHAPES = {  # some of upernet_global_small.pth's keys and their shapes (the original's EncoderDecoder)
     "backbone.patch_embed1.norm.weight": (64,),
@@ -51,13 +50,11 @@ TINY = dict(dims=(8, 16, 32, 64), layers=(1, 1, 1, 1), hidden=(16, 32, 64, 128),
 SKY = 2  # ADE20K's class 2 (sky): (6, 230, 230)
 
 
-def _annotators(server):
-    return server.data_dir / "models" / controlnets.ANNOTATOR_FOLDER
+_annotators = annotators
 
 
 def _detect(server, image, **extra):
-    return requests.post(server.url + "/controlnet/detect", timeout=120, json={
-        "controlnet_module": "segmentation", "controlnet_input_images": [b64(image)], **extra})
+    return detect(server, "segmentation", image, **extra)
 
 
 def tiny_state(seed=0) -> dict[str, torch.Tensor]:

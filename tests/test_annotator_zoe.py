@@ -14,17 +14,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import requests
 import torch
 from PIL import Image
 
 from modules.core import annotator_zoe
 from modules.core.annotator_zoe import ZoeConfig, ZoeDepthN
 from modules.core.checkpoint_file import CheckpointError
-from modules.services import controlnets
 from tests.api_common import decode
-from tests.pictures import b64, picture
+from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
+from tests.annotator_common import annotators, detect
 
 TINY = ZoeConfig(dim=32, depth=4, heads=2, mlp=64, window=4, classes=10, features=(8, 16, 32, 32), fusion=16,
                  head_mid=8, bins=8, embedding=8, seed_mlp=16, mlp_dim=8, attractors=(4, 2, 2, 1))
@@ -238,13 +237,11 @@ def test_near_is_bright_in_the_right_place():
     assert (np.diff(row[:80:8].astype(int)) < 0).all()
 
 
-def _annotators(server):
-    return server.data_dir / "models" / controlnets.ANNOTATOR_FOLDER
+_annotators = annotators
 
 
 def _detect(server, image):
-    return requests.post(server.url + "/controlnet/detect", timeout=300, json={
-        "controlnet_module": "depth_zoe", "controlnet_input_images": [b64(image)]})
+    return detect(server, "depth_zoe", image)
 
 
 def test_detect_runs_depth_zoe_from_the_users_file(server):
