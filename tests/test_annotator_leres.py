@@ -21,7 +21,7 @@ from modules.core.checkpoint_file import CheckpointError
 from modules.services import controlnets
 from tests.api_common import decode
 from tests.pictures import picture
-from tests.annotator_common import detect
+from tests.annotator_common import detect, random_state as common_random_state, shapes_of
 
 TINY = leres.LeresSizes(stem=8, stages=((1, 8, 16, 2), (2, 8, 16, 2), (1, 16, 32, 2), (1, 16, 32, 4)),
                         top=16, mid=8, head=4)
@@ -58,20 +58,7 @@ MERGE_SHAPES = {
 
 def random_state(net: torch.nn.Module, seed: int, scale: float = 1.0) -> dict[str, torch.Tensor]:
     """Random weights of ``net``'s layout: convolutions scaled by their fan-in, batch norms near identity."""
-    g, state = torch.Generator().manual_seed(seed), {}
-    for key, value in net.state_dict().items():
-        shape = value.shape
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=g) * 0.5 + 0.5
-        elif key.endswith("running_mean") or key.endswith(".bias"):
-            state[key] = torch.randn(shape, generator=g) * 0.1
-        elif len(shape) == 1:
-            state[key] = 1 + torch.randn(shape, generator=g) * 0.1
-        else:
-            state[key] = torch.randn(shape, generator=g) / float(np.prod(shape[1:])) ** 0.5 * scale
-    return state
+    return common_random_state(shapes_of(net), seed, scale)
 
 
 def write_res101(path, state) -> None:

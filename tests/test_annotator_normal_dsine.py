@@ -25,7 +25,7 @@ from modules.core.checkpoint_file import CheckpointError
 from tests.api_common import decode
 from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
-from tests.annotator_common import annotators, detect
+from tests.annotator_common import annotators, detect, random_state as common_random_state, shapes_of
 
 SHAPES = {  # some of dsine.pt's keys (without "module.") and their shapes
     "encoder.original_model.conv_stem.weight": (48, 3, 3, 3),
@@ -59,21 +59,9 @@ def _detect(server, image, **extra):
 
 def random_state(seed=0) -> dict[str, torch.Tensor]:
     """A random state dict of the real layout: convolutions scaled by their fan-in, norms near identity."""
-    g, state = torch.Generator().manual_seed(seed), {}
     with torch.device("meta"):
-        shapes = {k: v.shape for k, v in annotator_normal_dsine.DSINE().state_dict().items()}
-    for key, shape in shapes.items():
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=g) * 0.5 + 0.5
-        elif key.endswith("running_mean") or key.endswith(".bias"):
-            state[key] = torch.randn(shape, generator=g) * 0.1
-        elif len(shape) == 1:  # batch and group norm scales
-            state[key] = 1 + torch.randn(shape, generator=g) * 0.1
-        else:
-            state[key] = torch.randn(shape, generator=g) / float(np.prod(shape[1:])) ** 0.5
-    return state
+        shapes = shapes_of(annotator_normal_dsine.DSINE())
+    return common_random_state(shapes, seed)
 
 
 def save_as_dsine(state: dict, path) -> None:

@@ -21,7 +21,7 @@ from modules.core.checkpoint_file import CheckpointError
 from tests.api_common import decode
 from tests.pictures import picture
 from tests.test_annotator_teed import write_tiny_teed
-from tests.annotator_common import annotators, detect
+from tests.annotator_common import annotators, detect, random_state as common_random_state, shapes_of
 
 SHAPES = {  # some of upernet_global_small.pth's keys and their shapes (the original's EncoderDecoder)
     "backbone.patch_embed1.norm.weight": (64,),
@@ -60,19 +60,7 @@ def _detect(server, image, **extra):
 def tiny_state(seed=0) -> dict[str, torch.Tensor]:
     """A random state dict of the real layout at tiny sizes: weights scaled by their fan-in, batch norms
     near identity with varied statistics, the classifier scaled up to spread the classes."""
-    g, state = torch.Generator().manual_seed(seed), {}
-    for key, value in annotator_uniformer.UniFormerUperNet(**TINY).state_dict().items():
-        shape = value.shape
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.tensor(0)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=g) * 0.5 + 0.5
-        elif key.endswith("running_mean") or key.endswith(".bias"):
-            state[key] = torch.randn(shape, generator=g) * 0.1
-        elif len(shape) == 1:  # norm scales
-            state[key] = 1 + torch.randn(shape, generator=g) * 0.1
-        else:
-            state[key] = torch.randn(shape, generator=g) / float(np.prod(shape[1:])) ** 0.5
+    state = common_random_state(shapes_of(annotator_uniformer.UniFormerUperNet(**TINY)), seed)
     state["decode_head.conv_seg.weight"] *= 20
     return state
 
