@@ -1,6 +1,6 @@
 """The CPU's default precision: bf16 where the CPU computes it natively, fp32 elsewhere and whenever
 a flag asks for it (issue 16: bf16 measured at 47.9 dB PSNR from fp32 on full-size SD1.5 weights at
-2.9x the UNet speed; benchmarks/README.md). The suite itself runs in fp32 (tests/conftest.py), so the
+about 2x fp32's speed; benchmarks/README.md). The suite itself runs in fp32 (tests/conftest.py), so the
 real probe is taken from there."""
 
 from __future__ import annotations

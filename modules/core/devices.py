@@ -5,7 +5,7 @@ A1111's rules: CUDA when present with fp16 weights by default (`--no-half` and
 `--use-cpu all` forces the CPU. On the CPU A1111 computes in fp32; Easel computes in bf16 when
 the CPU has native bf16 instructions (AVX512-BF16 or AMX on x86, BF16 on Arm) and no flag asks
 otherwise (`--precision full` or `--no-half` keep fp32, `--precision half` asks for bf16 anywhere):
-2.9x faster per step at 512x512 at 47.9 dB PSNR from fp32 (benchmarks/README.md).
+a 512x512 generation about 2x faster than fp32 at 47.9 dB PSNR from it (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def choose_policy(
             why = "the CPU has native bf16; --precision full keeps fp32"
         if not no_half and (precision == "half" or (precision == "autocast" and native_bf16)):
             # CPUs have no fast fp16 kernels; bf16 halves memory and, with native bf16, runs the
-            # UNet about 2.9x faster at 47.9 dB from fp32 (measured: benchmarks/README.md)
+            # UNet about 2x faster at 47.9 dB from fp32 (measured: benchmarks/README.md)
             dtype = torch.bfloat16
             # bf16 has fp32's exponent range: no fp16-style VAE overflow to NaN
             vae_dtype = torch.float32 if no_half_vae else torch.bfloat16
