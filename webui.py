@@ -24,7 +24,7 @@ from starlette.middleware.cors import CORSMiddleware  # noqa: E402
 from modules import auth, cmd_args, extensions, localization, paths_internal, request_guard, restart  # noqa: E402
 from modules.ui import tab_names  # noqa: E402
 from modules.core import attention  # noqa: E402
-from modules.core.devices import RunOptions, choose_policy  # noqa: E402
+from modules.core.devices import RunOptions, choose_policy, compile_backend_problem  # noqa: E402
 from modules.core.memory import DeviceMemory, policy_from_flags  # noqa: E402
 from modules.script_host import A1111ScriptHost  # noqa: E402
 from modules.services.checkpoints import CheckpointRegistry, HashCache  # noqa: E402
@@ -64,6 +64,10 @@ def restrictions(opts: argparse.Namespace) -> Restrictions:
 def build_engine(opts: argparse.Namespace) -> Engine:
     data = Path(opts.data_dir)
     data.mkdir(parents=True, exist_ok=True)
+    if opts.torch_compile:  # a wrong backend would fail every checkpoint load: refused at start instead
+        problem = compile_backend_problem(opts.torch_compile_backend)
+        if problem:
+            raise SystemExit(f"[easel] {problem}")
     policy, notes = choose_policy(opts.use_cpu, opts.no_half, opts.no_half_vae, opts.precision, opts.xformers,
                                   int(opts.device_id) if opts.device_id else None,
                                   compile_backend=opts.torch_compile_backend if opts.torch_compile else None,

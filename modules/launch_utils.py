@@ -34,7 +34,7 @@ import sys
 from modules.installer import (  # noqa: F401
     EXTENSIONS_STAMP_NAME, INSTALLER_OUTPUT_TAIL, NO_DEPS_REQUIREMENTS, NO_DEPS_REQUIREMENTS_FILE, REQUIREMENTS_FILE, STAMP_NAME,
     TEST_NO_DEPS_REQUIREMENTS_FILE, TEST_REQUIREMENTS_FILE, commit_hash, dir_repos, extensions_stamp_path,
-    ensure_torchvision, file_hash, git, git_clone, git_tag, index_url, install_extension, install_requirements,
+    file_hash, git, git_clone, git_tag, index_url, install_extension, install_requirements,
     install_torch, installer_fingerprint, installer_reason, is_installed, is_recorded, pinned_version,
     pip_install_requirements,
     python, read_requirements, read_stamp, record_installed, repo_dir, requirement_met, requirements_met, run,
@@ -42,6 +42,7 @@ from modules.installer import (  # noqa: F401
     unmet_requirements,
 )
 from modules.installer import _PIN, _REQUIREMENT, _version_matches  # noqa: F401  (tests read these)
+from modules.torchvision_install import ensure_torchvision
 
 args: argparse.Namespace | None = None  # the parsed flags, once main() has parsed them
 

@@ -105,7 +105,8 @@ class TextEncoderView:
         from modules.core.conditioning import PromptChunker
 
         embeddings = getattr(shared.engine, "embeddings", None) if shared.engine is not None else None
-        return PromptChunker(self.tokenizer, embeddings.for_model(self._model) if embeddings is not None else None)
+        return PromptChunker(self.tokenizer, embeddings.for_model(self._model) if embeddings is not None else None,
+                             getattr(shared.opts, "data", {}).get("comma_padding_backtrack", 20))  # as the job chunks
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         return self._chunker().tokenize(list(texts))

@@ -7,6 +7,7 @@ compile must still reach the compiled calls, and medvram / lowvram leave the UNe
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from modules import cmd_args
@@ -69,3 +70,7 @@ def test_the_flags_reach_the_engines_policy(tiny_checkpoints, tmp_path):
                                extra_preloads=[])
     policy = webui.build_engine(opts).models.policy
     assert (policy.compile_backend, policy.compile_mode) == ("eager", "default")
+    # a backend torch.compile does not have stops the start with a message, not every checkpoint load
+    opts.torch_compile_backend = "no-such-backend"
+    with pytest.raises(SystemExit, match="'no-such-backend' is not a torch.compile backend; one of: .*inductor"):
+        webui.build_engine(opts)

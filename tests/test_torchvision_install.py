@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from modules import installer
+from modules import torchvision_install as installer
 
 NMS_ERROR = "RuntimeError: operator torchvision::nms does not exist"
 

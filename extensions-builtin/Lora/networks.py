@@ -42,8 +42,8 @@ def list_available_networks() -> None:
             forbidden_network_aliases[entry.alias.lower()] = 1
         available_network_aliases[item.name] = entry
         available_network_aliases[entry.alias] = entry
-        if item._sha256:
-            entry.set_hash(item._sha256)
+        if item.known_sha256:  # as A1111: the metadata's or an already computed hash; no file is read here
+            entry.set_hash(item.known_sha256)
             available_network_hash_lookup[entry.shorthash] = entry
 
 

@@ -122,6 +122,16 @@ def cpu_native_bf16() -> bool:
     return any(f in flags for f in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
+def compile_backend_problem(backend: str) -> str | None:
+    """Why ``backend`` cannot be torch.compile's (--torch-compile-backend), or None."""
+    import torch._dynamo
+
+    known = sorted(torch._dynamo.list_backends(exclude_tags=()))
+    if backend in known:
+        return None
+    return f"--torch-compile-backend {backend!r} is not a torch.compile backend; one of: {', '.join(known)}"
+
+
 def choose_policy(
     use_cpu: list[str] | None = None,
     no_half: bool = False,

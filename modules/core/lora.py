@@ -110,6 +110,12 @@ class LoraFile:
         return self._sha256
 
     @property
+    def known_sha256(self) -> str | None:
+        """The hash without reading the file: computed earlier, or stored in the metadata (else None)."""
+        stored = self.metadata.get("sshs_model_hash")
+        return self._sha256 or (stored if isinstance(stored, str) and stored else None)
+
+    @property
     def shorthash(self) -> str | None:
         """First 12 hex digits (A1111's `Lora hashes`)."""
         return self.sha256[:12] if self.sha256 else None
